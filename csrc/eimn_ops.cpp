@@ -1,0 +1,49 @@
+// Schemas of the eimn_C ops: one definition, implemented per device by
+//   csrc/cpu/*_cpu.cpp   (TORCH_LIBRARY_IMPL(eimn_C, CPU, m))
+//   csrc/cuda/*_cuda.cpp (TORCH_LIBRARY_IMPL(eimn_C, CUDA, m)), launching csrc/cuda/*.cu kernels.
+// Python wraps them as autograd-aware custom ops in eimn_kernels/ops/.
+// All image tensors are contiguous NCHW; weights have conv shapes (Cout, Cin, 1, 1) / (C, 1, K, K).
+#include <torch/library.h>
+#include <Python.h>
+
+namespace eimn {
+bool built_with_cuda() {
+#ifdef EIMN_WITH_CUDA
+  return true;
+#else
+  return false;
+#endif
+}
+}  // namespace eimn
+
+TORCH_LIBRARY(eimn_C, m) {
+  m.def("built_with_cuda() -> bool", &eimn::built_with_cuda);
+  // MOLRCM spatial mixing: y = cat(DW1(r[:c1]), r[c1:c1+c2], DW2(r[c1+c2:])), r = DW0(q).
+  m.def("dw_mix_forward(Tensor q, Tensor w0, Tensor b0, Tensor w1, Tensor b1, Tensor w2, Tensor b2, "
+        "int c1, int c2, int d0, int d1, int d2) -> Tensor");
+  m.def("dw_mix_backward(Tensor grad_y, Tensor q, Tensor w0, Tensor b0, Tensor w1, Tensor b1, Tensor w2, "
+        "Tensor b2, int c1, int c2, int d0, int d1, int d2) -> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
+  // MOLRCM projections: q = GELU(Wq x + bq), v = Wv x + bv.
+  m.def("proj_qv_forward(Tensor x, Tensor wq, Tensor bq, Tensor wv, Tensor bv) -> (Tensor, Tensor)");
+  m.def("proj_qv_backward(Tensor grad_q, Tensor grad_v, Tensor x, Tensor wq, Tensor bq, Tensor wv, Tensor bv) "
+        "-> (Tensor, Tensor, Tensor, Tensor, Tensor)");
+  // MOLRCM gating: out = Wo (SiLU(Wf y + bf) * v) + bo.
+  m.def("gate_out_forward(Tensor y, Tensor v, Tensor wf, Tensor bf, Tensor wo, Tensor bo) -> Tensor");
+  m.def("gate_out_backward(Tensor grad_out, Tensor y, Tensor v, Tensor wf, Tensor bf, Tensor wo, Tensor bo) "
+        "-> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
+  // SADFFM front: h = GELU(t[:hid]) * t[hid:], t = DW_K(W_in x + b_in).
+  m.def("gated_dwconv_forward(Tensor x, Tensor w_in, Tensor b_in, Tensor w_dw, Tensor b_dw) -> Tensor");
+  m.def("gated_dwconv_backward(Tensor grad_h, Tensor x, Tensor w_in, Tensor b_in, Tensor w_dw, Tensor b_dw) "
+        "-> (Tensor, Tensor, Tensor, Tensor, Tensor)");
+  // SADFFM back: y = W_out h + b_out; DFFM gate y * c * s.
+  m.def("dffm_out_forward(Tensor h, Tensor w_out, Tensor b_out, Tensor ln_w, Tensor ln_b, Tensor w_gr, "
+        "Tensor b_gr, Tensor w_lr, Tensor b_lr, Tensor w_ce, Tensor b_ce, Tensor w_se, Tensor b_se, float eps) -> Tensor");
+  m.def("dffm_out_backward(Tensor grad_out, Tensor h, Tensor w_out, Tensor b_out, Tensor ln_w, Tensor ln_b, "
+        "Tensor w_gr, Tensor b_gr, Tensor w_lr, Tensor b_lr, Tensor w_ce, Tensor b_ce, Tensor w_se, Tensor b_se, "
+        "float eps) -> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, "
+        "Tensor, Tensor)");
+}
+
+// Importable as eimn_kernels._C (registration happens at load time).
+static struct PyModuleDef eimn_c_module = {PyModuleDef_HEAD_INIT, "_C", "eimn-kernels compiled ops", -1, nullptr};
+PyMODINIT_FUNC PyInit__C(void) { return PyModule_Create(&eimn_c_module); }

@@ -1,0 +1,25 @@
+"""CPU backend: C++/OpenMP kernels of eimn_kernels._C (float32, float64)."""
+from __future__ import annotations
+
+import torch
+
+from .. import _ext
+
+SUPPORTED_DTYPES = (torch.float32, torch.float64)
+
+
+def available(device: torch.device) -> tuple[bool, str]:
+    """CPU tensors, with the extension built."""
+    if device.type != "cpu":
+        return False, "the cpu backend runs on CPU tensors only"
+    if not _ext.extension_loaded():
+        return False, f"eimn_kernels._C is not built ({_ext.extension_error()})"
+    return True, "C++ kernels"
+
+
+def __getattr__(name: str):
+    # NAME_forward / NAME_backward map to torch.ops.eimn_C.NAME_forward / _backward,
+    # which the dispatcher sends to the CPU kernels.
+    if name.endswith("_forward") or name.endswith("_backward"):
+        return getattr(torch.ops.eimn_C, name)
+    raise AttributeError(name)

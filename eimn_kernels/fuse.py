@@ -1,0 +1,40 @@
+"""Swap EIMN's MOLRCM / SADFFM layers for the fused modules, in any nn.Module tree."""
+from __future__ import annotations
+
+import torch.nn as nn
+
+from .modules import MOLRCM, SADFFM
+
+__all__ = ["fuse", "is_molrcm", "is_sadffm"]
+
+_MOLRCM_CHILDREN = ("proj_value", "proj_query", "region", "spatial_1", "spatial_2", "fusion", "out")
+_SADFFM_CHILDREN = ("linear_in", "SAL", "linear_out", "DFFM")
+
+
+def is_molrcm(m: nn.Module) -> bool:
+    """True for a MOLRCM-shaped module (recognised by its children's names), fused or not."""
+    return all(hasattr(m, c) for c in _MOLRCM_CHILDREN) and isinstance(getattr(m, "region"), nn.Conv2d)
+
+
+def is_sadffm(m: nn.Module) -> bool:
+    """True for a SADFFM-shaped module (recognised by its children's names), fused or not."""
+    return all(hasattr(m, c) for c in _SADFFM_CHILDREN) and isinstance(getattr(m, "SAL"), nn.Conv2d)
+
+
+def fuse(model: nn.Module, backend: str = "auto") -> nn.Module:
+    """Replace, in place, every MOLRCM and SADFFM in ``model`` by fused modules holding the same
+    parameters (state_dict keys and values unchanged). Returns ``model``. Fused modules already
+    present get ``backend`` set."""
+    if isinstance(model, (MOLRCM, SADFFM)):
+        model.backend = backend
+        return model
+    for name, child in list(model.named_children()):
+        if isinstance(child, (MOLRCM, SADFFM)):
+            child.backend = backend
+        elif is_molrcm(child):
+            setattr(model, name, MOLRCM.from_module(child, backend))
+        elif is_sadffm(child):
+            setattr(model, name, SADFFM.from_module(child, backend))
+        else:
+            fuse(child, backend)
+    return model

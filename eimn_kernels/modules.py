@@ -1,0 +1,119 @@
+"""nn.Modules running the fused ops, with the parameters and state_dict keys of EIMN's layers."""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+
+from .ops import dffm_out, dw_mix, gate_out, gated_dwconv, proj_qv
+
+__all__ = ["MOLRCM", "SADFFM"]
+
+
+class _Norm(nn.Module):
+    """Holder of a channel LayerNorm's weight and bias (keys ``weight``, ``bias``)."""
+
+    def __init__(self, dim: int, eps: float = 1e-6):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+        self.bias = nn.Parameter(torch.zeros(dim))
+
+
+class _DFFMParams(nn.Module):
+    """Holder of DFFM's parameters under the official names (norm, global_reduce, ...)."""
+
+    def __init__(self, dim: int, act_ratio: float = 0.25):
+        super().__init__()
+        reduce = int(dim * act_ratio)
+        self.norm = _Norm(dim)
+        self.global_reduce = nn.Conv2d(dim, reduce, 1)
+        self.local_reduce = nn.Conv2d(dim, reduce, 1)
+        self.channel_expand = nn.Conv2d(reduce, dim, 1)
+        self.spatial_expand = nn.Conv2d(2 * reduce, 1, 1)
+
+
+class MOLRCM(nn.Module):
+    """Fused MOLRCM. x: (N, dim, H, W) -> (N, dim, H, W); state_dict keys as eimn.model.MOLRCM.
+
+    ``split`` = (c1, c2, c3), default (3/8, 1/8, 4/8 of dim); ``dilations`` of region,
+    spatial_1, spatial_2 default (1, 2, 3).
+    """
+
+    def __init__(self, dim: int, backend: str = "auto", split: tuple[int, int, int] | None = None,
+                 kernel_sizes: tuple[int, int, int] = (5, 5, 7), dilations: tuple[int, int, int] = (1, 2, 3)):
+        super().__init__()
+        if split is None:
+            split = (int(3 / 8 * dim), int(1 / 8 * dim), int(4 / 8 * dim))
+        c1, c2, c3 = split
+        if c1 + c2 + c3 != dim:
+            raise ValueError(f"MOLRCM split {split} does not sum to dim={dim}")
+        self.dim, self.split, self.dilations, self.backend = dim, tuple(split), tuple(dilations), backend
+        k0, k1, k2 = kernel_sizes
+        d0, d1, d2 = dilations
+        self.proj_value = nn.Sequential(nn.Conv2d(dim, dim, 1))
+        self.proj_query = nn.Sequential(nn.Conv2d(dim, dim, 1), nn.GELU())
+        self.region = nn.Conv2d(dim, dim, k0, padding=d0 * (k0 - 1) // 2, dilation=d0, groups=dim)
+        self.spatial_1 = nn.Conv2d(c1, c1, k1, padding=d1 * (k1 - 1) // 2, dilation=d1, groups=max(c1, 1))
+        self.spatial_2 = nn.Conv2d(c3, c3, k2, padding=d2 * (k2 - 1) // 2, dilation=d2, groups=max(c3, 1))
+        self.fusion = nn.Conv2d(dim, dim, 1)
+        self.out = nn.Conv2d(dim, dim, 1)
+
+    @classmethod
+    def from_module(cls, m: nn.Module, backend: str = "auto") -> "MOLRCM":
+        """Fused module sharing the parameters (same Parameter objects) of an original MOLRCM ``m``."""
+        dim = m.region.weight.shape[0]
+        c1, c3 = m.spatial_1.weight.shape[0], m.spatial_2.weight.shape[0]
+        new = cls.__new__(cls)
+        nn.Module.__init__(new)
+        new.dim, new.split, new.backend = dim, (c1, dim - c1 - c3, c3), backend
+        new.dilations = (m.region.dilation[0], m.spatial_1.dilation[0], m.spatial_2.dilation[0])
+        for name in ("proj_value", "proj_query", "region", "spatial_1", "spatial_2", "fusion", "out"):
+            setattr(new, name, getattr(m, name))
+        return new.train(m.training)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        c1, c2, _ = self.split
+        pq, pv = self.proj_query[0], self.proj_value[0]
+        q, v = proj_qv(x, pq.weight, pq.bias, pv.weight, pv.bias, backend=self.backend)
+        y = dw_mix(q, self.region.weight, self.region.bias, self.spatial_1.weight, self.spatial_1.bias,
+                   self.spatial_2.weight, self.spatial_2.bias, c1, c2, *self.dilations, backend=self.backend)
+        return gate_out(y, v, self.fusion.weight, self.fusion.bias, self.out.weight, self.out.bias,
+                        backend=self.backend)
+
+    def extra_repr(self) -> str:
+        return f"dim={self.dim}, split={self.split}, dilations={self.dilations}, backend={self.backend!r}"
+
+
+class SADFFM(nn.Module):
+    """Fused SADFFM. x: (N, dim, H, W) -> (N, dim, H, W); state_dict keys as eimn.model.SADFFM."""
+
+    def __init__(self, dim: int, expand_ratio: float = 2.66, backend: str = "auto", kernel_size: int = 3):
+        super().__init__()
+        hidden = int(dim * expand_ratio)
+        self.dim, self.hidden, self.backend = dim, hidden, backend
+        self.linear_in = nn.Conv2d(dim, hidden * 2, 1)
+        self.SAL = nn.Conv2d(hidden * 2, hidden * 2, kernel_size, padding=kernel_size // 2, groups=hidden * 2)
+        self.linear_out = nn.Conv2d(hidden, dim, 1)
+        self.DFFM = _DFFMParams(dim)
+
+    @classmethod
+    def from_module(cls, m: nn.Module, backend: str = "auto") -> "SADFFM":
+        """Fused module sharing the parameters of an original SADFFM ``m``."""
+        new = cls.__new__(cls)
+        nn.Module.__init__(new)
+        new.dim, new.hidden, new.backend = m.linear_out.weight.shape[0], m.linear_out.weight.shape[1], backend
+        for name in ("linear_in", "SAL", "linear_out", "DFFM"):
+            setattr(new, name, getattr(m, name))
+        return new.train(m.training)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = gated_dwconv(x, self.linear_in.weight, self.linear_in.bias, self.SAL.weight, self.SAL.bias,
+                         backend=self.backend)
+        d = self.DFFM
+        return dffm_out(h, self.linear_out.weight, self.linear_out.bias, d.norm.weight, d.norm.bias,
+                        d.global_reduce.weight, d.global_reduce.bias, d.local_reduce.weight, d.local_reduce.bias,
+                        d.channel_expand.weight, d.channel_expand.bias, d.spatial_expand.weight,
+                        d.spatial_expand.bias, getattr(d.norm, "eps", 1e-6), backend=self.backend)
+
+    def extra_repr(self) -> str:
+        return f"dim={self.dim}, hidden={self.hidden}, backend={self.backend!r}"

@@ -1,0 +1,47 @@
+"""Input validation shared by the fused ops: clear errors instead of crashes or silent wrong answers."""
+from __future__ import annotations
+
+import torch
+
+
+def check_image(name: str, x: torch.Tensor, channels: int | None = None) -> None:
+    """x must be a floating (N, C, H, W) tensor with N, H, W >= 1 (and C == channels if given)."""
+    if not torch.is_tensor(x):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
+    if x.dim() != 4:
+        raise ValueError(f"{name} must be 4-d (N, C, H, W), got shape {tuple(x.shape)}")
+    if not x.is_floating_point():
+        raise TypeError(f"{name} must be a floating tensor, got {x.dtype}")
+    if channels is not None and x.shape[1] != channels:
+        raise ValueError(f"{name} has {x.shape[1]} channels, the weights expect {channels}")
+    if x.shape[0] == 0 or x.shape[2] == 0 or x.shape[3] == 0:
+        raise ValueError(f"{name} is empty (shape {tuple(x.shape)}): N, H and W must be >= 1")
+
+
+def check_weight(name: str, w: torch.Tensor, shape: tuple, ref: torch.Tensor) -> None:
+    """w must have ``shape`` (None entries are free) and the dtype and device of ``ref``."""
+    if not torch.is_tensor(w):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(w).__name__}")
+    if w.dim() != len(shape) or any(s is not None and s != ws for s, ws in zip(shape, w.shape)):
+        want = "(" + ", ".join("*" if s is None else str(s) for s in shape) + ")"
+        raise ValueError(f"{name} must have shape {want}, got {tuple(w.shape)}")
+    if w.dtype != ref.dtype:
+        raise TypeError(f"{name} has dtype {w.dtype}, the input has {ref.dtype}; cast them to one dtype")
+    if w.device != ref.device:
+        raise ValueError(f"{name} is on {w.device}, the input on {ref.device}")
+
+
+def check_same(name: str, t: torch.Tensor, ref: torch.Tensor, ref_name: str) -> None:
+    """t must have the shape, dtype and device of ``ref``."""
+    check_image(name, t)
+    if t.shape != ref.shape:
+        raise ValueError(f"{name} has shape {tuple(t.shape)}, {ref_name} has {tuple(ref.shape)}")
+    check_weight(name, t, tuple(ref.shape), ref)
+
+
+def odd_kernel(name: str, w: torch.Tensor) -> int:
+    """Kernel size of a square depthwise weight (C, 1, K, K) with odd K."""
+    k = w.shape[-1]
+    if w.shape[-2] != k or k % 2 == 0:
+        raise ValueError(f"{name} must be a square odd-sized kernel, got {tuple(w.shape[-2:])}")
+    return k

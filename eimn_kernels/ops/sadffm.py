@@ -1,0 +1,78 @@
+"""SADFFM fused ops: gated depthwise front (gated_dwconv) and linear_out + DFFM gate (dffm_out)."""
+from __future__ import annotations
+
+import torch
+
+from .. import reference
+from ..backends import resolve_backend
+from ._registry import OpSpec, register
+from .checks import check_image, check_weight, odd_kernel
+
+__all__ = ["gated_dwconv", "dffm_out"]
+
+_T = torch.Tensor
+
+_gated_dwconv_op, _ = register(OpSpec(
+    "gated_dwconv", ("x", "w_in", "b_in", "w_dw", "b_dw"), (), ("h",),
+    fake=lambda x, w_in, *rest: x.new_empty(x.shape[0], w_in.shape[0] // 2, *x.shape[2:])))
+
+_DFFM_W = ("w_out", "b_out", "ln_w", "ln_b", "w_gr", "b_gr", "w_lr", "b_lr", "w_ce", "b_ce", "w_se", "b_se")
+
+_dffm_out_op, _ = register(OpSpec(
+    "dffm_out", ("h",) + _DFFM_W, (("eps", "float"),), ("out",),
+    fake=lambda h, w_out, *rest: h.new_empty(h.shape[0], w_out.shape[0], *h.shape[2:])))
+
+
+def gated_dwconv(x: _T, w_in: _T, b_in: _T, w_dw: _T, b_dw: _T, backend: str = "auto") -> _T:
+    """Fused SADFFM front. x: (N, C, H, W) -> h: (N, hid, H, W).
+
+    t = DW_K(W_in x + b_in) with w_in: (2*hid, C, 1, 1), w_dw: (2*hid, 1, K, K) odd K, 'same' padding;
+    h = GELU(t[:, :hid]) * t[:, hid:] (exact erf GELU).
+    """
+    check_image("x", x)
+    C = x.shape[1]
+    check_weight("w_in", w_in, (None, C, 1, 1), x)
+    if w_in.shape[0] % 2:
+        raise ValueError(f"w_in must have an even number of output channels (2*hidden), got {w_in.shape[0]}")
+    two_h = w_in.shape[0]
+    check_weight("b_in", b_in, (two_h,), x)
+    check_weight("w_dw", w_dw, (two_h, 1, None, None), x)
+    odd_kernel("w_dw", w_dw)
+    check_weight("b_dw", b_dw, (two_h,), x)
+    backend = resolve_backend(backend, x)
+    if backend == "reference":
+        return reference.gated_dwconv(x, w_in, b_in, w_dw, b_dw)
+    return _gated_dwconv_op(x.contiguous(), w_in.contiguous(), b_in.contiguous(), w_dw.contiguous(),
+                            b_dw.contiguous(), backend)
+
+
+def dffm_out(h: _T, w_out: _T, b_out: _T, ln_w: _T, ln_b: _T, w_gr: _T, b_gr: _T, w_lr: _T, b_lr: _T,
+             w_ce: _T, b_ce: _T, w_se: _T, b_se: _T, eps: float = 1e-6, backend: str = "auto") -> _T:
+    """Fused SADFFM back. h: (N, hid, H, W) -> (N, C, H, W).
+
+    y = W_out h + b_out (w_out: (C, hid, 1, 1)); z = channel LayerNorm(y) (ln_w, ln_b: (C,), eps);
+    g = GELU(W_gr mean_HW(z) + b_gr) (w_gr: (R, C, 1, 1)); l = GELU(W_lr z + b_lr) (w_lr: (R, C, 1, 1));
+    c = sigmoid(W_ce g + b_ce) (w_ce: (C, R, 1, 1)); s = sigmoid(W_se [l; g] + b_se) (w_se: (1, 2R, 1, 1));
+    returns y * c * s.
+    """
+    check_image("h", h)
+    hid = h.shape[1]
+    check_weight("w_out", w_out, (None, hid, 1, 1), h)
+    C = w_out.shape[0]
+    check_weight("b_out", b_out, (C,), h)
+    check_weight("ln_w", ln_w, (C,), h)
+    check_weight("ln_b", ln_b, (C,), h)
+    check_weight("w_gr", w_gr, (None, C, 1, 1), h)
+    R = w_gr.shape[0]
+    check_weight("b_gr", b_gr, (R,), h)
+    check_weight("w_lr", w_lr, (R, C, 1, 1), h)
+    check_weight("b_lr", b_lr, (R,), h)
+    check_weight("w_ce", w_ce, (C, R, 1, 1), h)
+    check_weight("b_ce", b_ce, (C,), h)
+    check_weight("w_se", w_se, (1, 2 * R, 1, 1), h)
+    check_weight("b_se", b_se, (1,), h)
+    backend = resolve_backend(backend, h)
+    ws = (w_out, b_out, ln_w, ln_b, w_gr, b_gr, w_lr, b_lr, w_ce, b_ce, w_se, b_se)
+    if backend == "reference":
+        return reference.dffm_out(h, *ws, eps)
+    return _dffm_out_op(h.contiguous(), *(w.contiguous() for w in ws), float(eps), backend)
