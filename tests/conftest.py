@@ -1,0 +1,37 @@
+"""Shared test setup: ../shared discovery, Triton interpreter on CPU-only machines, backend lists."""
+import os
+import pathlib
+
+# Without a GPU, Triton kernels run (slowly) in the interpreter on CPU tensors.
+# Must be set before triton is imported anywhere.
+try:
+    import torch
+    _has_cuda = torch.cuda.is_available()
+except Exception:  # pragma: no cover
+    _has_cuda = False
+if not _has_cuda:
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import pytest  # noqa: E402
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared"
+
+
+def shared_path(*parts) -> pathlib.Path:
+    """Path under ../shared; skips the test with a clear message if it is absent."""
+    p = SHARED.joinpath(*parts)
+    if not p.exists():
+        pytest.skip(f"ground truth not found: {p} (put the read-only shared/ folder beside the repo)")
+    return p
+
+
+@pytest.fixture
+def shared():
+    return shared_path
+
+
+def kernel_backends(device: str = "cpu"):
+    """Kernel backends ('cpu', 'triton', 'cuda') runnable here for ``device``."""
+    import eimn_kernels as ek
+    return [b for b in ("cpu", "triton", "cuda") if ek.backend_status(b, device)[0]]
