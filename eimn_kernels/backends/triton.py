@@ -25,8 +25,14 @@ def available(device: torch.device) -> tuple[bool, str]:
     return False, "triton runs on CUDA tensors (CPU tensors only with TRITON_INTERPRET=1)"
 
 
+_KERNEL_MODULE = {"dw_mix": "molrcm", "proj_qv": "molrcm", "gate_out": "molrcm",
+                  "gated_dwconv": "sadffm", "dffm_out": "sadffm"}
+
+
 def __getattr__(name: str):
-    if name.endswith("_forward") or name.endswith("_backward"):
-        from .. import triton_kernels
-        return getattr(triton_kernels, name)
+    op = name.rsplit("_", 1)[0]
+    if op in _KERNEL_MODULE and name.rsplit("_", 1)[1] in ("forward", "backward"):
+        import importlib
+        mod = importlib.import_module(f"eimn_kernels.triton_kernels.{_KERNEL_MODULE[op]}")
+        return getattr(mod, name)
     raise AttributeError(name)

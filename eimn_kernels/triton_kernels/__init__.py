@@ -1,9 +1,6 @@
 """Triton kernels of the fused ops (the ``triton`` backend).
 
-Each op NAME has ``NAME_forward`` / ``NAME_backward`` with the argument order of the
-eimn_C schemas in csrc/eimn_ops.cpp.
+``molrcm.py`` holds dw_mix / proj_qv / gate_out and ``sadffm.py`` gated_dwconv / dffm_out,
+each with ``NAME_forward`` / ``NAME_backward`` taking the arguments of the eimn_C
+schemas in csrc/eimn_ops.cpp, in that order.
 """
-from .molrcm import (dw_mix_backward, dw_mix_forward, gate_out_backward, gate_out_forward,  # noqa: F401
-                     proj_qv_backward, proj_qv_forward)
-from .sadffm import (dffm_out_backward, dffm_out_forward, gated_dwconv_backward,  # noqa: F401
-                     gated_dwconv_forward)
