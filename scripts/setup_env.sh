@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# Create (or reuse) the venv .venv with the CPU torch wheel and build eimn_kernels._C in place.
+# Usage: bash scripts/setup_env.sh        (idempotent; PYTHON=python3.11 to choose the interpreter)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+if [ ! -x .venv/bin/python ]; then
+  "$PY" -m venv .venv
+fi
+. .venv/bin/activate
+python -m pip install -q --upgrade pip 2>&1 | grep -v '^WARNING' || true
+# torch pinned to the CPU wheel (2.13.0, on disk here): never let a bare 'torch' pull the CUDA build.
+python -m pip install -q "torch==2.13.0" 2>&1 | grep -v '^WARNING' || true
+python -m pip install -q triton numpy pytest ninja pybind11 pillow tqdm matplotlib safetensors setuptools wheel 2>&1 \
+  | grep -v '^WARNING' || true
+python -c "import torch; assert torch.__version__.startswith('2.13.0'), torch.__version__"
+# Build the C++ extension (CPU kernels; CUDA kernels too with FORCE_CUDA=1 and CUDA_HOME set).
+MAX_JOBS=${MAX_JOBS:-2} python setup.py build_ext --inplace > build.log 2>&1 || { tail -40 build.log; exit 1; }
+python -c "import eimn_kernels as ek; print('eimn_kernels backends on cpu:', ek.available_backends('cpu'))"
