@@ -2,15 +2,16 @@
 
 Functional ops (NCHW tensors, ``backend='auto'|'reference'|'cpu'|'triton'|'cuda'``):
 ``dw_mix``, ``proj_qv``, ``gate_out`` (MOLRCM) and ``gated_dwconv``, ``dffm_out`` (SADFFM).
-Modules: ``MOLRCM``, ``SADFFM``. Model surgery: ``fuse``.
+Modules: ``MOLRCM``, ``SADFFM``. Model surgery: ``fuse``, ``optimize_for_inference``.
 """
 from . import _ext, reference
 from .backends import BACKENDS, available_backends, backend_status, resolve_backend
 from .fuse import fuse
+from .inference import optimize_for_inference
 from .modules import MOLRCM, SADFFM
 from .ops import dffm_out, dw_mix, gate_out, gated_dwconv, proj_qv
 
 __version__ = "0.1.0"
 
-__all__ = ["BACKENDS", "available_backends", "backend_status", "resolve_backend", "fuse",
+__all__ = ["BACKENDS", "available_backends", "backend_status", "resolve_backend", "fuse", "optimize_for_inference",
            "MOLRCM", "SADFFM", "dw_mix", "proj_qv", "gate_out", "gated_dwconv", "dffm_out", "reference"]

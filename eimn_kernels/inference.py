@@ -1,0 +1,112 @@
+"""Eval-only folding of EIMN blocks: exact algebra that removes work at inference time.
+
+* BatchNorm (eval: per-channel affine) before MOLRCM folds into proj_query / proj_value,
+  and before SADFFM into linear_in.
+* layer_scale_1 folds into MOLRCM's last 1x1 (``out``).
+* layer_scale_2 cannot enter SADFFM (its DFFM LayerNorm reads the unscaled y), so the block
+  applies it in one ``addcmul`` with the residual.
+The folded model holds new parameters (its state_dict differs); keep the original for saving.
+"""
+from __future__ import annotations
+
+import copy
+
+import torch
+import torch.nn as nn
+
+from .fuse import fuse, is_molrcm, is_sadffm
+from .modules import MOLRCM, SADFFM
+
+__all__ = ["optimize_for_inference", "FoldedEIMNBlock", "bn_affine"]
+
+
+def bn_affine(bn: nn.BatchNorm2d) -> tuple[torch.Tensor, torch.Tensor]:
+    """(scale, shift) in float64 of an eval-mode BatchNorm2d: bn(x) = x * scale + shift per channel."""
+    inv_std = 1.0 / torch.sqrt(bn.running_var.double() + bn.eps)
+    scale = bn.weight.double() * inv_std if bn.affine else inv_std
+    shift = (bn.bias.double() if bn.affine else 0.0) - bn.running_mean.double() * scale
+    return scale, shift
+
+
+def _fold_input_affine(conv: nn.Conv2d, scale: torch.Tensor, shift: torch.Tensor) -> None:
+    """conv(x * scale + shift) == conv'(x) for a 1x1 conv: rewrite its weight and bias in place."""
+    dt = conv.weight.dtype  # fold in float64, store in the model's dtype
+    w = conv.weight.double()  # (Cout, Cin, 1, 1)
+    b = conv.bias.double() if conv.bias is not None else torch.zeros(w.shape[0], dtype=w.dtype, device=w.device)
+    new_b = b + w[:, :, 0, 0] @ shift.double()
+    conv.weight = nn.Parameter((w * scale.double()[None, :, None, None]).to(dt))
+    conv.bias = nn.Parameter(new_b.to(dt))
+
+
+def _fold_output_scale(conv: nn.Conv2d, scale: torch.Tensor) -> None:
+    """scale * conv(x) == conv'(x): rewrite weight and bias in place."""
+    dt = conv.weight.dtype
+    conv.weight = nn.Parameter((conv.weight.double() * scale.double()[:, None, None, None]).to(dt))
+    conv.bias = nn.Parameter((conv.bias.double() * scale.double()).to(dt))
+
+
+class FoldedEIMNBlock(nn.Module):
+    """Inference EIMN block: x + attn'(x), then x + ls2 * mlp'(x), with BN and ls1 folded in.
+
+    x: (N, dim, H, W) -> (N, dim, H, W). Built by :func:`optimize_for_inference`.
+    """
+
+    def __init__(self, attn: nn.Module, mlp: nn.Module, layer_scale_2: torch.Tensor):
+        super().__init__()
+        self.attn, self.mlp = attn, mlp
+        self.layer_scale_2 = nn.Parameter(layer_scale_2.detach().clone(), requires_grad=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.attn(x)
+        return torch.addcmul(x, self.layer_scale_2[:, None, None], self.mlp(x))
+
+
+def _is_block(m: nn.Module) -> bool:
+    return (all(hasattr(m, n) for n in ("norm1", "attn", "norm2", "mlp", "layer_scale_1", "layer_scale_2"))
+            and isinstance(m.norm1, nn.BatchNorm2d) and isinstance(m.norm2, nn.BatchNorm2d)
+            and is_molrcm(m.attn) and is_sadffm(m.mlp))
+
+
+@torch.no_grad()
+def _fold_block(block: nn.Module, backend: str) -> FoldedEIMNBlock:
+    attn = block.attn if isinstance(block.attn, MOLRCM) else MOLRCM.from_module(block.attn, backend)
+    mlp = block.mlp if isinstance(block.mlp, SADFFM) else SADFFM.from_module(block.mlp, backend)
+    attn.backend = mlp.backend = backend
+    s1, t1 = bn_affine(block.norm1)
+    _fold_input_affine(attn.proj_query[0], s1, t1)
+    _fold_input_affine(attn.proj_value[0], s1, t1)
+    _fold_output_scale(attn.out, block.layer_scale_1)
+    s2, t2 = bn_affine(block.norm2)
+    _fold_input_affine(mlp.linear_in, s2, t2)
+    return FoldedEIMNBlock(attn, mlp, block.layer_scale_2)
+
+
+def _fold_tree(model: nn.Module, backend: str) -> int:
+    n = 0
+    for name, child in list(model.named_children()):
+        if _is_block(child):
+            setattr(model, name, _fold_block(child, backend))
+            n += 1
+        else:
+            n += _fold_tree(child, backend)
+    return n
+
+
+def optimize_for_inference(model: nn.Module, backend: str = "auto", inplace: bool = False) -> nn.Module:
+    """Eval-only copy of ``model`` with every EIMN block folded and MOLRCM/SADFFM fused.
+
+    Outputs equal the eval-mode original within fp32 rounding. The result is in eval mode,
+    its parameters do not require grad, and its state_dict differs from the original's.
+    ``inplace=True`` rewrites ``model`` itself.
+    """
+    if not inplace:
+        model = copy.deepcopy(model)
+    model.eval()
+    if _is_block(model):
+        model = _fold_block(model, backend)
+    else:
+        _fold_tree(model, backend)
+        fuse(model, backend=backend)
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return model.eval()

@@ -1,0 +1,124 @@
+"""fuse() and optimize_for_inference(): same weights, same outputs, same state_dict; training and compile."""
+import copy
+
+import pytest
+import torch
+
+import eimn
+import eimn_kernels as ek
+from conftest import shared_path
+
+WEIGHTS = ["EIMN_L_x2", "EIMN_L_x3", "EIMN_A_x2", "EIMN_A_x3", "EIMN_A_x4"]
+
+
+def cpu_backend():
+    ok, why = ek.backend_status("cpu", "cpu")
+    if not ok:
+        pytest.skip(f"cpu backend unavailable: {why}")
+    return "cpu"
+
+
+def test_fuse_keeps_state_dict_and_parameters():
+    ref = eimn.EIMN(embed_dims=16, scale=2, num_stages=2)
+    sd = copy.deepcopy(ref.state_dict())
+    params_before = {n: p for n, p in ref.named_parameters()}
+    ek.fuse(ref, backend="reference")
+    assert isinstance(ref.block1[0].attn, ek.MOLRCM) and isinstance(ref.block2[0].mlp, ek.SADFFM)
+    sd2 = ref.state_dict()
+    assert list(sd2) == list(sd)
+    assert all(torch.equal(sd[k], sd2[k]) for k in sd)
+    assert all(p is params_before[n] for n, p in ref.named_parameters())
+
+
+def test_fused_model_loads_official_weights_strict():
+    m = eimn.EIMN_A(2, fused=True, backend="reference")
+    m.load_state_dict(torch.load(shared_path("weights", "EIMN_A_x2.pth"), weights_only=True), strict=True)
+    assert all(isinstance(getattr(m, f"block{i}")[0].attn, ek.MOLRCM) for i in range(1, 15))
+
+
+@pytest.mark.parametrize("name", WEIGHTS)
+def test_fuse_and_fold_match_reference_on_official_weights(name):
+    backend = cpu_backend()
+    ref = eimn.load_model(shared_path("weights", f"{name}.pth"))
+    fused = ek.fuse(copy.deepcopy(ref), backend=backend)
+    folded = ek.optimize_for_inference(ref, backend=backend)
+    x = torch.rand(2, 3, 13, 11, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        o_ref, o_fused, o_fold = ref(x), fused(x), folded(x)
+    assert (o_fused - o_ref).abs().max().item() <= 1e-4
+    assert (o_fold - o_ref).abs().max().item() <= 1e-4
+
+
+@pytest.mark.parametrize("name", ["EIMN_L_x2", "EIMN_A_x4"])
+def test_optimize_for_inference_reproduces_golden(name):
+    backend = cpu_backend()
+    g = torch.load(shared_path("golden", f"model_{name}.pt"), weights_only=True)
+    model = ek.optimize_for_inference(eimn.load_model(shared_path("weights", g["weights"])), backend=backend)
+    with torch.no_grad():
+        out = model(g["input"])
+    err = (out - g["output"]).abs().max().item() / g["output"].abs().max().item()
+    assert err <= 2e-5, err
+
+
+def test_optimize_for_inference_reference_backend_exact_algebra():
+    torch.manual_seed(0)
+    ref = eimn.EIMN(embed_dims=16, scale=3, num_stages=2)
+    for m in ref.modules():  # non-trivial BN statistics and layer scales
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.uniform_(-1, 1); m.running_var.uniform_(0.5, 2)
+            m.weight.data.uniform_(0.5, 1.5); m.bias.data.uniform_(-0.5, 0.5)
+    for n, p in ref.named_parameters():
+        if "layer_scale" in n:
+            p.data.uniform_(0.1, 1.0)
+    ref.eval()
+    folded = ek.optimize_for_inference(ref, backend="reference")
+    assert isinstance(folded.block1[0], ek.inference.FoldedEIMNBlock)
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in folded.modules())
+    x = torch.rand(1, 3, 9, 10)
+    with torch.no_grad():
+        assert torch.allclose(folded(x), ref(x), rtol=1e-5, atol=1e-5)
+    # the original is untouched
+    assert any(isinstance(m, torch.nn.BatchNorm2d) for m in ref.modules())
+
+
+def test_fused_training_matches_reference_loss_curve():
+    backend = cpu_backend()
+    torch.manual_seed(0)
+    ref = eimn.EIMN(embed_dims=16, scale=2, num_stages=2)
+    fused = ek.fuse(copy.deepcopy(ref), backend=backend)
+    opt_r = torch.optim.Adam(ref.parameters(), lr=2e-3)
+    opt_f = torch.optim.Adam(fused.parameters(), lr=2e-3)
+    g = torch.Generator().manual_seed(1)
+    losses_r, losses_f = [], []
+    for _ in range(200):
+        hr = torch.rand(2, 3, 16, 16, generator=g)
+        lr = torch.nn.functional.avg_pool2d(hr, 2)
+        for model, opt, losses in ((ref, opt_r, losses_r), (fused, opt_f, losses_f)):
+            opt.zero_grad()
+            loss = torch.nn.functional.l1_loss(model(lr), hr)
+            loss.backward()
+            opt.step()
+            losses.append(loss.item())
+    lr_, lf = torch.tensor(losses_r), torch.tensor(losses_f)
+    assert lr_[-20:].mean() < lr_[:20].mean()  # it learns
+    assert (lr_ - lf).abs().max().item() <= 1e-3 * lr_.abs().max().item() + 1e-4
+    # BatchNorm running statistics are updated identically
+    assert torch.allclose(ref.block1[0].norm1.running_mean, fused.block1[0].norm1.running_mean, atol=1e-5)
+
+
+def test_compile_fused_model_fullgraph():
+    backend = cpu_backend()
+    torch.manual_seed(0)
+    m = eimn.EIMN(embed_dims=16, scale=2, num_stages=1, fused=True, backend=backend).eval()
+    x = torch.rand(1, 3, 8, 9)
+    compiled = torch.compile(m, fullgraph=True)
+    with torch.no_grad():
+        assert torch.allclose(compiled(x), m(x), atol=1e-5, rtol=1e-5)
+
+
+def test_channels_last_input():
+    backend = cpu_backend()
+    m = eimn.EIMN(embed_dims=16, scale=2, num_stages=1, fused=True, backend=backend).eval()
+    x = torch.rand(2, 3, 7, 9)
+    with torch.no_grad():
+        assert torch.allclose(m(x.to(memory_format=torch.channels_last)), m(x), atol=1e-6)
