@@ -171,7 +171,16 @@ Tensor batch_weight(const Tensor& w, int64_t N, bool transpose) {
 // Batched a @ b with the result in the accumulation dtype (fp32 for half/bfloat16: cuBLAS accumulates in fp32
 // and the result is not rounded to half).
 Tensor gemm_acc(const Tensor& a, const Tensor& b) {
-  if (a.scalar_type() == at::kHalf || a.scalar_type() == at::kBFloat16) return at::bmm(a, b, at::kFloat);
+  if (a.scalar_type() == at::kHalf || a.scalar_type() == at::kBFloat16) {
+    try {
+      return at::bmm(a, b, at::kFloat);  // aten::bmm.dtype (CUDA): fp16/bf16 inputs, fp32 output
+    } catch (const c10::Error& e) {
+      // Not expected with torch >= 2.8; an fp32 GEMM of upcast copies gives the same result, slower.
+      TORCH_WARN_ONCE("eimn_C (CUDA): at::bmm with out_dtype=float failed (", e.what_without_backtrace(),
+                      "); falling back to an fp32 GEMM of upcast operands");
+      return at::bmm(a.to(at::kFloat), b.to(at::kFloat));
+    }
+  }
   return at::bmm(a, b);
 }
 
@@ -275,7 +284,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> gate_out_backward_cud
   const int64_t Co = wo.size(0);
   check_tensor(op, "grad_out", grad_out, y, {N, Co, H, W});
   c10::cuda::CUDAGuard guard(y.device());
-  if (N * HW == 0 || C == 0) {
+  if (N * HW == 0) {
     return {at::zeros_like(y), at::zeros_like(v), at::zeros_like(wf), at::zeros_like(bf), at::zeros_like(wo),
             at::zeros_like(bo)};
   }
