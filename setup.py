@@ -23,7 +23,10 @@ def ext_modules():
     cuda_sources = _rel(glob.glob(os.path.join(ROOT, "csrc", "cuda", "*.cu")) + glob.glob(os.path.join(ROOT, "csrc", "cuda", "*.cpp")))
     with_cuda = os.environ.get("FORCE_CUDA", "0") == "1" or (torch.cuda.is_available() and torch.version.cuda)
     openmp = ["-fopenmp"]
-    cxx = ["-O3", "-std=c++17", "-fno-math-errno", "-ffp-contract=fast"] + openmp
+    # torch >= 2.14 headers require C++20 (ATen.h: "#error C++20 or later"); older torch builds with C++17.
+    tv = tuple(int(p) for p in torch.__version__.split("+")[0].split(".")[:2])
+    std = "-std=c++20" if tv >= (2, 14) else "-std=c++17"
+    cxx = ["-O3", std, "-fno-math-errno", "-ffp-contract=fast"] + openmp
     # The extension is built on the machine that runs it; EIMN_PORTABLE=1 targets any AVX2 x86-64.
     if os.environ.get("EIMN_PORTABLE", "0") == "1":
         cxx += ["-mavx2", "-mfma"]
@@ -36,7 +39,7 @@ def ext_modules():
         return [CUDAExtension(
             "eimn_kernels._C", cpu_sources + cuda_sources, include_dirs=include_dirs,
             define_macros=[("EIMN_WITH_CUDA", None)], extra_link_args=openmp,
-            extra_compile_args={"cxx": cxx, "nvcc": ["-O3", "-std=c++17", "--use_fast_math",
+            extra_compile_args={"cxx": cxx, "nvcc": ["-O3", std, "--use_fast_math",
                                                       "-U__CUDA_NO_HALF_OPERATORS__",
                                                       "-U__CUDA_NO_BFLOAT16_CONVERSIONS__",
                                                       "-U__CUDA_NO_HALF_CONVERSIONS__", "-lineinfo"]})]
