@@ -68,9 +68,9 @@ template <typename Kernel> cudaError_t sadffm_prepare_smem(Kernel kernel, size_t
 }
 
 // ---------------------------------------------------------------- fixed-order reduction of block partials
-// part: (outer, B, O) -> out: (outer, O), out[i, o] = sum_b part[i, b, o]. Block (32, 8): threadIdx.x picks the
-// output, threadIdx.y strides over b; the 8 strided sums are added in a fixed order. Deterministic.
-constexpr int kRedX = 32, kRedY = 8;
+// part: (outer, B, O) -> out: (outer, O), out[i, o] = sum_b part[i, b, o]. Block (kRedX, kRedY): threadIdx.x picks the
+// output, threadIdx.y strides over b; the kRedY strided sums are added in a fixed order. Deterministic.
+constexpr int kRedX = 32, kRedY = 32;
 template <typename A>
 __global__ void __launch_bounds__(kRedX* kRedY)
     sadffm_reduce_partials_kernel(const A* __restrict__ part, A* __restrict__ out, int64_t outer, int64_t B,
