@@ -21,9 +21,15 @@ done
 PY=${PYTHON:-python}
 TORCH_INC=$("$PY" -c "from torch.utils.cpp_extension import include_paths; print(' '.join('-I'+p for p in include_paths()))")
 PY_INC=$("$PY" -c "import sysconfig; print(sysconfig.get_paths()['include'])")
+# The CPU torch wheel ships the c10/cuda headers but not the generated cuda_cmake_macros.h: supply a stand-in.
+shim="$out/shim"
+if ! "$PY" -c "import os,sys; from torch.utils.cpp_extension import include_paths; sys.exit(0 if any(os.path.exists(os.path.join(p,'c10/cuda/impl/cuda_cmake_macros.h')) for p in include_paths()) else 1)"; then
+  mkdir -p "$shim/c10/cuda/impl"
+  printf '#pragma once\n#define C10_CUDA_BUILD_SHARED_LIBS\n' > "$shim/c10/cuda/impl/cuda_cmake_macros.h"
+fi
 for f in csrc/cuda/*.cpp; do
   echo "g++ -fsyntax-only (ATen CUDA wrapper): $f"
-  g++ -std=c++17 -fsyntax-only -DEIMN_WITH_CUDA -DUSE_CUDA $TORCH_INC -I"$PY_INC" -I"$CUDA_HOME/include" \
+  g++ -std=c++20 -fsyntax-only -DEIMN_WITH_CUDA -DUSE_CUDA $TORCH_INC -I"$shim" -I"$PY_INC" -I"$CUDA_HOME/include" \
     -Icsrc -Icsrc/common "$f"
 done
 rm -rf "$out"
