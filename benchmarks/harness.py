@@ -233,6 +233,7 @@ def machine_info(device: torch.device | str = "cpu") -> dict:
         "cuda": torch.version.cuda,
         "triton": None,
         "loadavg": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
+        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "default (active spin)"),
     }
     try:
         import triton

@@ -2,7 +2,8 @@
 
 Inference rows (batch 1): ``eager`` (eimn.model, eval), ``fused[<backend>]`` (eimn_kernels.fuse),
 ``folded[<backend>]`` (eimn_kernels.optimize_for_inference: BN / layer-scale folded, then fused; skipped when
-it is not importable) and ``compile`` (torch.compile of the eager model). CPU: fp32. CUDA: fp32 and fp16
+it is not importable) and ``compile`` (torch.compile of the eager model; EIMN_L x2 only, or the quick case on
+CUDA: compiling the whole model takes minutes). CPU: fp32. CUDA: fp32 and fp16
 autocast, plus EIMN_L x2 on a 640x480 input in fp16 beside the published 7.34 FPS (RTX 4090).
 Training rows: one step of EIMN_L x2 (L1 loss, backward, Adam), batch 4, LR 64x64, eager vs fused, with peak
 memory. Weights are seeded random (speed does not depend on them); outputs are checked against eager.
@@ -50,7 +51,7 @@ def inference_plan(device: str, quick: bool) -> list[tuple[str, int, tuple[int, 
 
 def _timing_kw(quick: bool, threads: int | None, device: str) -> dict:
     if device == "cuda":
-        return dict(warmup=3, min_run_time=0.5 if quick else 2.0, min_samples=5, max_time=30.0)
+        return dict(warmup=3, min_run_time=0.3 if quick else 1.0, min_samples=5, max_time=30.0)
     if quick:
         return dict(warmup=1, min_run_time=0.5, min_samples=2, max_time=12.0, threads=threads)
     return dict(warmup=1, min_run_time=1.0, min_samples=3, max_time=60.0, threads=threads)
@@ -106,6 +107,8 @@ def bench_inference(device: str = "cpu", quick: bool = False, threads: int | Non
     if compile and device == "cpu" and quick:
         compile = False
         notes.append("model: torch.compile rows skipped in --quick on CPU (compiling 16 blocks takes minutes)")
+    elif compile:
+        notes.append("model: torch.compile rows only for EIMN_L x2 (compiling the whole model takes minutes)")
     rows = []
     for name, scale, (h, w), prec in progress(plan or inference_plan(device, quick), "model inference"):
         eager = _seeded(name, scale, device).eval()
@@ -113,7 +116,8 @@ def bench_inference(device: str = "cpu", quick: bool = False, threads: int | Non
             madds = count_complexity(_BUILD[name](scale=scale), (1, 3, h, w))["multi_adds"]
         x = torch.rand(1, 3, h, w, device=device)
         want = None
-        for vname, model in _variants(eager, backends, compile, notes).items():
+        do_compile = compile and (quick or (name, scale) == ("EIMN_L", 2))
+        for vname, model in _variants(eager, backends, do_compile, notes).items():
             row = {"group": "inference", "model": name, "scale": scale, "lr": f"{w}x{h}",
                    "hr": f"{w * scale}x{h * scale}", "precision": prec, "variant": vname, "device": device,
                    "multi_adds_G": madds / 1e9}

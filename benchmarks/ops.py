@@ -125,7 +125,9 @@ def _flops(mode: str, ref_fn: Callable, case: _Case) -> int:
     return {"fwd": c["fwd"], "bwd": c.get("bwd", 0), "fwd+bwd": c["fwd"] + c.get("bwd", 0)}[mode]
 
 
-def _timing_kw(quick: bool, threads: int | None) -> dict:
+def _timing_kw(quick: bool, threads: int | None, device: str = "cpu") -> dict:
+    if device == "cuda":  # do_bench: min_run_time is its `rep` budget
+        return dict(warmup=3, min_run_time=0.1 if quick else 0.3, min_samples=5, max_time=10.0)
     if quick:
         return dict(warmup=1, min_run_time=0.25, min_samples=3, max_time=4.0, threads=threads)
     return dict(warmup=3, min_run_time=1.0, min_samples=7, max_time=30.0, threads=threads)
@@ -201,7 +203,7 @@ def bench_ops(ops=("molrcm", "sadffm"), device: str = "cpu", quick: bool = False
     if not backends and "no fused backend available: fused rows skipped" not in notes:
         notes.append("no fused backend available: fused rows skipped")
     dt = DTYPES[dtype]
-    tkw = tkw or _timing_kw(quick, threads)
+    tkw = tkw or _timing_kw(quick, threads, device)
     rows = []
     cases = [(op, shape, mode) for op in ops for shape, modes in (plan or shape_plan(device, quick)) for mode in modes]
     for op, shape, mode in progress(cases, "ops"):
@@ -267,7 +269,7 @@ def bench_subops(ops=("molrcm", "sadffm"), device: str = "cpu", quick: bool = Fa
     """Sub-op rows: each fused low-level op per backend vs its eimn_kernels.reference function."""
     backends, _ = kernel_backends(device)
     dt = DTYPES[dtype]
-    tkw = tkw or _timing_kw(quick, threads)
+    tkw = tkw or _timing_kw(quick, threads, device)
     given = plan is not None
     plan = plan or shape_plan(device, quick)
     if quick and not given:  # first inference shape (fwd) and the training shape (fwd+bwd) only
