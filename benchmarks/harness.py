@@ -76,10 +76,26 @@ def sync(device: torch.device | str) -> None:
         torch.cuda.synchronize(device)
 
 
+@contextlib.contextmanager
+def _threads(n: int):
+    old = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old)
+
+
 def _time_cpu(fn: Callable, warmup: int, min_run_time: float, min_samples: int, max_time: float,
               threads: int | None) -> Timing:
-    from torch.utils.benchmark import Timer
     threads = threads or torch.get_num_threads()
+    with _threads(threads):  # warm-up and timed calls all with ``threads`` threads
+        return _time_cpu_n(fn, warmup, min_run_time, min_samples, max_time, threads)
+
+
+def _time_cpu_n(fn: Callable, warmup: int, min_run_time: float, min_samples: int, max_time: float,
+                threads: int) -> Timing:
+    from torch.utils.benchmark import Timer
     # Warm-up calls (at least 2 unless too long); the fastest of them estimates the cost of a call
     # (the first may include lazy initialisation).
     est = float("inf")
@@ -95,16 +111,11 @@ def _time_cpu(fn: Callable, warmup: int, min_run_time: float, min_samples: int, 
         n = int(min(min_samples, max(1, max_time // max(est, 1e-9))))
         if n < 2 and est < max_time:
             n = 2
-        old = torch.get_num_threads()
-        torch.set_num_threads(threads)
-        try:
-            samples = []
-            for _ in range(n):
-                t0 = time.perf_counter()
-                fn()
-                samples.append(time.perf_counter() - t0)
-        finally:
-            torch.set_num_threads(old)
+        samples = []
+        for _ in range(n):
+            t0 = time.perf_counter()
+            fn()
+            samples.append(time.perf_counter() - t0)
         return _timing(samples, 1, f"single calls (time.perf_counter) x{len(samples)}, {threads} threads")
     timer = Timer(stmt="fn()", globals={"fn": fn}, num_threads=threads)
     samples, number = [], 1
@@ -193,7 +204,9 @@ def measure(fn: Callable, device: torch.device | str = "cpu", *, memory: bool = 
     """:func:`time_fn` plus, when ``memory``, :func:`peak_memory` of one more call."""
     t = time_fn(fn, device, **kw)
     if memory:
-        t.peak_mem_bytes, t.mem_method = peak_memory(fn, device)
+        cpu_threads = kw.get("threads") if torch.device(device).type == "cpu" else None
+        with _threads(cpu_threads) if cpu_threads else contextlib.nullcontext():
+            t.peak_mem_bytes, t.mem_method = peak_memory(fn, device)
     return t
 
 

@@ -216,7 +216,11 @@ def bench_ops(ops=("molrcm", "sadffm"), device: str = "cpu", quick: bool = False
             fm = (ek.MOLRCM if op == "molrcm" else ek.SADFFM).from_module(m, backend=b)
             variants[f"fused[{b}]"] = _Case(lambda x, *p, fm=fm: fm(x), [x], params)
         compile_s = {}
-        if compile:
+        if compile and quick and mode != "fwd":
+            n = "ops: torch.compile rows only for fwd in --quick (each compile takes tens of seconds)"
+            if n not in notes:
+                notes.append(n)
+        elif compile:
             try:
                 torch._dynamo.reset()  # fresh guards: no silent fallback to eager after the recompile limit
                 cm = torch.compile(m, dynamic=False)

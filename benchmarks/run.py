@@ -25,7 +25,7 @@ __all__ = ["run_all", "main"]
 DEFAULT_OUT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 
 
-def _section(name: str, notes: list, fn, *a, **kw):
+def _section(name: str, notes: list, fn, /, *a, **kw):
     t0 = time.perf_counter()
     try:
         return fn(*a, **kw)

@@ -8,6 +8,15 @@ from benchmarks import harness, report
 from benchmarks.roofline import conv_flops, nbytes, roofline_fields
 
 
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """One torch thread: quick and immune to OpenMP barrier stalls on a busy shared CPU."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
 def test_quantiles():
     assert harness.quantiles([3.0]) == (3.0, 3.0, 3.0)
     assert harness.quantiles([1.0, 2.0, 3.0, 4.0, 5.0]) == (2.0, 3.0, 4.0)
@@ -120,3 +129,25 @@ def test_ops_rows_on_tiny_shape():
         assert r["median_ms"] > 0 and r["flops"] > 0 and r["min_bytes"] > 0
         if r["variant"] != "eager":
             assert r["max_rel_err"] < 1e-4
+
+
+def test_fused_rows_and_run_sections(monkeypatch, tmp_path):
+    """Fused-row code paths (fuse, from_module, speed-up, error columns) with the fused modules on the
+    'reference' backend standing in for a kernel backend, and run_all with cheap sections only."""
+    from benchmarks import model, ops, run
+    monkeypatch.setattr(ops, "kernel_backends", lambda device: (["reference"], []))
+    monkeypatch.setattr(model, "kernel_backends", lambda device: (["reference"], []))
+    tkw = dict(warmup=1, min_run_time=0.01, min_samples=2, max_time=1.0, threads=1)
+    rows = ops.bench_ops(("molrcm",), plan=[((1, 64, 5, 6), ("fwd",))], tkw=tkw, compile=False)
+    assert [r["variant"] for r in rows] == ["eager", "fused[reference]"]
+    assert rows[1]["max_rel_err"] < 1e-5 and rows[1]["speedup_vs_eager"] > 0
+    notes = []
+    rows = model.bench_inference(plan=[("EIMN_A", 2, (4, 5), "fp32")], tkw=tkw, compile=False, notes=notes)
+    assert {r["variant"] for r in rows} >= {"eager", "fused[reference]"}
+    assert all(r.get("max_rel_err", 0) < 1e-5 and "error" not in r for r in rows), rows
+    monkeypatch.setattr(run, "measure_ceilings", lambda *a, **k: {"copy_GBps": 1.0, "copy_MB": 1,
+                                                                   "sgemm_GFLOPs": 1.0, "sgemm_n": 8})
+    res = run.run_all("cpu", True, 1, compile=False, sections=())
+    assert res["ops"] == [] and res["model"] == [] and res["machine"]["torch_threads"] == 1
+    paths = report.write_all(res, str(tmp_path))
+    assert all(open(p, "rb").read() for p in paths.values())
