@@ -181,6 +181,14 @@ def _reset_hwm() -> bool:
         return False
 
 
+def _malloc_trim() -> None:
+    try:
+        import ctypes
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
 def peak_memory(fn: Callable, device: torch.device | str = "cpu") -> tuple[int | None, str]:
     """(bytes, method): extra memory at the peak of one call of ``fn`` over what was in use before it.
     None when it cannot be measured here."""
@@ -192,12 +200,13 @@ def peak_memory(fn: Callable, device: torch.device | str = "cpu") -> tuple[int |
         fn()
         torch.cuda.synchronize(dev)
         return torch.cuda.max_memory_allocated(dev) - base, "torch.cuda.max_memory_allocated delta"
+    _malloc_trim()  # hand freed heap pages back, so this call's allocations show up in the RSS again
     base = _proc_status("VmRSS")
     if base is None or not _reset_hwm():
         return None, "unavailable (/proc/self/clear_refs not writable)"
     fn()
     hwm = _proc_status("VmHWM")
-    return max(0, hwm - base), "peak RSS delta (VmHWM after clear_refs)"
+    return max(0, hwm - base), "peak RSS delta (malloc_trim, then VmHWM after clear_refs)"
 
 
 def measure(fn: Callable, device: torch.device | str = "cpu", *, memory: bool = True, **kw) -> Timing:

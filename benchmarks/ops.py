@@ -171,6 +171,13 @@ def _run_group(group: str, op: str, shape, mode: str, variants: dict[str, _Case]
     return rows
 
 
+def _ceilings_for(ceilings: dict | None, dtype: str) -> dict | None:
+    """Ceilings with the matrix rate of ``dtype`` (hgemm for half types when measured)."""
+    if ceilings and dtype in ("fp16", "bf16") and ceilings.get("hgemm_GFLOPs"):
+        return dict(ceilings, gemm_GFLOPs=ceilings["hgemm_GFLOPs"])
+    return ceilings
+
+
 def _modules(op: str, device: str, dtype: torch.dtype) -> torch.nn.Module:
     """Eager reference module with seeded random weights (non-trivial biases and norm parameters)."""
     torch.manual_seed(0)
@@ -203,6 +210,7 @@ def bench_ops(ops=("molrcm", "sadffm"), device: str = "cpu", quick: bool = False
     if not backends and "no fused backend available: fused rows skipped" not in notes:
         notes.append("no fused backend available: fused rows skipped")
     dt = DTYPES[dtype]
+    ceilings = _ceilings_for(ceilings, dtype)
     tkw = tkw or _timing_kw(quick, threads, device)
     rows = []
     cases = [(op, shape, mode) for op in ops for shape, modes in (plan or shape_plan(device, quick)) for mode in modes]
@@ -216,8 +224,8 @@ def bench_ops(ops=("molrcm", "sadffm"), device: str = "cpu", quick: bool = False
             fm = (ek.MOLRCM if op == "molrcm" else ek.SADFFM).from_module(m, backend=b)
             variants[f"fused[{b}]"] = _Case(lambda x, *p, fm=fm: fm(x), [x], params)
         compile_s = {}
-        if compile and quick and mode != "fwd":
-            n = "ops: torch.compile rows only for fwd in --quick (each compile takes tens of seconds)"
+        if compile and quick and (mode != "fwd" or shape != cases[0][1]):
+            n = "ops: torch.compile rows only for the first shape's fwd in --quick (a compile takes tens of seconds)"
             if n not in notes:
                 notes.append(n)
         elif compile:
@@ -273,6 +281,7 @@ def bench_subops(ops=("molrcm", "sadffm"), device: str = "cpu", quick: bool = Fa
     """Sub-op rows: each fused low-level op per backend vs its eimn_kernels.reference function."""
     backends, _ = kernel_backends(device)
     dt = DTYPES[dtype]
+    ceilings = _ceilings_for(ceilings, dtype)
     tkw = tkw or _timing_kw(quick, threads, device)
     given = plan is not None
     plan = plan or shape_plan(device, quick)
