@@ -41,7 +41,9 @@ def test_counter_on_a_known_net():
     assert c["params"] == (8 * 27 + 8) + 16 + (8 * 25 + 8) + (4 * 8 + 4)
 
 
-def test_cli_writes_json(tmp_path, capsys):
+def test_cli_writes_json(tmp_path, capsys, monkeypatch, rows):
+    import benchmarks.complexity as bc
+    monkeypatch.setattr(bc, "complexity_table", lambda: rows)  # counted once, in the fixture
     out = tmp_path / "c.json"
     main(["--json", str(out)])
     text = capsys.readouterr().out
