@@ -1,0 +1,121 @@
+"""Run every benchmark that applies to this machine and write JSON, markdown and a PNG plot.
+
+Sections: complexity (meta device), machine ceilings (copy bandwidth, sgemm), ops and sub-ops, whole-model
+inference and a training step. Device: CUDA when available, else CPU (2 threads by default). Output:
+benchmarks/results/<machine>-<date>.{json,md,png} (or --out-dir). A failing section is recorded in the
+notes and the others still run. ``--quick`` fits in a few minutes on a 2-core CPU.
+
+    python -m benchmarks.run [--quick] [--device cpu|cuda|all] [--threads 2] [--out-dir DIR]
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import time
+import traceback
+
+import torch
+
+from . import complexity, model, ops
+from .harness import machine_info, measure_ceilings
+from .report import write_all
+
+__all__ = ["run_all", "main"]
+
+DEFAULT_OUT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
+
+
+def _section(name: str, notes: list, fn, /, *a, **kw):
+    t0 = time.perf_counter()
+    try:
+        return fn(*a, **kw)
+    except Exception as e:
+        notes.append(f"section {name} failed: {type(e).__name__}: {e}")
+        traceback.print_exc()
+        return None
+    finally:
+        print(f"[{name}] {time.perf_counter() - t0:.0f} s", flush=True)
+
+
+def run_all(device: str, quick: bool, threads: int, compile: bool = True, sections=("complexity", "ops", "subops",
+            "model", "train")) -> dict:
+    """Run the sections on ``device`` and return the results dict (see benchmarks.report)."""
+    t0 = time.perf_counter()
+    if device == "cpu":
+        torch.set_num_threads(threads)
+    notes: list[str] = []
+    res: dict = {"quick": quick, "machine": machine_info(device), "notes": notes}
+    la = res["machine"].get("loadavg")
+    if device == "cpu" and la and la[0] > (os.cpu_count() or 1):
+        notes.append(f"CPU load average {la[0]:.1f} exceeds the {os.cpu_count()} CPUs: timings are noisy")
+    res["ceilings"] = _section("ceilings", notes, measure_ceilings, device, quick, threads)
+    if "complexity" in sections:
+        res["complexity"] = _section("complexity", notes, complexity.complexity_table)
+    op_rows = []
+    if "ops" in sections:
+        op_rows += _section("ops", notes, ops.bench_ops, ("molrcm", "sadffm"), device, quick, threads,
+                            ceilings=res["ceilings"], compile=compile, notes=notes) or []
+    if "subops" in sections:
+        op_rows += _section("subops", notes, ops.bench_subops, ("molrcm", "sadffm"), device, quick, threads,
+                            ceilings=res["ceilings"], notes=notes) or []
+    res["ops"] = op_rows
+    model_rows = []
+    if "model" in sections:
+        model_rows += _section("model", notes, model.bench_inference, device, quick, threads, compile=compile,
+                               notes=notes) or []
+    if "train" in sections:
+        model_rows += _section("train", notes, model.bench_training, device, quick, threads, notes=notes) or []
+    res["model"] = model_rows
+    res["wall_s"] = time.perf_counter() - t0
+    return res
+
+
+def main(argv=None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="fewer shapes and repeats, smallest model case")
+    ap.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "all"),
+                    help="auto: cuda when available, else cpu; all: cuda (if any) then cpu")
+    ap.add_argument("--threads", type=int, default=2, help="torch threads for CPU timings (default 2)")
+    ap.add_argument("--no-compile", action="store_true", help="skip the torch.compile rows")
+    ap.add_argument("--sections", default="complexity,ops,subops,model,train",
+                    help="comma-separated subset of complexity,ops,subops,model,train")
+    ap.add_argument("--out-dir", default=DEFAULT_OUT, help=f"where to write results (default {DEFAULT_OUT})")
+    a = ap.parse_args(argv)
+    has_cuda = torch.cuda.is_available()
+    devices = {"auto": ["cuda" if has_cuda else "cpu"], "cpu": ["cpu"], "cuda": ["cuda"],
+               "all": (["cuda"] if has_cuda else []) + ["cpu"]}[a.device]
+    if "cuda" in devices and not has_cuda:
+        ap.error("--device cuda: no CUDA device here")
+    sections = tuple(s.strip() for s in a.sections.split(",") if s.strip())
+    out = {}
+    for dev in devices:
+        res = run_all(dev, a.quick, a.threads, compile=not a.no_compile, sections=sections)
+        paths = write_all(res, a.out_dir)
+        out[dev] = {"results": res, "paths": paths}
+        _summary(res)
+        print(f"wall time {res['wall_s']:.0f} s on {dev}")
+        for k, p in paths.items():
+            print(f"wrote {k}: {p}")
+    return out
+
+
+def _summary(res: dict) -> None:
+    """A few headline numbers on stdout."""
+    c = res.get("ceilings") or {}
+    if c:
+        print(f"ceilings: copy {c['copy_GBps']:.1f} GB/s, sgemm {c['sgemm_GFLOPs']:.1f} GFLOP/s")
+    for r in res.get("ops") or []:
+        if r.get("group") == "op" and "median_ms" in r:
+            print(f"  {r['op']:7s} {r['shape']:>13s} {r['mode']:8s} {r['variant']:14s} {r['median_ms']:9.2f} ms"
+                  f"  x{r['speedup_vs_eager']:.2f}")
+    for r in res.get("model") or []:
+        if "median_ms" in r:
+            extra = f" batch {r['batch']} train" if r["group"] == "training" else ""
+            print(f"  {r['model']} x{r['scale']} LR {r['lr']}{extra} {r['precision']} {r['variant']:14s} "
+                  f"{r['median_ms']:9.1f} ms  x{r['speedup_vs_eager'] or 0:.2f}")
+    for n in res.get("notes") or []:
+        print("note:", n)
+
+
+if __name__ == "__main__":
+    main()

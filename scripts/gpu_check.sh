@@ -1,0 +1,120 @@
+#!/usr/bin/env bash
+# One command for a lent GPU machine (no network needed): build the CUDA extension against the machine's
+# torch, run the whole test suite on CUDA, compute-sanitizer memcheck + racecheck on the CUDA kernel tests,
+# then the benchmarks. Logs and benchmark JSON/MD/PNG go flat into $OUT when set (else ./out), named
+# <gpu>-<date>-<stage>.log and <gpu>-<date>.{json,md,png}: at most 8 files.
+#
+# Usage: bash scripts/gpu_check.sh [build] [test] [sanitize] [bench]      (no argument: all four, in order)
+# One device call is limited to 10 minutes, so split the stages over calls when needed, e.g.
+#   bash scripts/gpu_check.sh build test      then      bash scripts/gpu_check.sh build sanitize bench
+# (the build is incremental: ignored build outputs stay on a warm machine between calls).
+# Environment:
+#   PYTHON (default python3), CUDA_HOME (else detected from nvcc / /usr/local/cuda*), TORCH_CUDA_ARCH_LIST
+#   (default 9.0), MAX_JOBS (default: number of CPUs), PYTEST_ARGS (extra args for the test stage),
+#   SANITIZER_PYTEST_ARGS (extra pytest args under compute-sanitizer, e.g. -k "not gradcheck"),
+#   SANITIZER_TIMEOUT (seconds per tool, default 240), BENCH_ARGS (default: --quick; "" for the full run).
+# Exit status: non-zero when any stage failed (all requested stages still run).
+set -uo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+OUTDIR=${OUT:-$PWD/out}
+mkdir -p "$OUTDIR"
+export PYTHONUNBUFFERED=1
+
+stages=("$@")
+[ ${#stages[@]} -eq 0 ] && stages=(build test sanitize bench)
+
+# The ground truth is read from ../shared; a shared/ folder carried inside the checkout is linked there.
+if [ ! -e ../shared ] && [ -d shared ]; then ln -s "$PWD/shared" ../shared 2>/dev/null || true; fi
+
+detect_cuda_home() {
+  local c nv
+  for c in "${CUDA_HOME:-}" "${CUDA_PATH:-}"; do
+    [ -n "$c" ] && [ -x "$c/bin/nvcc" ] && { echo "$c"; return; }
+  done
+  nv=$(command -v nvcc 2>/dev/null || true)
+  if [ -n "$nv" ]; then
+    c=$(dirname "$(dirname "$(readlink -f "$nv")")")
+    [ -f "$c/include/cuda_runtime.h" ] && { echo "$c"; return; }
+  fi
+  for c in /usr/local/cuda /usr/local/cuda-*; do
+    [ -x "$c/bin/nvcc" ] && [ -f "$c/include/cuda_runtime.h" ] && { echo "$c"; return; }
+  done
+}
+export CUDA_HOME=$(detect_cuda_home)
+[ -n "$CUDA_HOME" ] && export PATH="$CUDA_HOME/bin:$PATH"
+export TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-9.0}
+export MAX_JOBS=${MAX_JOBS:-$(nproc)}
+
+GPU=$("$PY" -c "import torch; print(torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'nogpu')" 2>/dev/null || echo unknown)
+TAG=$(echo "$GPU" | tr 'A-Z' 'a-z' | sed 's/[^a-z0-9.]\+/-/g; s/^-//; s/-$//')-$(date -u +%Y%m%d-%H%M)
+SANITIZER=$(command -v compute-sanitizer || ls "$CUDA_HOME"/bin/compute-sanitizer "$CUDA_HOME"/compute-sanitizer/compute-sanitizer 2>/dev/null | head -1)
+echo "gpu_check: $GPU | torch $("$PY" -c 'import torch; print(torch.__version__, torch.version.cuda)' 2>/dev/null)" \
+     "| CUDA_HOME=${CUDA_HOME:-none} | nvcc $("$CUDA_HOME/bin/nvcc" --version 2>/dev/null | grep -o 'release [0-9.]*')" \
+     "| arch $TORCH_CUDA_ARCH_LIST | sanitizer ${SANITIZER:-none} | out $OUTDIR | tag $TAG"
+
+declare -A STATUS
+fail=0
+run_stage() {  # run_stage NAME CMD...: output to $OUTDIR/$TAG-NAME.log and stdout tail
+  local name=$1; shift
+  local log="$OUTDIR/$TAG-$name.log" t0=$SECONDS rc
+  echo "=== $name: $*" >"$log"
+  "$@" >>"$log" 2>&1
+  rc=$?
+  tail -n 25 "$log"
+  echo "=== $name: rc=$rc in $((SECONDS - t0)) s (log $log)"
+  STATUS[$name]=$rc
+  [ $rc -ne 0 ] && fail=1
+  return $rc
+}
+
+build() {
+  [ -n "$CUDA_HOME" ] || { echo "no CUDA toolkit found (set CUDA_HOME)"; return 1; }
+  FORCE_CUDA=1 "$PY" setup.py build_ext --inplace &&
+  "$PY" -c "import eimn_kernels as ek, torch; assert ek._ext.built_with_cuda(), ek._ext.extension_error(); \
+print('backends on cuda:', ek.available_backends('cuda'), '| on cpu:', ek.available_backends('cpu'))"
+}
+
+tests() {
+  # The whole suite with the GPU visible: CUDA and Triton backends run on CUDA tensors.
+  "$PY" -m pytest -q -rs --durations=15 ${PYTEST_ARGS:-}
+}
+
+sanitize() {
+  [ -n "$SANITIZER" ] || { echo "compute-sanitizer not found"; return 1; }
+  shopt -s nullglob
+  local files=() f rc=0
+  for f in tests/test_cuda_*.py; do [[ "$f" == *_emu.py ]] || files+=("$f"); done
+  [ ${#files[@]} -gt 0 ] || { echo "no tests/test_cuda_*.py"; return 1; }
+  local trc
+  for tool in memcheck racecheck; do
+    echo "--- compute-sanitizer --tool $tool on ${files[*]}"
+    # PYTORCH_NO_CUDA_MEMORY_CACHING: every allocation is a real cudaMalloc, so memcheck sees exact bounds.
+    PYTORCH_NO_CUDA_MEMORY_CACHING=1 timeout "${SANITIZER_TIMEOUT:-240}" "$SANITIZER" --tool "$tool" \
+      --error-exitcode 99 --print-limit 50 --show-backtrace device \
+      "$PY" -m pytest -q -x -p no:cacheprovider ${SANITIZER_PYTEST_ARGS:-} "${files[@]}"
+    trc=$?
+    echo "--- $tool rc=$trc (99: the tool found errors; 124: timed out)"
+    [ $trc -ne 0 ] && rc=$trc
+  done
+  return $rc
+}
+
+bench() {
+  "$PY" -m benchmarks.run --device cuda --out-dir "$OUTDIR" ${BENCH_ARGS---quick}
+}
+
+for s in "${stages[@]}"; do
+  case $s in
+    build) run_stage build build ;;
+    test) run_stage test tests ;;
+    sanitize) run_stage sanitize sanitize ;;
+    bench) run_stage bench bench ;;
+    *) echo "unknown stage $s (build, test, sanitize, bench)"; fail=1 ;;
+  esac
+done
+
+echo "gpu_check summary ($GPU, $(date -u +%FT%TZ)):"
+for s in "${stages[@]}"; do echo "  $s: rc=${STATUS[$s]:-n/a}"; done
+ls -la "$OUTDIR"
+exit $fail

@@ -1,0 +1,153 @@
+"""Smoke tests of the benchmark harness and writers (seconds, tiny shapes, no real benchmark)."""
+import json
+
+import pytest
+import torch
+
+from benchmarks import harness, report
+from benchmarks.roofline import conv_flops, nbytes, roofline_fields
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """One torch thread: quick and immune to OpenMP barrier stalls on a busy shared CPU."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
+def test_quantiles():
+    assert harness.quantiles([3.0]) == (3.0, 3.0, 3.0)
+    assert harness.quantiles([1.0, 2.0, 3.0, 4.0, 5.0]) == (2.0, 3.0, 4.0)
+
+
+def test_time_fn_on_tiny_op():
+    x = torch.randn(64, 64)
+    t = harness.time_fn(lambda: x @ x, "cpu", warmup=1, min_run_time=0.02, min_samples=3, threads=1)
+    assert t.n >= 3 and 0 < t.min_s <= t.median_s < 1.0
+    assert t.q1_s <= t.median_s <= t.q3_s and t.iqr_s == pytest.approx(t.q3_s - t.q1_s)
+    assert t.method and t.calls_per_sample >= 1
+
+
+def test_time_fn_long_call_is_bounded():
+    import time
+    calls = []
+
+    def slow():
+        calls.append(1)
+        time.sleep(0.05)
+    t = harness.time_fn(slow, "cpu", warmup=1, min_run_time=0.01, min_samples=10, max_time=0.12)
+    assert 1 <= t.n <= 3 and len(calls) <= 5
+    assert t.median_s >= 0.045
+
+
+def test_peak_memory_sees_a_big_allocation():
+    def alloc():
+        y = torch.ones(32 * 2**20 // 4)  # 32 MiB, touched
+        return y.sum()
+    n, method = harness.peak_memory(alloc, "cpu")
+    if n is None:
+        pytest.skip(method)
+    assert n >= 24 * 2**20, (n, method)
+
+
+def test_machine_info_and_tag():
+    info = harness.machine_info("cpu")
+    for k in ("date_utc", "cpu_model", "torch_threads", "torch", "triton", "gpu", "backends"):
+        assert k in info
+    assert "reference" in info["backends"]
+    tag = harness.machine_tag(info)
+    assert tag and all(c.isalnum() or c in "-." for c in tag)
+
+
+def test_conv_flops_and_roofline():
+    conv = torch.nn.Conv2d(4, 8, 3, padding=1)
+    x = torch.randn(2, 4, 5, 6, requires_grad=True)
+    c = conv_flops(lambda x, w, b: torch.nn.functional.conv2d(x, w, b, padding=1), x, conv.weight, conv.bias,
+                   backward=True)
+    macs = 2 * 8 * 5 * 6 * 4 * 9
+    assert c == {"fwd": 2 * macs, "bwd": 4 * macs}
+    assert nbytes(x, [conv.weight, (conv.bias,)]) == 4 * (x.numel() + conv.weight.numel() + 8)
+    r = roofline_fields(1e9, 1e9, 0.5, {"copy_GBps": 4.0, "sgemm_GFLOPs": 8.0})
+    assert r["bw_frac"] == pytest.approx(0.5) and r["flop_frac"] == pytest.approx(0.25)
+    assert r["bound"] == "memory" and r["roofline_frac"] == pytest.approx(0.5)
+
+
+def _fake_results():
+    info = harness.machine_info("cpu")
+    op = {"group": "op", "op": "molrcm", "shape": "1x64x8x8", "mode": "fwd", "dtype": "fp32", "device": "cpu",
+          "median_ms": 2.0, "iqr_ms": 0.1, "n": 5, "peak_mem_MB": 1.0, "GFLOPs": 1.0, "GBps": 2.0,
+          "bw_frac": 0.1, "flop_frac": 0.01}
+    rows = [dict(op, variant="eager", speedup_vs_eager=1.0),
+            dict(op, variant="fused[cpu]", median_ms=1.0, speedup_vs_eager=2.0, max_rel_err=1e-7),
+            dict(op, group="subop", op="dw_mix", variant="fused[cpu]", speedup_vs_eager=1.5),
+            dict(op, variant="compile", error="RuntimeError: boom")]
+    mrow = {"group": "inference", "model": "EIMN_L", "scale": 4, "lr": "320x180", "precision": "fp32",
+            "device": "cpu", "median_ms": 100.0, "iqr_ms": 1.0, "n": 2}
+    model = [dict(mrow, variant="eager", speedup_vs_eager=1.0),
+             dict(mrow, variant="fused[cpu]", median_ms=50.0, speedup_vs_eager=2.0, compile_s=3.0),
+             dict(mrow, group="training", batch=2, variant="eager", speedup_vs_eager=1.0)]
+    from benchmarks.complexity import PAPER
+    cx = [{"model": "EIMN_L", "scale": 2, "lr_size": "640x360", "params": 981724, "multi_adds_G": 212.72,
+           "conv_macs_G": 211.78, "paper_params_K": PAPER[("EIMN_L", 2)][0], "paper_multi_adds_G": 212.7}]
+    return {"quick": True, "machine": info, "ceilings": {"copy_GBps": 10.0, "copy_MB": 64, "sgemm_GFLOPs": 50.0,
+                                                          "sgemm_n": 1024},
+            "complexity": cx, "ops": rows, "model": model, "notes": ["a note"], "wall_s": 1.0}
+
+
+def test_writers_on_fake_results(tmp_path):
+    res = _fake_results()
+    paths = report.write_all(res, str(tmp_path))
+    data = json.loads(open(paths["json"]).read())
+    assert data["ops"][1]["speedup_vs_eager"] == 2.0 and data["machine"]["cpu_model"]
+    md = open(paths["md"]).read()
+    for s in ("| molrcm | 1x64x8x8 | fwd | fused[cpu] | 1.00", "212.72", "error: RuntimeError: boom",
+              "EIMN_L x4 LR 320x180", "a note", ".png"):
+        assert s in md, s
+    png = open(paths["png"], "rb").read()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 1000
+
+
+def test_plot_without_speedups(tmp_path):
+    res = _fake_results()
+    res["ops"], res["model"] = [], []
+    p = report.plot_speedups(res, str(tmp_path / "x.png"))
+    assert open(p, "rb").read()[:4] == b"\x89PNG"
+
+
+def test_ops_rows_on_tiny_shape():
+    """One real op row group (eager only when no kernel backend is built) at a tiny shape."""
+    from benchmarks.ops import bench_subops
+    tkw = dict(warmup=1, min_run_time=0.01, min_samples=2, max_time=1.0, threads=1)
+    rows = bench_subops(("molrcm",), plan=[((1, 64, 6, 7), ("fwd+bwd",))], tkw=tkw,
+                        ceilings={"copy_GBps": 10.0, "sgemm_GFLOPs": 50.0})
+    eager = [r for r in rows if r["variant"] == "eager"]
+    assert {r["op"] for r in eager} == {"proj_qv", "dw_mix", "gate_out"}
+    for r in rows:
+        assert "error" not in r, r
+        assert r["median_ms"] > 0 and r["flops"] > 0 and r["min_bytes"] > 0
+        if r["variant"] != "eager":
+            assert r["max_rel_err"] < 1e-4
+
+
+def test_fused_rows_and_run_sections(monkeypatch, tmp_path):
+    """Fused-row code paths (fuse, from_module, speed-up, error columns) with the fused modules on the
+    'reference' backend standing in for a kernel backend, and run_all with cheap sections only."""
+    from benchmarks import model, ops, run
+    monkeypatch.setattr(ops, "kernel_backends", lambda device: (["reference"], []))
+    monkeypatch.setattr(model, "kernel_backends", lambda device: (["reference"], []))
+    tkw = dict(warmup=1, min_run_time=0.01, min_samples=2, max_time=1.0, threads=1)
+    rows = ops.bench_ops(("molrcm",), plan=[((1, 64, 5, 6), ("fwd",))], tkw=tkw, compile=False)
+    assert [r["variant"] for r in rows] == ["eager", "fused[reference]"]
+    assert rows[1]["max_rel_err"] < 1e-5 and rows[1]["speedup_vs_eager"] > 0
+    notes = []
+    rows = model.bench_inference(plan=[("EIMN_A", 2, (4, 5), "fp32")], tkw=tkw, compile=False, notes=notes)
+    assert {r["variant"] for r in rows} >= {"eager", "fused[reference]"}
+    assert all(r.get("max_rel_err", 0) < 1e-5 and "error" not in r for r in rows), rows
+    monkeypatch.setattr(run, "measure_ceilings", lambda *a, **k: {"copy_GBps": 1.0, "copy_MB": 1,
+                                                                   "sgemm_GFLOPs": 1.0, "sgemm_n": 8})
+    res = run.run_all("cpu", True, 1, compile=False, sections=())
+    assert res["ops"] == [] and res["model"] == [] and res["machine"]["torch_threads"] == 1
+    paths = report.write_all(res, str(tmp_path))
+    assert all(open(p, "rb").read() for p in paths.values())
