@@ -12,9 +12,13 @@ import torch
 _C = None
 _error: str | None = None
 
+import importlib.util
+
 try:
+    if importlib.util.find_spec(f"{__package__}._C") is None:
+        raise ImportError("the extension is not built")
     from . import _C  # noqa: F811  (registers torch.ops.eimn_C.*)
-except Exception as e:  # ImportError, or an undefined symbol from a stale build
+except Exception as e:  # not built, or an undefined symbol from a stale build
     _error = f"{type(e).__name__}: {e}"
     warnings.warn(
         "eimn_kernels: the compiled extension eimn_kernels._C is not available "
