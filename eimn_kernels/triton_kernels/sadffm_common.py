@@ -2,6 +2,8 @@
 (1x1 convolution as a GEMM, deterministic weight-gradient GEMM with per-program partials)."""
 from __future__ import annotations
 
+import os
+
 import torch
 import triton
 import triton.language as tl
@@ -24,7 +26,11 @@ def tl_dtype(dt: torch.dtype):
 
 
 def raw_dot(dt: torch.dtype):
-    """(DOT dtype, input_precision) for tl.dot on operands read straight from input-dtype tensors."""
+    """(DOT dtype, input_precision) for tl.dot on operands read straight from input-dtype tensors.
+    The Triton 3.9 interpreter multiplies bfloat16 dot operands wrongly (it sees raw bits), so under
+    TRITON_INTERPRET=1 bfloat16 operands are widened to fp32 first (on a GPU they stay bf16)."""
+    if dt == torch.bfloat16 and os.environ.get("TRITON_INTERPRET") == "1":
+        return tl.float32, "ieee"
     return tl_dtype(dt), "ieee"
 
 
