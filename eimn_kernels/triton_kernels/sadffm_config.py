@@ -8,7 +8,7 @@ in a fixed order afterwards).
 GEMM_BO = 64     # 1x1 conv: output channels per program
 GEMM_BC = 32     # 1x1 conv: input-channel step of the K loop
 GEMM_BP = 64     # 1x1 conv: pixels per program
-DW_BH = 32       # depthwise + gate: hidden channels per program
+DW_BH = 16       # depthwise + gate: hidden channels per program
 DW_BP = 64       # depthwise + gate: pixels per program
 WG_BM = 64       # weight-grad GEMM: rows (output channels) per program
 WG_BK = 64       # weight-grad GEMM: columns (input channels) per program
