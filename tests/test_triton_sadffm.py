@@ -59,7 +59,7 @@ def _ref_grads(fn, args, gout, *extra):
 
 # (N, C, H, W, hid, K): hid not a power of two, C not a multiple of 16; the last case has 2 pixel tiles,
 # 2 channel blocks of the depthwise kernel and 2 output blocks of the 1x1 GEMM.
-GATED_CASES = [(2, 12, 7, 9, 10, 3), (1, 8, 1, 6, 12, 5), (1, 20, 9, 11, 34, 3)]
+GATED_CASES = [(2, 12, 7, 9, 10, 3), (3, 8, 1, 6, 12, 3), (1, 20, 9, 11, 34, 3)]
 
 
 @pytest.mark.parametrize("shape", GATED_CASES)
@@ -82,7 +82,7 @@ def test_gated_dwconv_fp32(shape):
 
 
 # (N, hid, C, R, H, W)
-DFFM_CASES = [(2, 10, 12, 3, 7, 9), (1, 20, 8, 2, 5, 1), (1, 34, 20, 5, 9, 11)]
+DFFM_CASES = [(2, 10, 12, 3, 7, 9), (3, 20, 8, 2, 5, 1), (1, 6, 8, 2, 33, 20), (1, 34, 20, 5, 9, 11)]
 DFFM_NAMES = ("h", "w_out", "b_out", "ln_w", "ln_b", "w_gr", "b_gr", "w_lr", "b_lr", "w_ce", "b_ce", "w_se", "b_se")
 
 
@@ -124,7 +124,7 @@ def test_half_forward(dtype):
 
 
 def test_gradcheck_gated_dwconv_fp64():
-    args = [a.requires_grad_() for a in _gated_args(1, 3, 3, 4, 2, 3, dtype=torch.float64)]
+    args = [a.requires_grad_() for a in _gated_args(1, 3, 3, 4, 2, 5, dtype=torch.float64)]
     assert torch.autograd.gradcheck(lambda *t: gated_dwconv(*t, backend="triton"), args, fast_mode=True)
 
 
