@@ -142,3 +142,16 @@ def test_compile_sm90_ptx():
         raise
     assert _PTX_PROC.returncode == 0, out
     assert out.count(": OK") == 10, out
+
+
+def test_bad_input_errors():
+    a = _gated_args(1, 4, 3, 3, 2, 3)
+    with pytest.raises(TypeError, match="w_in"):
+        tk.gated_dwconv_forward(a[0], a[1].double(), *a[2:])
+    with pytest.raises(ValueError, match="w_dw"):
+        tk.gated_dwconv_forward(*a[:3], a[3][:, :, :2, :2].contiguous(), a[4])
+    with pytest.raises(ValueError, match="contiguous"):
+        tk.gated_dwconv_forward(a[0].transpose(2, 3), *a[1:])
+    d = _dffm_args(1, 3, 4, 2, 3, 3)
+    with pytest.raises(ValueError, match="w_se"):
+        tk.dffm_out_forward(*d[:11], d[11][:, :3].contiguous(), d[12], 1e-6)
