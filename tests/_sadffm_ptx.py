@@ -1,6 +1,8 @@
 """Compile every SADFFM Triton kernel to PTX for sm_90 (H100) without a GPU; run as a script by
-tests/test_triton_sadffm.py (in a subprocess, without TRITON_INTERPRET). Prints one line per kernel."""
+tests/test_triton_sadffm.py (in a subprocess, without TRITON_INTERPRET). Prints one line per kernel;
+with EIMN_PTX_CUBIN=1 it also runs ptxas and prints registers and spill stack per kernel."""
 import os
+import subprocess
 import sys
 
 os.environ.pop("TRITON_INTERPRET", None)
@@ -31,7 +33,22 @@ if os.environ.get("EIMN_PTX_CUBIN") != "1":
     triton.knobs.runtime.add_stages_inspection_hook = _skip_ptxas
 
 
-def compile_ptx(kernel, ptr_dtype, constexprs):
+def _resource_usage(cubin: bytes) -> str:
+    """'REG:.. STACK:..' of a cubin, from the cuobjdump bundled with triton ('' if unavailable)."""
+    import re
+    import tempfile
+    tool = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
+    with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
+        f.write(cubin)
+        f.flush()
+        try:
+            out = subprocess.run([tool, "--dump-resource-usage", f.name], capture_output=True, text=True).stdout
+        except OSError:
+            return ""
+    return " ".join(re.findall(r"REG:\d+ STACK:\d+", out))
+
+
+def compile_ptx(kernel, ptr_dtype, constexprs, num_warps):
     """PTX text of ``kernel`` for sm_90 with every pointer of ``ptr_dtype`` and the given constexprs."""
     fn = kernel
     sig = {}
@@ -45,7 +62,10 @@ def compile_ptx(kernel, ptr_dtype, constexprs):
         else:
             sig[name] = _PTR[ptr_dtype]
     src = ASTSource(fn, sig, constexprs=constexprs)
-    return triton.compile(src, target=GPUTarget("cuda", 90, 32)).asm["ptx"]
+    asm = triton.compile(src, target=GPUTarget("cuda", 90, 32), options={"num_warps": num_warps}).asm
+    if asm.get("cubin"):  # EIMN_PTX_CUBIN=1: report registers / spill stack
+        print(f"  {kernel.fn.__name__}: {_resource_usage(asm['cubin'])}", flush=True)
+    return asm["ptx"]
 
 
 def cases():
@@ -56,13 +76,14 @@ def cases():
     gemm = dict(BO=cfg.GEMM_BO, BC=cfg.GEMM_BC, BP=cfg.GEMM_BP)
     wg = dict(BM=cfg.WG_BM, BK=cfg.WG_BK, BP=cfg.WG_BP)
     dw = dict(K=3, BH=cfg.DW_BH, BP=cfg.DW_BP)
+    dwb = dict(K=3, BH=cfg.DW_BH, BP=cfg.DW_BWD_BP)
     dq = dict(BC=64, BR=16, BP=cfg.DFFM_BP)
     return [
         ("conv1x1_fp16", cm.conv1x1_kernel, tl.float16, dict(HAS_BIAS=True, **h16, **gemm)),
         ("conv1x1_fp32", cm.conv1x1_kernel, tl.float32, dict(HAS_BIAS=False, **f32, **gemm)),
         ("wgrad_bf16", cm.wgrad_kernel, tl.bfloat16, dict(HAS_B=True, **b16tf, **wg)),
         ("gated_dw_fwd_fp16", gd.gated_dw_fwd_kernel, tl.float16, dict(ACC=tl.float32, **dw)),
-        ("gated_dw_bwd_fp32", gd.gated_dw_bwd_kernel, tl.float32, dict(ACC=tl.float32, KKP=16, **dw)),
+        ("gated_dw_bwd_fp32", gd.gated_dw_bwd_kernel, tl.float32, dict(ACC=tl.float32, KKP=16, **dwb)),
         ("dw_transpose_fp64", gd.dw_transpose_kernel, tl.float64, dict(ACC=tl.float64, **dw)),
         ("dffm_y_bf16", df.dffm_y_kernel, tl.bfloat16,
          dict(RDT=tl.bfloat16, ACC=tl.float32, DOT=tl.bfloat16, PREC="ieee", BC=64, BH=cfg.DFFM_BH,
@@ -76,10 +97,12 @@ def cases():
 if __name__ == "__main__":
     import time
     ok = True
+    warps = {"conv1x1": cfg.GEMM_WARPS, "wgrad": cfg.WG_WARPS, "gated": cfg.DW_WARPS, "dw": cfg.DW_WARPS,
+             "dffm": cfg.DFFM_WARPS}
     for name, kernel, dt, cx in cases():
         t = time.time()
         try:
-            ptx = compile_ptx(kernel, dt, cx)
+            ptx = compile_ptx(kernel, dt, cx, warps[name.split("_")[0]])
             good = ".target sm_90" in ptx and ".entry" in ptx
             print(f"{name}: {'OK' if good else 'NO PTX'} {len(ptx)} chars {time.time() - t:.1f}s", flush=True)
             ok &= good

@@ -139,7 +139,7 @@ def conv1x1(x: torch.Tensor, w2d: torch.Tensor, bias, out: torch.Tensor, dot) ->
     conv1x1_kernel[grid](x, w2d, bias if bias is not None else w2d, out, cin, cout, P,
                          w2d.stride(0), w2d.stride(1), HAS_BIAS=bias is not None,
                          ACC=tl_dtype(acc_dtype(x.dtype)), DOT=dot[0], PREC=dot[1],
-                         BO=cfg.GEMM_BO, BC=cfg.GEMM_BC, BP=cfg.GEMM_BP, num_warps=cfg.NUM_WARPS)
+                         BO=cfg.GEMM_BO, BC=cfg.GEMM_BC, BP=cfg.GEMM_BP, num_warps=cfg.GEMM_WARPS)
     return out
 
 
@@ -156,5 +156,5 @@ def wgrad(a: torch.Tensor, b: torch.Tensor, with_bias: bool, acc: torch.dtype, d
     grid = (S, triton.cdiv(M, cfg.WG_BM), triton.cdiv(K, cfg.WG_BK))
     wgrad_kernel[grid](a, b, pw, pb, M, K, P, nt, per, N * nt, HAS_B=with_bias, ACC=tl_dtype(acc),
                        DOT=dot[0], PREC=dot[1], BM=cfg.WG_BM, BK=cfg.WG_BK, BP=cfg.WG_BP,
-                       num_warps=cfg.NUM_WARPS)
+                       num_warps=cfg.WG_WARPS)
     return pw.sum(0), (pb.sum(0) if with_bias else None)

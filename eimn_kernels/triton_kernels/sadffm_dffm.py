@@ -205,7 +205,7 @@ def _pass1(h, w_out, b_out, ln_w, ln_b, eps, y, rdt):
     dot = raw_dot(h.dtype)
     dffm_y_kernel[(nt, N)](h, w_out, b_out, ln_w, ln_b, y, zs, hid, C, P, nt, eps,
                            RDT=tl_dtype(rdt), ACC=tl_dtype(adt), DOT=dot[0], PREC=dot[1],
-                           BC=BC, BH=cfg.DFFM_BH, BP=cfg.DFFM_BP, num_warps=cfg.NUM_WARPS)
+                           BC=BC, BH=cfg.DFFM_BH, BP=cfg.DFFM_BP, num_warps=cfg.DFFM_WARPS)
     return zs, nt
 
 
@@ -222,7 +222,7 @@ def dffm_out_forward(h, w_out, b_out, ln_w, ln_b, w_gr, b_gr, w_lr, b_lr, w_ce, 
     dot = computed_dot(h.dtype)
     dffm_gate_kernel[(nt, N)](out, ln_w, ln_b, w_lr, b_lr, w_se, cv, gconst, out, C, R, P, eps,
                               ACC=tl_dtype(adt), DOT=dot[0], PREC=dot[1], BC=BC, BR=BR, BP=cfg.DFFM_BP,
-                              num_warps=cfg.NUM_WARPS)
+                              num_warps=cfg.DFFM_WARPS)
     return out
 
 
@@ -241,7 +241,7 @@ def dffm_out_backward(grad_out, h, w_out, b_out, ln_w, ln_b, w_gr, b_gr, w_lr, b
     m, a_g, g, cv, gconst = _global(zs, P, w_gr, b_gr, w_ce, b_ce, w_se, b_se, adt)
     BC, BR = _blocks(C, R)
     dot = computed_dot(h.dtype)
-    kw = dict(ACC=acc, DOT=dot[0], PREC=dot[1], BC=BC, BR=BR, BP=cfg.DFFM_BP, num_warps=cfg.NUM_WARPS)
+    kw = dict(ACC=acc, DOT=dot[0], PREC=dot[1], BC=BC, BR=BR, BP=cfg.DFFM_BP, num_warps=cfg.DFFM_WARPS)
     pgc = torch.empty(N, nt, C, device=dev, dtype=adt)
     pgs = torch.empty(N, nt, device=dev, dtype=adt)
     pwsl = torch.empty(N, nt, R, device=dev, dtype=adt)

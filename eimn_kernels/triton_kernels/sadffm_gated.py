@@ -168,7 +168,7 @@ def gated_dwconv_forward(x, w_in, b_in, w_dw, b_dw):
     h = torch.empty(N, hid, H, W, device=x.device, dtype=x.dtype)
     grid = (triton.cdiv(H * W, cfg.DW_BP), triton.cdiv(hid, cfg.DW_BH), N)
     gated_dw_fwd_kernel[grid](u, w_dw, b_dw, h, hid, H, W, K=K, ACC=acc, BH=cfg.DW_BH, BP=cfg.DW_BP,
-                              num_warps=cfg.NUM_WARPS)
+                              num_warps=cfg.DW_WARPS)
     return h
 
 
@@ -185,17 +185,17 @@ def gated_dwconv_backward(grad_h, x, w_in, b_in, w_dw, b_dw):
     u = torch.empty(N, 2 * hid, H, W, device=x.device, dtype=adt)
     conv1x1(x, w2d, b_in, u, raw_dot(x.dtype))
     gt = torch.empty_like(u)
-    nt = triton.cdiv(P, cfg.DW_BP)
+    nt = triton.cdiv(P, cfg.DW_BWD_BP)
     S, per = splits(N * nt)
     kkp = triton.next_power_of_2(K * K)
     pw = torch.empty(S, 2 * hid, kkp, device=x.device, dtype=adt)
     pb = torch.empty(S, 2 * hid, device=x.device, dtype=adt)
     gated_dw_bwd_kernel[(S, triton.cdiv(hid, cfg.DW_BH))](
         grad_h, u, w_dw, b_dw, gt, pw, pb, hid, H, W, nt, per, N * nt,
-        K=K, KKP=kkp, ACC=acc, BH=cfg.DW_BH, BP=cfg.DW_BP, num_warps=cfg.NUM_WARPS)
+        K=K, KKP=kkp, ACC=acc, BH=cfg.DW_BH, BP=cfg.DW_BWD_BP, num_warps=cfg.DW_WARPS)
     gu = u  # u is no longer needed: reuse its memory for dL/du
     dw_transpose_kernel[(triton.cdiv(P, cfg.DW_BP), triton.cdiv(2 * hid, cfg.DW_BH), N)](
-        gt, w_dw, gu, 2 * hid, H, W, K=K, ACC=acc, BH=cfg.DW_BH, BP=cfg.DW_BP, num_warps=cfg.NUM_WARPS)
+        gt, w_dw, gu, 2 * hid, H, W, K=K, ACC=acc, BH=cfg.DW_BH, BP=cfg.DW_BP, num_warps=cfg.DW_WARPS)
     gx = torch.empty_like(x)
     conv1x1(gu, w2d.t(), None, gx, computed_dot(x.dtype))
     gw_in, gb_in = wgrad(gu, x, True, adt, computed_dot(x.dtype))
