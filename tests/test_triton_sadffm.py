@@ -59,7 +59,7 @@ def _ref_grads(fn, args, gout, *extra):
 
 # (N, C, H, W, hid, K): hid not a power of two, C not a multiple of 16; the last case has 2 pixel tiles,
 # 2 channel blocks of the depthwise kernel and 2 output blocks of the 1x1 GEMM.
-GATED_CASES = [(2, 12, 7, 9, 10, 3), (3, 8, 1, 6, 12, 3), (1, 20, 9, 11, 34, 3)]
+GATED_CASES = [(3, 12, 4, 5, 10, 3), (1, 8, 1, 6, 12, 5), (1, 20, 5, 13, 34, 3)]
 
 
 @pytest.mark.parametrize("shape", GATED_CASES)
@@ -76,7 +76,7 @@ def test_gated_dwconv_fp32(shape):
     for name, g, rg in zip(("x", "w_in", "b_in", "w_dw", "b_dw"), grads, rgrads):
         assert g.shape == rg.shape and g.dtype == rg.dtype, name
         assert _relerr(g, rg) <= 1e-5, (name, _relerr(g, rg))
-    if shape == GATED_CASES[-1]:  # deterministic: bitwise equal on a second run
+    if shape == GATED_CASES[1]:  # deterministic: bitwise equal on a second run
         again = tk.gated_dwconv_backward(gout, *args)
         assert all(torch.equal(a, b) for a, b in zip(grads, again))
 
@@ -124,7 +124,7 @@ def test_half_forward(dtype):
 
 
 def test_gradcheck_gated_dwconv_fp64():
-    args = [a.requires_grad_() for a in _gated_args(1, 3, 3, 4, 2, 5, dtype=torch.float64)]
+    args = [a.requires_grad_() for a in _gated_args(1, 3, 3, 4, 2, 3, dtype=torch.float64)]
     assert torch.autograd.gradcheck(lambda *t: gated_dwconv(*t, backend="triton"), args, fast_mode=True)
 
 
