@@ -57,8 +57,9 @@ def _ref_grads(fn, args, gout, *extra):
     return out.detach(), torch.autograd.grad(out, ins, gout)
 
 
-# (N, C, H, W, hid, K): hid not a power of two, C not a multiple of 16; the last case has 2 pixel tiles,
-# 2 channel blocks of the depthwise kernel and 2 output blocks of the 1x1 GEMM.
+# (N, C, H, W, hid, K): hid not a power of two, C not a multiple of 16, H = 1, batch 3, K = 5; the last case
+# has several pixel tiles, 3 channel blocks of the depthwise kernels, 2 output blocks of the 1x1 GEMM and a
+# masked tail in the K loop of the dL/dx GEMM (block sizes in sadffm_config.py).
 GATED_CASES = [(3, 12, 4, 5, 10, 3), (1, 8, 1, 6, 12, 5), (1, 20, 5, 13, 34, 3)]
 
 
@@ -81,7 +82,7 @@ def test_gated_dwconv_fp32(shape):
         assert all(torch.equal(a, b) for a, b in zip(grads, again))
 
 
-# (N, hid, C, R, H, W)
+# (N, hid, C, R, H, W): W = 1, 33x20 (11 pixel tiles), hid > DFFM_BH (masked K-loop tail), batch 3.
 DFFM_CASES = [(2, 10, 12, 3, 7, 9), (3, 20, 8, 2, 5, 1), (1, 6, 8, 2, 33, 20), (1, 34, 20, 5, 9, 11)]
 DFFM_NAMES = ("h", "w_out", "b_out", "ln_w", "ln_b", "w_gr", "b_gr", "w_lr", "b_lr", "w_ce", "b_ce", "w_se", "b_se")
 
