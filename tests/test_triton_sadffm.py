@@ -156,3 +156,25 @@ def test_bad_input_errors():
     d = _dffm_args(1, 3, 4, 2, 3, 3)
     with pytest.raises(ValueError, match="w_se"):
         tk.dffm_out_forward(*d[:11], d[11][:, :3].contiguous(), d[12], 1e-6)
+
+
+_SAD_NAMES = ["linear_out.weight", "linear_out.bias", "DFFM.norm.weight", "DFFM.norm.bias",
+              "DFFM.global_reduce.weight", "DFFM.global_reduce.bias", "DFFM.local_reduce.weight",
+              "DFFM.local_reduce.bias", "DFFM.channel_expand.weight", "DFFM.channel_expand.bias",
+              "DFFM.spatial_expand.weight", "DFFM.spatial_expand.bias"]
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="the real-size layer is too slow for the interpreter")
+@pytest.mark.parametrize("dtype,tol", [(torch.float64, 1e-10), (torch.float32, 1e-5)])
+def test_golden_sadffm_layer_gpu(shared, dtype, tol):
+    """Whole SADFFM (C=64, hidden=170) from the authors' code (../shared/golden), forward and backward."""
+    d = torch.load(shared("golden", "layer_SADFFM.pt"))
+    p = {k[6:]: v.to(DEV, dtype).requires_grad_() for k, v in d.items() if k.startswith("param.")}
+    x = d["input"].to(DEV, dtype).requires_grad_()
+    h = gated_dwconv(x, p["linear_in.weight"], p["linear_in.bias"], p["SAL.weight"], p["SAL.bias"], backend="triton")
+    out = dffm_out(h, *[p[n] for n in _SAD_NAMES], 1e-6, backend="triton")
+    assert _relerr(out.cpu(), d["output"]) <= tol
+    (out * d["cotangent"].to(DEV, dtype)).sum().backward()
+    assert _relerr(x.grad.cpu(), d["grad.input"]) <= 10 * tol
+    for k, v in p.items():
+        assert _relerr(v.grad.cpu(), d["grad." + k]) <= 10 * tol, k
