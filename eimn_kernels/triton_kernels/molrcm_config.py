@@ -22,7 +22,7 @@ NUM_WARPS_1X1 = 4
 # dw_mix: output tile TILE_H x TILE_W pixels (powers of 2) times BLOCK_DC channels per work item;
 # the extended (tile + halo) region of r is computed in chunks of BLOCK_E pixels.
 TILE_H_GPU, TILE_W_GPU, BLOCK_DC_GPU, BLOCK_E_GPU = 16, 32, 4, 512
-TILE_H_INTERP, TILE_W_INTERP, BLOCK_DC_INTERP, BLOCK_E_INTERP = 16, 16, 8, 1024
+TILE_H_INTERP, TILE_W_INTERP, BLOCK_DC_INTERP, BLOCK_E_INTERP = 16, 16, 16, 2048
 NUM_WARPS_DW = 4
 # Persistent dw_mix forward: at most this many programs per SM (each owns one r scratch slot).
 PROGRAMS_PER_SM = 8
