@@ -58,12 +58,12 @@ def _dw_args(N, C, H, W, c1, c2, ks, dtype=torch.float32, seed=0):
 # (N, C, H, W, c1, c2, (K0, K1, K2), (d0, d1, d2)); EIMN uses K 5/5/7, d 1/2/3 and a 3/8, 1/8, 4/8 split.
 DW_CASES = [
     (1, 16, 8, 9, 6, 2, (5, 5, 7), (1, 2, 3)),   # EIMN-like (all three groups)
-    (2, 10, 1, 7, 4, 0, (3, 5, 3), (2, 1, 2)),   # two images, H = 1, no identity group
-    (1, 3, 17, 20, 0, 1, (3, 3, 5), (1, 1, 2)),  # 2x2 tiles (halo across tiles), c1 = 0
+    (1, 10, 1, 7, 4, 0, (3, 5, 3), (2, 1, 2)),   # H = 1, no identity group
+    (1, 3, 17, 9, 0, 1, (3, 3, 5), (1, 1, 2)),   # 2 tiles under the interpreter (halo across tiles), c1 = 0
 ]
 
 
-@pytest.mark.parametrize("case", DW_CASES, ids=["eimn-like", "h1-c2zero", "17x20-c1zero"])
+@pytest.mark.parametrize("case", DW_CASES, ids=["eimn-like", "h1-c2zero", "17x9-c1zero"])
 def test_dw_mix_forward_fp32(case):
     N, C, H, W, c1, c2, ks, ds = case
     args = _dw_args(N, C, H, W, c1, c2, ks)
@@ -107,18 +107,20 @@ def _check_grads(fn_triton, fn_ref, args, tol):
         assert _rel(g, w) <= tol, f"grad {i}: rel err {_rel(g, w):.2e}"
 
 
-def test_backward_fp32_vs_reference():
-    """All input and weight gradients of the three ops through the public autograd API."""
+@pytest.mark.parametrize("dtype,tol", [(torch.float32, 2e-5), (torch.float64, 1e-11)], ids=["fp32", "fp64"])
+def test_backward_vs_reference(dtype, tol):
+    """All input and weight gradients of the three ops through the public autograd API, against
+    torch autograd of the reference (fp64: exact up to rounding)."""
     N, C, H, W, c1, c2, ks, ds = 1, 8, 6, 9, 3, 1, (3, 5, 3), (1, 2, 3)
     _check_grads(lambda *a: ek.dw_mix(*a, c1, c2, *ds, backend="triton"), lambda *a: ref.dw_mix(*a, c1, c2, *ds),
-                 _dw_args(N, C, H, W, c1, c2, ks), 2e-5)
-    _check_grads(lambda *a: ek.proj_qv(*a, backend="triton"), ref.proj_qv, _proj_args(2, 12, 5, 7, 16, 20), 2e-5)
-    _check_grads(lambda *a: ek.gate_out(*a, backend="triton"), ref.gate_out, _gate_args(2, 20, 5, 7, 12), 2e-5)
+                 _dw_args(N, C, H, W, c1, c2, ks, dtype=dtype), tol)
+    _check_grads(lambda *a: ek.proj_qv(*a, backend="triton"), ref.proj_qv, _proj_args(2, 12, 5, 7, 16, 20, dtype), tol)
+    _check_grads(lambda *a: ek.gate_out(*a, backend="triton"), ref.gate_out, _gate_args(2, 20, 5, 7, 12, dtype), tol)
 
 
 def test_dw_mix_backward_edge_split():
-    """Backward with an empty first group, two images, H = 1 and two tiles along W."""
-    N, C, H, W, c1, c2, ks, ds = 2, 5, 1, 20, 0, 2, (3, 3, 5), (2, 1, 3)
+    """Backward with an empty first group, two images (two partial rows), H = 1."""
+    N, C, H, W, c1, c2, ks, ds = 2, 5, 1, 13, 0, 2, (3, 3, 5), (2, 1, 3)
     _check_grads(lambda *a: ek.dw_mix(*a, c1, c2, *ds, backend="triton"), lambda *a: ref.dw_mix(*a, c1, c2, *ds),
                  _dw_args(N, C, H, W, c1, c2, ks), 2e-5)
 
@@ -137,10 +139,10 @@ def test_gradcheck_gate_out_fp64():
 
 
 def test_gradcheck_dw_mix_fp64():
-    # q and the three depthwise weights (biases are covered by the fp32 comparison; each
-    # gradcheck input costs two interpreted forward passes).
+    # w.r.t. q only (the whole chain): each gradcheck input costs two interpreted forward passes;
+    # every weight gradient is compared with fp64 reference autograd in test_backward_vs_reference.
     _gradcheck(lambda *a: ek.dw_mix(*a, 1, 1, 1, 2, 3, backend="triton"),
-               _dw_args(1, 4, 4, 5, 1, 1, (3, 3, 3)), (0, 1, 3, 5))
+               _dw_args(1, 4, 4, 5, 1, 1, (3, 3, 3)), (0,))
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["fp16", "bf16"])
@@ -179,14 +181,19 @@ def test_weight_grads_deterministic():
 
 
 def test_compiles_for_sm90():
-    """Every kernel compiles to PTX for an H100 (sm_90), fp32 and bf16 (no GPU needed)."""
+    """Every kernel compiles to PTX for an H100 (sm_90) without a GPU: fp32 (all kernels) and bf16
+    (the tensor-core GEMMs). Channel blocks of 16 keep it fast; EIMN_FULL_COMPILE_TEST=1 compiles the
+    EIMN configuration (C = 64, minutes on a CPU), as does
+    ``python -m eimn_kernels.triton_kernels.molrcm_compile fp32 bf16``."""
+    C = 64 if os.environ.get("EIMN_FULL_COMPILE_TEST") == "1" else 16
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     code = ("from eimn_kernels.triton_kernels.molrcm_compile import compile_all\n"
-            "for dt in ('fp32', 'bf16'):\n"
-            "    for name, k in compile_all(dt).items():\n"
+            f"jobs = [('fp32', None), ('bf16', ('proj_qv_fwd', 'proj_qv_bwd', 'gate_out_fwd', 'gate_out_bwd'))]\n"
+            "for dt, names in jobs:\n"
+            f"    for name, k in compile_all(dt, names=names, C={C}).items():\n"
             "        assert 'ptx' in k.asm and '.entry' in k.asm['ptx'], name\n"
             "        print(dt, name, 'ok')\n")
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    r = subprocess.run([sys.executable, "-c", code], cwd=root, env=env, capture_output=True, text=True, timeout=600)
+    r = subprocess.run([sys.executable, "-c", code], cwd=root, env=env, capture_output=True, text=True, timeout=1200)
     assert r.returncode == 0, r.stderr[-3000:]
-    assert r.stdout.count(" ok") == 16, r.stdout
+    assert r.stdout.count(" ok") == 12, r.stdout

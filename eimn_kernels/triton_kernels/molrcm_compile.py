@@ -58,13 +58,15 @@ def kernel_specs(dtype: str = "fp32", C: int = 64):
         yield name, fn, _signature(fn, dtype, consts, acc_ptrs, acc), consts
 
 
-def compile_all(dtype: str = "fp32", arch: int = 90, names=None) -> dict:
-    """Compile the kernels for CUDA sm_<arch>; returns {name: compiled kernel} (asm['ptx'] inside)."""
+def compile_all(dtype: str = "fp32", arch: int = 90, names=None, C: int = 64) -> dict:
+    """Compile the kernels for CUDA sm_<arch> (1x1 kernels with channel blocks for C channels);
+    returns {name: compiled kernel} (asm['ptx'] inside). C = 64 (EIMN) takes minutes on a CPU:
+    the fp32 GEMMs become ~1.5 MB of unrolled FMA PTX."""
     if os.environ.get("TRITON_INTERPRET") == "1":
         raise RuntimeError("compile_all needs TRITON_INTERPRET unset (the interpreter does not compile)")
     target = GPUTarget("cuda", arch, 32)
     out = {}
-    for name, fn, sig, consts in kernel_specs(dtype):
+    for name, fn, sig, consts in kernel_specs(dtype, C):
         if names is not None and name not in names:
             continue
         nw = cfg.NUM_WARPS_DW if name.startswith("dw") else cfg.NUM_WARPS_1X1
