@@ -28,6 +28,15 @@ def _num_sms(device: torch.device) -> int:
     return 1
 
 
+def _tiles_per_program(tiles: int, n_images: int, device: torch.device) -> int:
+    """Pixel tiles each backward GEMM program sums before writing its partial row: enough programs
+    to fill the GPU (PROGRAMS_PER_SM_1X1 per SM), few partial rows (bounded memory)."""
+    if cfg.interpreting():
+        return cfg.TILES_PER_PROG_INTERP
+    target = max(1, _num_sms(device) * cfg.PROGRAMS_PER_SM_1X1 // max(n_images, 1))
+    return max(1, triton.cdiv(tiles, target))
+
+
 def _split_part(red: _T, sizes: list[tuple[int, ...]]) -> list[_T]:
     """Cut a reduced flat partial vector into tensors of the given shapes (in order)."""
     out, off = [], 0
@@ -63,13 +72,15 @@ def proj_qv_backward(grad_q: _T, grad_v: _T, x: _T, wq: _T, bq: _T, wv: _T, bv: 
     CQ, CV, HW = wq.shape[0], wv.shape[0], H * W
     bp = cfg.block_p()
     tiles = triton.cdiv(HW, bp)
+    tpp = _tiles_per_program(tiles, N, x.device)
+    progs = triton.cdiv(tiles, tpp)
     gx = torch.empty_like(x)
     M = CQ * C + CQ + CV * C + CV
-    part = torch.empty((N * tiles, M), dtype=acc_torch_dtype(x.dtype), device=x.device)
-    proj_qv_bwd_kernel[(tiles, N)](
-        grad_q, grad_v, x, wq, bq, wv, gx, part, C, CQ, CV, HW,
+    part = torch.empty((N * progs, M), dtype=acc_torch_dtype(x.dtype), device=x.device)
+    proj_qv_bwd_kernel[(progs, N)](
+        grad_q, grad_v, x, wq, bq, wv, gx, part, C, CQ, CV, HW, tpp,
         BLOCK_CI=pow2_block(C), BLOCK_CQ=pow2_block(CQ), BLOCK_CV=pow2_block(CV), BLOCK_P=bp,
-        ACC=acc_dtype(x.dtype), PREC=dot_precision(x.dtype), num_warps=cfg.NUM_WARPS_1X1)
+        ACC=acc_dtype(x.dtype), PREC=dot_precision(x.dtype), num_warps=cfg.NUM_WARPS_1X1_BWD)
     gwq, gbq, gwv, gbv = _split_part(reduce_rows(part, x.dtype), [(CQ, C, 1, 1), (CQ,), (CV, C, 1, 1), (CV,)])
     return gx, gwq, gbq, gwv, gbv
 
@@ -96,13 +107,15 @@ def gate_out_backward(grad_out: _T, y: _T, v: _T, wf: _T, bf: _T, wo: _T, bo: _T
     CO, HW = wo.shape[0], H * W
     bp = cfg.block_p()
     tiles = triton.cdiv(HW, bp)
+    tpp = _tiles_per_program(tiles, N, y.device)
+    progs = triton.cdiv(tiles, tpp)
     gy, gv = torch.empty_like(y), torch.empty_like(v)
     M = C * C + C + CO * C + CO
-    part = torch.empty((N * tiles, M), dtype=acc_torch_dtype(y.dtype), device=y.device)
-    gate_out_bwd_kernel[(tiles, N)](
-        grad_out, y, v, wf, bf, wo, gy, gv, part, C, CO, HW,
+    part = torch.empty((N * progs, M), dtype=acc_torch_dtype(y.dtype), device=y.device)
+    gate_out_bwd_kernel[(progs, N)](
+        grad_out, y, v, wf, bf, wo, gy, gv, part, C, CO, HW, tpp,
         BLOCK_C=pow2_block(C), BLOCK_CO=pow2_block(CO), BLOCK_P=bp,
-        ACC=acc_dtype(y.dtype), PREC=dot_precision(y.dtype), num_warps=cfg.NUM_WARPS_1X1)
+        ACC=acc_dtype(y.dtype), PREC=dot_precision(y.dtype), num_warps=cfg.NUM_WARPS_1X1_BWD)
     gwf, gbf, gwo, gbo = _split_part(reduce_rows(part, y.dtype), [(C, C, 1, 1), (C,), (CO, C, 1, 1), (CO,)])
     return gy, gv, gwf, gbf, gwo, gbo
 

@@ -60,39 +60,51 @@ def proj_qv_fwd_kernel(x_ptr, wq_ptr, bq_ptr, wv_ptr, bv_ptr, q_ptr, v_ptr, CIN,
 
 
 @triton.jit
-def proj_qv_bwd_kernel(gq_ptr, gv_ptr, x_ptr, wq_ptr, bq_ptr, wv_ptr, gx_ptr, part_ptr, CIN, CQ, CV, HW,
+def proj_qv_bwd_kernel(gq_ptr, gv_ptr, x_ptr, wq_ptr, bq_ptr, wv_ptr, gx_ptr, part_ptr, CIN, CQ, CV, HW, TPP,
                        BLOCK_CI: tl.constexpr, BLOCK_CQ: tl.constexpr, BLOCK_CV: tl.constexpr,
                        BLOCK_P: tl.constexpr, ACC: tl.constexpr, PREC: tl.constexpr):
-    """gx = Wq^T (gq * GELU'(zq)) + Wv^T gv for one pixel tile; partial [gWq | gbq | gWv | gbv] to
-    row (n * num_tiles + tile) of part (fp32/fp64)."""
+    """gx = Wq^T (gq * GELU'(zq)) + Wv^T gv for TPP consecutive pixel tiles of image program_id(1);
+    their summed partial [gWq | gbq | gWv | gbv] goes to row (n * num_programs(0) + program_id(0))
+    of part (fp32/fp64)."""
     n = tl.program_id(1).to(tl.int64)
     row = n * tl.num_programs(0) + tl.program_id(0)
-    p = tl.program_id(0) * BLOCK_P + tl.arange(0, BLOCK_P)
-    pm = p < HW
     ci = tl.arange(0, BLOCK_CI)
     cim = ci < CIN
     cq = tl.arange(0, BLOCK_CQ)
     cqm = cq < CQ
     cv = tl.arange(0, BLOCK_CV)
     cvm = cv < CV
-    x = _load_img(x_ptr, n * CIN * HW, ci, cim, p, pm, HW)
-    dt = x.dtype
-    zq = tl.dot(_load_w(wq_ptr, cq, cqm, ci, cim, CIN, False), x, input_precision=PREC, out_dtype=ACC)
-    zq += tl.load(bq_ptr + cq, mask=cqm, other=0.0).to(ACC)[:, None]
-    gzq = _load_img(gq_ptr, n * CQ * HW, cq, cqm, p, pm, HW).to(ACC) * gelu_grad(zq)
-    gzq_d = gzq.to(dt)
-    gv = _load_img(gv_ptr, n * CV * HW, cv, cvm, p, pm, HW)
-    gx = tl.dot(_load_w(wq_ptr, cq, cqm, ci, cim, CIN, True), gzq_d, input_precision=PREC, out_dtype=ACC)
-    gx = tl.dot(_load_w(wv_ptr, cv, cvm, ci, cim, CIN, True), gv, acc=gx, input_precision=PREC, out_dtype=ACC)
-    tl.store(gx_ptr + n * CIN * HW + ci[:, None] * HW + p[None, :], gx.to(dt), mask=cim[:, None] & pm[None, :])
-    xt = tl.trans(x)
-    M = CQ * CIN + CQ + CV * CIN + CV
-    prow = part_ptr + row * M
-    _store_part(prow, cq, cqm, ci, cim, CIN, tl.dot(gzq_d, xt, input_precision=PREC, out_dtype=ACC))
-    tl.store(prow + CQ * CIN + cq, tl.sum(gzq, axis=1), mask=cqm)
+    wq = _load_w(wq_ptr, cq, cqm, ci, cim, CIN, False)
+    wq_t = _load_w(wq_ptr, cq, cqm, ci, cim, CIN, True)
+    wv_t = _load_w(wv_ptr, cv, cvm, ci, cim, CIN, True)
+    bq = tl.load(bq_ptr + cq, mask=cqm, other=0.0).to(ACC)
+    gwq = tl.zeros([BLOCK_CQ, BLOCK_CI], dtype=ACC)
+    gwv = tl.zeros([BLOCK_CV, BLOCK_CI], dtype=ACC)
+    gbq = tl.zeros([BLOCK_CQ], dtype=ACC)
+    gbv = tl.zeros([BLOCK_CV], dtype=ACC)
+    for i in range(TPP):
+        p = (tl.program_id(0) * TPP + i) * BLOCK_P + tl.arange(0, BLOCK_P)
+        pm = p < HW
+        x = _load_img(x_ptr, n * CIN * HW, ci, cim, p, pm, HW)
+        dt = x.dtype
+        zq = tl.dot(wq, x, input_precision=PREC, out_dtype=ACC) + bq[:, None]
+        gzq = _load_img(gq_ptr, n * CQ * HW, cq, cqm, p, pm, HW).to(ACC) * gelu_grad(zq)
+        gzq_d = gzq.to(dt)
+        gv = _load_img(gv_ptr, n * CV * HW, cv, cvm, p, pm, HW)
+        gx = tl.dot(wq_t, gzq_d, input_precision=PREC, out_dtype=ACC)
+        gx = tl.dot(wv_t, gv, acc=gx, input_precision=PREC, out_dtype=ACC)
+        tl.store(gx_ptr + n * CIN * HW + ci[:, None] * HW + p[None, :], gx.to(dt), mask=cim[:, None] & pm[None, :])
+        xt = tl.trans(x)
+        gwq = tl.dot(gzq_d, xt, acc=gwq, input_precision=PREC, out_dtype=ACC)
+        gwv = tl.dot(gv, xt, acc=gwv, input_precision=PREC, out_dtype=ACC)
+        gbq += tl.sum(gzq, axis=1)
+        gbv += tl.sum(gv.to(ACC), axis=1)
+    prow = part_ptr + row * (CQ * CIN + CQ + CV * CIN + CV)
+    _store_part(prow, cq, cqm, ci, cim, CIN, gwq)
+    tl.store(prow + CQ * CIN + cq, gbq, mask=cqm)
     prow += CQ * CIN + CQ
-    _store_part(prow, cv, cvm, ci, cim, CIN, tl.dot(gv, xt, input_precision=PREC, out_dtype=ACC))
-    tl.store(prow + CV * CIN + cv, tl.sum(gv.to(ACC), axis=1), mask=cvm)
+    _store_part(prow, cv, cvm, ci, cim, CIN, gwv)
+    tl.store(prow + CV * CIN + cv, gbv, mask=cvm)
 
 
 @triton.jit
@@ -119,38 +131,49 @@ def gate_out_fwd_kernel(y_ptr, v_ptr, wf_ptr, bf_ptr, wo_ptr, bo_ptr, out_ptr, C
 
 
 @triton.jit
-def gate_out_bwd_kernel(go_ptr, y_ptr, v_ptr, wf_ptr, bf_ptr, wo_ptr, gy_ptr, gv_ptr, part_ptr, C, CO, HW,
+def gate_out_bwd_kernel(go_ptr, y_ptr, v_ptr, wf_ptr, bf_ptr, wo_ptr, gy_ptr, gv_ptr, part_ptr, C, CO, HW, TPP,
                         BLOCK_C: tl.constexpr, BLOCK_CO: tl.constexpr, BLOCK_P: tl.constexpr,
                         ACC: tl.constexpr, PREC: tl.constexpr):
-    """gy, gv of gate_out for one pixel tile (recomputing zf = Wf y + bf); partial
-    [gWf | gbf | gWo | gbo] to row (n * num_tiles + tile) of part."""
+    """gy, gv of gate_out for TPP consecutive pixel tiles of image program_id(1) (recomputing
+    zf = Wf y + bf); their summed partial [gWf | gbf | gWo | gbo] goes to row
+    (n * num_programs(0) + program_id(0)) of part."""
     n = tl.program_id(1).to(tl.int64)
     row = n * tl.num_programs(0) + tl.program_id(0)
-    p = tl.program_id(0) * BLOCK_P + tl.arange(0, BLOCK_P)
-    pm = p < HW
     c = tl.arange(0, BLOCK_C)
     cm = c < C
     co = tl.arange(0, BLOCK_CO)
     com = co < CO
-    y = _load_img(y_ptr, n * C * HW, c, cm, p, pm, HW)
-    dt = y.dtype
-    v = _load_img(v_ptr, n * C * HW, c, cm, p, pm, HW).to(ACC)
-    go = _load_img(go_ptr, n * CO * HW, co, com, p, pm, HW)
-    zf = tl.dot(_load_w(wf_ptr, c, cm, c, cm, C, False), y, input_precision=PREC, out_dtype=ACC)
-    zf += tl.load(bf_ptr + c, mask=cm, other=0.0).to(ACC)[:, None]
-    sg = sigmoid(zf)
-    s = zf * sg
-    gg = tl.dot(_load_w(wo_ptr, co, com, c, cm, C, True), go, input_precision=PREC, out_dtype=ACC)
-    tl.store(gv_ptr + n * C * HW + c[:, None] * HW + p[None, :], (gg * s).to(dt), mask=cm[:, None] & pm[None, :])
-    gz = gg * v * (sg * (1.0 + zf * (1.0 - sg)))
-    gz_d = gz.to(dt)
-    gy = tl.dot(_load_w(wf_ptr, c, cm, c, cm, C, True), gz_d, input_precision=PREC, out_dtype=ACC)
-    tl.store(gy_ptr + n * C * HW + c[:, None] * HW + p[None, :], gy.to(dt), mask=cm[:, None] & pm[None, :])
-    M = C * C + C + CO * C + CO
-    prow = part_ptr + row * M
-    _store_part(prow, c, cm, c, cm, C, tl.dot(gz_d, tl.trans(y), input_precision=PREC, out_dtype=ACC))
-    tl.store(prow + C * C + c, tl.sum(gz, axis=1), mask=cm)
+    wf = _load_w(wf_ptr, c, cm, c, cm, C, False)
+    wf_t = _load_w(wf_ptr, c, cm, c, cm, C, True)
+    wo_t = _load_w(wo_ptr, co, com, c, cm, C, True)
+    bf = tl.load(bf_ptr + c, mask=cm, other=0.0).to(ACC)
+    gwf = tl.zeros([BLOCK_C, BLOCK_C], dtype=ACC)
+    gwo = tl.zeros([BLOCK_CO, BLOCK_C], dtype=ACC)
+    gbf = tl.zeros([BLOCK_C], dtype=ACC)
+    gbo = tl.zeros([BLOCK_CO], dtype=ACC)
+    for i in range(TPP):
+        p = (tl.program_id(0) * TPP + i) * BLOCK_P + tl.arange(0, BLOCK_P)
+        pm = p < HW
+        y = _load_img(y_ptr, n * C * HW, c, cm, p, pm, HW)
+        dt = y.dtype
+        v = _load_img(v_ptr, n * C * HW, c, cm, p, pm, HW).to(ACC)
+        go = _load_img(go_ptr, n * CO * HW, co, com, p, pm, HW)
+        zf = tl.dot(wf, y, input_precision=PREC, out_dtype=ACC) + bf[:, None]
+        sg = sigmoid(zf)
+        s = zf * sg
+        gg = tl.dot(wo_t, go, input_precision=PREC, out_dtype=ACC)
+        tl.store(gv_ptr + n * C * HW + c[:, None] * HW + p[None, :], (gg * s).to(dt), mask=cm[:, None] & pm[None, :])
+        gz = gg * v * (sg * (1.0 + zf * (1.0 - sg)))
+        gz_d = gz.to(dt)
+        gy = tl.dot(wf_t, gz_d, input_precision=PREC, out_dtype=ACC)
+        tl.store(gy_ptr + n * C * HW + c[:, None] * HW + p[None, :], gy.to(dt), mask=cm[:, None] & pm[None, :])
+        gwf = tl.dot(gz_d, tl.trans(y), acc=gwf, input_precision=PREC, out_dtype=ACC)
+        gwo = tl.dot(go, tl.trans((s * v).to(dt)), acc=gwo, input_precision=PREC, out_dtype=ACC)
+        gbf += tl.sum(gz, axis=1)
+        gbo += tl.sum(go.to(ACC), axis=1)
+    prow = part_ptr + row * (C * C + C + CO * C + CO)
+    _store_part(prow, c, cm, c, cm, C, gwf)
+    tl.store(prow + C * C + c, gbf, mask=cm)
     prow += C * C + C
-    g_t = tl.trans((s * v).to(dt))
-    _store_part(prow, co, com, c, cm, C, tl.dot(go, g_t, input_precision=PREC, out_dtype=ACC))
-    tl.store(prow + CO * C + co, tl.sum(go.to(ACC), axis=1), mask=com)
+    _store_part(prow, co, com, c, cm, C, gwo)
+    tl.store(prow + CO * C + co, gbo, mask=com)

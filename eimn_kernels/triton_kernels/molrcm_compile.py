@@ -69,7 +69,8 @@ def compile_all(dtype: str = "fp32", arch: int = 90, names=None, C: int = 64) ->
     for name, fn, sig, consts in kernel_specs(dtype, C):
         if names is not None and name not in names:
             continue
-        nw = cfg.NUM_WARPS_DW if name.startswith("dw") else cfg.NUM_WARPS_1X1
+        nw = (cfg.NUM_WARPS_DW if name.startswith("dw") else
+              cfg.NUM_WARPS_1X1_BWD if name.endswith("_bwd") else cfg.NUM_WARPS_1X1)
         src = triton.compiler.ASTSource(fn=fn, signature=sig, constexprs=consts)
         out[name] = triton.compile(src, target=target, options={"num_warps": nw})
     return out

@@ -18,6 +18,11 @@ def interpreting() -> bool:
 BLOCK_P_GPU = 128
 BLOCK_P_INTERP = 256
 NUM_WARPS_1X1 = 4
+NUM_WARPS_1X1_BWD = 8  # backward holds two (C x C) weight-gradient accumulators in registers
+# 1x1 backward: each program sums the weight-gradient partials of several pixel tiles of one image
+# in registers (one partial row per program): about PROGRAMS_PER_SM_1X1 programs per SM in total.
+PROGRAMS_PER_SM_1X1 = 4
+TILES_PER_PROG_INTERP = 2
 
 # dw_mix: output tile TILE_H x TILE_W pixels (powers of 2) times BLOCK_DC channels per work item;
 # the extended (tile + halo) region of r is computed in chunks of BLOCK_E pixels.
