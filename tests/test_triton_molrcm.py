@@ -192,6 +192,7 @@ def test_compiles_for_sm90():
             "for dt, names in jobs:\n"
             f"    for name, k in compile_all(dt, names=names, C={C}).items():\n"
             "        assert 'ptx' in k.asm and '.entry' in k.asm['ptx'], name\n"
+            "        assert k.metadata.shared <= 232448, (name, k.metadata.shared)  # H100: 227 KB per block\n"
             "        print(dt, name, 'ok')\n")
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     r = subprocess.run([sys.executable, "-c", code], cwd=root, env=env, capture_output=True, text=True, timeout=1200)

@@ -58,11 +58,11 @@ def proj_qv_forward(x: _T, wq: _T, bq: _T, wv: _T, bv: _T) -> tuple[_T, _T]:
     CQ, CV, HW = wq.shape[0], wv.shape[0], H * W
     q = torch.empty((N, CQ, H, W), dtype=x.dtype, device=x.device)
     v = torch.empty((N, CV, H, W), dtype=x.dtype, device=x.device)
-    bp = cfg.block_p()
+    bp, nw = cfg.gemm_config(x.dtype, backward=False)
     proj_qv_fwd_kernel[(triton.cdiv(HW, bp), N)](
         x, wq, bq, wv, bv, q, v, C, CQ, CV, HW,
         BLOCK_CI=pow2_block(C), BLOCK_CQ=pow2_block(CQ), BLOCK_CV=pow2_block(CV), BLOCK_P=bp,
-        ACC=acc_dtype(x.dtype), PREC=dot_precision(x.dtype), num_warps=cfg.NUM_WARPS_1X1)
+        ACC=acc_dtype(x.dtype), PREC=dot_precision(x.dtype), num_warps=nw)
     return q, v
 
 
@@ -70,7 +70,7 @@ def proj_qv_backward(grad_q: _T, grad_v: _T, x: _T, wq: _T, bq: _T, wv: _T, bv: 
     """Gradients (gx, gwq, gbq, gwv, gbv) of proj_qv given grad_q: (N, Cq, H, W), grad_v: (N, Cv, H, W)."""
     N, C, H, W = x.shape
     CQ, CV, HW = wq.shape[0], wv.shape[0], H * W
-    bp = cfg.block_p()
+    bp, nw = cfg.gemm_config(x.dtype, backward=True)
     tiles = triton.cdiv(HW, bp)
     tpp = _tiles_per_program(tiles, N, x.device)
     progs = triton.cdiv(tiles, tpp)
@@ -80,7 +80,7 @@ def proj_qv_backward(grad_q: _T, grad_v: _T, x: _T, wq: _T, bq: _T, wv: _T, bv: 
     proj_qv_bwd_kernel[(progs, N)](
         grad_q, grad_v, x, wq, bq, wv, gx, part, C, CQ, CV, HW, tpp,
         BLOCK_CI=pow2_block(C), BLOCK_CQ=pow2_block(CQ), BLOCK_CV=pow2_block(CV), BLOCK_P=bp,
-        ACC=acc_dtype(x.dtype), PREC=dot_precision(x.dtype), num_warps=cfg.NUM_WARPS_1X1_BWD)
+        ACC=acc_dtype(x.dtype), PREC=dot_precision(x.dtype), num_warps=nw)
     gwq, gbq, gwv, gbv = _split_part(reduce_rows(part, x.dtype), [(CQ, C, 1, 1), (CQ,), (CV, C, 1, 1), (CV,)])
     return gx, gwq, gbq, gwv, gbv
 
@@ -93,11 +93,11 @@ def gate_out_forward(y: _T, v: _T, wf: _T, bf: _T, wo: _T, bo: _T) -> _T:
     N, C, H, W = y.shape
     CO, HW = wo.shape[0], H * W
     out = torch.empty((N, CO, H, W), dtype=y.dtype, device=y.device)
-    bp = cfg.block_p()
+    bp, nw = cfg.gemm_config(y.dtype, backward=False)
     gate_out_fwd_kernel[(triton.cdiv(HW, bp), N)](
         y, v, wf, bf, wo, bo, out, C, CO, HW,
         BLOCK_C=pow2_block(C), BLOCK_CO=pow2_block(CO), BLOCK_P=bp,
-        ACC=acc_dtype(y.dtype), PREC=dot_precision(y.dtype), num_warps=cfg.NUM_WARPS_1X1)
+        ACC=acc_dtype(y.dtype), PREC=dot_precision(y.dtype), num_warps=nw)
     return out
 
 
@@ -105,7 +105,7 @@ def gate_out_backward(grad_out: _T, y: _T, v: _T, wf: _T, bf: _T, wo: _T, bo: _T
     """Gradients (gy, gv, gwf, gbf, gwo, gbo) of gate_out given grad_out: (N, Co, H, W)."""
     N, C, H, W = y.shape
     CO, HW = wo.shape[0], H * W
-    bp = cfg.block_p()
+    bp, nw = cfg.gemm_config(y.dtype, backward=True)
     tiles = triton.cdiv(HW, bp)
     tpp = _tiles_per_program(tiles, N, y.device)
     progs = triton.cdiv(tiles, tpp)
@@ -115,7 +115,7 @@ def gate_out_backward(grad_out: _T, y: _T, v: _T, wf: _T, bf: _T, wo: _T, bo: _T
     gate_out_bwd_kernel[(progs, N)](
         grad_out, y, v, wf, bf, wo, gy, gv, part, C, CO, HW, tpp,
         BLOCK_C=pow2_block(C), BLOCK_CO=pow2_block(CO), BLOCK_P=bp,
-        ACC=acc_dtype(y.dtype), PREC=dot_precision(y.dtype), num_warps=cfg.NUM_WARPS_1X1_BWD)
+        ACC=acc_dtype(y.dtype), PREC=dot_precision(y.dtype), num_warps=nw)
     gwf, gbf, gwo, gbo = _split_part(reduce_rows(part, y.dtype), [(C, C, 1, 1), (C,), (CO, C, 1, 1), (CO,)])
     return gy, gv, gwf, gbf, gwo, gbo
 

@@ -41,14 +41,16 @@ def kernel_specs(dtype: str = "fp32", C: int = 64):
     ACC = _TL[acc]
     prec = "ieee" if dtype == "fp64" else cfg.FP32_DOT_PRECISION
     bc = max(16, triton.next_power_of_2(C))
-    p1 = dict(BLOCK_P=cfg.BLOCK_P_GPU, ACC=ACC, PREC=prec)
+    key = dtype if dtype in ("fp32", "fp64") else "half"
+    fw = dict(BLOCK_P=cfg.GEMM_FWD_GPU[key][0], ACC=ACC, PREC=prec)
+    bw = dict(BLOCK_P=cfg.GEMM_BWD_GPU[key][0], ACC=ACC, PREC=prec)
     th, tw, bdc, be = cfg.TILE_H_GPU, cfg.TILE_W_GPU, cfg.BLOCK_DC_GPU, cfg.BLOCK_E_GPU
     dwc = dict(TILE_H=th, TILE_W=tw, BLOCK_C=bdc, ACC=ACC)
     specs = [
-        ("proj_qv_fwd", k1x1.proj_qv_fwd_kernel, (), dict(BLOCK_CI=bc, BLOCK_CQ=bc, BLOCK_CV=bc, **p1)),
-        ("proj_qv_bwd", k1x1.proj_qv_bwd_kernel, ("part_ptr",), dict(BLOCK_CI=bc, BLOCK_CQ=bc, BLOCK_CV=bc, **p1)),
-        ("gate_out_fwd", k1x1.gate_out_fwd_kernel, (), dict(BLOCK_C=bc, BLOCK_CO=bc, **p1)),
-        ("gate_out_bwd", k1x1.gate_out_bwd_kernel, ("part_ptr",), dict(BLOCK_C=bc, BLOCK_CO=bc, **p1)),
+        ("proj_qv_fwd", k1x1.proj_qv_fwd_kernel, (), dict(BLOCK_CI=bc, BLOCK_CQ=bc, BLOCK_CV=bc, **fw)),
+        ("proj_qv_bwd", k1x1.proj_qv_bwd_kernel, ("part_ptr",), dict(BLOCK_CI=bc, BLOCK_CQ=bc, BLOCK_CV=bc, **bw)),
+        ("gate_out_fwd", k1x1.gate_out_fwd_kernel, (), dict(BLOCK_C=bc, BLOCK_CO=bc, **fw)),
+        ("gate_out_bwd", k1x1.gate_out_bwd_kernel, ("part_ptr",), dict(BLOCK_C=bc, BLOCK_CO=bc, **bw)),
         ("dw_mix_fwd", kdw.dw_mix_fwd_kernel, ("scratch_ptr",), dict(BLOCK_E=be, **dwc)),
         ("dw_conv_fwd", kdw.dw_conv_fwd_kernel, ("out_ptr",), dwc),
         ("dw_conv_bwd", kdw.dw_conv_bwd_kernel, ("part_ptr",), dwc),
@@ -69,8 +71,9 @@ def compile_all(dtype: str = "fp32", arch: int = 90, names=None, C: int = 64) ->
     for name, fn, sig, consts in kernel_specs(dtype, C):
         if names is not None and name not in names:
             continue
+        key = dtype if dtype in ("fp32", "fp64") else "half"
         nw = (cfg.NUM_WARPS_DW if name.startswith("dw") else
-              cfg.NUM_WARPS_1X1_BWD if name.endswith("_bwd") else cfg.NUM_WARPS_1X1)
+              cfg.GEMM_BWD_GPU[key][1] if name.endswith("_bwd") else cfg.GEMM_FWD_GPU[key][1])
         src = triton.compiler.ASTSource(fn=fn, signature=sig, constexprs=consts)
         out[name] = triton.compile(src, target=target, options={"num_warps": nw})
     return out
@@ -85,10 +88,11 @@ def _main(argv) -> int:
             if "--ptxas-v" in argv:
                 with tempfile.NamedTemporaryFile("w", suffix=".ptx", delete=False) as f:
                     f.write(k.asm["ptx"])
-                ptxas = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "ptxas")
-                r = subprocess.run([ptxas, "-arch=sm_90a", "-v", f.name, "-o", os.devnull],
+                from triton.backends.nvidia.compiler import get_ptxas
+                r = subprocess.run([get_ptxas(90).path, "--gpu-name", "sm_90a", "-v", f.name, "-o", os.devnull],
                                    capture_output=True, text=True)
-                info = [ln.split("info    : ")[-1] for ln in r.stderr.splitlines() if "registers" in ln or "spill" in ln]
+                info = [ln.split("info    : ")[-1] for ln in (r.stdout + r.stderr).splitlines()
+                        if "registers" in ln or "spill" in ln] or [r.stderr.strip()[-200:]]
                 line += " | " + "; ".join(info)
                 os.unlink(f.name)
             print(line)

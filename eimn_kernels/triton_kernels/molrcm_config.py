@@ -14,11 +14,13 @@ def interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET") == "1"
 
 
-# 1x1 GEMM kernels (proj_qv, gate_out): pixels per program; channels are one padded block.
-BLOCK_P_GPU = 128
+# 1x1 GEMM kernels (proj_qv, gate_out): (BLOCK_P pixels per program, num_warps) on GPU per input
+# dtype; channels are one padded block. Half types use tensor cores; fp32 ('ieee') and fp64 dots
+# are FMA loops that need far more registers and shared memory (ptxas, sm_90, C = 64: fp32 backward
+# at BLOCK_P = 128 needs 280 KB of shared memory (> 227 KB: would not launch); at 32: 112 KB).
+GEMM_FWD_GPU = {"half": (128, 4), "fp32": (64, 8), "fp64": (32, 8)}
+GEMM_BWD_GPU = {"half": (128, 8), "fp32": (32, 4), "fp64": (16, 4)}
 BLOCK_P_INTERP = 256
-NUM_WARPS_1X1 = 4
-NUM_WARPS_1X1_BWD = 8  # backward holds two (C x C) weight-gradient accumulators in registers
 # 1x1 backward: each program sums the weight-gradient partials of several pixel tiles of one image
 # in registers (one partial row per program): about PROGRAMS_PER_SM_1X1 programs per SM in total.
 PROGRAMS_PER_SM_1X1 = 4
@@ -39,8 +41,12 @@ BLOCK_RED = 256
 FP32_DOT_PRECISION = "ieee"
 
 
-def block_p() -> int:
-    return BLOCK_P_INTERP if interpreting() else BLOCK_P_GPU
+def gemm_config(dtype, backward: bool) -> tuple[int, int]:
+    """(BLOCK_P, num_warps) of a 1x1 GEMM kernel for torch dtype ``dtype``."""
+    if interpreting():
+        return BLOCK_P_INTERP, 4
+    key = {"torch.float32": "fp32", "torch.float64": "fp64"}.get(str(dtype), "half")
+    return (GEMM_BWD_GPU if backward else GEMM_FWD_GPU)[key]
 
 
 def dw_tile() -> tuple[int, int, int, int]:
