@@ -19,7 +19,7 @@ def interpreting() -> bool:
 # are FMA loops that need far more registers and shared memory (ptxas, sm_90, C = 64: fp32 backward
 # at BLOCK_P = 128 needs 280 KB of shared memory (> 227 KB: would not launch); at 32: 112 KB).
 GEMM_FWD_GPU = {"half": (128, 4), "fp32": (64, 8), "fp64": (32, 8)}
-GEMM_BWD_GPU = {"half": (128, 8), "fp32": (32, 4), "fp64": (16, 4)}
+GEMM_BWD_GPU = {"half": (64, 8), "fp32": (32, 4), "fp64": (16, 4)}
 BLOCK_P_INTERP = 256
 # 1x1 backward: each program sums the weight-gradient partials of several pixel tiles of one image
 # in registers (one partial row per program): about PROGRAMS_PER_SM_1X1 programs per SM in total.
