@@ -3,8 +3,10 @@
 Layout: contiguous NCHW, so one image is a (C, H*W) matrix. Each program owns one image n and a
 tile of BLOCK_P pixels and all channels (padded to a power of two >= 16 for tl.dot, masked), so
 the whole chain of each op runs in registers: (Cout x C) @ (C x BLOCK_P) with fused epilogues.
-Backward programs also write their partial weight/bias gradients to one row of a partial buffer
-(reduced afterwards in fixed order: deterministic, no atomics).
+Backward programs loop over TPP pixel tiles of one image, sum their weight/bias gradients in
+registers and write them to one row of a partial buffer (reduced afterwards in fixed order:
+deterministic, no atomics). fp32 dots use input_precision PREC ('ieee' by default: exact but FMA-based,
+register-hungry at C = 64; see molrcm_config.py).
 """
 from __future__ import annotations
 
