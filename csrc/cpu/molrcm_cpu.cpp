@@ -1,13 +1,14 @@
 // CPU (OpenMP) kernels of the MOLRCM ops: dw_mix, proj_qv, gate_out (forward and backward),
 // float32 and float64. Schemas: csrc/eimn_ops.cpp; semantics: eimn_kernels/reference.py.
 //
-// * 1x1 convolutions run as GEMMs over pixel tiles of one image (BLAS, single-threaded per tile),
+// * 1x1 convolutions run as GEMMs over pixel tiles of one image (own register-blocked kernels),
 //   with bias/activation/gating epilogues applied while the tile is in cache; tiles run in parallel.
 // * dw_mix works per (n, c) plane: r = DW0(q) lives only in a thread-local zero-padded buffer and
 //   the second (dilated) depthwise conv reads it from there; r is never written to memory.
 // * Backwards recompute intermediates (pre-activations, r) from the inputs. Weight/bias gradients are
 //   written per task (tile or plane) and summed over tasks in a fixed order: deterministic.
 #include "molrcm_vec.h"
+#include "molrcm_gemm.h"
 #include "molrcm_dwplane.h"
 
 #include <ATen/Parallel.h>
@@ -78,11 +79,12 @@ void proj_qv_fwd_impl(const Tensor& x, const Tensor& wqv, const Tensor& bq, cons
   const int64_t P = pixel_tile(HW, N), nt = (HW + P - 1) / P;
   const T *xp = x.data_ptr<T>(), *w = wqv.data_ptr<T>(), *bqp = bq.data_ptr<T>(), *bvp = bv.data_ptr<T>();
   T *qp = q.data_ptr<T>(), *vp = v.data_ptr<T>();
+  const std::vector<T> wk = pack_a(w, Co, C, C, 1);
   at::parallel_for(0, N * nt, 1, [&](int64_t t0, int64_t t1) {
     std::vector<T> buf(Co * P);
     for (int64_t t = t0; t < t1; ++t) {
       const int64_t n = t / nt, p0 = (t % nt) * P, np = std::min(P, HW - p0);
-      gemm<T>(Co, np, C, w, C, 1, xp + n * C * HW + p0, HW, 1, buf.data(), P, false);
+      gemm_apix<T>(Co, np, C, wk.data(), xp + n * C * HW + p0, HW, buf.data(), P, false);
       for (int64_t o = 0; o < Cq; ++o) {
         const T* b = buf.data() + o * P;
         T* dst = qp + (n * Cq + o) * HW + p0;
@@ -138,6 +140,8 @@ void proj_qv_bwd_impl(const Tensor& gq, const Tensor& gv, const Tensor& x, const
   const int64_t LW = Cq * C + Cv * C, LB = Cq + Cv;
   std::vector<T> wpart(ntask * LW);
   std::vector<double> bpart(ntask * LB, 0.0);
+  const std::vector<T> wq_k = pack_a(wqp, Cq, C, C, 1), wqT_k = pack_a(wqp, C, Cq, 1, C);
+  const std::vector<T> wvT_k = pack_a(wvp, C, Cv, 1, C);
   at::parallel_for(0, ntask, 1, [&](int64_t t0, int64_t t1) {
     std::vector<T> pre(Cq * P);
     for (int64_t t = t0; t < t1; ++t) {
@@ -146,7 +150,7 @@ void proj_qv_bwd_impl(const Tensor& gq, const Tensor& gv, const Tensor& x, const
       const T* gqt = gqp + n * Cq * HW + p0;
       const T* gvt = gvp + n * Cv * HW + p0;
       // pre = Wq x + bq; dpre = gq * gelu'(pre)
-      gemm<T>(Cq, np, C, wqp, C, 1, xt, HW, 1, pre.data(), P, false);
+      gemm_apix<T>(Cq, np, C, wq_k.data(), xt, HW, pre.data(), P, false);
       for (int64_t o = 0; o < Cq; ++o) {
         T* b = pre.data() + o * P;
         const T* g = gqt + o * HW;
@@ -158,14 +162,14 @@ void proj_qv_bwd_impl(const Tensor& gq, const Tensor& gv, const Tensor& x, const
       T* wp = wpart.data() + t * LW;
       double* bp = bpart.data() + t * LB;
       // dWq = dpre x^T ; dWv = gv x^T  (x^T: P x C view of the tile)
-      gemm<T>(Cq, C, np, pre.data(), P, 1, xt, 1, HW, wp, C, false);
-      gemm<T>(Cv, C, np, gvt, HW, 1, xt, 1, HW, wp + Cq * C, C, false);
+      gemm_red<T>(Cq, C, np, pre.data(), P, xt, HW, wp, C);
+      gemm_red<T>(Cv, C, np, gvt, HW, xt, HW, wp + Cq * C, C);
       row_sums<T>(pre.data(), Cq, np, P, bp);
       row_sums<T>(gvt, Cv, np, HW, bp + Cq);
       // dx = Wq^T dpre + Wv^T gv
       T* dxt = dxp + n * C * HW + p0;
-      gemm<T>(C, np, Cq, wqp, 1, C, pre.data(), P, 1, dxt, HW, false);
-      gemm<T>(C, np, Cv, wvp, 1, C, gvt, HW, 1, dxt, HW, true);
+      gemm_apix<T>(C, np, Cq, wqT_k.data(), pre.data(), P, dxt, HW, false);
+      gemm_apix<T>(C, np, Cv, wvT_k.data(), gvt, HW, dxt, HW, true);
     }
   });
   reduce_tasks<T, T>(wpart.data(), ntask, LW, wpart.data());  // in place: row 0 holds the sums
@@ -215,11 +219,12 @@ void gate_out_fwd_impl(const Tensor& y, const Tensor& v, const Tensor& wf, const
   const T *yp = y.data_ptr<T>(), *vp = v.data_ptr<T>(), *wfp = wf.data_ptr<T>(), *bfp = bf.data_ptr<T>();
   const T *wop = wo.data_ptr<T>(), *bop = bo.data_ptr<T>();
   T* op = out.data_ptr<T>();
+  const std::vector<T> wf_k = pack_a(wfp, C, C, C, 1), wo_k = pack_a(wop, Co, C, C, 1);
   at::parallel_for(0, N * nt, 1, [&](int64_t t0, int64_t t1) {
     std::vector<T> m(C * P);
     for (int64_t t = t0; t < t1; ++t) {
       const int64_t n = t / nt, p0 = (t % nt) * P, np = std::min(P, HW - p0);
-      gemm<T>(C, np, C, wfp, C, 1, yp + n * C * HW + p0, HW, 1, m.data(), P, false);
+      gemm_apix<T>(C, np, C, wf_k.data(), yp + n * C * HW + p0, HW, m.data(), P, false);
       for (int64_t c = 0; c < C; ++c) {
         T* a = m.data() + c * P;
         const T* vv = vp + (n * C + c) * HW + p0;
@@ -231,7 +236,7 @@ void gate_out_fwd_impl(const Tensor& y, const Tensor& v, const Tensor& wf, const
       }
       T* ot = op + n * Co * HW + p0;
       for (int64_t o = 0; o < Co; ++o) std::fill(ot + o * HW, ot + o * HW + np, bop[o]);
-      gemm<T>(Co, np, C, wop, C, 1, m.data(), P, 1, ot, HW, true);
+      gemm_apix<T>(Co, np, C, wo_k.data(), m.data(), P, ot, HW, true);
     }
   });
 }
@@ -269,6 +274,8 @@ void gate_out_bwd_impl(const Tensor& g, const Tensor& y, const Tensor& v, const 
   const int64_t LW = Co * C + C * C, LB = Co + C;
   std::vector<T> wpart(ntask * LW);
   std::vector<double> bpart(ntask * LB, 0.0);
+  const std::vector<T> wf_k = pack_a(wfp, C, C, C, 1), wfT_k = pack_a(wfp, C, C, 1, C);
+  const std::vector<T> woT_k = pack_a(wop, C, Co, 1, C);
   at::parallel_for(0, ntask, 1, [&](int64_t t0, int64_t t1) {
     std::vector<T> a(C * P), m(C * P), dm(C * P);
     for (int64_t t = t0; t < t1; ++t) {
@@ -276,7 +283,7 @@ void gate_out_bwd_impl(const Tensor& g, const Tensor& y, const Tensor& v, const 
       const T* yt = yp + n * C * HW + p0;
       const T* gt = gp + n * Co * HW + p0;
       // a = Wf y + bf ; m = silu(a) * v
-      gemm<T>(C, np, C, wfp, C, 1, yt, HW, 1, a.data(), P, false);
+      gemm_apix<T>(C, np, C, wf_k.data(), yt, HW, a.data(), P, false);
       for (int64_t c = 0; c < C; ++c) {
         T* ar = a.data() + c * P;
         T* mr = m.data() + c * P;
@@ -291,9 +298,9 @@ void gate_out_bwd_impl(const Tensor& g, const Tensor& y, const Tensor& v, const 
       T* wp = wpart.data() + t * LW;
       double* bp = bpart.data() + t * LB;
       // dWo = g m^T ; dbo = sum g ; dm = Wo^T g
-      gemm<T>(Co, C, np, gt, HW, 1, m.data(), 1, P, wp, C, false);
+      gemm_red<T>(Co, C, np, gt, HW, m.data(), P, wp, C);
       row_sums<T>(gt, Co, np, HW, bp);
-      gemm<T>(C, np, Co, wop, 1, C, gt, HW, 1, dm.data(), P, false);
+      gemm_apix<T>(C, np, Co, woT_k.data(), gt, HW, dm.data(), P, false);
       // dv = dm * silu(a) ; da = dm * v * silu'(a)  (stored in dm)
       for (int64_t c = 0; c < C; ++c) {
         const T* ar = a.data() + c * P;
@@ -309,9 +316,9 @@ void gate_out_bwd_impl(const Tensor& g, const Tensor& y, const Tensor& v, const 
         });
       }
       // dWf = da y^T ; dbf = sum da ; dy = Wf^T da
-      gemm<T>(C, C, np, dm.data(), P, 1, yt, 1, HW, wp + Co * C, C, false);
+      gemm_red<T>(C, C, np, dm.data(), P, yt, HW, wp + Co * C, C);
       row_sums<T>(dm.data(), C, np, P, bp + Co);
-      gemm<T>(C, np, C, wfp, 1, C, dm.data(), P, 1, dyp + n * C * HW + p0, HW, false);
+      gemm_apix<T>(C, np, C, wfT_k.data(), dm.data(), P, dyp + n * C * HW + p0, HW, false);
     }
   });
   reduce_tasks<T, T>(wpart.data(), ntask, LW, wpart.data());

@@ -1,4 +1,4 @@
-// CPU helpers for the MOLRCM kernels: vectorised activations (at::vec) and strided GEMM on raw pointers.
+// CPU helpers for the MOLRCM kernels: vectorised activations (at::vec::Vectorized).
 #pragma once
 // The extension is compiled with -march=native; on AVX2+FMA machines use ATen's AVX2 Vectorized<T>
 // (erf/exp via SLEEF, exported by libtorch_cpu) instead of the scalar fallback.
@@ -36,23 +36,6 @@ template <typename T> inline Vec<T> vgelu_grad(Vec<T> x) {
 }
 template <typename T> inline Vec<T> vsigmoid(Vec<T> x) {
   return Vec<T>(T(1)) / (Vec<T>(T(1)) + x.neg().exp());
-}
-
-// Row-major C(MxN, ldc) = A(MxK) B(KxN) (+ C if accumulate). A and B are given by element strides
-// (row stride, column stride), so transposed views need no copy; one of each pair must be 1.
-// Runs BLAS single-threaded when called inside a parallel region.
-template <typename T>
-inline void gemm(int64_t M, int64_t N, int64_t K, const T* A, int64_t a_rs, int64_t a_cs, const T* B,
-                 int64_t b_rs, int64_t b_cs, T* C, int64_t ldc, bool accumulate) {
-  auto opt = at::TensorOptions().dtype(c10::CppTypeToScalarType<T>::value);
-  at::Tensor a = at::from_blob(const_cast<T*>(A), {M, K}, {a_rs, a_cs}, opt);
-  at::Tensor b = at::from_blob(const_cast<T*>(B), {K, N}, {b_rs, b_cs}, opt);
-  at::Tensor c = at::from_blob(C, {M, N}, {ldc, 1}, opt);
-  if (accumulate) {
-    at::addmm_out(c, c, a, b);
-  } else {
-    at::mm_out(c, a, b);
-  }
 }
 
 }  // namespace cpu
