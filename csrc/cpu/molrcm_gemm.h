@@ -1,6 +1,7 @@
 // Register-blocked GEMM micro-kernels for the MOLRCM 1x1 convolutions (small channel counts, many
-// pixels), written with at::vec::Vectorized so they use AVX2/AVX-512 FMAs. MKL's sgemm is slow on
-// non-Intel CPUs and costs a call overhead per pixel tile; these kernels need no packing of pixels.
+// pixels), written with GCC/Clang vector extensions (32-byte vectors: AVX2 FMAs with -march=native;
+// arrays of at::vec::Vectorized accumulators were spilled to the stack every iteration). MKL's sgemm
+// is slow on non-Intel CPUs and costs a call overhead per pixel tile.
 #pragma once
 #include "molrcm_vec.h"
 
@@ -9,6 +10,16 @@
 
 namespace eimn {
 namespace cpu {
+
+// 32-byte SIMD register of T (8 floats / 4 doubles); the unaligned variant for loads and stores.
+template <typename T> struct vreg_t {
+  typedef T type __attribute__((vector_size(32)));
+  typedef T utype __attribute__((vector_size(32), aligned(alignof(T))));
+};
+template <typename T> using vreg = typename vreg_t<T>::type;
+template <typename T> inline vreg<T> vload(const T* p) { return *reinterpret_cast<const typename vreg_t<T>::utype*>(p); }
+template <typename T> inline void vstore(T* p, vreg<T> v) { *reinterpret_cast<typename vreg_t<T>::utype*>(p) = v; }
+template <typename T> inline vreg<T> vsplat(T x) { return vreg<T>{} + x; }
 
 // Pack a small (M x K) matrix A, given by element strides, as ap[k * M + m] = A[m][k].
 template <typename T>
@@ -24,39 +35,38 @@ inline std::vector<T> pack_a(const T* A, int64_t M, int64_t K, int64_t rs, int64
 template <typename T, int MR>
 inline void mk_apix(int64_t K, const T* ap, int64_t M, int64_t m0, const T* bp, T* C, int64_t ldc, int64_t np,
                     bool acc) {
-  using V = Vec<T>;
-  constexpr int64_t L = V::size();
+  using V = vreg<T>;
+  constexpr int64_t L = 32 / sizeof(T);
   V c0[MR], c1[MR];
-  for (int i = 0; i < MR; ++i) {
-    c0[i] = V(T(0));
-    c1[i] = V(T(0));
-  }
+#pragma GCC unroll 8
+  for (int i = 0; i < MR; ++i) c0[i] = c1[i] = V{};
   const T* a = ap + m0;
   for (int64_t k = 0; k < K; ++k) {
-    const V b0 = V::loadu(bp + k * 2 * L), b1 = V::loadu(bp + k * 2 * L + L);
+    const V b0 = vload(bp + k * 2 * L), b1 = vload(bp + k * 2 * L + L);
+#pragma GCC unroll 8
     for (int i = 0; i < MR; ++i) {
-      const V w(a[k * M + i]);
-      c0[i] = at::vec::fmadd(w, b0, c0[i]);
-      c1[i] = at::vec::fmadd(w, b1, c1[i]);
+      const T w = a[k * M + i];
+      c0[i] += w * b0;
+      c1[i] += w * b1;
     }
   }
   if (np == 2 * L) {
+#pragma GCC unroll 8
     for (int i = 0; i < MR; ++i) {
+      T* c = C + i * ldc;
       if (acc) {
-        c0[i] = c0[i] + V::loadu(C + i * ldc);
-        c1[i] = c1[i] + V::loadu(C + i * ldc + L);
+        c0[i] += vload(c);
+        c1[i] += vload(c + L);
       }
-      c0[i].store(C + i * ldc);
-      c1[i].store(C + i * ldc + L);
+      vstore(c, c0[i]);
+      vstore(c + L, c1[i]);
     }
     return;
   }
-  // Partial panel: full stores to a local buffer (a partial store would take the accumulators'
-  // address and make the compiler spill them in the k loop), then copy np values.
   alignas(64) T tmp[2 * L];
   for (int i = 0; i < MR; ++i) {
-    c0[i].store(tmp);
-    c1[i].store(tmp + L);
+    vstore(tmp, c0[i]);
+    vstore(tmp + L, c1[i]);
     T* c = C + i * ldc;
     if (acc) {
       for (int64_t j = 0; j < np; ++j) c[j] += tmp[j];
@@ -72,7 +82,7 @@ inline void mk_apix(int64_t K, const T* ap, int64_t M, int64_t m0, const T* bp, 
 template <typename T>
 inline void gemm_apix(int64_t M, int64_t np, int64_t K, const T* ap, const T* B, int64_t ldb, T* C, int64_t ldc,
                       bool acc) {
-  constexpr int64_t NR = 2 * Vec<T>::size();
+  constexpr int64_t NR = 2 * (32 / sizeof(T));
   constexpr int MR = 6;
   thread_local std::vector<T> panel;
   const int64_t npan = (np + NR - 1) / NR;
@@ -105,34 +115,32 @@ inline void gemm_apix(int64_t M, int64_t np, int64_t K, const T* ap, const T* B,
 // Reduction over pixels: D[m][k] (=) sum_p G[m][p] * X[k][p], for an (OR x KR) block.
 template <typename T, int OR, int KR>
 inline void mk_red(int64_t np, const T* G, int64_t ldg, const T* X, int64_t ldx, T* D, int64_t ldd) {
-  using V = Vec<T>;
-  constexpr int64_t L = V::size();
+  using V = vreg<T>;
+  constexpr int64_t L = 32 / sizeof(T);
   V acc[OR][KR];
+#pragma GCC unroll 4
   for (int i = 0; i < OR; ++i)
-    for (int j = 0; j < KR; ++j) acc[i][j] = V(T(0));
+#pragma GCC unroll 4
+    for (int j = 0; j < KR; ++j) acc[i][j] = V{};
   int64_t p = 0;
   for (; p + L <= np; p += L) {
     V x[KR];
-    for (int j = 0; j < KR; ++j) x[j] = V::loadu(X + j * ldx + p);
+#pragma GCC unroll 4
+    for (int j = 0; j < KR; ++j) x[j] = vload(X + j * ldx + p);
+#pragma GCC unroll 4
     for (int i = 0; i < OR; ++i) {
-      const V g = V::loadu(G + i * ldg + p);
-      for (int j = 0; j < KR; ++j) acc[i][j] = at::vec::fmadd(g, x[j], acc[i][j]);
-    }
-  }
-  if (p < np) {  // partial loads zero the missing lanes
-    V x[KR];
-    for (int j = 0; j < KR; ++j) x[j] = V::loadu(X + j * ldx + p, np - p);
-    for (int i = 0; i < OR; ++i) {
-      const V g = V::loadu(G + i * ldg + p, np - p);
-      for (int j = 0; j < KR; ++j) acc[i][j] = at::vec::fmadd(g, x[j], acc[i][j]);
+      const V g = vload(G + i * ldg + p);
+#pragma GCC unroll 4
+      for (int j = 0; j < KR; ++j) acc[i][j] += g * x[j];
     }
   }
   for (int i = 0; i < OR; ++i)
     for (int j = 0; j < KR; ++j) {
-      T buf[L];
-      acc[i][j].store(buf);
+      alignas(64) T buf[L];
+      vstore(buf, acc[i][j]);
       T s = 0;
       for (int64_t l = 0; l < L; ++l) s += buf[l];
+      for (int64_t q = p; q < np; ++q) s += G[i * ldg + q] * X[j * ldx + q];  // tail pixels
       D[i * ldd + j] = s;
     }
 }
