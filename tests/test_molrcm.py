@@ -215,6 +215,30 @@ def test_torch_compile_fullgraph_cpu():
     assert _rel(got, want) < 1e-12 and _rel(gx, gx2) < 1e-12
 
 
+# ------------------------------------------------------------------ determinism
+@pytest.mark.parametrize("op", list(OPS))
+def test_backward_deterministic_across_threads(op):
+    """cpu backend: weight gradients are reduced in a fixed order: bitwise equal for 1 and 2 threads."""
+    ok, why = ek.backend_status("cpu", "cpu")
+    if not ok:
+        pytest.skip(f"cpu backend unavailable: {why}")
+    tensors, scalars = _default_args(op, 2, 16, 33, 20, dtype=torch.float32, seed=3)
+    fn = OPS[op][0]
+    outs = _outs(fn(*tensors, *scalars, backend="cpu"))
+    cot = [torch.randn(o.shape, generator=_g(4)) for o in outs]
+    n = torch.get_num_threads()
+    res = []
+    try:
+        for threads in (1, 2, 2):
+            torch.set_num_threads(threads)
+            res.append(torch.autograd.grad(_outs(fn(*tensors, *scalars, backend="cpu")), tensors, cot))
+    finally:
+        torch.set_num_threads(n)
+    for other in res[1:]:
+        for a, b in zip(res[0], other):
+            assert torch.equal(a, b)
+
+
 # ------------------------------------------------------------------ layouts
 @pytest.mark.parametrize("op", list(OPS))
 def test_channels_last_and_noncontiguous(backend, op):
