@@ -1,9 +1,13 @@
 // CPU helpers for the MOLRCM kernels: vectorised activations (at::vec::Vectorized).
 #pragma once
 // The extension is compiled with -march=native; on AVX2+FMA machines use ATen's AVX2 Vectorized<T>
-// (erf/exp via SLEEF, exported by libtorch_cpu) instead of the scalar fallback.
-#if defined(__AVX2__) && defined(__FMA__) && !defined(CPU_CAPABILITY_AVX2) && !defined(CPU_CAPABILITY_AVX512)
+// (erf/exp via SLEEF, exported by libtorch_cpu) instead of the scalar fallback. CPU_CAPABILITY names the
+// inline namespace of Vectorized: a name of our own, so other translation units of the extension that
+// include ATen's vec headers without AVX2 get distinct symbols (no ODR clash).
+#if defined(__AVX2__) && defined(__FMA__) && !defined(CPU_CAPABILITY_AVX2) && !defined(CPU_CAPABILITY_AVX512) && \
+    !defined(CPU_CAPABILITY)
 #define CPU_CAPABILITY_AVX2
+#define CPU_CAPABILITY eimn_molrcm_avx2
 #endif
 #include <ATen/ATen.h>
 #include <ATen/cpu/vec/vec.h>
