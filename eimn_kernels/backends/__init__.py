@@ -25,11 +25,18 @@ _MODULES = {"cpu": "eimn_kernels.backends.cpu", "cuda": "eimn_kernels.backends.c
 __all__ = ["BACKENDS", "get_impl", "resolve_backend", "available_backends", "backend_status"]
 
 
+_LOADED: dict = {}  # backend name -> module; a plain dict lookup that torch.compile can trace
+
+
 def get_impl(backend: str):
     """The kernel module for ``backend`` ('cpu', 'triton' or 'cuda')."""
+    mod = _LOADED.get(backend)
+    if mod is not None:
+        return mod
     if backend not in _MODULES:
         raise ValueError(f"unknown kernel backend {backend!r}; expected one of {KERNEL_BACKENDS}")
-    return importlib.import_module(_MODULES[backend])
+    mod = _LOADED[backend] = importlib.import_module(_MODULES[backend])
+    return mod
 
 
 def backend_status(backend: str, device: torch.device | str = "cpu") -> tuple[bool, str]:

@@ -1,0 +1,552 @@
+// CPU (OpenMP) kernels of the MOLRCM ops: dw_mix, proj_qv, gate_out (forward and backward),
+// float32 and float64. Schemas: csrc/eimn_ops.cpp; semantics: eimn_kernels/reference.py.
+//
+// * 1x1 convolutions run as GEMMs over pixel tiles of one image (own register-blocked kernels),
+//   with bias/activation/gating epilogues applied while the tile is in cache; tiles run in parallel.
+// * dw_mix works per (n, c) plane: r = DW0(q) lives only in a thread-local zero-padded buffer and
+//   the second (dilated) depthwise conv reads it from there; r is never written to memory.
+// * Backwards recompute intermediates (pre-activations, r) from the inputs. Weight/bias gradients are
+//   written per task (tile or plane) and summed over tasks in a fixed order: deterministic.
+#include "molrcm_vec.h"
+#include "molrcm_gemm.h"
+#include "molrcm_dwplane.h"
+
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <vector>
+
+namespace eimn {
+namespace cpu {
+namespace {
+
+using at::Tensor;
+
+// ---------------------------------------------------------------- input checks
+void check_image(const Tensor& t, const char* name) {
+  TORCH_CHECK(t.dim() == 4, "eimn_C (cpu): ", name, " must be 4-d (N, C, H, W), got shape ", t.sizes());
+  TORCH_CHECK(t.device().is_cpu(), "eimn_C (cpu): ", name, " must be a CPU tensor, got ", t.device());
+  TORCH_CHECK(t.scalar_type() == at::kFloat || t.scalar_type() == at::kDouble, "eimn_C (cpu): ", name,
+              " must be float32 or float64, got ", t.scalar_type());
+}
+
+void check_like(const Tensor& t, const char* name, const Tensor& ref, at::IntArrayRef shape) {
+  TORCH_CHECK(t.device() == ref.device(), "eimn_C (cpu): ", name, " is on ", t.device(), ", the input on ",
+              ref.device());
+  TORCH_CHECK(t.scalar_type() == ref.scalar_type(), "eimn_C (cpu): ", name, " has dtype ", t.scalar_type(),
+              ", the input has ", ref.scalar_type());
+  TORCH_CHECK(t.sizes() == shape, "eimn_C (cpu): ", name, " must have shape ", shape, ", got ", t.sizes());
+}
+
+// Pixels per tile for the 1x1-conv ops: <= 512 (tile buffers stay in L2), smaller for small inputs so
+// that there are ~16 tasks. Independent of the thread count, so the per-task weight-gradient partials,
+// and hence the results, are bitwise the same for any number of threads.
+int64_t pixel_tile(int64_t HW, int64_t N) {
+  int64_t P = 512;
+  const int64_t want = 16;
+  while (P > 64 && N * ((HW + P - 1) / P) < want) P /= 2;
+  return std::min(P, HW);
+}
+
+// Sum per-task partials part[t][l] (t < T) into out[l], in task order (deterministic).
+template <typename T, typename P>
+void reduce_tasks(const P* part, int64_t T_, int64_t L, T* out) {
+  for (int64_t l = 0; l < L; ++l) {
+    double s = 0;
+    for (int64_t t = 0; t < T_; ++t) s += double(part[t * L + l]);
+    out[l] = T(s);
+  }
+}
+
+// Row sums of a (R x P) block (row stride ld) into double out[r] (+=).
+template <typename T>
+void row_sums(const T* a, int64_t R, int64_t P, int64_t ld, double* out) {
+  for (int64_t r = 0; r < R; ++r) {
+    const T* __restrict p = a + r * ld;
+    T s = 0;
+#pragma omp simd reduction(+ : s)
+    for (int64_t i = 0; i < P; ++i) s += p[i];
+    out[r] += s;
+  }
+}
+
+// ================================================================ proj_qv
+// q = GELU(Wq x + bq), v = Wv x + bv. x: (N, C, H, W); wq: (Cq, C, 1, 1); wv: (Cv, C, 1, 1).
+template <typename T>
+void proj_qv_fwd_impl(const Tensor& x, const Tensor& wqv, const Tensor& bq, const Tensor& bv, Tensor& q,
+                      Tensor& v) {
+  const int64_t N = x.size(0), C = x.size(1), HW = x.size(2) * x.size(3);
+  const int64_t Cq = q.size(1), Cv = v.size(1), Co = Cq + Cv;
+  const int64_t P = pixel_tile(HW, N), nt = (HW + P - 1) / P;
+  const T *xp = x.data_ptr<T>(), *w = wqv.data_ptr<T>(), *bqp = bq.data_ptr<T>(), *bvp = bv.data_ptr<T>();
+  T *qp = q.data_ptr<T>(), *vp = v.data_ptr<T>();
+  const std::vector<T> wk = pack_a(w, Co, C, C, 1);
+  at::parallel_for(0, N * nt, 1, [&](int64_t t0, int64_t t1) {
+    std::vector<T> buf(Co * P);
+    for (int64_t t = t0; t < t1; ++t) {
+      const int64_t n = t / nt, p0 = (t % nt) * P, np = std::min(P, HW - p0);
+      gemm_apix<T>(Co, np, C, wk.data(), xp + n * C * HW + p0, HW, buf.data(), P, false);
+      for (int64_t o = 0; o < Cq; ++o) {
+        const T* b = buf.data() + o * P;
+        T* dst = qp + (n * Cq + o) * HW + p0;
+        const Vec<T> bias(bqp[o]);
+        vec_for<T>(np, [&](int64_t i, int64_t c) { vgelu<T>(Vec<T>::loadu(b + i, c) + bias).store(dst + i, c); });
+      }
+      for (int64_t o = 0; o < Cv; ++o) {
+        const T* b = buf.data() + (Cq + o) * P;
+        T* dst = vp + (n * Cv + o) * HW + p0;
+        const Vec<T> bias(bvp[o]);
+        vec_for<T>(np, [&](int64_t i, int64_t c) { (Vec<T>::loadu(b + i, c) + bias).store(dst + i, c); });
+      }
+    }
+  });
+}
+
+std::tuple<Tensor, Tensor> proj_qv_forward(const Tensor& x_, const Tensor& wq_, const Tensor& bq_,
+                                           const Tensor& wv_, const Tensor& bv_) {
+  check_image(x_, "x");
+  const int64_t C = x_.size(1);
+  TORCH_CHECK(wq_.dim() == 4, "eimn_C (cpu): wq must be (Cq, C, 1, 1), got ", wq_.sizes());
+  TORCH_CHECK(wv_.dim() == 4, "eimn_C (cpu): wv must be (Cv, C, 1, 1), got ", wv_.sizes());
+  const int64_t Cq = wq_.size(0), Cv = wv_.size(0);
+  check_like(wq_, "wq", x_, {Cq, C, 1, 1});
+  check_like(bq_, "bq", x_, {Cq});
+  check_like(wv_, "wv", x_, {Cv, C, 1, 1});
+  check_like(bv_, "bv", x_, {Cv});
+  Tensor x = x_.contiguous();
+  Tensor q = at::empty({x.size(0), Cq, x.size(2), x.size(3)}, x.options());
+  Tensor v = at::empty({x.size(0), Cv, x.size(2), x.size(3)}, x.options());
+  if (x.numel() == 0 || q.numel() + v.numel() == 0) {
+    if (q.numel()) q.copy_(at::gelu(bq_.view({1, Cq, 1, 1}).expand_as(q)));
+    if (v.numel()) v.copy_(bv_.view({1, Cv, 1, 1}).expand_as(v));
+    return {q, v};
+  }
+  Tensor wqv = at::cat({wq_.reshape({Cq, C}), wv_.reshape({Cv, C})}, 0).contiguous();
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "proj_qv_forward", [&] {
+    proj_qv_fwd_impl<scalar_t>(x, wqv, bq_.contiguous(), bv_.contiguous(), q, v);
+  });
+  return {q, v};
+}
+
+template <typename T>
+void proj_qv_bwd_impl(const Tensor& gq, const Tensor& gv, const Tensor& x, const Tensor& wq, const Tensor& bq,
+                      const Tensor& wv, Tensor& dx, Tensor& dwq, Tensor& dbq, Tensor& dwv, Tensor& dbv) {
+  const int64_t N = x.size(0), C = x.size(1), HW = x.size(2) * x.size(3);
+  const int64_t Cq = wq.size(0), Cv = wv.size(0);
+  const int64_t P = pixel_tile(HW, N), nt = (HW + P - 1) / P, ntask = N * nt;
+  const T *xp = x.data_ptr<T>(), *wqp = wq.data_ptr<T>(), *bqp = bq.data_ptr<T>(), *wvp = wv.data_ptr<T>();
+  const T *gqp = gq.data_ptr<T>(), *gvp = gv.data_ptr<T>();
+  T* dxp = dx.data_ptr<T>();
+  // per task: dWq (Cq*C), dWv (Cv*C) in T; bias sums in double
+  const int64_t LW = Cq * C + Cv * C, LB = Cq + Cv;
+  std::vector<T> wpart(ntask * LW);
+  std::vector<double> bpart(ntask * LB, 0.0);
+  const std::vector<T> wq_k = pack_a(wqp, Cq, C, C, 1), wqT_k = pack_a(wqp, C, Cq, 1, C);
+  const std::vector<T> wvT_k = pack_a(wvp, C, Cv, 1, C);
+  at::parallel_for(0, ntask, 1, [&](int64_t t0, int64_t t1) {
+    std::vector<T> pre(Cq * P);
+    for (int64_t t = t0; t < t1; ++t) {
+      const int64_t n = t / nt, p0 = (t % nt) * P, np = std::min(P, HW - p0);
+      const T* xt = xp + n * C * HW + p0;
+      const T* gqt = gqp + n * Cq * HW + p0;
+      const T* gvt = gvp + n * Cv * HW + p0;
+      // pre = Wq x + bq; dpre = gq * gelu'(pre)
+      gemm_apix<T>(Cq, np, C, wq_k.data(), xt, HW, pre.data(), P, false);
+      for (int64_t o = 0; o < Cq; ++o) {
+        T* b = pre.data() + o * P;
+        const T* g = gqt + o * HW;
+        const Vec<T> bias(bqp[o]);
+        vec_for<T>(np, [&](int64_t i, int64_t c) {
+          (Vec<T>::loadu(g + i, c) * vgelu_grad<T>(Vec<T>::loadu(b + i, c) + bias)).store(b + i, c);
+        });
+      }
+      T* wp = wpart.data() + t * LW;
+      double* bp = bpart.data() + t * LB;
+      // dWq = dpre x^T ; dWv = gv x^T  (x^T: P x C view of the tile)
+      gemm_red<T>(Cq, C, np, pre.data(), P, xt, HW, wp, C);
+      gemm_red<T>(Cv, C, np, gvt, HW, xt, HW, wp + Cq * C, C);
+      row_sums<T>(pre.data(), Cq, np, P, bp);
+      row_sums<T>(gvt, Cv, np, HW, bp + Cq);
+      // dx = Wq^T dpre + Wv^T gv
+      T* dxt = dxp + n * C * HW + p0;
+      gemm_apix<T>(C, np, Cq, wqT_k.data(), pre.data(), P, dxt, HW, false);
+      gemm_apix<T>(C, np, Cv, wvT_k.data(), gvt, HW, dxt, HW, true);
+    }
+  });
+  reduce_tasks<T, T>(wpart.data(), ntask, LW, wpart.data());  // in place: row 0 holds the sums
+  std::copy(wpart.data(), wpart.data() + Cq * C, dwq.data_ptr<T>());
+  std::copy(wpart.data() + Cq * C, wpart.data() + LW, dwv.data_ptr<T>());
+  std::vector<T> bs(LB);
+  reduce_tasks<T, double>(bpart.data(), ntask, LB, bs.data());
+  std::copy(bs.begin(), bs.begin() + Cq, dbq.data_ptr<T>());
+  std::copy(bs.begin() + Cq, bs.end(), dbv.data_ptr<T>());
+}
+
+std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> proj_qv_backward(const Tensor& gq_, const Tensor& gv_,
+                                                                    const Tensor& x_, const Tensor& wq_,
+                                                                    const Tensor& bq_, const Tensor& wv_,
+                                                                    const Tensor& bv_) {
+  check_image(x_, "x");
+  const int64_t N = x_.size(0), C = x_.size(1), H = x_.size(2), W = x_.size(3);
+  TORCH_CHECK(wq_.dim() == 4 && wv_.dim() == 4, "eimn_C (cpu): wq, wv must be (Cout, C, 1, 1)");
+  const int64_t Cq = wq_.size(0), Cv = wv_.size(0);
+  check_like(wq_, "wq", x_, {Cq, C, 1, 1});
+  check_like(bq_, "bq", x_, {Cq});
+  check_like(wv_, "wv", x_, {Cv, C, 1, 1});
+  check_like(bv_, "bv", x_, {Cv});
+  check_like(gq_, "grad_q", x_, {N, Cq, H, W});
+  check_like(gv_, "grad_v", x_, {N, Cv, H, W});
+  Tensor x = x_.contiguous(), gq = gq_.contiguous(), gv = gv_.contiguous();
+  Tensor wq = wq_.contiguous(), wv = wv_.contiguous(), bq = bq_.contiguous();
+  Tensor dx = at::empty_like(x), dwq = at::zeros_like(wq), dbq = at::zeros_like(bq_);
+  Tensor dwv = at::zeros_like(wv), dbv = at::zeros_like(bv_);
+  if (x.numel() == 0) {
+    dx.zero_();
+    return {dx, dwq, dbq, dwv, dbv};
+  }
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "proj_qv_backward", [&] {
+    proj_qv_bwd_impl<scalar_t>(gq, gv, x, wq, bq, wv, dx, dwq, dbq, dwv, dbv);
+  });
+  return {dx, dwq, dbq, dwv, dbv};
+}
+
+// ================================================================ gate_out
+// out = Wo (SiLU(Wf y + bf) * v) + bo. y, v: (N, C, H, W); wf: (C, C, 1, 1); wo: (Co, C, 1, 1).
+template <typename T>
+void gate_out_fwd_impl(const Tensor& y, const Tensor& v, const Tensor& wf, const Tensor& bf, const Tensor& wo,
+                       const Tensor& bo, Tensor& out) {
+  const int64_t N = y.size(0), C = y.size(1), HW = y.size(2) * y.size(3), Co = wo.size(0);
+  const int64_t P = pixel_tile(HW, N), nt = (HW + P - 1) / P;
+  const T *yp = y.data_ptr<T>(), *vp = v.data_ptr<T>(), *wfp = wf.data_ptr<T>(), *bfp = bf.data_ptr<T>();
+  const T *wop = wo.data_ptr<T>(), *bop = bo.data_ptr<T>();
+  T* op = out.data_ptr<T>();
+  const std::vector<T> wf_k = pack_a(wfp, C, C, C, 1), wo_k = pack_a(wop, Co, C, C, 1);
+  at::parallel_for(0, N * nt, 1, [&](int64_t t0, int64_t t1) {
+    std::vector<T> m(C * P);
+    for (int64_t t = t0; t < t1; ++t) {
+      const int64_t n = t / nt, p0 = (t % nt) * P, np = std::min(P, HW - p0);
+      gemm_apix<T>(C, np, C, wf_k.data(), yp + n * C * HW + p0, HW, m.data(), P, false);
+      for (int64_t c = 0; c < C; ++c) {
+        T* a = m.data() + c * P;
+        const T* vv = vp + (n * C + c) * HW + p0;
+        const Vec<T> bias(bfp[c]);
+        vec_for<T>(np, [&](int64_t i, int64_t k) {
+          Vec<T> f = Vec<T>::loadu(a + i, k) + bias;
+          (f * vsigmoid<T>(f) * Vec<T>::loadu(vv + i, k)).store(a + i, k);
+        });
+      }
+      T* ot = op + n * Co * HW + p0;
+      for (int64_t o = 0; o < Co; ++o) std::fill(ot + o * HW, ot + o * HW + np, bop[o]);
+      gemm_apix<T>(Co, np, C, wo_k.data(), m.data(), P, ot, HW, true);
+    }
+  });
+}
+
+Tensor gate_out_forward(const Tensor& y_, const Tensor& v_, const Tensor& wf_, const Tensor& bf_,
+                        const Tensor& wo_, const Tensor& bo_) {
+  check_image(y_, "y");
+  const int64_t N = y_.size(0), C = y_.size(1), H = y_.size(2), W = y_.size(3);
+  check_like(v_, "v", y_, y_.sizes());
+  check_like(wf_, "wf", y_, {C, C, 1, 1});
+  check_like(bf_, "bf", y_, {C});
+  TORCH_CHECK(wo_.dim() == 4, "eimn_C (cpu): wo must be (Co, C, 1, 1), got ", wo_.sizes());
+  const int64_t Co = wo_.size(0);
+  check_like(wo_, "wo", y_, {Co, C, 1, 1});
+  check_like(bo_, "bo", y_, {Co});
+  Tensor out = at::empty({N, Co, H, W}, y_.options());
+  if (out.numel() == 0) return out;
+  if (C == 0) return out.copy_(bo_.view({1, Co, 1, 1}).expand_as(out));
+  Tensor y = y_.contiguous(), v = v_.contiguous();
+  AT_DISPATCH_FLOATING_TYPES(y.scalar_type(), "gate_out_forward", [&] {
+    gate_out_fwd_impl<scalar_t>(y, v, wf_.contiguous(), bf_.contiguous(), wo_.contiguous(), bo_.contiguous(), out);
+  });
+  return out;
+}
+
+template <typename T>
+void gate_out_bwd_impl(const Tensor& g, const Tensor& y, const Tensor& v, const Tensor& wf, const Tensor& bf,
+                       const Tensor& wo, Tensor& dy, Tensor& dv, Tensor& dwf, Tensor& dbf, Tensor& dwo,
+                       Tensor& dbo) {
+  const int64_t N = y.size(0), C = y.size(1), HW = y.size(2) * y.size(3), Co = wo.size(0);
+  const int64_t P = pixel_tile(HW, N), nt = (HW + P - 1) / P, ntask = N * nt;
+  const T *yp = y.data_ptr<T>(), *vp = v.data_ptr<T>(), *wfp = wf.data_ptr<T>(), *bfp = bf.data_ptr<T>();
+  const T *wop = wo.data_ptr<T>(), *gp = g.data_ptr<T>();
+  T *dyp = dy.data_ptr<T>(), *dvp = dv.data_ptr<T>();
+  const int64_t LW = Co * C + C * C, LB = Co + C;
+  std::vector<T> wpart(ntask * LW);
+  std::vector<double> bpart(ntask * LB, 0.0);
+  const std::vector<T> wf_k = pack_a(wfp, C, C, C, 1), wfT_k = pack_a(wfp, C, C, 1, C);
+  const std::vector<T> woT_k = pack_a(wop, C, Co, 1, C);
+  at::parallel_for(0, ntask, 1, [&](int64_t t0, int64_t t1) {
+    std::vector<T> a(C * P), m(C * P), dm(C * P);
+    for (int64_t t = t0; t < t1; ++t) {
+      const int64_t n = t / nt, p0 = (t % nt) * P, np = std::min(P, HW - p0);
+      const T* yt = yp + n * C * HW + p0;
+      const T* gt = gp + n * Co * HW + p0;
+      // a = Wf y + bf ; m = silu(a) * v
+      gemm_apix<T>(C, np, C, wf_k.data(), yt, HW, a.data(), P, false);
+      for (int64_t c = 0; c < C; ++c) {
+        T* ar = a.data() + c * P;
+        T* mr = m.data() + c * P;
+        const T* vv = vp + (n * C + c) * HW + p0;
+        const Vec<T> bias(bfp[c]);
+        vec_for<T>(np, [&](int64_t i, int64_t k) {
+          Vec<T> f = Vec<T>::loadu(ar + i, k) + bias;
+          f.store(ar + i, k);
+          (f * vsigmoid<T>(f) * Vec<T>::loadu(vv + i, k)).store(mr + i, k);
+        });
+      }
+      T* wp = wpart.data() + t * LW;
+      double* bp = bpart.data() + t * LB;
+      // dWo = g m^T ; dbo = sum g ; dm = Wo^T g
+      gemm_red<T>(Co, C, np, gt, HW, m.data(), P, wp, C);
+      row_sums<T>(gt, Co, np, HW, bp);
+      gemm_apix<T>(C, np, Co, woT_k.data(), gt, HW, dm.data(), P, false);
+      // dv = dm * silu(a) ; da = dm * v * silu'(a)  (stored in dm)
+      for (int64_t c = 0; c < C; ++c) {
+        const T* ar = a.data() + c * P;
+        T* dr = dm.data() + c * P;
+        const T* vv = vp + (n * C + c) * HW + p0;
+        T* dvv = dvp + (n * C + c) * HW + p0;
+        vec_for<T>(np, [&](int64_t i, int64_t k) {
+          Vec<T> f = Vec<T>::loadu(ar + i, k), d = Vec<T>::loadu(dr + i, k);
+          Vec<T> s = vsigmoid<T>(f);
+          (d * f * s).store(dvv + i, k);
+          Vec<T> sg = s * (Vec<T>(T(1)) + f * (Vec<T>(T(1)) - s));
+          (d * Vec<T>::loadu(vv + i, k) * sg).store(dr + i, k);
+        });
+      }
+      // dWf = da y^T ; dbf = sum da ; dy = Wf^T da
+      gemm_red<T>(C, C, np, dm.data(), P, yt, HW, wp + Co * C, C);
+      row_sums<T>(dm.data(), C, np, P, bp + Co);
+      gemm_apix<T>(C, np, C, wfT_k.data(), dm.data(), P, dyp + n * C * HW + p0, HW, false);
+    }
+  });
+  reduce_tasks<T, T>(wpart.data(), ntask, LW, wpart.data());
+  std::copy(wpart.data(), wpart.data() + Co * C, dwo.data_ptr<T>());
+  std::copy(wpart.data() + Co * C, wpart.data() + LW, dwf.data_ptr<T>());
+  std::vector<T> bs(LB);
+  reduce_tasks<T, double>(bpart.data(), ntask, LB, bs.data());
+  std::copy(bs.begin(), bs.begin() + Co, dbo.data_ptr<T>());
+  std::copy(bs.begin() + Co, bs.end(), dbf.data_ptr<T>());
+}
+
+std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> gate_out_backward(
+    const Tensor& g_, const Tensor& y_, const Tensor& v_, const Tensor& wf_, const Tensor& bf_, const Tensor& wo_,
+    const Tensor& bo_) {
+  check_image(y_, "y");
+  const int64_t N = y_.size(0), C = y_.size(1), H = y_.size(2), W = y_.size(3);
+  check_like(v_, "v", y_, y_.sizes());
+  check_like(wf_, "wf", y_, {C, C, 1, 1});
+  check_like(bf_, "bf", y_, {C});
+  TORCH_CHECK(wo_.dim() == 4, "eimn_C (cpu): wo must be (Co, C, 1, 1), got ", wo_.sizes());
+  const int64_t Co = wo_.size(0);
+  check_like(wo_, "wo", y_, {Co, C, 1, 1});
+  check_like(bo_, "bo", y_, {Co});
+  check_like(g_, "grad_out", y_, {N, Co, H, W});
+  Tensor y = y_.contiguous(), v = v_.contiguous(), g = g_.contiguous();
+  Tensor wf = wf_.contiguous(), wo = wo_.contiguous();
+  Tensor dy = at::zeros_like(y), dv = at::zeros_like(v), dwf = at::zeros_like(wf), dbf = at::zeros_like(bf_);
+  Tensor dwo = at::zeros_like(wo), dbo = at::zeros_like(bo_);
+  if (y.numel() == 0) {
+    if (g.numel()) dbo.copy_(g.sum({0, 2, 3}));
+    return {dy, dv, dwf, dbf, dwo, dbo};
+  }
+  AT_DISPATCH_FLOATING_TYPES(y.scalar_type(), "gate_out_backward", [&] {
+    gate_out_bwd_impl<scalar_t>(g, y, v, wf, bf_.contiguous(), wo, dy, dv, dwf, dbf, dwo, dbo);
+  });
+  return {dy, dv, dwf, dbf, dwo, dbo};
+}
+
+// ================================================================ dw_mix
+struct DwMixGeom {
+  int64_t N, C, H, W, c1, c2, c3;
+  int K0, K1, K2;
+  int64_t d0, d1, d2, P0, P1, P2, Pm, Hp, Wp;
+  // Pointer to (-P, -P) of a plane buffer (padding Pm, row stride Wp) for a conv with padding P.
+  template <typename T> T* at_pad(T* buf, int64_t P) const { return buf + (Pm - P) * Wp + (Pm - P); }
+  template <typename T> T* interior(T* buf) const { return buf + Pm * Wp + Pm; }
+};
+
+DwMixGeom dw_mix_check(const Tensor& q, const Tensor& w0, const Tensor& b0, const Tensor& w1, const Tensor& b1,
+                       const Tensor& w2, const Tensor& b2, int64_t c1, int64_t c2, int64_t d0, int64_t d1,
+                       int64_t d2) {
+  check_image(q, "q");
+  DwMixGeom g{};
+  g.N = q.size(0), g.C = q.size(1), g.H = q.size(2), g.W = q.size(3);
+  TORCH_CHECK(c1 >= 0 && c2 >= 0 && c1 + c2 <= g.C, "eimn_C (cpu): channel split c1=", c1, ", c2=", c2,
+              " does not fit ", g.C, " channels");
+  TORCH_CHECK(d0 >= 1 && d1 >= 1 && d2 >= 1, "eimn_C (cpu): dilations must be >= 1, got ", d0, ", ", d1, ", ",
+              d2);
+  g.c1 = c1, g.c2 = c2, g.c3 = g.C - c1 - c2;
+  auto ksize = [&](const Tensor& w, const char* name, int64_t ch) {
+    TORCH_CHECK(w.dim() == 4 && w.size(2) == w.size(3) && w.size(2) % 2 == 1, "eimn_C (cpu): ", name,
+                " must be (", ch, ", 1, K, K) with odd K, got ", w.sizes());
+    check_like(w, name, q, {ch, 1, w.size(2), w.size(2)});
+    return int(w.size(2));
+  };
+  g.K0 = ksize(w0, "w0", g.C);
+  g.K1 = ksize(w1, "w1", g.c1);
+  g.K2 = ksize(w2, "w2", g.c3);
+  check_like(b0, "b0", q, {g.C});
+  check_like(b1, "b1", q, {g.c1});
+  check_like(b2, "b2", q, {g.c3});
+  g.d0 = d0, g.d1 = d1, g.d2 = d2;
+  g.P0 = d0 * (g.K0 - 1) / 2, g.P1 = d1 * (g.K1 - 1) / 2, g.P2 = d2 * (g.K2 - 1) / 2;
+  g.Pm = std::max(g.P0, std::max(g.c1 > 0 ? g.P1 : 0, g.c3 > 0 ? g.P2 : 0));
+  g.Hp = g.H + 2 * g.Pm, g.Wp = g.W + 2 * g.Pm;
+  return g;
+}
+
+template <typename T>
+void copy_plane(const T* src, int64_t H, int64_t W, T* dst, int64_t ldd) {
+  for (int64_t y = 0; y < H; ++y) std::copy(src + y * W, src + y * W + W, dst + y * ldd);
+}
+
+template <typename T>
+void dw_mix_fwd_impl(const DwMixGeom& g, const Tensor& q, const Tensor& w0, const Tensor& b0, const Tensor& w1,
+                     const Tensor& b1, const Tensor& w2, const Tensor& b2, Tensor& out) {
+  const T *qp = q.data_ptr<T>(), *w0p = w0.data_ptr<T>(), *b0p = b0.data_ptr<T>();
+  const T *w1p = w1.data_ptr<T>(), *b1p = b1.data_ptr<T>(), *w2p = w2.data_ptr<T>(), *b2p = b2.data_ptr<T>();
+  T* op = out.data_ptr<T>();
+  const int64_t HW = g.H * g.W;
+  at::parallel_for(0, g.N * g.C, 1, [&](int64_t t0, int64_t t1) {
+    std::vector<T> qb(g.Hp * g.Wp, T(0)), rb(g.Hp * g.Wp, T(0));  // zero borders stay zero
+    for (int64_t t = t0; t < t1; ++t) {
+      const int64_t c = t % g.C;
+      copy_plane(qp + t * HW, g.H, g.W, g.interior(qb.data()), g.Wp);
+      T* dst = op + t * HW;
+      const T* q0 = g.at_pad(qb.data(), g.P0);
+      if (c >= g.c1 && c < g.c1 + g.c2) {  // identity group: y = r
+        dw_plane<T>(q0, g.Wp, g.H, g.W, w0p + c * g.K0 * g.K0, g.K0, g.d0, b0p[c], dst, g.W);
+        continue;
+      }
+      dw_plane<T>(q0, g.Wp, g.H, g.W, w0p + c * g.K0 * g.K0, g.K0, g.d0, b0p[c], g.interior(rb.data()), g.Wp);
+      if (c < g.c1) {
+        dw_plane<T>(g.at_pad(rb.data(), g.P1), g.Wp, g.H, g.W, w1p + c * g.K1 * g.K1, g.K1, g.d1, b1p[c], dst, g.W);
+      } else {
+        const int64_t j = c - g.c1 - g.c2;
+        dw_plane<T>(g.at_pad(rb.data(), g.P2), g.Wp, g.H, g.W, w2p + j * g.K2 * g.K2, g.K2, g.d2, b2p[j], dst, g.W);
+      }
+    }
+  });
+}
+
+Tensor dw_mix_forward(const Tensor& q_, const Tensor& w0, const Tensor& b0, const Tensor& w1, const Tensor& b1,
+                      const Tensor& w2, const Tensor& b2, int64_t c1, int64_t c2, int64_t d0, int64_t d1,
+                      int64_t d2) {
+  DwMixGeom g = dw_mix_check(q_, w0, b0, w1, b1, w2, b2, c1, c2, d0, d1, d2);
+  Tensor q = q_.contiguous();
+  Tensor out = at::empty_like(q);
+  if (q.numel() == 0) return out;
+  AT_DISPATCH_FLOATING_TYPES(q.scalar_type(), "dw_mix_forward", [&] {
+    dw_mix_fwd_impl<scalar_t>(g, q, w0.contiguous(), b0.contiguous(), w1.contiguous(), b1.contiguous(),
+                              w2.contiguous(), b2.contiguous(), out);
+  });
+  return out;
+}
+
+template <typename T>
+void flip_kernel(const T* w, int K, T* out) {
+  for (int i = 0; i < K * K; ++i) out[i] = w[K * K - 1 - i];
+}
+
+template <typename T>
+void dw_mix_bwd_impl(const DwMixGeom& g, const Tensor& gy, const Tensor& q, const Tensor& w0, const Tensor& b0,
+                     const Tensor& w1, const Tensor& b1, const Tensor& w2, const Tensor& b2, Tensor& dq,
+                     Tensor& dw0, Tensor& db0, Tensor& dw1, Tensor& db1, Tensor& dw2, Tensor& db2) {
+  const T *qp = q.data_ptr<T>(), *gp = gy.data_ptr<T>(), *w0p = w0.data_ptr<T>(), *b0p = b0.data_ptr<T>();
+  const T *w1p = w1.data_ptr<T>(), *b1p = b1.data_ptr<T>(), *w2p = w2.data_ptr<T>(), *b2p = b2.data_ptr<T>();
+  T* dqp = dq.data_ptr<T>();
+  const int64_t HW = g.H * g.W, Kg = std::max(g.K1, g.K2);
+  // per (n, c): [dw0 (K0^2), db0, dw_second (Kg^2), db_second]
+  const int64_t L = g.K0 * g.K0 + 1 + Kg * Kg + 1;
+  std::vector<double> part(g.N * g.C * L, 0.0);
+  at::parallel_for(0, g.N * g.C, 1, [&](int64_t t0, int64_t t1) {
+    const int64_t S = g.Hp * g.Wp;
+    std::vector<T> qb(S, T(0)), rb(S, T(0)), gb(S, T(0)), db(S, T(0));
+    std::vector<T> wf(std::max<int64_t>(g.K0 * g.K0, Kg * Kg));
+    for (int64_t t = t0; t < t1; ++t) {
+      const int64_t c = t % g.C;
+      double* pp = part.data() + t * L;
+      copy_plane(qp + t * HW, g.H, g.W, g.interior(qb.data()), g.Wp);
+      const T* q0 = g.at_pad(qb.data(), g.P0);
+      const T* w0c = w0p + c * g.K0 * g.K0;
+      const T* gyt = gp + t * HW;
+      if (c >= g.c1 && c < g.c1 + g.c2) {  // identity group: dr = gy
+        copy_plane(gyt, g.H, g.W, g.interior(db.data()), g.Wp);
+      } else {
+        const bool first = c < g.c1;
+        const int64_t j = first ? c : c - g.c1 - g.c2;
+        const int K = first ? g.K1 : g.K2;
+        const int64_t d = first ? g.d1 : g.d2, P = first ? g.P1 : g.P2;
+        const T* wk = (first ? w1p : w2p) + j * K * K;
+        // r (recomputed) and its second-conv gradients
+        dw_plane<T>(q0, g.Wp, g.H, g.W, w0c, g.K0, g.d0, b0p[c], g.interior(rb.data()), g.Wp);
+        dw_plane_wgrad<T>(g.at_pad(rb.data(), P), g.Wp, g.H, g.W, gyt, g.W, K, d, pp + g.K0 * g.K0 + 1,
+                          pp + g.K0 * g.K0 + 1 + Kg * Kg);
+        // dr = conv(gy, flipped w)
+        copy_plane(gyt, g.H, g.W, g.interior(gb.data()), g.Wp);
+        flip_kernel(wk, K, wf.data());
+        dw_plane<T>(g.at_pad(gb.data(), P), g.Wp, g.H, g.W, wf.data(), K, d, T(0), g.interior(db.data()), g.Wp);
+      }
+      // first conv: dw0, db0, dq
+      dw_plane_wgrad<T>(q0, g.Wp, g.H, g.W, g.interior(db.data()), g.Wp, g.K0, g.d0, pp, pp + g.K0 * g.K0);
+      flip_kernel(w0c, g.K0, wf.data());
+      dw_plane<T>(g.at_pad(db.data(), g.P0), g.Wp, g.H, g.W, wf.data(), g.K0, g.d0, T(0), dqp + t * HW, g.W);
+    }
+  });
+  (void)b1p;
+  (void)b2p;
+  // Reduce over n in order.
+  T *dw0p = dw0.data_ptr<T>(), *db0p = db0.data_ptr<T>(), *dw1p = dw1.data_ptr<T>(), *db1p = db1.data_ptr<T>();
+  T *dw2p = dw2.data_ptr<T>(), *db2p = db2.data_ptr<T>();
+  for (int64_t c = 0; c < g.C; ++c) {
+    std::vector<double> s(L, 0.0);
+    for (int64_t n = 0; n < g.N; ++n) {
+      const double* pp = part.data() + (n * g.C + c) * L;
+      for (int64_t l = 0; l < L; ++l) s[l] += pp[l];
+    }
+    const int64_t K0s = g.K0 * g.K0;
+    for (int64_t i = 0; i < K0s; ++i) dw0p[c * K0s + i] = T(s[i]);
+    db0p[c] = T(s[K0s]);
+    if (c < g.c1) {
+      for (int64_t i = 0; i < g.K1 * g.K1; ++i) dw1p[c * g.K1 * g.K1 + i] = T(s[K0s + 1 + i]);
+      db1p[c] = T(s[K0s + 1 + Kg * Kg]);
+    } else if (c >= g.c1 + g.c2) {
+      const int64_t j = c - g.c1 - g.c2;
+      for (int64_t i = 0; i < g.K2 * g.K2; ++i) dw2p[j * g.K2 * g.K2 + i] = T(s[K0s + 1 + i]);
+      db2p[j] = T(s[K0s + 1 + Kg * Kg]);
+    }
+  }
+}
+
+std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> dw_mix_backward(
+    const Tensor& gy_, const Tensor& q_, const Tensor& w0, const Tensor& b0, const Tensor& w1, const Tensor& b1,
+    const Tensor& w2, const Tensor& b2, int64_t c1, int64_t c2, int64_t d0, int64_t d1, int64_t d2) {
+  DwMixGeom g = dw_mix_check(q_, w0, b0, w1, b1, w2, b2, c1, c2, d0, d1, d2);
+  check_like(gy_, "grad_y", q_, q_.sizes());
+  Tensor q = q_.contiguous(), gy = gy_.contiguous();
+  Tensor dq = at::zeros_like(q), dw0 = at::zeros_like(w0), db0 = at::zeros_like(b0);
+  Tensor dw1 = at::zeros_like(w1), db1 = at::zeros_like(b1), dw2 = at::zeros_like(w2), db2 = at::zeros_like(b2);
+  if (q.numel() == 0) return {dq, dw0, db0, dw1, db1, dw2, db2};
+  AT_DISPATCH_FLOATING_TYPES(q.scalar_type(), "dw_mix_backward", [&] {
+    dw_mix_bwd_impl<scalar_t>(g, gy, q, w0.contiguous(), b0.contiguous(), w1.contiguous(), b1.contiguous(),
+                              w2.contiguous(), b2.contiguous(), dq, dw0, db0, dw1, db1, dw2, db2);
+  });
+  return {dq, dw0, db0, dw1, db1, dw2, db2};
+}
+
+}  // namespace
+}  // namespace cpu
+}  // namespace eimn
+
+TORCH_LIBRARY_IMPL(eimn_C, CPU, m) {
+  m.impl("dw_mix_forward", &eimn::cpu::dw_mix_forward);
+  m.impl("dw_mix_backward", &eimn::cpu::dw_mix_backward);
+  m.impl("proj_qv_forward", &eimn::cpu::proj_qv_forward);
+  m.impl("proj_qv_backward", &eimn::cpu::proj_qv_backward);
+  m.impl("gate_out_forward", &eimn::cpu::gate_out_forward);
+  m.impl("gate_out_backward", &eimn::cpu::gate_out_backward);
+}

@@ -1,0 +1,46 @@
+// CPU helpers for the MOLRCM kernels: vectorised activations (at::vec::Vectorized).
+#pragma once
+// The extension is compiled with -march=native; on AVX2+FMA machines use ATen's AVX2 Vectorized<T>
+// (erf/exp via SLEEF, exported by libtorch_cpu) instead of the scalar fallback. CPU_CAPABILITY names the
+// inline namespace of Vectorized: a name of our own, so other translation units of the extension that
+// include ATen's vec headers without AVX2 get distinct symbols (no ODR clash).
+#if defined(__AVX2__) && defined(__FMA__) && !defined(CPU_CAPABILITY_AVX2) && !defined(CPU_CAPABILITY_AVX512) && \
+    !defined(CPU_CAPABILITY)
+#define CPU_CAPABILITY_AVX2
+#define CPU_CAPABILITY eimn_molrcm_avx2
+#endif
+#include <ATen/ATen.h>
+#include <ATen/cpu/vec/vec.h>
+#include <cstdint>
+
+#include "eimn_math.h"
+
+namespace eimn {
+namespace cpu {
+
+template <typename T> using Vec = at::vec::Vectorized<T>;
+
+// Calls op(i, cnt) over [0, n) in vector-sized pieces (the last one partial); op loads with
+// Vec<T>::loadu(p + i, cnt) and stores with v.store(p + i, cnt).
+template <typename T, typename Op>
+inline void vec_for(int64_t n, Op op) {
+  constexpr int64_t L = Vec<T>::size();
+  int64_t i = 0;
+  for (; i + L <= n; i += L) op(i, L);
+  if (i < n) op(i, n - i);
+}
+
+template <typename T> inline Vec<T> vgelu(Vec<T> x) {
+  return x * Vec<T>(T(0.5)) * (Vec<T>(T(1)) + (x * Vec<T>(T(kInvSqrt2))).erf());
+}
+template <typename T> inline Vec<T> vgelu_grad(Vec<T> x) {
+  Vec<T> cdf = Vec<T>(T(0.5)) * (Vec<T>(T(1)) + (x * Vec<T>(T(kInvSqrt2))).erf());
+  Vec<T> pdf = (x * x * Vec<T>(T(-0.5))).exp() * Vec<T>(T(kInvSqrt2Pi));
+  return cdf + x * pdf;
+}
+template <typename T> inline Vec<T> vsigmoid(Vec<T> x) {
+  return Vec<T>(T(1)) / (Vec<T>(T(1)) + x.neg().exp());
+}
+
+}  // namespace cpu
+}  // namespace eimn
