@@ -86,3 +86,10 @@ def resolve_backend(backend: str, x: torch.Tensor) -> str:
         raise TypeError(f"backend {backend!r} does not support {x.dtype}; supported: "
                         f"{', '.join(str(d).replace('torch.', '') for d in dtypes)}")
     return backend
+
+
+# Import the backend modules up front (they are light: no triton or CUDA import happens here),
+# so that torch.compile never has to trace an import inside a compiled function.
+for _name in _MODULES:
+    get_impl(_name)
+del _name
