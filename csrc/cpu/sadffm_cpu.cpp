@@ -47,14 +47,63 @@ struct Chunks {
 };
 
 // ------------------------------------------------------------------------------- depthwise row helper
-// acc[0:W] = bias + sum_{ky,kx} wk[ky,kx] * plane[r+ky-pad, w+kx-pad], where plane holds rows [a, b) of the
-// image (row stride W) and every pixel outside the image is zero.
-template <typename T>
-inline void dw_row(const T* plane, int64_t a, int64_t b, int64_t r, int64_t W, int K, const T* wk, T bias,
-                   T* acc) {
-  const int pad = K / 2;
+// out[0:W] = bias + sum_{ky,kx} wk[ky,kx] * plane[r+ky-pad, w+kx-pad], where plane holds rows [a, b) of the
+// image (row stride W) and every pixel outside the image is zero. zeros: W zeros (stand-in for missing rows).
+template <typename T, int K>
+inline void dw_row_k(const T* const* rp, int64_t W, const T* wk, T bias, T* out) {
+  constexpr int pad = K / 2;
+  T wr[K * K];
+  for (int i = 0; i < K * K; ++i) wr[i] = wk[i];
+  const int64_t lo = std::min<int64_t>(pad, W), hi = std::max<int64_t>(lo, W - pad);
+  for (int64_t w = 0; w < lo; ++w) {  // left border
+    T s = bias;
+    for (int ky = 0; ky < K; ++ky)
+      for (int kx = 0; kx < K; ++kx) {
+        const int64_t ww = w + kx - pad;
+        if (ww >= 0 && ww < W) s += wr[ky * K + kx] * rp[ky][ww];
+      }
+    out[w] = s;
+  }
 #pragma omp simd
-  for (int64_t w = 0; w < W; ++w) acc[w] = bias;
+  for (int64_t w = lo; w < hi; ++w) {
+    T s = bias;
+    for (int ky = 0; ky < K; ++ky)
+      for (int kx = 0; kx < K; ++kx) s += wr[ky * K + kx] * rp[ky][w + kx - pad];
+    out[w] = s;
+  }
+  for (int64_t w = hi; w < W; ++w) {  // right border
+    T s = bias;
+    for (int ky = 0; ky < K; ++ky)
+      for (int kx = 0; kx < K; ++kx) {
+        const int64_t ww = w + kx - pad;
+        if (ww >= 0 && ww < W) s += wr[ky * K + kx] * rp[ky][ww];
+      }
+    out[w] = s;
+  }
+}
+
+template <typename T>
+inline void dw_row(const T* plane, int64_t a, int64_t b, int64_t r, int64_t W, int K, const T* wk, T bias, T* out,
+                   const T* zeros) {
+  const int pad = K / 2;
+  constexpr int kMaxK = 15;
+  const T* rp[kMaxK];
+  if (K <= kMaxK) {
+    for (int ky = 0; ky < K; ++ky) {
+      const int64_t rr = r + ky - pad;
+      rp[ky] = (rr < a || rr >= b) ? zeros : plane + (rr - a) * W;
+    }
+  }
+  switch (K) {
+    case 1: return dw_row_k<T, 1>(rp, W, wk, bias, out);
+    case 3: return dw_row_k<T, 3>(rp, W, wk, bias, out);
+    case 5: return dw_row_k<T, 5>(rp, W, wk, bias, out);
+    case 7: return dw_row_k<T, 7>(rp, W, wk, bias, out);
+    default: break;
+  }
+  // Generic odd K: accumulate one tap at a time.
+#pragma omp simd
+  for (int64_t w = 0; w < W; ++w) out[w] = bias;
   for (int ky = 0; ky < K; ++ky) {
     const int64_t rr = r + ky - pad;
     if (rr < a || rr >= b) continue;
@@ -65,7 +114,7 @@ inline void dw_row(const T* plane, int64_t a, int64_t b, int64_t r, int64_t W, i
       const int64_t lo = std::max<int64_t>(0, -off), hi = std::min<int64_t>(W, W - off);
       const T* src = row + off;
 #pragma omp simd
-      for (int64_t w = lo; w < hi; ++w) acc[w] += wt * src[w];
+      for (int64_t w = lo; w < hi; ++w) out[w] += wt * src[w];
     }
   }
 }
@@ -83,26 +132,45 @@ void gated_dwconv_fwd_kernel(const T* x, const T* w_in, const T* b_in, const T* 
   const int64_t band = std::min<int64_t>(H, std::max<int64_t>(1, 6400 / W - 2 * pad));
   const int64_t nbands = (H + band - 1) / band;
   const int64_t items = N * nbands * ngroups;
+  // Weights reordered per group: rows [x1 channels of group g, x2 channels of group g] are adjacent.
+  std::vector<T> wp(size_t(2) * hid * C), bp(size_t(2) * hid);
+  for (int c0 = 0; c0 < hid; c0 += kGroup) {
+    const int gs = std::min(kGroup, hid - c0);
+    for (int j = 0; j < gs; ++j)
+      for (int s = 0; s < 2; ++s) {
+        const int dst = 2 * c0 + s * gs + j, src = s * hid + c0 + j;
+        std::copy(w_in + int64_t(src) * C, w_in + int64_t(src + 1) * C, wp.data() + int64_t(dst) * C);
+        bp[dst] = b_in[src];
+      }
+  }
+  constexpr int NR = panel_width<T>();
   at::parallel_for(0, items, 1, [&](int64_t i0, int64_t i1) {
-    std::vector<T> tbuf(size_t(2 * kGroup) * (band + 2 * pad) * W);
-    std::vector<T> acc(2 * W);
+    const int64_t maxP = (band + 2 * pad) * W;
+    std::vector<T> tbuf(size_t(2 * kGroup) * maxP);
+    std::vector<T> xpack(size_t(C) * ((maxP + NR - 1) / NR) * NR);
+    std::vector<T> acc(2 * W), zeros(W, T(0));
+    int64_t packed = -1;  // (n, band) index whose x band is in xpack
     for (int64_t it = i0; it < i1; ++it) {
       const int g = int(it % ngroups);
-      const int64_t nb = (it / ngroups) % nbands, n = it / (int64_t(ngroups) * nbands);
+      const int64_t nbi = it / ngroups, nb = nbi % nbands, n = nbi / nbands;
       const int c0 = g * kGroup, gs = std::min(kGroup, hid - c0);
       const int64_t r0 = nb * band, r1 = std::min(H, r0 + band);
       const int64_t a = std::max<int64_t>(0, r0 - pad), b = std::min(H, r1 + pad);
       const int64_t P = (b - a) * W;
-      const T* xb = x + n * C * HW + a * W;
+      if (packed != nbi) {
+        pack_b<T>(C, P, x + n * C * HW + a * W, HW, xpack.data());
+        packed = nbi;
+      }
       T* t1 = tbuf.data();
       T* t2 = tbuf.data() + gs * P;
-      gemm_nn<T>(gs, C, P, w_in + int64_t(c0) * C, C, xb, HW, t1, P, b_in + c0, false);
-      gemm_nn<T>(gs, C, P, w_in + int64_t(hid + c0) * C, C, xb, HW, t2, P, b_in + hid + c0, false);
+      gemm_nn_packed<T>(2 * gs, C, P, wp.data() + int64_t(2 * c0) * C, C, xpack.data(), t1, P, bp.data() + 2 * c0,
+                        false);
       for (int j = 0; j < gs; ++j) {
         const int c = c0 + j;
         for (int64_t r = r0; r < r1; ++r) {
-          dw_row(t1 + j * P, a, b, r, W, K, w_dw + int64_t(c) * K * K, b_dw[c], acc.data());
-          dw_row(t2 + j * P, a, b, r, W, K, w_dw + int64_t(hid + c) * K * K, b_dw[hid + c], acc.data() + W);
+          dw_row(t1 + j * P, a, b, r, W, K, w_dw + int64_t(c) * K * K, b_dw[c], acc.data(), zeros.data());
+          dw_row(t2 + j * P, a, b, r, W, K, w_dw + int64_t(hid + c) * K * K, b_dw[hid + c], acc.data() + W,
+                 zeros.data());
           T* out = h + (n * hid + c) * HW + r * W;
           const T* a1 = acc.data();
           const T* a2 = acc.data() + W;
@@ -137,7 +205,7 @@ void gated_dwconv_bwd_kernel(const T* gh, const T* x, const T* w_in, const T* b_
     for (int k = 0; k < KK; ++k) wflip[c * KK + k] = w_dw[c * KK + (KK - 1 - k)];
   std::vector<T> gwdw_part(size_t(N) * C2 * KK, T(0)), gbdw_part(size_t(N) * C2, T(0));
   at::parallel_for(0, N * hid, 1, [&](int64_t i0, int64_t i1) {
-    std::vector<T> tb(2 * HW);
+    std::vector<T> tb(2 * HW), zeros(W, T(0));
     for (int64_t it = i0; it < i1; ++it) {
       const int64_t n = it / hid;
       const int j = int(it % hid);
@@ -146,8 +214,8 @@ void gated_dwconv_bwd_kernel(const T* gh, const T* x, const T* w_in, const T* b_
       T* d1 = tb.data();
       T* d2 = tb.data() + HW;
       for (int64_t r = 0; r < H; ++r) {
-        dw_row(u1, 0, H, r, W, K, w_dw + int64_t(j) * KK, b_dw[j], d1 + r * W);
-        dw_row(u2, 0, H, r, W, K, w_dw + int64_t(hid + j) * KK, b_dw[hid + j], d2 + r * W);
+        dw_row(u1, 0, H, r, W, K, w_dw + int64_t(j) * KK, b_dw[j], d1 + r * W, zeros.data());
+        dw_row(u2, 0, H, r, W, K, w_dw + int64_t(hid + j) * KK, b_dw[hid + j], d2 + r * W, zeros.data());
       }
       const T* g = gh + (n * hid + j) * HW;
 #pragma omp simd
@@ -179,7 +247,7 @@ void gated_dwconv_bwd_kernel(const T* gh, const T* x, const T* w_in, const T* b_
             }
             gw[ky * K + kx] = sw;
           }
-        for (int64_t r = 0; r < H; ++r) dw_row(d, 0, H, r, W, K, wflip.data() + int64_t(c) * KK, T(0), u + r * W);
+        for (int64_t r = 0; r < H; ++r) dw_row(d, 0, H, r, W, K, wflip.data() + int64_t(c) * KK, T(0), u + r * W, zeros.data());
       }
     }
   });

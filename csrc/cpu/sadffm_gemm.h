@@ -6,6 +6,7 @@
 #pragma once
 #include <cstdint>
 #include <cstring>
+#include <vector>
 
 namespace eimn {
 namespace sadffm {
@@ -19,12 +20,33 @@ template <> struct vec_of<double> { using type = vd4; static constexpr int L = 4
 template <typename V, typename T> inline V vload(const T* p) { V v; std::memcpy(&v, p, sizeof(V)); return v; }
 template <typename V, typename T> inline void vstore(T* p, V v) { std::memcpy(p, &v, sizeof(V)); }
 
-// MR rows x (2 vectors) of C.
+constexpr int kNRVec = 2;  // vectors per micro-tile row
+template <typename T> constexpr int panel_width() { return kNRVec * vec_of<T>::L; }
+
+// Packs B[K x P] (row stride ldb) into column panels of panel_width() columns: Bp[blk][k][NR], zero-padded.
+template <typename T> inline void pack_b(int K, int64_t P, const T* B, int64_t ldb, T* Bp) {
+  constexpr int NR = panel_width<T>();
+  for (int64_t p0 = 0, blk = 0; p0 < P; p0 += NR, ++blk) {
+    T* dst = Bp + blk * K * NR;
+    const int64_t np = P - p0 < NR ? P - p0 : NR;
+    for (int k = 0; k < K; ++k) {
+      const T* src = B + k * ldb + p0;
+      T* d = dst + k * NR;
+      if (np == NR) {
+        std::memcpy(d, src, sizeof(T) * NR);
+      } else {
+        for (int64_t j = 0; j < NR; ++j) d[j] = j < np ? src[j] : T(0);
+      }
+    }
+  }
+}
+
+// C[MR x np] (=|+=) A[MR x K] * panel[K x NR] (+ bias), np <= NR valid columns.
 template <typename T, int MR>
-inline void nn_micro(int K, const T* A, int64_t lda, const T* B, int64_t ldb, T* C, int64_t ldc, const T* bias,
-                     bool accumulate) {
+inline void nn_micro(int K, const T* A, int64_t lda, const T* Bp, T* C, int64_t ldc, const T* bias, bool accumulate,
+                     int64_t np) {
   using V = typename vec_of<T>::type;
-  constexpr int L = vec_of<T>::L;
+  constexpr int L = vec_of<T>::L, NR = panel_width<T>();
   V acc[MR][2];
   for (int i = 0; i < MR; ++i) {
     T b0 = bias ? bias[i] : T(0);
@@ -32,7 +54,7 @@ inline void nn_micro(int K, const T* A, int64_t lda, const T* B, int64_t ldb, T*
     acc[i][1] = V{} + b0;
   }
   for (int k = 0; k < K; ++k) {
-    const V x0 = vload<V>(B + k * ldb), x1 = vload<V>(B + k * ldb + L);
+    const V x0 = vload<V>(Bp + k * NR), x1 = vload<V>(Bp + k * NR + L);
     for (int i = 0; i < MR; ++i) {
       const T a = A[i * lda + k];
       acc[i][0] += a * x0;
@@ -41,45 +63,58 @@ inline void nn_micro(int K, const T* A, int64_t lda, const T* B, int64_t ldb, T*
   }
   for (int i = 0; i < MR; ++i) {
     T* c = C + i * ldc;
-    if (accumulate) {
-      acc[i][0] += vload<V>(c);
-      acc[i][1] += vload<V>(c + L);
+    if (np == NR) {
+      if (accumulate) {
+        acc[i][0] += vload<V>(c);
+        acc[i][1] += vload<V>(c + L);
+      }
+      vstore(c, acc[i][0]);
+      vstore(c + L, acc[i][1]);
+    } else {
+      T tmp[NR];
+      vstore(tmp, acc[i][0]);
+      vstore(tmp + L, acc[i][1]);
+      for (int64_t j = 0; j < np; ++j) c[j] = accumulate ? c[j] + tmp[j] : tmp[j];
     }
-    vstore(c, acc[i][0]);
-    vstore(c + L, acc[i][1]);
   }
 }
 
+// All M rows of C for one packed panel.
+template <typename T>
+inline void nn_panel(int M, int K, const T* A, int64_t lda, const T* panel, T* C, int64_t ldc, const T* bias,
+                     bool accumulate, int64_t np) {
+  int m0 = 0;
+  for (; m0 + 4 <= M; m0 += 4)
+    nn_micro<T, 4>(K, A + m0 * lda, lda, panel, C + m0 * ldc, ldc, bias ? bias + m0 : nullptr, accumulate, np);
+  const T* bb = bias ? bias + m0 : nullptr;
+  switch (M - m0) {
+    case 3: nn_micro<T, 3>(K, A + m0 * lda, lda, panel, C + m0 * ldc, ldc, bb, accumulate, np); break;
+    case 2: nn_micro<T, 2>(K, A + m0 * lda, lda, panel, C + m0 * ldc, ldc, bb, accumulate, np); break;
+    case 1: nn_micro<T, 1>(K, A + m0 * lda, lda, panel, C + m0 * ldc, ldc, bb, accumulate, np); break;
+    default: break;
+  }
+}
+
+// C[M x P] (ldc) (=|+=) A[M x K] * Bp + bias, Bp packed by pack_b(K, P, ...).
+template <typename T>
+inline void gemm_nn_packed(int M, int K, int64_t P, const T* A, int64_t lda, const T* Bp, T* C, int64_t ldc,
+                           const T* bias, bool accumulate) {
+  constexpr int NR = panel_width<T>();
+  for (int64_t p0 = 0, blk = 0; p0 < P; p0 += NR, ++blk)
+    nn_panel<T>(M, K, A, lda, Bp + blk * K * NR, C + p0, ldc, bias, accumulate, P - p0 < NR ? P - p0 : NR);
+}
+
+// C[M x P] (ldc) (=|+=) A[M x K] * B[K x P] (ldb) + bias; packs B one panel at a time (avoids the L1 set
+// conflicts of rows a power-of-two-ish stride apart).
 template <typename T>
 inline void gemm_nn(int M, int K, int64_t P, const T* A, int64_t lda, const T* B, int64_t ldb, T* C, int64_t ldc,
                     const T* bias, bool accumulate) {
-  constexpr int NR = 2 * vec_of<T>::L;
-  int64_t p0 = 0;
-  for (; p0 + NR <= P; p0 += NR) {
-    int m0 = 0;
-    for (; m0 + 4 <= M; m0 += 4)
-      nn_micro<T, 4>(K, A + m0 * lda, lda, B + p0, ldb, C + m0 * ldc + p0, ldc, bias ? bias + m0 : nullptr, accumulate);
-    const T* bb = bias ? bias + m0 : nullptr;
-    switch (M - m0) {
-      case 3: nn_micro<T, 3>(K, A + m0 * lda, lda, B + p0, ldb, C + m0 * ldc + p0, ldc, bb, accumulate); break;
-      case 2: nn_micro<T, 2>(K, A + m0 * lda, lda, B + p0, ldb, C + m0 * ldc + p0, ldc, bb, accumulate); break;
-      case 1: nn_micro<T, 1>(K, A + m0 * lda, lda, B + p0, ldb, C + m0 * ldc + p0, ldc, bb, accumulate); break;
-      default: break;
-    }
-  }
-  if (p0 < P) {  // remainder columns, scalar
-    for (int m = 0; m < M; ++m) {
-      T acc[2 * vec_of<T>::L];
-      const int64_t np = P - p0;
-      for (int64_t j = 0; j < np; ++j) acc[j] = bias ? bias[m] : T(0);
-      for (int k = 0; k < K; ++k) {
-        const T a = A[m * lda + k];
-        const T* b = B + k * ldb + p0;
-        for (int64_t j = 0; j < np; ++j) acc[j] += a * b[j];
-      }
-      T* c = C + m * ldc + p0;
-      for (int64_t j = 0; j < np; ++j) c[j] = accumulate ? c[j] + acc[j] : acc[j];
-    }
+  constexpr int NR = panel_width<T>();
+  std::vector<T> panel(size_t(K) * NR);
+  for (int64_t p0 = 0; p0 < P; p0 += NR) {
+    const int64_t np = P - p0 < NR ? P - p0 : NR;
+    pack_b<T>(K, np, B + p0, ldb, panel.data());
+    nn_panel<T>(M, K, A, lda, panel.data(), C + p0, ldc, bias, accumulate, np);
   }
 }
 
