@@ -205,7 +205,7 @@ void gated_dwconv_bwd_kernel(const T* gh, const T* x, const T* w_in, const T* b_
     for (int k = 0; k < KK; ++k) wflip[c * KK + k] = w_dw[c * KK + (KK - 1 - k)];
   std::vector<T> gwdw_part(size_t(N) * C2 * KK, T(0)), gbdw_part(size_t(N) * C2, T(0));
   at::parallel_for(0, N * hid, 1, [&](int64_t i0, int64_t i1) {
-    std::vector<T> tb(2 * HW), zeros(W, T(0));
+    std::vector<T> tb(2 * HW), zeros(W, T(0)), wacc(size_t(KK) * W);
     for (int64_t it = i0; it < i1; ++it) {
       const int64_t n = it / hid;
       const int j = int(it % hid);
@@ -233,20 +233,29 @@ void gated_dwconv_bwd_kernel(const T* gh, const T* x, const T* w_in, const T* b_
 #pragma omp simd reduction(+ : sb)
         for (int64_t p = 0; p < HW; ++p) sb += d[p];
         gbdw_part[n * C2 + c] = sb;
-        for (int ky = 0; ky < K; ++ky)
-          for (int kx = 0; kx < K; ++kx) {
-            const int64_t oy = ky - pad, ox = kx - pad;
-            const int64_t rlo = std::max<int64_t>(0, -oy), rhi = std::min<int64_t>(H, H - oy);
-            const int64_t wlo = std::max<int64_t>(0, -ox), whi = std::min<int64_t>(W, W - ox);
-            T sw = 0;
-            for (int64_t r = rlo; r < rhi; ++r) {
-              const T* dr = d + r * W;
+        // dW_dw[ky,kx] = sum_q d[q] * u[q + (ky-pad, kx-pad)]: per-column accumulators, one sum at the end.
+        std::fill(wacc.begin(), wacc.end(), T(0));
+        for (int ky = 0; ky < K; ++ky) {
+          const int64_t oy = ky - pad;
+          const int64_t rlo = std::max<int64_t>(0, -oy), rhi = std::min<int64_t>(H, H - oy);
+          for (int64_t r = rlo; r < rhi; ++r) {
+            const T* dr = d + r * W;
+            for (int kx = 0; kx < K; ++kx) {
+              const int64_t ox = kx - pad;
+              const int64_t wlo = std::max<int64_t>(0, -ox), whi = std::min<int64_t>(W, W - ox);
               const T* ur = u + (r + oy) * W + ox;
-#pragma omp simd reduction(+ : sw)
-              for (int64_t w = wlo; w < whi; ++w) sw += dr[w] * ur[w];
+              T* wa = wacc.data() + (ky * K + kx) * W;
+#pragma omp simd
+              for (int64_t w = wlo; w < whi; ++w) wa[w] += dr[w] * ur[w];
             }
-            gw[ky * K + kx] = sw;
           }
+        }
+        for (int k = 0; k < KK; ++k) {
+          T sw = 0;
+          const T* wa = wacc.data() + k * W;
+          for (int64_t w = 0; w < W; ++w) sw += wa[w];
+          gw[k] = sw;
+        }
         for (int64_t r = 0; r < H; ++r) dw_row(d, 0, H, r, W, K, wflip.data() + int64_t(c) * KK, T(0), u + r * W, zeros.data());
       }
     }

@@ -84,13 +84,17 @@ template <typename T>
 inline void nn_panel(int M, int K, const T* A, int64_t lda, const T* panel, T* C, int64_t ldc, const T* bias,
                      bool accumulate, int64_t np) {
   int m0 = 0;
-  for (; m0 + 4 <= M; m0 += 4)
-    nn_micro<T, 4>(K, A + m0 * lda, lda, panel, C + m0 * ldc, ldc, bias ? bias + m0 : nullptr, accumulate, np);
+  for (; m0 + 6 <= M; m0 += 6)
+    nn_micro<T, 6>(K, A + m0 * lda, lda, panel, C + m0 * ldc, ldc, bias ? bias + m0 : nullptr, accumulate, np);
   const T* bb = bias ? bias + m0 : nullptr;
+  const T* am = A + m0 * lda;
+  T* cm = C + m0 * ldc;
   switch (M - m0) {
-    case 3: nn_micro<T, 3>(K, A + m0 * lda, lda, panel, C + m0 * ldc, ldc, bb, accumulate, np); break;
-    case 2: nn_micro<T, 2>(K, A + m0 * lda, lda, panel, C + m0 * ldc, ldc, bb, accumulate, np); break;
-    case 1: nn_micro<T, 1>(K, A + m0 * lda, lda, panel, C + m0 * ldc, ldc, bb, accumulate, np); break;
+    case 5: nn_micro<T, 5>(K, am, lda, panel, cm, ldc, bb, accumulate, np); break;
+    case 4: nn_micro<T, 4>(K, am, lda, panel, cm, ldc, bb, accumulate, np); break;
+    case 3: nn_micro<T, 3>(K, am, lda, panel, cm, ldc, bb, accumulate, np); break;
+    case 2: nn_micro<T, 2>(K, am, lda, panel, cm, ldc, bb, accumulate, np); break;
+    case 1: nn_micro<T, 1>(K, am, lda, panel, cm, ldc, bb, accumulate, np); break;
     default: break;
   }
 }
