@@ -138,16 +138,21 @@ def test_opcheck(backend):
 
 
 def test_torch_compile_fullgraph(backend):
+    """torch.compile(fullgraph=True) of a function calling the custom ops: forward and backward."""
     name, dev = backend
-    m = ek.SADFFM(8, expand_ratio=2.0, backend=name).to(dev)
-    x = torch.randn(2, 8, 5, 7, device=dev)
+    x, *gw = gdw_inputs(2, 4, 3, 5, 7, 3, torch.float32, dev)
+    _, *dw = dffm_inputs(2, 3, 4, 5, 7, torch.float32, dev)
+
+    def f(t, *ws):
+        h = torch.ops.eimn_kernels.gated_dwconv(t, *ws[:4], name)
+        return torch.ops.eimn_kernels.dffm_out(h, *ws[4:], 1e-6, name) * 2.0
+
     torch._dynamo.reset()
-    fn = torch.compile(lambda t: m(t) * 2.0, fullgraph=True, backend="aot_eager")
-    torch.testing.assert_close(fn(x), m(x) * 2.0)
-    xg = x.clone().requires_grad_()
-    fn(xg).sum().backward()
-    xr = x.clone().requires_grad_()
-    (m(xr) * 2.0).sum().backward()
+    fn = torch.compile(f, fullgraph=True)
+    torch.testing.assert_close(fn(x, *gw, *dw), f(x, *gw, *dw))
+    xg, xr = x.clone().requires_grad_(), x.clone().requires_grad_()
+    fn(xg, *gw, *dw).sum().backward()
+    f(xr, *gw, *dw).sum().backward()
     torch.testing.assert_close(xg.grad, xr.grad)
 
 
