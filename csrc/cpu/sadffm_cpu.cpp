@@ -9,6 +9,7 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <memory>
 #include <vector>
 
 #include "eimn_math.h"
@@ -37,6 +38,14 @@ void check_image(const at::Tensor& x, const char* name) {
   TORCH_CHECK(x.size(0) > 0 && x.size(2) > 0 && x.size(3) > 0, "sadffm cpu: ", name,
               " is empty (shape ", x.sizes(), "): N, H and W must be >= 1");
 }
+
+// Uninitialised scratch array (no zero fill of large buffers).
+template <typename T> struct Scratch {
+  std::unique_ptr<T[]> p;
+  explicit Scratch(size_t n) : p(new T[n]) {}
+  T* data() { return p.get(); }
+  const T* data() const { return p.get(); }
+};
 
 // Fixed split of [0, items) into at most max_chunks contiguous chunks (independent of the thread count).
 struct Chunks {
@@ -192,7 +201,7 @@ void gated_dwconv_bwd_kernel(const T* gh, const T* x, const T* w_in, const T* b_
   constexpr int64_t PB = 1024;
   const int64_t nblk = (HW + PB - 1) / PB;
   // U = W_in x + b_in (later overwritten in place by dU).
-  std::vector<T> U(size_t(N) * C2 * HW);
+  Scratch<T> U(size_t(N) * C2 * HW);
   at::parallel_for(0, N * nblk, 1, [&](int64_t i0, int64_t i1) {
     for (int64_t it = i0; it < i1; ++it) {
       const int64_t n = it / nblk, p0 = (it % nblk) * PB, P = std::min(PB, HW - p0);
@@ -450,7 +459,8 @@ template <typename T>
 void dffm_fwd_kernel(const DffmW<T>& w, const T* h, T* out, int64_t N, int64_t HW) {
   const int C = w.C, R = w.R;
   const int64_t nt = (HW + kPT - 1) / kPT, items = N * nt;
-  std::vector<T> aloc(size_t(N) * HW), ysum(size_t(items) * C);
+  Scratch<T> aloc(size_t(N) * HW);
+  std::vector<T> ysum(size_t(items) * C);
   at::parallel_for(0, items, 1, [&](int64_t i0, int64_t i1) {
     std::vector<T> buf(size_t(C + R + 2) * kPT);
     T *z = buf.data(), *lpre = z + C * kPT, *mu = lpre + R * kPT, *rs = mu + kPT;
@@ -489,8 +499,9 @@ void dffm_bwd_kernel(const DffmW<T>& w, const T* go, const T* h, int64_t N, int6
   const int C = w.C, R = w.R, hid = w.hid;
   const int64_t nt = (HW + kPT - 1) / kPT, items = N * nt;
   // Pass A: recompute the forward front, keeping y, mu, rstd, lpre, a_loc.
-  std::vector<T> Y(size_t(N) * C * HW), MU(size_t(N) * HW), RS(size_t(N) * HW), LP(size_t(N) * R * HW),
-      AL(size_t(N) * HW), ysum(size_t(items) * C);
+  Scratch<T> Y(size_t(N) * C * HW), MU(size_t(N) * HW), RS(size_t(N) * HW), LP(size_t(N) * R * HW),
+      AL(size_t(N) * HW);
+  std::vector<T> ysum(size_t(items) * C);
   at::parallel_for(0, items, 1, [&](int64_t i0, int64_t i1) {
     std::vector<T> z(size_t(C) * kPT), lpre(size_t(R) * kPT);
     for (int64_t it = i0; it < i1; ++it) {
@@ -513,7 +524,7 @@ void dffm_bwd_kernel(const DffmW<T>& w, const T* go, const T* h, int64_t N, int6
   const int64_t O_LNW = C, O_LNB = 2 * C, O_BLR = 3 * C, O_WSE = 3 * C + R, O_WLR = 3 * C + 2 * R,
                 O_DSL = 3 * C + 2 * R + R * C, PS = O_DSL + 1;
   std::vector<T> part(size_t(items) * PS, T(0));
-  std::vector<T> DY(size_t(N) * C * HW);
+  Scratch<T> DY(size_t(N) * C * HW);
   at::parallel_for(0, items, 1, [&](int64_t i0, int64_t i1) {
     std::vector<T> buf(size_t(2 * C + R + 4) * kPT);
     T *yh = buf.data(), *dz = yh + C * kPT, *dl = dz + C * kPT, *s = dl + R * kPT, *dsl = s + kPT, *ma = dsl + kPT,

@@ -166,15 +166,30 @@ inline void nt_row_block(int N, int64_t P, const T* A, int64_t lda, const T* B, 
 
 template <typename T>
 inline void gemm_nt(int M, int N, int64_t P, const T* A, int64_t lda, const T* B, int64_t ldb, T* C, int64_t ldc) {
-  constexpr int64_t PB = 256;  // pixel block: keeps the A and B rows of one block in L2
+  // Pixel blocks of A and B are first copied to contiguous, zero-padded buffers (row stride PB): rows of
+  // image planes are often a power of two apart and would thrash the L1/L2 sets.
+  constexpr int L = vec_of<T>::L;
+  constexpr int64_t PB = 128;
+  std::vector<T> pa(size_t(M) * PB), pb(size_t(N) * PB);
   for (int64_t p0 = 0; p0 < P; p0 += PB) {
     const int64_t np = P - p0 < PB ? P - p0 : PB;
+    const int64_t npad = (np + L - 1) / L * L;
+    for (int i = 0; i < M; ++i) {
+      std::memcpy(pa.data() + i * PB, A + i * lda + p0, sizeof(T) * np);
+      for (int64_t q = np; q < npad; ++q) pa[i * PB + q] = T(0);
+    }
+    for (int j = 0; j < N; ++j) {
+      std::memcpy(pb.data() + j * PB, B + j * ldb + p0, sizeof(T) * np);
+      for (int64_t q = np; q < npad; ++q) pb[j * PB + q] = T(0);
+    }
+    const T* a = pa.data();
+    const T* b = pb.data();
     int m0 = 0;
-    for (; m0 + 4 <= M; m0 += 4) nt_row_block<T, 4>(N, np, A + m0 * lda + p0, lda, B + p0, ldb, C + m0 * ldc, ldc);
+    for (; m0 + 4 <= M; m0 += 4) nt_row_block<T, 4>(N, npad, a + m0 * PB, PB, b, PB, C + m0 * ldc, ldc);
     switch (M - m0) {
-      case 3: nt_row_block<T, 3>(N, np, A + m0 * lda + p0, lda, B + p0, ldb, C + m0 * ldc, ldc); break;
-      case 2: nt_row_block<T, 2>(N, np, A + m0 * lda + p0, lda, B + p0, ldb, C + m0 * ldc, ldc); break;
-      case 1: nt_row_block<T, 1>(N, np, A + m0 * lda + p0, lda, B + p0, ldb, C + m0 * ldc, ldc); break;
+      case 3: nt_row_block<T, 3>(N, npad, a + m0 * PB, PB, b, PB, C + m0 * ldc, ldc); break;
+      case 2: nt_row_block<T, 2>(N, npad, a + m0 * PB, PB, b, PB, C + m0 * ldc, ldc); break;
+      case 1: nt_row_block<T, 1>(N, npad, a + m0 * PB, PB, b, PB, C + m0 * ldc, ldc); break;
       default: break;
     }
   }
