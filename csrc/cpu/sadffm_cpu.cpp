@@ -129,7 +129,7 @@ inline void dw_row(const T* plane, int64_t a, int64_t b, int64_t r, int64_t W, i
 }
 
 // ------------------------------------------------------------------------------ gated_dwconv forward
-constexpr int kGroup = 4;  // channel pairs per tile
+constexpr int kGroup = 6;  // channel pairs per tile (2*kGroup rows = two 6-row GEMM micro-tiles)
 
 template <typename T>
 void gated_dwconv_fwd_kernel(const T* x, const T* w_in, const T* b_in, const T* w_dw, const T* b_dw, T* h,
