@@ -1,0 +1,834 @@
+// CPU (C++/OpenMP via at::parallel_for) kernels of the SADFFM ops, float32 / float64:
+//   gated_dwconv_forward / _backward : h = GELU(t[:hid]) * t[hid:], t = DW_K(W_in x + b_in)
+//   dffm_out_forward / _backward     : y = W_out h + b_out; out = y * c * s (DFFM gate)
+// Semantics: eimn_kernels/reference.py. Layouts: contiguous NCHW; 1x1 weights (Cout, Cin, 1, 1), depthwise
+// (C, 1, K, K). Weight gradients are reduced per tile / chunk and then summed in a fixed order, so results
+// do not depend on the number of threads.
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <memory>
+#include <vector>
+
+#include "eimn_math.h"
+#include "sadffm_gemm.h"
+#include "sadffm_vmath.h"
+
+namespace eimn {
+namespace sadffm {
+namespace {
+
+// ---------------------------------------------------------------------------------------------- checks
+void check_tensor(const at::Tensor& t, const char* name, int64_t dim, const at::Tensor& ref) {
+  TORCH_CHECK(t.dim() == dim, "sadffm cpu: ", name, " must be ", dim, "-d, got shape ", t.sizes());
+  TORCH_CHECK(t.device().is_cpu(), "sadffm cpu: ", name, " must be a CPU tensor, got ", t.device());
+  TORCH_CHECK(t.scalar_type() == ref.scalar_type(), "sadffm cpu: ", name, " has dtype ", t.scalar_type(),
+              ", the input has ", ref.scalar_type());
+}
+void check_shape(const at::Tensor& t, const char* name, at::IntArrayRef shape) {
+  TORCH_CHECK(t.sizes() == shape, "sadffm cpu: ", name, " must have shape ", shape, ", got ", t.sizes());
+}
+void check_image(const at::Tensor& x, const char* name) {
+  TORCH_CHECK(x.dim() == 4, "sadffm cpu: ", name, " must be 4-d (N, C, H, W), got shape ", x.sizes());
+  TORCH_CHECK(x.device().is_cpu(), "sadffm cpu: ", name, " must be a CPU tensor, got ", x.device());
+  TORCH_CHECK(x.scalar_type() == at::kFloat || x.scalar_type() == at::kDouble,
+              "sadffm cpu: ", name, " must be float32 or float64, got ", x.scalar_type());
+  TORCH_CHECK(x.size(0) > 0 && x.size(2) > 0 && x.size(3) > 0, "sadffm cpu: ", name,
+              " is empty (shape ", x.sizes(), "): N, H and W must be >= 1");
+}
+
+// Uninitialised scratch array (no zero fill of large buffers).
+template <typename T> struct Scratch {
+  std::unique_ptr<T[]> p;
+  explicit Scratch(size_t n) : p(new T[n]) {}
+  T* data() { return p.get(); }
+  const T* data() const { return p.get(); }
+};
+
+// Fixed split of [0, items) into at most max_chunks contiguous chunks (independent of the thread count).
+struct Chunks {
+  int64_t items, n;
+  Chunks(int64_t items_, int64_t max_chunks) : items(items_), n(std::min(items_, max_chunks)) {}
+  int64_t begin(int64_t c) const { return c * items / n; }
+  int64_t end(int64_t c) const { return (c + 1) * items / n; }
+};
+
+// ------------------------------------------------------------------------------- depthwise row helper
+// out[0:W] = bias + sum_{ky,kx} wk[ky,kx] * plane[r+ky-pad, w+kx-pad], where plane holds rows [a, b) of the
+// image (row stride W) and every pixel outside the image is zero. zeros: W zeros (stand-in for missing rows).
+template <typename T, int K>
+inline void dw_row_k(const T* const* rp, int64_t W, const T* wk, T bias, T* out) {
+  constexpr int pad = K / 2;
+  T wr[K * K];
+  for (int i = 0; i < K * K; ++i) wr[i] = wk[i];
+  const int64_t lo = std::min<int64_t>(pad, W), hi = std::max<int64_t>(lo, W - pad);
+  for (int64_t w = 0; w < lo; ++w) {  // left border
+    T s = bias;
+    for (int ky = 0; ky < K; ++ky)
+      for (int kx = 0; kx < K; ++kx) {
+        const int64_t ww = w + kx - pad;
+        if (ww >= 0 && ww < W) s += wr[ky * K + kx] * rp[ky][ww];
+      }
+    out[w] = s;
+  }
+#pragma omp simd
+  for (int64_t w = lo; w < hi; ++w) {
+    T s = bias;
+    for (int ky = 0; ky < K; ++ky)
+      for (int kx = 0; kx < K; ++kx) s += wr[ky * K + kx] * rp[ky][w + kx - pad];
+    out[w] = s;
+  }
+  for (int64_t w = hi; w < W; ++w) {  // right border
+    T s = bias;
+    for (int ky = 0; ky < K; ++ky)
+      for (int kx = 0; kx < K; ++kx) {
+        const int64_t ww = w + kx - pad;
+        if (ww >= 0 && ww < W) s += wr[ky * K + kx] * rp[ky][ww];
+      }
+    out[w] = s;
+  }
+}
+
+template <typename T>
+inline void dw_row(const T* plane, int64_t a, int64_t b, int64_t r, int64_t W, int K, const T* wk, T bias, T* out,
+                   const T* zeros) {
+  const int pad = K / 2;
+  constexpr int kMaxK = 15;
+  const T* rp[kMaxK];
+  if (K <= kMaxK) {
+    for (int ky = 0; ky < K; ++ky) {
+      const int64_t rr = r + ky - pad;
+      rp[ky] = (rr < a || rr >= b) ? zeros : plane + (rr - a) * W;
+    }
+  }
+  switch (K) {
+    case 1: return dw_row_k<T, 1>(rp, W, wk, bias, out);
+    case 3: return dw_row_k<T, 3>(rp, W, wk, bias, out);
+    case 5: return dw_row_k<T, 5>(rp, W, wk, bias, out);
+    case 7: return dw_row_k<T, 7>(rp, W, wk, bias, out);
+    default: break;
+  }
+  // Generic odd K: accumulate one tap at a time.
+#pragma omp simd
+  for (int64_t w = 0; w < W; ++w) out[w] = bias;
+  for (int ky = 0; ky < K; ++ky) {
+    const int64_t rr = r + ky - pad;
+    if (rr < a || rr >= b) continue;
+    const T* row = plane + (rr - a) * W;
+    for (int kx = 0; kx < K; ++kx) {
+      const T wt = wk[ky * K + kx];
+      const int64_t off = kx - pad;
+      const int64_t lo = std::max<int64_t>(0, -off), hi = std::min<int64_t>(W, W - off);
+      const T* src = row + off;
+#pragma omp simd
+      for (int64_t w = lo; w < hi; ++w) out[w] += wt * src[w];
+    }
+  }
+}
+
+// ------------------------------------------------------------------------------ gated_dwconv forward
+constexpr int kGroup = 6;  // channel pairs per tile (2*kGroup rows = two 6-row GEMM micro-tiles)
+
+template <typename T>
+void gated_dwconv_fwd_kernel(const T* x, const T* w_in, const T* b_in, const T* w_dw, const T* b_dw, T* h,
+                             int64_t N, int C, int hid, int64_t H, int64_t W, int K) {
+  const int pad = K / 2;
+  const int64_t HW = H * W;
+  const int ngroups = (hid + kGroup - 1) / kGroup;
+  // Row band: the 1x1 output of 2*kGroup channels over band + halo rows stays in L2.
+  const int64_t band = std::min<int64_t>(H, std::max<int64_t>(1, 6400 / W - 2 * pad));
+  const int64_t nbands = (H + band - 1) / band;
+  const int64_t items = N * nbands * ngroups;
+  // Weights reordered per group: rows [x1 channels of group g, x2 channels of group g] are adjacent.
+  std::vector<T> wp(size_t(2) * hid * C), bp(size_t(2) * hid);
+  for (int c0 = 0; c0 < hid; c0 += kGroup) {
+    const int gs = std::min(kGroup, hid - c0);
+    for (int j = 0; j < gs; ++j)
+      for (int s = 0; s < 2; ++s) {
+        const int dst = 2 * c0 + s * gs + j, src = s * hid + c0 + j;
+        std::copy(w_in + int64_t(src) * C, w_in + int64_t(src + 1) * C, wp.data() + int64_t(dst) * C);
+        bp[dst] = b_in[src];
+      }
+  }
+  constexpr int NR = panel_width<T>();
+  at::parallel_for(0, items, 1, [&](int64_t i0, int64_t i1) {
+    const int64_t maxP = (band + 2 * pad) * W;
+    std::vector<T> tbuf(size_t(2 * kGroup) * maxP);
+    std::vector<T> xpack(size_t(C) * ((maxP + NR - 1) / NR) * NR);
+    std::vector<T> acc(2 * W), zeros(W, T(0));
+    int64_t packed = -1;  // (n, band) index whose x band is in xpack
+    for (int64_t it = i0; it < i1; ++it) {
+      const int g = int(it % ngroups);
+      const int64_t nbi = it / ngroups, nb = nbi % nbands, n = nbi / nbands;
+      const int c0 = g * kGroup, gs = std::min(kGroup, hid - c0);
+      const int64_t r0 = nb * band, r1 = std::min(H, r0 + band);
+      const int64_t a = std::max<int64_t>(0, r0 - pad), b = std::min(H, r1 + pad);
+      const int64_t P = (b - a) * W;
+      if (packed != nbi) {
+        pack_b<T>(C, P, x + n * C * HW + a * W, HW, xpack.data());
+        packed = nbi;
+      }
+      T* t1 = tbuf.data();
+      T* t2 = tbuf.data() + gs * P;
+      gemm_nn_packed<T>(2 * gs, C, P, wp.data() + int64_t(2 * c0) * C, C, xpack.data(), t1, P, bp.data() + 2 * c0,
+                        false);
+      for (int j = 0; j < gs; ++j) {
+        const int c = c0 + j;
+        for (int64_t r = r0; r < r1; ++r) {
+          dw_row(t1 + j * P, a, b, r, W, K, w_dw + int64_t(c) * K * K, b_dw[c], acc.data(), zeros.data());
+          dw_row(t2 + j * P, a, b, r, W, K, w_dw + int64_t(hid + c) * K * K, b_dw[hid + c], acc.data() + W,
+                 zeros.data());
+          T* out = h + (n * hid + c) * HW + r * W;
+          const T* a1 = acc.data();
+          const T* a2 = acc.data() + W;
+#pragma omp simd
+          for (int64_t w = 0; w < W; ++w) out[w] = v_gelu(a1[w]) * a2[w];
+        }
+      }
+    }
+  });
+}
+
+// ----------------------------------------------------------------------------- gated_dwconv backward
+template <typename T>
+void gated_dwconv_bwd_kernel(const T* gh, const T* x, const T* w_in, const T* b_in, const T* w_dw, const T* b_dw,
+                             T* gx, T* gw_in, T* gb_in, T* gw_dw, T* gb_dw, int64_t N, int C, int hid, int64_t H,
+                             int64_t W, int K) {
+  const int C2 = 2 * hid, KK = K * K, pad = K / 2;
+  const int64_t HW = H * W;
+  constexpr int64_t PB = 1024;
+  const int64_t nblk = (HW + PB - 1) / PB;
+  // U = W_in x + b_in (later overwritten in place by dU).
+  Scratch<T> U(size_t(N) * C2 * HW);
+  at::parallel_for(0, N * nblk, 1, [&](int64_t i0, int64_t i1) {
+    for (int64_t it = i0; it < i1; ++it) {
+      const int64_t n = it / nblk, p0 = (it % nblk) * PB, P = std::min(PB, HW - p0);
+      gemm_nn<T>(C2, C, P, w_in, C, x + n * C * HW + p0, HW, U.data() + n * C2 * HW + p0, HW, b_in, false);
+    }
+  });
+  // Per (n, pair): t = DW(u); dt; depthwise weight grads; dU = DW^T(dt) written over u.
+  std::vector<T> wflip(size_t(C2) * KK);
+  for (int c = 0; c < C2; ++c)
+    for (int k = 0; k < KK; ++k) wflip[c * KK + k] = w_dw[c * KK + (KK - 1 - k)];
+  std::vector<T> gwdw_part(size_t(N) * C2 * KK, T(0)), gbdw_part(size_t(N) * C2, T(0));
+  at::parallel_for(0, N * hid, 1, [&](int64_t i0, int64_t i1) {
+    std::vector<T> tb(2 * HW), zeros(W, T(0)), wacc(size_t(KK) * W);
+    for (int64_t it = i0; it < i1; ++it) {
+      const int64_t n = it / hid;
+      const int j = int(it % hid);
+      T* u1 = U.data() + (n * C2 + j) * HW;
+      T* u2 = U.data() + (n * C2 + hid + j) * HW;
+      T* d1 = tb.data();
+      T* d2 = tb.data() + HW;
+      for (int64_t r = 0; r < H; ++r) {
+        dw_row(u1, 0, H, r, W, K, w_dw + int64_t(j) * KK, b_dw[j], d1 + r * W, zeros.data());
+        dw_row(u2, 0, H, r, W, K, w_dw + int64_t(hid + j) * KK, b_dw[hid + j], d2 + r * W, zeros.data());
+      }
+      const T* g = gh + (n * hid + j) * HW;
+#pragma omp simd
+      for (int64_t p = 0; p < HW; ++p) {
+        const T x1 = d1[p], x2 = d2[p];
+        d1[p] = g[p] * x2 * v_gelu_grad(x1);
+        d2[p] = g[p] * v_gelu(x1);
+      }
+      for (int s = 0; s < 2; ++s) {
+        const int c = s ? hid + j : j;
+        T* u = s ? u2 : u1;
+        const T* d = s ? d2 : d1;
+        T* gw = gwdw_part.data() + (n * C2 + c) * KK;
+        T sb = 0;
+#pragma omp simd reduction(+ : sb)
+        for (int64_t p = 0; p < HW; ++p) sb += d[p];
+        gbdw_part[n * C2 + c] = sb;
+        // dW_dw[ky,kx] = sum_q d[q] * u[q + (ky-pad, kx-pad)]: per-column accumulators, one sum at the end.
+        std::fill(wacc.begin(), wacc.end(), T(0));
+        for (int ky = 0; ky < K; ++ky) {
+          const int64_t oy = ky - pad;
+          const int64_t rlo = std::max<int64_t>(0, -oy), rhi = std::min<int64_t>(H, H - oy);
+          for (int64_t r = rlo; r < rhi; ++r) {
+            const T* dr = d + r * W;
+            for (int kx = 0; kx < K; ++kx) {
+              const int64_t ox = kx - pad;
+              const int64_t wlo = std::max<int64_t>(0, -ox), whi = std::min<int64_t>(W, W - ox);
+              const T* ur = u + (r + oy) * W + ox;
+              T* wa = wacc.data() + (ky * K + kx) * W;
+#pragma omp simd
+              for (int64_t w = wlo; w < whi; ++w) wa[w] += dr[w] * ur[w];
+            }
+          }
+        }
+        for (int k = 0; k < KK; ++k) {
+          T sw = 0;
+          const T* wa = wacc.data() + k * W;
+          for (int64_t w = 0; w < W; ++w) sw += wa[w];
+          gw[k] = sw;
+        }
+        for (int64_t r = 0; r < H; ++r) dw_row(d, 0, H, r, W, K, wflip.data() + int64_t(c) * KK, T(0), u + r * W, zeros.data());
+      }
+    }
+  });
+  for (int c = 0; c < C2; ++c) {
+    for (int k = 0; k < KK; ++k) {
+      T s = 0;
+      for (int64_t n = 0; n < N; ++n) s += gwdw_part[(n * C2 + c) * KK + k];
+      gw_dw[c * KK + k] = s;
+    }
+    T s = 0;
+    for (int64_t n = 0; n < N; ++n) s += gbdw_part[n * C2 + c];
+    gb_dw[c] = s;
+  }
+  // dx = W_in^T dU; dW_in = sum dU x^T; db_in = sum dU  (per-chunk partials, fixed-order sum).
+  std::vector<T> w_inT(size_t(C) * C2);
+  for (int o = 0; o < C2; ++o)
+    for (int i = 0; i < C; ++i) w_inT[i * C2 + o] = w_in[o * C + i];
+  const Chunks ch(N * nblk, 32);
+  std::vector<T> gw_part(size_t(ch.n) * C2 * C, T(0)), gb_part(size_t(ch.n) * C2, T(0));
+  at::parallel_for(0, ch.n, 1, [&](int64_t k0, int64_t k1) {
+    for (int64_t k = k0; k < k1; ++k)
+      for (int64_t it = ch.begin(k); it < ch.end(k); ++it) {
+        const int64_t n = it / nblk, p0 = (it % nblk) * PB, P = std::min(PB, HW - p0);
+        const T* du = U.data() + n * C2 * HW + p0;
+        const T* xn = x + n * C * HW + p0;
+        gemm_nn<T>(C, C2, P, w_inT.data(), C2, du, HW, gx + n * C * HW + p0, HW, nullptr, false);
+        gemm_nt<T>(C2, C, P, du, HW, xn, HW, gw_part.data() + k * C2 * C, C);
+        T* gb = gb_part.data() + k * C2;
+        for (int o = 0; o < C2; ++o) {
+          T s = 0;
+          const T* row = du + o * HW;
+#pragma omp simd reduction(+ : s)
+          for (int64_t p = 0; p < P; ++p) s += row[p];
+          gb[o] += s;
+        }
+      }
+  });
+  for (int64_t e = 0; e < int64_t(C2) * C; ++e) {
+    T s = 0;
+    for (int64_t k = 0; k < ch.n; ++k) s += gw_part[k * C2 * C + e];
+    gw_in[e] = s;
+  }
+  for (int o = 0; o < C2; ++o) {
+    T s = 0;
+    for (int64_t k = 0; k < ch.n; ++k) s += gb_part[k * C2 + o];
+    gb_in[o] = s;
+  }
+}
+
+void check_gated_dwconv(const at::Tensor& x, const at::Tensor& w_in, const at::Tensor& b_in, const at::Tensor& w_dw,
+                        const at::Tensor& b_dw) {
+  check_image(x, "x");
+  check_tensor(w_in, "w_in", 4, x);
+  check_tensor(b_in, "b_in", 1, x);
+  check_tensor(w_dw, "w_dw", 4, x);
+  check_tensor(b_dw, "b_dw", 1, x);
+  const int64_t C = x.size(1), C2 = w_in.size(0);
+  TORCH_CHECK(C2 % 2 == 0 && C2 > 0, "sadffm cpu: w_in must have an even number (2*hidden) of output channels, got ",
+              C2);
+  check_shape(w_in, "w_in", {C2, C, 1, 1});
+  check_shape(b_in, "b_in", {C2});
+  const int64_t K = w_dw.size(-1);
+  TORCH_CHECK(K % 2 == 1, "sadffm cpu: w_dw must have an odd kernel size, got ", K);
+  check_shape(w_dw, "w_dw", {C2, 1, K, K});
+  check_shape(b_dw, "b_dw", {C2});
+}
+
+// Forward: x (N, C, H, W), w_in (2h, C, 1, 1), b_in (2h), w_dw (2h, 1, K, K), b_dw (2h) -> h (N, h, H, W).
+at::Tensor gated_dwconv_forward(const at::Tensor& x_, const at::Tensor& w_in_, const at::Tensor& b_in_,
+                                const at::Tensor& w_dw_, const at::Tensor& b_dw_) {
+  check_gated_dwconv(x_, w_in_, b_in_, w_dw_, b_dw_);
+  auto x = x_.contiguous(), w_in = w_in_.contiguous(), b_in = b_in_.contiguous(), w_dw = w_dw_.contiguous(),
+       b_dw = b_dw_.contiguous();
+  const int64_t N = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3), hid = w_in.size(0) / 2;
+  auto h = at::empty({N, hid, H, W}, x.options());
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "gated_dwconv_forward", [&] {
+    gated_dwconv_fwd_kernel<scalar_t>(x.data_ptr<scalar_t>(), w_in.data_ptr<scalar_t>(), b_in.data_ptr<scalar_t>(),
+                                      w_dw.data_ptr<scalar_t>(), b_dw.data_ptr<scalar_t>(), h.data_ptr<scalar_t>(),
+                                      N, int(C), int(hid), H, W, int(w_dw.size(-1)));
+  });
+  return h;
+}
+
+// Backward: grad_h (N, h, H, W) + forward inputs -> (grad_x, grad_w_in, grad_b_in, grad_w_dw, grad_b_dw).
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> gated_dwconv_backward(
+    const at::Tensor& gh_, const at::Tensor& x_, const at::Tensor& w_in_, const at::Tensor& b_in_,
+    const at::Tensor& w_dw_, const at::Tensor& b_dw_) {
+  check_gated_dwconv(x_, w_in_, b_in_, w_dw_, b_dw_);
+  check_tensor(gh_, "grad_h", 4, x_);
+  const int64_t N = x_.size(0), C = x_.size(1), H = x_.size(2), W = x_.size(3), hid = w_in_.size(0) / 2;
+  check_shape(gh_, "grad_h", {N, hid, H, W});
+  auto gh = gh_.contiguous(), x = x_.contiguous(), w_in = w_in_.contiguous(), b_in = b_in_.contiguous(),
+       w_dw = w_dw_.contiguous(), b_dw = b_dw_.contiguous();
+  auto gx = at::empty_like(x), gw_in = at::empty_like(w_in), gb_in = at::empty_like(b_in),
+       gw_dw = at::empty_like(w_dw), gb_dw = at::empty_like(b_dw);
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "gated_dwconv_backward", [&] {
+    gated_dwconv_bwd_kernel<scalar_t>(gh.data_ptr<scalar_t>(), x.data_ptr<scalar_t>(), w_in.data_ptr<scalar_t>(),
+                                      b_in.data_ptr<scalar_t>(), w_dw.data_ptr<scalar_t>(), b_dw.data_ptr<scalar_t>(),
+                                      gx.data_ptr<scalar_t>(), gw_in.data_ptr<scalar_t>(), gb_in.data_ptr<scalar_t>(),
+                                      gw_dw.data_ptr<scalar_t>(), gb_dw.data_ptr<scalar_t>(), N, int(C), int(hid), H,
+                                      W, int(w_dw.size(-1)));
+  });
+  return {gx, gw_in, gb_in, gw_dw, gb_dw};
+}
+
+// ---------------------------------------------------------------------------------------- dffm_out
+constexpr int64_t kPT = 256;  // pixels per dffm tile
+
+template <typename T> struct DffmW {
+  const T *w_out, *b_out, *ln_w, *ln_b, *w_gr, *b_gr, *w_lr, *b_lr, *w_ce, *b_ce, *w_se, *b_se;
+  int C, hid, R;
+  T eps;
+};
+
+// One tile of y = W_out h + b_out (written to y, ld HW), its LayerNorm stats, z (tile buffer [C][kPT]),
+// lpre = W_lr z + b_lr ([R][kPT]), a_loc = w_se[:R] . GELU(lpre), per-channel sums of yhat = (y - mu) * rstd.
+template <typename T>
+void dffm_tile_front(const DffmW<T>& w, const T* h, int64_t HW, int64_t P, T* y, T* mu, T* rstd, T* z, T* lpre,
+                     T* aloc, T* yhat_sum) {
+  const int C = w.C, R = w.R;
+  gemm_nn<T>(C, w.hid, P, w.w_out, w.hid, h, HW, y, HW, w.b_out, false);
+#pragma omp simd
+  for (int64_t p = 0; p < P; ++p) mu[p] = 0;
+  for (int c = 0; c < C; ++c) {
+    const T* yc = y + c * HW;
+#pragma omp simd
+    for (int64_t p = 0; p < P; ++p) mu[p] += yc[p];
+  }
+  const T invC = T(1) / T(C);
+#pragma omp simd
+  for (int64_t p = 0; p < P; ++p) { mu[p] *= invC; rstd[p] = 0; }
+  for (int c = 0; c < C; ++c) {
+    const T* yc = y + c * HW;
+#pragma omp simd
+    for (int64_t p = 0; p < P; ++p) { const T d = yc[p] - mu[p]; rstd[p] += d * d; }
+  }
+#pragma omp simd
+  for (int64_t p = 0; p < P; ++p) rstd[p] = T(1) / std::sqrt(rstd[p] * invC + w.eps);
+  for (int c = 0; c < C; ++c) {
+    const T* yc = y + c * HW;
+    T* zc = z + c * kPT;
+    const T lw = w.ln_w[c], lb = w.ln_b[c];
+    T s = 0;
+#pragma omp simd reduction(+ : s)
+    for (int64_t p = 0; p < P; ++p) {
+      const T yh = (yc[p] - mu[p]) * rstd[p];
+      s += yh;
+      zc[p] = yh * lw + lb;
+    }
+    yhat_sum[c] = s;
+  }
+  gemm_nn<T>(R, C, P, w.w_lr, C, z, kPT, lpre, kPT, w.b_lr, false);
+#pragma omp simd
+  for (int64_t p = 0; p < P; ++p) aloc[p] = 0;
+  for (int r = 0; r < R; ++r) {
+    const T ws = w.w_se[r];
+    const T* lr = lpre + r * kPT;
+#pragma omp simd
+    for (int64_t p = 0; p < P; ++p) aloc[p] += ws * v_gelu(lr[p]);
+  }
+}
+
+// Per image: m = mean_HW z, gpre = W_gr m + b_gr, g = GELU(gpre), cc = sigmoid(W_ce g + b_ce),
+// k = w_se[R:] . g + b_se.  (exact scalar math; N*C work)
+template <typename T>
+void dffm_global(const DffmW<T>& w, const T* yhat_sum_tiles, int64_t ntiles, int64_t HW, T* m, T* gpre, T* g, T* cc,
+                 T* k) {
+  const int C = w.C, R = w.R;
+  for (int c = 0; c < C; ++c) {
+    T s = 0;
+    for (int64_t t = 0; t < ntiles; ++t) s += yhat_sum_tiles[t * C + c];
+    m[c] = w.ln_w[c] * (s / T(HW)) + w.ln_b[c];
+  }
+  T kk = w.b_se[0];
+  for (int r = 0; r < R; ++r) {
+    T s = w.b_gr[r];
+    for (int c = 0; c < C; ++c) s += w.w_gr[r * C + c] * m[c];
+    gpre[r] = s;
+    g[r] = gelu(s);
+    kk += w.w_se[R + r] * g[r];
+  }
+  *k = kk;
+  for (int c = 0; c < C; ++c) {
+    T s = w.b_ce[c];
+    for (int r = 0; r < R; ++r) s += w.w_ce[c * R + r] * g[r];
+    cc[c] = sigmoid(s);
+  }
+}
+
+template <typename T>
+void dffm_fwd_kernel(const DffmW<T>& w, const T* h, T* out, int64_t N, int64_t HW) {
+  const int C = w.C, R = w.R;
+  const int64_t nt = (HW + kPT - 1) / kPT, items = N * nt;
+  Scratch<T> aloc(size_t(N) * HW);
+  std::vector<T> ysum(size_t(items) * C);
+  at::parallel_for(0, items, 1, [&](int64_t i0, int64_t i1) {
+    std::vector<T> buf(size_t(C + R + 2) * kPT);
+    T *z = buf.data(), *lpre = z + C * kPT, *mu = lpre + R * kPT, *rs = mu + kPT;
+    for (int64_t it = i0; it < i1; ++it) {
+      const int64_t n = it / nt, p0 = (it % nt) * kPT, P = std::min(kPT, HW - p0);
+      dffm_tile_front(w, h + n * w.hid * HW + p0, HW, P, out + n * C * HW + p0, mu, rs, z, lpre,
+                      aloc.data() + n * HW + p0, ysum.data() + it * C);
+    }
+  });
+  std::vector<T> cc(size_t(N) * C), kn(N), tmp(size_t(C) + 2 * R);
+  for (int64_t n = 0; n < N; ++n)
+    dffm_global(w, ysum.data() + n * nt * C, nt, HW, tmp.data(), tmp.data() + C, tmp.data() + C + R,
+                cc.data() + n * C, kn.data() + n);
+  at::parallel_for(0, items, 1, [&](int64_t i0, int64_t i1) {
+    std::vector<T> s(kPT);
+    for (int64_t it = i0; it < i1; ++it) {
+      const int64_t n = it / nt, p0 = (it % nt) * kPT, P = std::min(kPT, HW - p0);
+      const T* al = aloc.data() + n * HW + p0;
+      const T k = kn[n];
+#pragma omp simd
+      for (int64_t p = 0; p < P; ++p) s[p] = v_sigmoid(al[p] + k);
+      for (int c = 0; c < C; ++c) {
+        T* o = out + (n * C + c) * HW + p0;
+        const T cv = cc[n * C + c];
+#pragma omp simd
+        for (int64_t p = 0; p < P; ++p) o[p] *= cv * s[p];
+      }
+    }
+  });
+}
+
+template <typename T>
+void dffm_bwd_kernel(const DffmW<T>& w, const T* go, const T* h, int64_t N, int64_t HW, T* gh, T* gw_out, T* gb_out,
+                     T* gln_w, T* gln_b, T* gw_gr, T* gb_gr, T* gw_lr, T* gb_lr, T* gw_ce, T* gb_ce, T* gw_se,
+                     T* gb_se) {
+  const int C = w.C, R = w.R, hid = w.hid;
+  const int64_t nt = (HW + kPT - 1) / kPT, items = N * nt;
+  // Pass A: recompute the forward front, keeping y, mu, rstd, lpre, a_loc.
+  Scratch<T> Y(size_t(N) * C * HW), MU(size_t(N) * HW), RS(size_t(N) * HW), LP(size_t(N) * R * HW),
+      AL(size_t(N) * HW);
+  std::vector<T> ysum(size_t(items) * C);
+  at::parallel_for(0, items, 1, [&](int64_t i0, int64_t i1) {
+    std::vector<T> z(size_t(C) * kPT), lpre(size_t(R) * kPT);
+    for (int64_t it = i0; it < i1; ++it) {
+      const int64_t n = it / nt, p0 = (it % nt) * kPT, P = std::min(kPT, HW - p0);
+      dffm_tile_front(w, h + n * hid * HW + p0, HW, P, Y.data() + n * C * HW + p0, MU.data() + n * HW + p0,
+                      RS.data() + n * HW + p0, z.data(), lpre.data(), AL.data() + n * HW + p0, ysum.data() + it * C);
+      for (int r = 0; r < R; ++r)
+        std::copy(lpre.data() + r * kPT, lpre.data() + r * kPT + P, LP.data() + (n * R + r) * HW + p0);
+    }
+  });
+  std::vector<T> M(size_t(N) * C), GP(size_t(N) * R), G(size_t(N) * R), CC(size_t(N) * C), KN(N);
+  for (int64_t n = 0; n < N; ++n)
+    dffm_global(w, ysum.data() + n * nt * C, nt, HW, M.data() + n * C, GP.data() + n * R, G.data() + n * R,
+                CC.data() + n * C, KN.data() + n);
+  // Pass B: per tile partials (dc, sum dsl, dW_lr, db_lr, dw_se[:R], dln_w, dln_b) and the local part of dy.
+  std::vector<T> w_lrT(size_t(C) * R);
+  for (int r = 0; r < R; ++r)
+    for (int c = 0; c < C; ++c) w_lrT[c * R + r] = w.w_lr[r * C + c];
+  // Per-tile partial layout: [dc C][dln_w C][dln_b C][db_lr R][dw_se[:R] R][dW_lr R*C][sum dsl 1].
+  const int64_t O_LNW = C, O_LNB = 2 * C, O_BLR = 3 * C, O_WSE = 3 * C + R, O_WLR = 3 * C + 2 * R,
+                O_DSL = 3 * C + 2 * R + R * C, PS = O_DSL + 1;
+  std::vector<T> part(size_t(items) * PS, T(0));
+  Scratch<T> DY(size_t(N) * C * HW);
+  at::parallel_for(0, items, 1, [&](int64_t i0, int64_t i1) {
+    std::vector<T> buf(size_t(2 * C + R + 4) * kPT);
+    T *yh = buf.data(), *dz = yh + C * kPT, *dl = dz + C * kPT, *s = dl + R * kPT, *dsl = s + kPT, *ma = dsl + kPT,
+      *mb = ma + kPT;
+    for (int64_t it = i0; it < i1; ++it) {
+      const int64_t n = it / nt, p0 = (it % nt) * kPT, P = std::min(kPT, HW - p0);
+      T* pt = part.data() + it * PS;
+      T *p_dc = pt, *p_lnw = pt + O_LNW, *p_lnb = pt + O_LNB, *p_blr = pt + O_BLR, *p_wse = pt + O_WSE,
+        *p_wlr = pt + O_WLR, *p_dsl = pt + O_DSL;
+      const T* y = Y.data() + n * C * HW + p0;
+      const T* g = go + n * C * HW + p0;
+      const T* mu = MU.data() + n * HW + p0;
+      const T* rs = RS.data() + n * HW + p0;
+      const T* lp = LP.data() + n * R * HW + p0;
+      const T* cc = CC.data() + n * C;
+      const T k = KN[n];
+      const T* al = AL.data() + n * HW + p0;
+#pragma omp simd
+      for (int64_t p = 0; p < P; ++p) { s[p] = v_sigmoid(al[p] + k); dsl[p] = 0; }
+      for (int c = 0; c < C; ++c) {
+        const T* yc = y + c * HW;
+        const T* gc = g + c * HW;
+        const T cv = cc[c];
+        T sc = 0;
+#pragma omp simd reduction(+ : sc)
+        for (int64_t p = 0; p < P; ++p) {
+          const T gy = gc[p] * yc[p];
+          dsl[p] += gy * cv;
+          sc += gy * s[p];
+        }
+        p_dc[c] = sc;
+      }
+      T ssum = 0;
+#pragma omp simd reduction(+ : ssum)
+      for (int64_t p = 0; p < P; ++p) { dsl[p] *= s[p] * (T(1) - s[p]); ssum += dsl[p]; }
+      *p_dsl = ssum;
+      for (int r = 0; r < R; ++r) {
+        const T* lr = lp + r * HW;
+        T* dlr = dl + r * kPT;
+        const T ws = w.w_se[r];
+        T sw = 0, sb = 0;
+#pragma omp simd reduction(+ : sw, sb)
+        for (int64_t p = 0; p < P; ++p) {
+          sw += dsl[p] * v_gelu(lr[p]);
+          const T d = dsl[p] * ws * v_gelu_grad(lr[p]);
+          dlr[p] = d;
+          sb += d;
+        }
+        p_wse[r] = sw;
+        p_blr[r] = sb;
+      }
+      // z tile into dz buffer (temporarily) for dW_lr; yhat kept.
+      for (int c = 0; c < C; ++c) {
+        const T* yc = y + c * HW;
+        T* yhc = yh + c * kPT;
+        T* zc = dz + c * kPT;
+        const T lw = w.ln_w[c], lb = w.ln_b[c];
+#pragma omp simd
+        for (int64_t p = 0; p < P; ++p) { yhc[p] = (yc[p] - mu[p]) * rs[p]; zc[p] = yhc[p] * lw + lb; }
+      }
+      gemm_nt<T>(R, C, P, dl, kPT, dz, kPT, p_wlr, C);
+      gemm_nn<T>(C, R, P, w_lrT.data(), R, dl, kPT, dz, kPT, nullptr, false);
+#pragma omp simd
+      for (int64_t p = 0; p < P; ++p) { ma[p] = 0; mb[p] = 0; }
+      for (int c = 0; c < C; ++c) {
+        T* dzc = dz + c * kPT;
+        const T* yhc = yh + c * kPT;
+        const T lw = w.ln_w[c];
+        T s1 = 0, s2 = 0;
+#pragma omp simd reduction(+ : s1, s2)
+        for (int64_t p = 0; p < P; ++p) {
+          s1 += dzc[p] * yhc[p];
+          s2 += dzc[p];
+          const T d = dzc[p] * lw;
+          dzc[p] = d;
+          ma[p] += d;
+          mb[p] += d * yhc[p];
+        }
+        p_lnw[c] = s1;
+        p_lnb[c] = s2;
+      }
+      const T invC = T(1) / T(C);
+      for (int c = 0; c < C; ++c) {
+        const T* dzc = dz + c * kPT;
+        const T* yhc = yh + c * kPT;
+        const T* gc = g + c * HW;
+        const T cv = cc[c];
+        T* out = DY.data() + (n * C + c) * HW + p0;
+#pragma omp simd
+        for (int64_t p = 0; p < P; ++p)
+          out[p] = rs[p] * (dzc[p] - ma[p] * invC - yhc[p] * mb[p] * invC) + gc[p] * cv * s[p];
+      }
+    }
+  });
+  // Between: per-image global gradients; fixed-order sums of the tile partials.
+  std::fill(gln_w, gln_w + C, T(0));
+  std::fill(gln_b, gln_b + C, T(0));
+  std::fill(gw_gr, gw_gr + R * C, T(0));
+  std::fill(gb_gr, gb_gr + R, T(0));
+  std::fill(gw_lr, gw_lr + R * C, T(0));
+  std::fill(gb_lr, gb_lr + R, T(0));
+  std::fill(gw_ce, gw_ce + C * R, T(0));
+  std::fill(gb_ce, gb_ce + C, T(0));
+  std::fill(gw_se, gw_se + 2 * R, T(0));
+  gb_se[0] = 0;
+  std::vector<T> U(size_t(N) * C), UM(N), dc(C), dg(R), dm(C), ys(C);
+  for (int64_t n = 0; n < N; ++n) {
+    std::fill(dc.begin(), dc.end(), T(0));
+    std::fill(ys.begin(), ys.end(), T(0));
+    T dsls = 0;
+    for (int64_t t = 0; t < nt; ++t) {
+      const T* pt = part.data() + (n * nt + t) * PS;
+      for (int c = 0; c < C; ++c) dc[c] += pt[c];
+      dsls += pt[O_DSL];
+      for (int c = 0; c < C; ++c) ys[c] += ysum[(n * nt + t) * C + c];
+    }
+    const T* g = G.data() + n * R;
+    const T* cc = CC.data() + n * C;
+    std::fill(dg.begin(), dg.end(), T(0));
+    for (int c = 0; c < C; ++c) {
+      const T dcl = dc[c] * cc[c] * (T(1) - cc[c]);
+      gb_ce[c] += dcl;
+      for (int r = 0; r < R; ++r) {
+        gw_ce[c * R + r] += dcl * g[r];
+        dg[r] += w.w_ce[c * R + r] * dcl;
+      }
+    }
+    gb_se[0] += dsls;
+    for (int r = 0; r < R; ++r) {
+      dg[r] += w.w_se[R + r] * dsls;
+      gw_se[R + r] += dsls * g[r];
+    }
+    std::fill(dm.begin(), dm.end(), T(0));
+    for (int r = 0; r < R; ++r) {
+      const T dgp = dg[r] * gelu_grad(GP[n * R + r]);
+      gb_gr[r] += dgp;
+      for (int c = 0; c < C; ++c) {
+        gw_gr[r * C + c] += dgp * M[n * C + c];
+        dm[c] += w.w_gr[r * C + c] * dgp;
+      }
+    }
+    T um = 0;
+    for (int c = 0; c < C; ++c) {
+      const T v = dm[c] / T(HW);
+      gln_w[c] += v * ys[c];
+      gln_b[c] += dm[c];
+      U[n * C + c] = v * w.ln_w[c];
+      um += U[n * C + c];
+    }
+    UM[n] = um / T(C);
+  }
+  for (int64_t it = 0; it < items; ++it) {
+    const T* pt = part.data() + it * PS;
+    for (int c = 0; c < C; ++c) { gln_w[c] += pt[O_LNW + c]; gln_b[c] += pt[O_LNB + c]; }
+    for (int r = 0; r < R; ++r) { gb_lr[r] += pt[O_BLR + r]; gw_se[r] += pt[O_WSE + r]; }
+    for (int e = 0; e < R * C; ++e) gw_lr[e] += pt[O_WLR + e];
+  }
+  // Pass C: dy = DY + LN-backward of the per-image constant dz term; dh = W_out^T dy; dW_out, db_out.
+  std::vector<T> w_outT(size_t(hid) * C);
+  for (int c = 0; c < C; ++c)
+    for (int k = 0; k < hid; ++k) w_outT[k * C + c] = w.w_out[c * hid + k];
+  const Chunks ch(items, 32);
+  std::vector<T> wpart(size_t(ch.n) * (C * hid + C), T(0));
+  at::parallel_for(0, ch.n, 1, [&](int64_t k0, int64_t k1) {
+    std::vector<T> buf(size_t(C + 1) * kPT);
+    T *dy = buf.data(), *bb = dy + C * kPT;
+    for (int64_t k = k0; k < k1; ++k) {
+      T* gwp = wpart.data() + k * (C * hid + C);
+      T* gbp = gwp + C * hid;
+      for (int64_t it = ch.begin(k); it < ch.end(k); ++it) {
+        const int64_t n = it / nt, p0 = (it % nt) * kPT, P = std::min(kPT, HW - p0);
+        const T* y = Y.data() + n * C * HW + p0;
+        const T* mu = MU.data() + n * HW + p0;
+        const T* rs = RS.data() + n * HW + p0;
+        const T* u = U.data() + n * C;
+        const T um = UM[n], invC = T(1) / T(C);
+#pragma omp simd
+        for (int64_t p = 0; p < P; ++p) bb[p] = 0;
+        for (int c = 0; c < C; ++c) {
+          const T* yc = y + c * HW;
+          const T uc = u[c];
+#pragma omp simd
+          for (int64_t p = 0; p < P; ++p) bb[p] += uc * (yc[p] - mu[p]) * rs[p];
+        }
+        for (int c = 0; c < C; ++c) {
+          const T* yc = y + c * HW;
+          const T* dyl = DY.data() + (n * C + c) * HW + p0;
+          T* d = dy + c * kPT;
+          const T uc = u[c];
+          T sb = 0;
+#pragma omp simd reduction(+ : sb)
+          for (int64_t p = 0; p < P; ++p) {
+            const T yh = (yc[p] - mu[p]) * rs[p];
+            d[p] = dyl[p] + rs[p] * (uc - um - yh * bb[p] * invC);
+            sb += d[p];
+          }
+          gbp[c] += sb;
+        }
+        gemm_nn<T>(hid, C, P, w_outT.data(), C, dy, kPT, gh + n * hid * HW + p0, HW, nullptr, false);
+        gemm_nt<T>(C, hid, P, dy, kPT, h + n * hid * HW + p0, HW, gwp, hid);
+      }
+    }
+  });
+  for (int64_t e = 0; e < int64_t(C) * hid; ++e) {
+    T s = 0;
+    for (int64_t k = 0; k < ch.n; ++k) s += wpart[k * (C * hid + C) + e];
+    gw_out[e] = s;
+  }
+  for (int c = 0; c < C; ++c) {
+    T s = 0;
+    for (int64_t k = 0; k < ch.n; ++k) s += wpart[k * (C * hid + C) + C * hid + c];
+    gb_out[c] = s;
+  }
+}
+
+constexpr int kNumDffmW = 12;
+const char* kDffmNames[kNumDffmW] = {"w_out", "b_out", "ln_w", "ln_b", "w_gr", "b_gr",
+                                     "w_lr",  "b_lr",  "w_ce", "b_ce", "w_se", "b_se"};
+
+// Validates h and the 12 DFFM weights; returns them contiguous.
+std::vector<at::Tensor> check_dffm(const at::Tensor& h, const std::vector<at::Tensor>& ws) {
+  check_image(h, "h");
+  const int dims[kNumDffmW] = {4, 1, 1, 1, 4, 1, 4, 1, 4, 1, 4, 1};
+  for (int i = 0; i < kNumDffmW; ++i) check_tensor(ws[i], kDffmNames[i], dims[i], h);
+  const int64_t hid = h.size(1), C = ws[0].size(0), R = ws[4].size(0);
+  TORCH_CHECK(C > 0 && R > 0, "sadffm cpu: w_out and w_gr must have at least one output channel");
+  check_shape(ws[0], "w_out", {C, hid, 1, 1});
+  check_shape(ws[1], "b_out", {C});
+  check_shape(ws[2], "ln_w", {C});
+  check_shape(ws[3], "ln_b", {C});
+  check_shape(ws[4], "w_gr", {R, C, 1, 1});
+  check_shape(ws[5], "b_gr", {R});
+  check_shape(ws[6], "w_lr", {R, C, 1, 1});
+  check_shape(ws[7], "b_lr", {R});
+  check_shape(ws[8], "w_ce", {C, R, 1, 1});
+  check_shape(ws[9], "b_ce", {C});
+  check_shape(ws[10], "w_se", {1, 2 * R, 1, 1});
+  check_shape(ws[11], "b_se", {1});
+  std::vector<at::Tensor> out;
+  for (auto& w : ws) out.push_back(w.contiguous());
+  return out;
+}
+
+template <typename T> DffmW<T> dffm_weights(const std::vector<at::Tensor>& ws, int64_t hid, double eps) {
+  DffmW<T> w;
+  const T** p[kNumDffmW] = {&w.w_out, &w.b_out, &w.ln_w, &w.ln_b, &w.w_gr, &w.b_gr,
+                            &w.w_lr,  &w.b_lr,  &w.w_ce, &w.b_ce, &w.w_se, &w.b_se};
+  for (int i = 0; i < kNumDffmW; ++i) *p[i] = ws[i].data_ptr<T>();
+  w.C = int(ws[0].size(0));
+  w.hid = int(hid);
+  w.R = int(ws[4].size(0));
+  w.eps = T(eps);
+  return w;
+}
+
+// Forward: h (N, hid, H, W) + DFFM weights (shapes in check_dffm) -> out (N, C, H, W).
+at::Tensor dffm_out_forward(const at::Tensor& h_, const at::Tensor& w_out, const at::Tensor& b_out,
+                            const at::Tensor& ln_w, const at::Tensor& ln_b, const at::Tensor& w_gr,
+                            const at::Tensor& b_gr, const at::Tensor& w_lr, const at::Tensor& b_lr,
+                            const at::Tensor& w_ce, const at::Tensor& b_ce, const at::Tensor& w_se,
+                            const at::Tensor& b_se, double eps) {
+  auto ws = check_dffm(h_, {w_out, b_out, ln_w, ln_b, w_gr, b_gr, w_lr, b_lr, w_ce, b_ce, w_se, b_se});
+  auto h = h_.contiguous();
+  const int64_t N = h.size(0), hid = h.size(1), H = h.size(2), W = h.size(3), C = ws[0].size(0);
+  auto out = at::empty({N, C, H, W}, h.options());
+  AT_DISPATCH_FLOATING_TYPES(h.scalar_type(), "dffm_out_forward", [&] {
+    dffm_fwd_kernel<scalar_t>(dffm_weights<scalar_t>(ws, hid, eps), h.data_ptr<scalar_t>(), out.data_ptr<scalar_t>(),
+                              N, H * W);
+  });
+  return out;
+}
+
+// Backward: grad_out (N, C, H, W) + forward inputs -> gradients of (h, w_out, ..., b_se), same order.
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor,
+           at::Tensor, at::Tensor, at::Tensor, at::Tensor>
+dffm_out_backward(const at::Tensor& go_, const at::Tensor& h_, const at::Tensor& w_out, const at::Tensor& b_out,
+                  const at::Tensor& ln_w, const at::Tensor& ln_b, const at::Tensor& w_gr, const at::Tensor& b_gr,
+                  const at::Tensor& w_lr, const at::Tensor& b_lr, const at::Tensor& w_ce, const at::Tensor& b_ce,
+                  const at::Tensor& w_se, const at::Tensor& b_se, double eps) {
+  auto ws = check_dffm(h_, {w_out, b_out, ln_w, ln_b, w_gr, b_gr, w_lr, b_lr, w_ce, b_ce, w_se, b_se});
+  check_tensor(go_, "grad_out", 4, h_);
+  const int64_t N = h_.size(0), hid = h_.size(1), H = h_.size(2), W = h_.size(3), C = ws[0].size(0);
+  check_shape(go_, "grad_out", {N, C, H, W});
+  auto h = h_.contiguous(), go = go_.contiguous();
+  auto gh = at::empty_like(h);
+  std::vector<at::Tensor> g;
+  for (auto& w : ws) g.push_back(at::empty_like(w));
+  AT_DISPATCH_FLOATING_TYPES(h.scalar_type(), "dffm_out_backward", [&] {
+    using T = scalar_t;
+    dffm_bwd_kernel<T>(dffm_weights<T>(ws, hid, eps), go.data_ptr<T>(), h.data_ptr<T>(), N, H * W, gh.data_ptr<T>(),
+                       g[0].data_ptr<T>(), g[1].data_ptr<T>(), g[2].data_ptr<T>(), g[3].data_ptr<T>(),
+                       g[4].data_ptr<T>(), g[5].data_ptr<T>(), g[6].data_ptr<T>(), g[7].data_ptr<T>(),
+                       g[8].data_ptr<T>(), g[9].data_ptr<T>(), g[10].data_ptr<T>(), g[11].data_ptr<T>());
+  });
+  return {gh, g[0], g[1], g[2], g[3], g[4], g[5], g[6], g[7], g[8], g[9], g[10], g[11]};
+}
+
+}  // namespace
+}  // namespace sadffm
+}  // namespace eimn
+
+TORCH_LIBRARY_IMPL(eimn_C, CPU, m) {
+  m.impl("gated_dwconv_forward", &eimn::sadffm::gated_dwconv_forward);
+  m.impl("gated_dwconv_backward", &eimn::sadffm::gated_dwconv_backward);
+  m.impl("dffm_out_forward", &eimn::sadffm::dffm_out_forward);
+  m.impl("dffm_out_backward", &eimn::sadffm::dffm_out_backward);
+}

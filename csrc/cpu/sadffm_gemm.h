@@ -1,0 +1,199 @@
+// Small register-blocked GEMMs on CPU tiles for the SADFFM kernels (float / double, 256-bit vectors via
+// GCC vector extensions). Row-major operands with explicit leading dimensions; single-threaded (callers
+// parallelise over tiles).
+//   gemm_nn: C[M x P] (=|+=) A[M x K] * B[K x P] (+ bias[M])        (1x1 conv on a pixel tile)
+//   gemm_nt: C[M x N] += A[M x P] * B[N x P]^T                        (weight gradient, reduction over pixels)
+#pragma once
+#include <cstdint>
+#include <cstring>
+#include <vector>
+
+namespace eimn {
+namespace sadffm {
+
+typedef float vf8 __attribute__((vector_size(32)));
+typedef double vd4 __attribute__((vector_size(32)));
+template <typename T> struct vec_of;
+template <> struct vec_of<float> { using type = vf8; static constexpr int L = 8; };
+template <> struct vec_of<double> { using type = vd4; static constexpr int L = 4; };
+
+template <typename V, typename T> inline V vload(const T* p) { V v; std::memcpy(&v, p, sizeof(V)); return v; }
+template <typename V, typename T> inline void vstore(T* p, V v) { std::memcpy(p, &v, sizeof(V)); }
+
+constexpr int kNRVec = 2;  // vectors per micro-tile row
+template <typename T> constexpr int panel_width() { return kNRVec * vec_of<T>::L; }
+
+// Packs B[K x P] (row stride ldb) into column panels of panel_width() columns: Bp[blk][k][NR], zero-padded.
+template <typename T> inline void pack_b(int K, int64_t P, const T* B, int64_t ldb, T* Bp) {
+  constexpr int NR = panel_width<T>();
+  for (int64_t p0 = 0, blk = 0; p0 < P; p0 += NR, ++blk) {
+    T* dst = Bp + blk * K * NR;
+    const int64_t np = P - p0 < NR ? P - p0 : NR;
+    for (int k = 0; k < K; ++k) {
+      const T* src = B + k * ldb + p0;
+      T* d = dst + k * NR;
+      if (np == NR) {
+        std::memcpy(d, src, sizeof(T) * NR);
+      } else {
+        for (int64_t j = 0; j < NR; ++j) d[j] = j < np ? src[j] : T(0);
+      }
+    }
+  }
+}
+
+// C[MR x np] (=|+=) A[MR x K] * panel[K x NR] (+ bias), np <= NR valid columns.
+template <typename T, int MR>
+inline void nn_micro(int K, const T* A, int64_t lda, const T* Bp, T* C, int64_t ldc, const T* bias, bool accumulate,
+                     int64_t np) {
+  using V = typename vec_of<T>::type;
+  constexpr int L = vec_of<T>::L, NR = panel_width<T>();
+  V acc[MR][2];
+  for (int i = 0; i < MR; ++i) {
+    T b0 = bias ? bias[i] : T(0);
+    acc[i][0] = V{} + b0;
+    acc[i][1] = V{} + b0;
+  }
+  for (int k = 0; k < K; ++k) {
+    const V x0 = vload<V>(Bp + k * NR), x1 = vload<V>(Bp + k * NR + L);
+    for (int i = 0; i < MR; ++i) {
+      const T a = A[i * lda + k];
+      acc[i][0] += a * x0;
+      acc[i][1] += a * x1;
+    }
+  }
+  for (int i = 0; i < MR; ++i) {
+    T* c = C + i * ldc;
+    if (np == NR) {
+      if (accumulate) {
+        acc[i][0] += vload<V>(c);
+        acc[i][1] += vload<V>(c + L);
+      }
+      vstore(c, acc[i][0]);
+      vstore(c + L, acc[i][1]);
+    } else {
+      T tmp[NR];
+      vstore(tmp, acc[i][0]);
+      vstore(tmp + L, acc[i][1]);
+      for (int64_t j = 0; j < np; ++j) c[j] = accumulate ? c[j] + tmp[j] : tmp[j];
+    }
+  }
+}
+
+// All M rows of C for one packed panel.
+template <typename T>
+inline void nn_panel(int M, int K, const T* A, int64_t lda, const T* panel, T* C, int64_t ldc, const T* bias,
+                     bool accumulate, int64_t np) {
+  int m0 = 0;
+  for (; m0 + 6 <= M; m0 += 6)
+    nn_micro<T, 6>(K, A + m0 * lda, lda, panel, C + m0 * ldc, ldc, bias ? bias + m0 : nullptr, accumulate, np);
+  const T* bb = bias ? bias + m0 : nullptr;
+  const T* am = A + m0 * lda;
+  T* cm = C + m0 * ldc;
+  switch (M - m0) {
+    case 5: nn_micro<T, 5>(K, am, lda, panel, cm, ldc, bb, accumulate, np); break;
+    case 4: nn_micro<T, 4>(K, am, lda, panel, cm, ldc, bb, accumulate, np); break;
+    case 3: nn_micro<T, 3>(K, am, lda, panel, cm, ldc, bb, accumulate, np); break;
+    case 2: nn_micro<T, 2>(K, am, lda, panel, cm, ldc, bb, accumulate, np); break;
+    case 1: nn_micro<T, 1>(K, am, lda, panel, cm, ldc, bb, accumulate, np); break;
+    default: break;
+  }
+}
+
+// C[M x P] (ldc) (=|+=) A[M x K] * Bp + bias, Bp packed by pack_b(K, P, ...).
+template <typename T>
+inline void gemm_nn_packed(int M, int K, int64_t P, const T* A, int64_t lda, const T* Bp, T* C, int64_t ldc,
+                           const T* bias, bool accumulate) {
+  constexpr int NR = panel_width<T>();
+  for (int64_t p0 = 0, blk = 0; p0 < P; p0 += NR, ++blk)
+    nn_panel<T>(M, K, A, lda, Bp + blk * K * NR, C + p0, ldc, bias, accumulate, P - p0 < NR ? P - p0 : NR);
+}
+
+// C[M x P] (ldc) (=|+=) A[M x K] * B[K x P] (ldb) + bias; packs B one panel at a time (avoids the L1 set
+// conflicts of rows a power-of-two-ish stride apart).
+template <typename T>
+inline void gemm_nn(int M, int K, int64_t P, const T* A, int64_t lda, const T* B, int64_t ldb, T* C, int64_t ldc,
+                    const T* bias, bool accumulate) {
+  constexpr int NR = panel_width<T>();
+  std::vector<T> panel(size_t(K) * NR);
+  for (int64_t p0 = 0; p0 < P; p0 += NR) {
+    const int64_t np = P - p0 < NR ? P - p0 : NR;
+    pack_b<T>(K, np, B + p0, ldb, panel.data());
+    nn_panel<T>(M, K, A, lda, panel.data(), C + p0, ldc, bias, accumulate, np);
+  }
+}
+
+template <typename T> inline T hsum(typename vec_of<T>::type v) {
+  T s = 0;
+  for (int l = 0; l < vec_of<T>::L; ++l) s += v[l];
+  return s;
+}
+
+// C[MR x NR] += A[MR rows] . B[NR rows] over P columns.
+template <typename T, int MR, int NR>
+inline void nt_micro(int64_t P, const T* A, int64_t lda, const T* B, int64_t ldb, T* C, int64_t ldc) {
+  using V = typename vec_of<T>::type;
+  constexpr int L = vec_of<T>::L;
+  V acc[MR][NR];
+  for (int i = 0; i < MR; ++i)
+    for (int j = 0; j < NR; ++j) acc[i][j] = V{};
+  int64_t p = 0;
+  for (; p + L <= P; p += L) {
+    V b[NR];
+    for (int j = 0; j < NR; ++j) b[j] = vload<V>(B + j * ldb + p);
+    for (int i = 0; i < MR; ++i) {
+      const V a = vload<V>(A + i * lda + p);
+      for (int j = 0; j < NR; ++j) acc[i][j] += a * b[j];
+    }
+  }
+  for (int i = 0; i < MR; ++i)
+    for (int j = 0; j < NR; ++j) {
+      T s = hsum<T>(acc[i][j]);
+      for (int64_t q = p; q < P; ++q) s += A[i * lda + q] * B[j * ldb + q];
+      C[i * ldc + j] += s;
+    }
+}
+
+template <typename T, int MR>
+inline void nt_row_block(int N, int64_t P, const T* A, int64_t lda, const T* B, int64_t ldb, T* C, int64_t ldc) {
+  int n0 = 0;
+  for (; n0 + 3 <= N; n0 += 3) nt_micro<T, MR, 3>(P, A, lda, B + n0 * ldb, ldb, C + n0, ldc);
+  switch (N - n0) {
+    case 2: nt_micro<T, MR, 2>(P, A, lda, B + n0 * ldb, ldb, C + n0, ldc); break;
+    case 1: nt_micro<T, MR, 1>(P, A, lda, B + n0 * ldb, ldb, C + n0, ldc); break;
+    default: break;
+  }
+}
+
+template <typename T>
+inline void gemm_nt(int M, int N, int64_t P, const T* A, int64_t lda, const T* B, int64_t ldb, T* C, int64_t ldc) {
+  // Pixel blocks of A and B are first copied to contiguous, zero-padded buffers (row stride PB): rows of
+  // image planes are often a power of two apart and would thrash the L1/L2 sets.
+  constexpr int L = vec_of<T>::L;
+  constexpr int64_t PB = 128;
+  std::vector<T> pa(size_t(M) * PB), pb(size_t(N) * PB);
+  for (int64_t p0 = 0; p0 < P; p0 += PB) {
+    const int64_t np = P - p0 < PB ? P - p0 : PB;
+    const int64_t npad = (np + L - 1) / L * L;
+    for (int i = 0; i < M; ++i) {
+      std::memcpy(pa.data() + i * PB, A + i * lda + p0, sizeof(T) * np);
+      for (int64_t q = np; q < npad; ++q) pa[i * PB + q] = T(0);
+    }
+    for (int j = 0; j < N; ++j) {
+      std::memcpy(pb.data() + j * PB, B + j * ldb + p0, sizeof(T) * np);
+      for (int64_t q = np; q < npad; ++q) pb[j * PB + q] = T(0);
+    }
+    const T* a = pa.data();
+    const T* b = pb.data();
+    int m0 = 0;
+    for (; m0 + 4 <= M; m0 += 4) nt_row_block<T, 4>(N, npad, a + m0 * PB, PB, b, PB, C + m0 * ldc, ldc);
+    switch (M - m0) {
+      case 3: nt_row_block<T, 3>(N, npad, a + m0 * PB, PB, b, PB, C + m0 * ldc, ldc); break;
+      case 2: nt_row_block<T, 2>(N, npad, a + m0 * PB, PB, b, PB, C + m0 * ldc, ldc); break;
+      case 1: nt_row_block<T, 1>(N, npad, a + m0 * PB, PB, b, PB, C + m0 * ldc, ldc); break;
+      default: break;
+    }
+  }
+}
+
+}  // namespace sadffm
+}  // namespace eimn

@@ -1,0 +1,240 @@
+"""SADFFM fused ops (gated_dwconv, dffm_out) on the kernel backends 'cpu' and 'cuda', checked against
+eimn_kernels.reference (and the golden layer of ../shared). Each backend is skipped, with the reason, where
+it cannot run here."""
+import pytest
+import torch
+
+import eimn_kernels as ek
+from eimn_kernels import reference
+
+from conftest import shared_path
+
+BACKENDS = ["cpu", "cuda"]
+_DEVICE = {"cpu": "cpu", "cuda": "cuda"}
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(request):
+    """(backend, device), skipped with the backend's own reason when it cannot run here."""
+    name = request.param
+    dev = _DEVICE[name]
+    if dev == "cuda" and not torch.cuda.is_available():
+        pytest.skip(f"backend {name!r}: no CUDA device here")
+    ok, why = ek.backend_status(name, dev)
+    if not ok:
+        pytest.skip(f"backend {name!r} unavailable: {why}")
+    return name, torch.device(dev)
+
+
+def gdw_inputs(N, C, hid, H, W, K, dtype, device, seed=0):
+    """x (N, C, H, W) and gated_dwconv weights (2*hid channels, KxK depthwise)."""
+    g = torch.Generator().manual_seed(seed)
+    r = lambda *s: torch.randn(*s, generator=g, dtype=torch.float64)  # noqa: E731
+    ts = (r(N, C, H, W), r(2 * hid, C, 1, 1) / C ** 0.5, r(2 * hid), r(2 * hid, 1, K, K) / K, r(2 * hid))
+    return [t.to(dtype=dtype, device=device) for t in ts]
+
+
+def dffm_inputs(N, hid, C, H, W, dtype, device, seed=1):
+    """h (N, hid, H, W) and the 12 dffm_out weights for C output channels, R = max(1, C // 4)."""
+    R = max(1, C // 4)
+    g = torch.Generator().manual_seed(seed)
+    r = lambda *s: torch.randn(*s, generator=g, dtype=torch.float64)  # noqa: E731
+    ts = (r(N, hid, H, W), r(C, hid, 1, 1) / hid ** 0.5, r(C), 1 + 0.2 * r(C), 0.2 * r(C),
+          r(R, C, 1, 1) / C ** 0.5, r(R), r(R, C, 1, 1) / C ** 0.5, r(R), r(C, R, 1, 1) / R ** 0.5, r(C),
+          r(1, 2 * R, 1, 1) / R ** 0.5, r(1))
+    return [t.to(dtype=dtype, device=device) for t in ts]
+
+
+def rel_err(a, b):
+    return ((a - b).abs().max() / b.abs().max().clamp_min(1e-30)).item()
+
+
+# (N, C, hid, H, W, K): odd sizes, H or W = 1, batch 1 and 3, hidden sizes other than 170.
+GRAD_SHAPES = [(1, 3, 2, 1, 1, 3), (3, 2, 3, 7, 9, 5), (1, 2, 3, 33, 20, 3), (3, 4, 5, 1, 6, 3)]
+
+
+@pytest.mark.parametrize("shape", GRAD_SHAPES, ids=lambda s: "x".join(map(str, s)))
+def test_gated_dwconv_gradcheck_fp64(backend, shape):
+    name, dev = backend
+    N, C, hid, H, W, K = shape
+    ins = [t.requires_grad_() for t in gdw_inputs(N, C, hid, H, W, K, torch.float64, dev)]
+    fast = N * H * W > 1  # full Jacobians only for the 1x1 cases (keeps the file quick)
+    assert torch.autograd.gradcheck(lambda *a: ek.gated_dwconv(*a, backend=name), ins, fast_mode=fast)
+
+
+@pytest.mark.parametrize("shape", [(1, 5, 4, 1, 1), (3, 3, 8, 7, 9), (1, 6, 4, 33, 20)],
+                         ids=lambda s: "x".join(map(str, s)))
+def test_dffm_out_gradcheck_fp64(backend, shape):
+    name, dev = backend
+    N, hid, C, H, W = shape
+    ins = [t.requires_grad_() for t in dffm_inputs(N, hid, C, H, W, torch.float64, dev)]
+    fast = N * H * W > 1  # full Jacobians only for the 1x1 cases (keeps the file quick)
+    assert torch.autograd.gradcheck(lambda *a: ek.dffm_out(*a, 1e-6, backend=name), ins, fast_mode=fast)
+
+
+@pytest.mark.parametrize("shape", [(1, 8, 6, 1, 1, 3), (3, 16, 21, 7, 9, 5), (2, 64, 170, 33, 20, 3)],
+                         ids=lambda s: "x".join(map(str, s)))
+def test_gated_dwconv_fp32_vs_reference(backend, shape):
+    name, dev = backend
+    N, C, hid, H, W, K = shape
+    ins = gdw_inputs(N, C, hid, H, W, K, torch.float32, dev)
+    a = [t.clone().requires_grad_() for t in ins]
+    b = [t.clone().requires_grad_() for t in ins]
+    ref = reference.gated_dwconv(*a)
+    out = ek.gated_dwconv(*b, backend=name)
+    assert out.shape == ref.shape and out.dtype == torch.float32
+    assert rel_err(out, ref) <= 1e-5
+    cot = torch.randn_like(ref)
+    for n, gr, go in zip(("x", "w_in", "b_in", "w_dw", "b_dw"), torch.autograd.grad(ref, a, cot),
+                         torch.autograd.grad(out, b, cot)):
+        assert rel_err(go, gr) <= 1e-4, n
+
+
+@pytest.mark.parametrize("shape", [(1, 6, 4, 1, 1), (3, 21, 16, 7, 9), (2, 170, 64, 33, 20)],
+                         ids=lambda s: "x".join(map(str, s)))
+def test_dffm_out_fp32_vs_reference(backend, shape):
+    name, dev = backend
+    N, hid, C, H, W = shape
+    ins = dffm_inputs(N, hid, C, H, W, torch.float32, dev)
+    a = [t.clone().requires_grad_() for t in ins]
+    b = [t.clone().requires_grad_() for t in ins]
+    ref = reference.dffm_out(*a, 1e-6)
+    out = ek.dffm_out(*b, 1e-6, backend=name)
+    assert out.shape == ref.shape and out.dtype == torch.float32
+    assert rel_err(out, ref) <= 1e-5
+    cot = torch.randn_like(ref)
+    names = ("h",) + ek.ops.sadffm._DFFM_W
+    for n, gr, go in zip(names, torch.autograd.grad(ref, a, cot), torch.autograd.grad(out, b, cot)):
+        assert rel_err(go, gr) <= 1e-4, n
+
+
+def test_golden_layer_sadffm(backend):
+    """The authors' float64 SADFFM layer (block 3 of EIMN_L x2): output and every gradient to 1e-10."""
+    name, dev = backend
+    d = torch.load(shared_path("golden", "layer_SADFFM.pt"))
+    m = ek.SADFFM(64, backend=name).to(dtype=torch.float64, device=dev)
+    m.load_state_dict({k[len("param."):]: v for k, v in d.items() if k.startswith("param.")}, strict=True)
+    x = d["input"].to(dev).requires_grad_()
+    out = m(x)
+    assert (out.cpu() - d["output"]).abs().max().item() <= 1e-10
+    (out * d["cotangent"].to(dev)).sum().backward()
+    assert (x.grad.cpu() - d["grad.input"]).abs().max().item() <= 1e-10
+    for pname, p in m.named_parameters():
+        assert (p.grad.cpu() - d[f"grad.{pname}"]).abs().max().item() <= 1e-10, pname
+
+
+def test_opcheck(backend):
+    name, dev = backend
+    x, *gw = gdw_inputs(2, 3, 4, 5, 6, 3, torch.float64, dev)
+    torch.library.opcheck(torch.ops.eimn_kernels.gated_dwconv, (x, *gw, name))
+    gh = torch.randn(2, 4, 5, 6, dtype=torch.float64, device=dev)
+    torch.library.opcheck(torch.ops.eimn_kernels.gated_dwconv_backward, (gh, x, *gw, name),
+                          test_utils=("test_schema", "test_faketensor"))
+    h, *dw = dffm_inputs(2, 5, 8, 3, 4, torch.float64, dev)
+    torch.library.opcheck(torch.ops.eimn_kernels.dffm_out, (h, *dw, 1e-6, name))
+    go = torch.randn(2, 8, 3, 4, dtype=torch.float64, device=dev)
+    torch.library.opcheck(torch.ops.eimn_kernels.dffm_out_backward, (go, h, *dw, 1e-6, name),
+                          test_utils=("test_schema", "test_faketensor"))
+
+
+def test_torch_compile_fullgraph(backend):
+    """torch.compile(fullgraph=True) of a function calling the custom ops: forward and backward."""
+    name, dev = backend
+    x, *gw = gdw_inputs(2, 4, 3, 5, 7, 3, torch.float32, dev)
+    _, *dw = dffm_inputs(2, 3, 4, 5, 7, torch.float32, dev)
+
+    def f(t, *ws):
+        h = torch.ops.eimn_kernels.gated_dwconv(t, *ws[:4], name)
+        return torch.ops.eimn_kernels.dffm_out(h, *ws[4:], 1e-6, name) * 2.0
+
+    torch._dynamo.reset()
+    fn = torch.compile(f, fullgraph=True)
+    torch.testing.assert_close(fn(x, *gw, *dw), f(x, *gw, *dw))
+    xg, xr = x.clone().requires_grad_(), x.clone().requires_grad_()
+    fn(xg, *gw, *dw).sum().backward()
+    f(xr, *gw, *dw).sum().backward()
+    torch.testing.assert_close(xg.grad, xr.grad)
+
+
+def test_channels_last_and_noncontiguous(backend):
+    name, dev = backend
+    x, *gw = gdw_inputs(2, 8, 6, 9, 11, 3, torch.float64, dev)
+    want = reference.gated_dwconv(x, *gw)
+    xcl = x.to(memory_format=torch.channels_last)
+    torch.testing.assert_close(ek.gated_dwconv(xcl, *gw, backend=name), want)
+    xs = torch.randn(2, 8, 9, 22, dtype=torch.float64, device=dev)[..., ::2]  # strided view
+    torch.testing.assert_close(ek.gated_dwconv(xs, *gw, backend=name), reference.gated_dwconv(xs, *gw))
+    w_t = gw[0].transpose(0, 1).contiguous().transpose(0, 1)  # non-contiguous weight
+    torch.testing.assert_close(ek.gated_dwconv(x, w_t, *gw[1:], backend=name), want)
+    h, *dw = dffm_inputs(2, 6, 8, 9, 11, torch.float64, dev)
+    torch.testing.assert_close(ek.dffm_out(h.to(memory_format=torch.channels_last), *dw, backend=name),
+                               reference.dffm_out(h, *dw))
+    hs = h.transpose(2, 3)
+    torch.testing.assert_close(ek.dffm_out(hs, *dw, backend=name), reference.dffm_out(hs, *dw))
+
+
+def test_bad_input_errors(backend):
+    name, dev = backend
+    x, w_in, b_in, w_dw, b_dw = gdw_inputs(1, 4, 3, 5, 5, 3, torch.float32, dev)
+    with pytest.raises(ValueError, match="4-d"):
+        ek.gated_dwconv(x[0], w_in, b_in, w_dw, b_dw, backend=name)
+    with pytest.raises(ValueError, match="w_in must have shape"):
+        ek.gated_dwconv(x[:, :3], w_in, b_in, w_dw, b_dw, backend=name)
+    with pytest.raises(ValueError, match="even number"):
+        ek.gated_dwconv(x, w_in[:5], b_in[:5], w_dw[:5], b_dw[:5], backend=name)
+    with pytest.raises(TypeError, match="dtype"):
+        ek.gated_dwconv(x, w_in.double(), b_in, w_dw, b_dw, backend=name)
+    with pytest.raises(ValueError, match="empty"):
+        ek.gated_dwconv(x[:0], w_in, b_in, w_dw, b_dw, backend=name)
+    with pytest.raises(ValueError, match="is on"):
+        ek.gated_dwconv(x, w_in.to("meta"), b_in, w_dw, b_dw, backend=name)
+    h, *dw = dffm_inputs(1, 6, 8, 3, 3, torch.float32, dev)
+    with pytest.raises(ValueError, match="w_out must have shape"):
+        ek.dffm_out(h[:, :5], *dw, backend=name)
+    with pytest.raises(ValueError, match="empty"):
+        ek.dffm_out(h[:0], *dw, backend=name)
+    with pytest.raises(TypeError, match="dtype"):
+        ek.dffm_out(h.double(), *dw, backend=name)
+
+
+def test_cpp_kernel_checks():
+    """The C++ kernels themselves reject bad input with a message naming the problem."""
+    ok, why = ek.backend_status("cpu", "cpu")
+    if not ok:
+        pytest.skip(f"backend 'cpu' unavailable: {why}")
+    x, w_in, b_in, w_dw, b_dw = gdw_inputs(1, 4, 3, 5, 5, 3, torch.float32, "cpu")
+    op = torch.ops.eimn_C.gated_dwconv_forward
+    with pytest.raises(RuntimeError, match="x must be 4-d"):
+        op(x[0], w_in, b_in, w_dw, b_dw)
+    with pytest.raises(RuntimeError, match="w_in must have shape"):
+        op(x[:, :3], w_in, b_in, w_dw, b_dw)
+    with pytest.raises(RuntimeError, match="even number"):
+        op(x, w_in[:5], b_in[:5], w_dw[:5], b_dw[:5])
+    with pytest.raises(RuntimeError, match="odd kernel"):
+        op(x, w_in, b_in, torch.zeros(6, 1, 2, 2), b_dw)
+    with pytest.raises(RuntimeError, match="dtype"):
+        op(x, w_in.double(), b_in, w_dw, b_dw)
+    with pytest.raises(RuntimeError, match="empty"):
+        op(x[:0], w_in, b_in, w_dw, b_dw)
+    h, *dw = dffm_inputs(1, 6, 8, 3, 3, torch.float32, "cpu")
+    with pytest.raises(RuntimeError, match="w_out must have shape"):
+        torch.ops.eimn_C.dffm_out_forward(h[:, :5], *dw, 1e-6)
+    with pytest.raises(RuntimeError, match="grad_out must have shape"):
+        torch.ops.eimn_C.dffm_out_backward(torch.zeros(1, 7, 3, 3), h, *dw, 1e-6)
+    with pytest.raises(RuntimeError, match="float32 or float64"):
+        torch.ops.eimn_C.dffm_out_forward(h.half(), *(w.half() for w in dw), 1e-6)
+
+
+def test_deterministic_weight_grads(backend):
+    """Two backward runs give bitwise-identical gradients (no order-dependent float atomics)."""
+    name, dev = backend
+    x, *gw = gdw_inputs(3, 8, 6, 17, 13, 3, torch.float32, dev)
+    h, *dw = dffm_inputs(3, 6, 8, 17, 13, torch.float32, dev)
+    gh = torch.randn_like(h)
+    go = torch.randn(3, 8, 17, 13, device=dev)
+    a = torch.ops.eimn_kernels.gated_dwconv_backward(gh, x, *gw, name)
+    b = torch.ops.eimn_kernels.gated_dwconv_backward(gh, x, *gw, name)
+    c = torch.ops.eimn_kernels.dffm_out_backward(go, h, *dw, 1e-6, name)
+    d = torch.ops.eimn_kernels.dffm_out_backward(go, h, *dw, 1e-6, name)
+    for u, v in zip(a + c, b + d):
+        assert torch.equal(u, v)
