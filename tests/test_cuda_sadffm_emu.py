@@ -6,8 +6,11 @@ g++ on top of tests/emu/sadffm_emu.h (each block runs as real threads with barri
 __shfl_down_sync). So the tiling/halo index math, shared-memory layouts, per-block partials and their fixed-order
 reductions run as written for the GPU. The 1x1 GEMMs of the ATen wrapper (csrc/cuda/sadffm_cuda.cpp) are mirrored in
 torch around the emulated kernels. Small shapes only (every emulated block spawns its threads).
+Set EIMN_EMU_ASAN=1 to build with AddressSanitizer; python must then run with
+LD_PRELOAD=$(g++ -print-file-name=libasan.so) ASAN_OPTIONS=detect_leaks=0.
 """
 import ctypes
+import os
 import pathlib
 import re
 import shutil
@@ -42,7 +45,10 @@ def emu(tmp_path_factory):
     (d / "sadffm_kernels_emu.inc").write_text(_transform((REPO / "csrc/cuda/sadffm_kernels.cu").read_text()))
     out = d / "sadffm_emu.so"
     emu_dir = REPO / "tests" / "emu"
-    cmd = ["g++", "-std=c++17", "-O1", "-g", "-w", "-fPIC", "-shared", "-pthread", "-I", str(d),
+    flags = ["-O1", "-g"]
+    if os.environ.get("EIMN_EMU_ASAN") == "1":  # shared memory is an exactly-sized vector: overflows are reported
+        flags += ["-fsanitize=address,undefined", "-fno-omit-frame-pointer"]
+    cmd = ["g++", "-std=c++17", *flags, "-w", "-fPIC", "-shared", "-pthread", "-I", str(d),
            "-I", str(emu_dir / "sadffm_stub"), "-I", str(emu_dir), "-I", str(REPO / "csrc" / "cuda"),
            "-I", str(REPO / "csrc"), "-I", str(REPO / "csrc" / "common"), str(emu_dir / "sadffm_emu.cpp"),
            "-o", str(out)]
