@@ -287,22 +287,28 @@ def tqdm_write(msg: str) -> None:
 
 # --------------------------------------------------------------------------- eval
 
-def _format_table(rows: list[dict], with_authors: bool) -> str:
-    head = ["model", "scale", "dataset", "path", "images", "PSNR", "SSIM"]
+_COLS = [("model", 12), ("scale", 5), ("dataset", 10), ("path", 24), ("images", 6), ("PSNR", 8),
+         ("SSIM", 8)]
+_AUTH_COLS = [("authors PSNR", 12), ("authors SSIM", 12), ("dPSNR", 8), ("dSSIM", 9)]
+
+
+def _table_header(with_authors: bool) -> str:
+    cols = _COLS + (_AUTH_COLS if with_authors else [])
+    return "\n".join(["  ".join(n.ljust(w) for n, w in cols).rstrip(),
+                      "  ".join("-" * w for _, w in cols)])
+
+
+def _table_row(r: dict, with_authors: bool) -> str:
+    """One table line for a result row (dict with model, scale, dataset, path, images, psnr, ssim)."""
+    cells = [str(r["model"]), str(r["scale"]), str(r["dataset"]), str(r["path"]), str(r["images"]),
+             f"{r['psnr']:.4f}", f"{r['ssim']:.6f}"]
+    cols = list(_COLS)
     if with_authors:
-        head += ["authors PSNR", "authors SSIM", "dPSNR", "dSSIM"]
-    body = []
-    for r in rows:
-        line = [r["model"], str(r["scale"]), r["dataset"], r["path"], str(r["images"]),
-                f"{r['psnr']:.4f}", f"{r['ssim']:.6f}"]
-        if with_authors:
-            a = r.get("authors")
-            line += ([f"{a['psnr']:.4f}", f"{a['ssim']:.6f}", f"{r['psnr'] - a['psnr']:+.4f}",
-                      f"{r['ssim'] - a['ssim']:+.6f}"] if a else ["-"] * 4)
-        body.append(line)
-    widths = [max(len(x) for x in col) for col in zip(head, *body)]
-    fmt = lambda cells: "  ".join(c.ljust(w) for c, w in zip(cells, widths)).rstrip()  # noqa: E731
-    return "\n".join([fmt(head), fmt(["-" * w for w in widths])] + [fmt(b) for b in body])
+        a = r.get("authors")
+        cells += ([f"{a['psnr']:.4f}", f"{a['ssim']:.6f}", f"{r['psnr'] - a['psnr']:+.4f}",
+                   f"{r['ssim'] - a['ssim']:+.6f}"] if a else ["-"] * 4)
+        cols += _AUTH_COLS
+    return "  ".join(c.ljust(w) for c, (_, w) in zip(cells, cols)).rstrip()
 
 
 def cmd_eval(args) -> int:
@@ -344,8 +350,11 @@ def cmd_eval(args) -> int:
         resolved = _check_backend(args, device, dtype)
         args.unfused = saved
 
+    out = sys.stderr if args.json == "-" else sys.stdout
+    with_authors = authors is not None
+    print(_table_header(with_authors), file=out, flush=True)
     lr_cache: dict = {}
-    rows, results = [], []
+    rows = []
     for w, cfg in specs:
         scale = cfg["scale"]
         for d in args.dataset:
@@ -370,25 +379,18 @@ def cmd_eval(args) -> int:
                     a = authors.get((variant_name(cfg), scale, name))
                     row["authors"] = {"psnr": a[0], "ssim": a[1]} if a else None
                 rows.append(row)
-                results.append(res)
                 del model
-
-    table_rows = []
-    for row, res in zip(rows, results):
-        table_rows.append(row)
-        if args.per_image:
-            for n, p, s in zip(res.names, res.psnr, res.ssim):
-                table_rows.append({"model": "", "scale": "", "dataset": "  " + n, "path": "", "images": "",
-                                   "psnr": p, "ssim": s})
-    table = _format_table(table_rows, authors is not None)
+                print(_table_row(row, with_authors), file=out, flush=True)
+                if args.per_image:
+                    for n, p, q in zip(res.names, res.psnr, res.ssim):
+                        print(_table_row({"model": "", "scale": "", "dataset": "  " + n, "path": "",
+                                          "images": "", "psnr": p, "ssim": q}, False), file=out, flush=True)
+            if args.compare:
+                a, b = rows[-2], rows[-1]
+                dp = max(abs(x["psnr"] - y["psnr"]) for x, y in zip(a["per_image"], b["per_image"]))
+                print(f"  {a['model']} {a['dataset']}: fused vs reference: max per-image |dPSNR| {dp:.2e} dB, "
+                      f"dSSIM {b['ssim'] - a['ssim']:+.2e}", file=out, flush=True)
     out_json = args.json == "-"
-    print(table, file=sys.stderr if out_json else sys.stdout)
-    if args.compare:
-        for i in range(0, len(rows), 2):
-            a, b = rows[i], rows[i + 1]
-            dp = max(abs(x["psnr"] - y["psnr"]) for x, y in zip(a["per_image"], b["per_image"]))
-            print(f"{a['model']} {a['dataset']}: fused vs reference, max per-image |dPSNR| {dp:.2e} dB, "
-                  f"mean dSSIM {b['ssim'] - a['ssim']:+.2e}", file=sys.stderr if out_json else sys.stdout)
     if args.json:
         doc = {"protocol": {"mod_crop": args.mod, "lr": "given" if args.lr else "MATLAB bicubic (float)",
                             "channel": "Y (BT.601, float)", "border": "scale", "rounding": "uint8"},

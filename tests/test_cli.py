@@ -82,6 +82,22 @@ def test_tiled_equals_whole_for_a_local_model():
     assert len(calls) == num_tiles(37, 50, 16, 5) == 3 * 5
 
 
+def test_out_of_memory_falls_back_to_tiles():
+    from eimn.upscale import upscale_image
+
+    def picky(x):                         # "runs out of memory" above 20x20 pixels
+        if x.shape[-1] * x.shape[-2] > 400:
+            raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return x.repeat_interleave(3, -1).repeat_interleave(3, -2)
+    x = torch.rand(1, 3, 50, 45)
+    sizes = []
+    y = upscale_image(picky, x, 3, tile=0, overlap=4, min_tile=8, on_retry=sizes.append)
+    assert sizes == [25, 12] and y.shape == (1, 3, 150, 135)
+    torch.testing.assert_close(y, x.repeat_interleave(3, -1).repeat_interleave(3, -2))
+    with pytest.raises(RuntimeError, match="boom"):
+        upscale_image(lambda t: (_ for _ in ()).throw(RuntimeError("boom")), x, 3)
+
+
 def test_tiled_vs_whole_on_eimn(weights, shared):
     """Tiling approximates the whole-image output (DFFM's global mean, large receptive field)."""
     from eimn import load_model
@@ -147,6 +163,18 @@ def test_upscale_matches_model_and_paths_agree(tmp_path, images, weights, capsys
     assert a.shape == (40, 48, 3) and np.abs(a - b).max() <= 1
     assert (outs["tiled"][0] / "photo2_x2.webp").exists()
     assert "vs whole image: PSNR" in outs["tiled"][1]
+
+
+def test_upscale_bf16_close_to_fp32(tmp_path, images, weights, capsys):
+    d, _ = images
+    outs = []
+    for extra in ([], ["--bf16"]):
+        o = tmp_path / ("bf16" if extra else "fp32")
+        rc, _, err = _run(capsys, ["upscale", str(d / "photo.jpg"), "-o", str(o), "--weights", weights,
+                                   "--backend", "reference", "--device", "cpu", "-q", *THREADS, *extra])
+        assert rc == 0, err
+        outs.append(np.asarray(Image.open(o / "photo_x2.png")).astype(int))
+    assert np.abs(outs[0] - outs[1]).mean() < 2.0
 
 
 @pytest.mark.slow
