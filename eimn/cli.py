@@ -287,7 +287,7 @@ def tqdm_write(msg: str) -> None:
 
 # --------------------------------------------------------------------------- eval
 
-_COLS = [("model", 12), ("scale", 5), ("dataset", 10), ("path", 24), ("images", 6), ("PSNR", 8),
+_COLS = [("model", 12), ("scale", 5), ("dataset", 14), ("path", 24), ("images", 6), ("PSNR", 8),
          ("SSIM", 8)]
 _AUTH_COLS = [("authors PSNR", 12), ("authors SSIM", 12), ("dPSNR", 8), ("dSSIM", 9)]
 
