@@ -27,7 +27,7 @@ def _threads():
     torch.set_num_threads(old)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 def authors(shared):
     return parse_authors_file(str(shared("reference", "authors_measured_psnr_ssim.txt")))
 
