@@ -271,7 +271,7 @@ def cmd_upscale(args) -> int:
                 if args.tile_report and args.tile > 0:
                     x = torch.from_numpy(im.rgb).permute(2, 0, 1)[None].to(device=device, dtype=dtype)
                     r = tile_error(model, x, scale, args.tile, args.tile_overlap)
-                    tqdm_write(f"{os.path.basename(src)}: tiled ({r['tiles']} tiles of {args.tile}, "
+                    _tqdm_write(f"{os.path.basename(src)}: tiled ({r['tiles']} tiles of {args.tile}, "
                                f"overlap {args.tile_overlap}) vs whole image: PSNR {r['psnr_db']:.2f} dB, "
                                f"max |diff| {r['max_abs_float']:.4f} ({r['max_abs_uint8']} in 8-bit)")
             save_image(dst, sr, alpha=alpha, gray=im.gray)
@@ -280,7 +280,7 @@ def cmd_upscale(args) -> int:
     return 0
 
 
-def tqdm_write(msg: str) -> None:
+def _tqdm_write(msg: str) -> None:
     from tqdm import tqdm
     tqdm.write(msg)
 
