@@ -2,7 +2,7 @@
 
 Inference rows (batch 1): ``eager`` (eimn.model, eval), ``fused[<backend>]`` (eimn_kernels.fuse),
 ``folded[<backend>]`` (eimn_kernels.optimize_for_inference: BN / layer-scale folded, then fused; skipped when
-it is not importable) and ``compile`` (torch.compile of the eager model; EIMN_L x2 only, or the quick case on
+it is not importable) and ``compile`` (torch.compile of the eager model; EIMN_L x4 only (the issue's case), or the quick case on
 CUDA: compiling the whole model takes minutes). CPU: fp32. CUDA: fp32 and fp16
 autocast, plus EIMN_L x2 on a 640x480 input in fp16 beside the published 7.34 FPS (RTX 4090).
 Training rows: one step of EIMN_L x2 (L1 loss, backward, Adam), batch 4, LR 64x64, eager vs fused, with peak
@@ -37,15 +37,16 @@ PUBLISHED = {"model": "EIMN_L", "input": "480x640", "dtype": "fp16", "gpu": "NVI
 _BUILD = {"EIMN_L": EIMN_L, "EIMN_A": EIMN_A}
 
 
-def inference_plan(device: str, quick: bool) -> list[tuple[str, int, tuple[int, int], str]]:
-    """(model, scale, LR (H, W), precision) cases. Full: both models at x2/x3/x4 for a 1280x720 output;
-    quick: EIMN_L x4 (on CPU at LR 160x90)."""
+def inference_plan(device: str, quick: bool, only: list[str] | None = None) -> list[tuple[str, int, tuple[int, int], str]]:
+    """(model, scale, LR (H, W), precision) cases. Full: both models at x2/x3/x4 for a 1280x720 output
+    (``only``: names like 'EIMN_L_x4' to keep); quick: EIMN_L x4 (on CPU at LR 160x90)."""
     precisions = ("fp32", "fp16") if device == "cuda" else ("fp32",)
     if quick:  # CPU: a quarter of the x4 LR image (HR 640x360) keeps --quick within minutes
         lr = LR_SIZES[4] if device == "cuda" else (LR_SIZES[4][0] // 2, LR_SIZES[4][1] // 2)
         cases = [("EIMN_L", 4, lr, p) for p in precisions]
     else:
-        cases = [(m, s, LR_SIZES[s], p) for m in ("EIMN_L", "EIMN_A") for s in (2, 3, 4) for p in precisions]
+        cases = [(m, s, LR_SIZES[s], p) for m in ("EIMN_L", "EIMN_A") for s in (2, 3, 4) for p in precisions
+                 if only is None or f"{m}_x{s}" in only]
     if device == "cuda":
         cases.append(("EIMN_L", 2, (480, 640), "fp16"))  # the published FPS point
     return cases
@@ -100,7 +101,8 @@ def _rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
 
 
 def bench_inference(device: str = "cpu", quick: bool = False, threads: int | None = None, compile: bool = True,
-                    notes: list | None = None, plan: list | None = None, tkw: dict | None = None) -> list[dict]:
+                    notes: list | None = None, plan: list | None = None, tkw: dict | None = None,
+                    only: list[str] | None = None) -> list[dict]:
     """Inference rows, one per (case, variant). ``fps`` = 1 / median; speed-up vs eager of the same case."""
     notes = notes if notes is not None else []
     backends, skipped = kernel_backends(device)
@@ -110,15 +112,15 @@ def bench_inference(device: str = "cpu", quick: bool = False, threads: int | Non
         compile = False
         notes.append("model: torch.compile rows skipped in --quick on CPU (compiling 16 blocks takes minutes)")
     elif compile:
-        notes.append("model: torch.compile rows only for EIMN_L x2 (compiling the whole model takes minutes)")
+        notes.append("model: torch.compile rows only for EIMN_L x4 (compiling the whole model takes minutes)")
     rows = []
-    for name, scale, (h, w), prec in progress(plan or inference_plan(device, quick), "model inference"):
+    for name, scale, (h, w), prec in progress(plan or inference_plan(device, quick, only), "model inference"):
         eager = _seeded(name, scale, device).eval()
         with torch.device("meta"):
             madds = count_complexity(_BUILD[name](scale=scale), (1, 3, h, w))["multi_adds"]
         x = torch.rand(1, 3, h, w, device=device)
         want = None
-        do_compile = compile and (quick or (name, scale) == ("EIMN_L", 2))
+        do_compile = compile and (quick or (name, scale) == ("EIMN_L", 4))
         for vname, model in _variants(eager, backends, do_compile, notes).items():
             row = {"group": "inference", "model": name, "scale": scale, "lr": f"{w}x{h}",
                    "hr": f"{w * scale}x{h * scale}", "precision": prec, "variant": vname, "device": device,
@@ -248,12 +250,14 @@ def main(argv=None) -> dict:
     ap.add_argument("--threads", type=int, default=2, help="torch threads on CPU (default 2)")
     ap.add_argument("--no-compile", action="store_true", help="skip the torch.compile rows")
     ap.add_argument("--no-train", action="store_true", help="skip the training-step rows")
+    ap.add_argument("--cases", help="comma-separated inference cases to keep, e.g. EIMN_L_x4,EIMN_A_x4")
     ap.add_argument("--json", metavar="FILE", help="write machine info and rows as JSON")
     a = ap.parse_args(argv)
     if a.device == "cpu":
         torch.set_num_threads(a.threads)
     notes: list[str] = []
-    rows = bench_inference(a.device, a.quick, a.threads, compile=not a.no_compile, notes=notes)
+    rows = bench_inference(a.device, a.quick, a.threads, compile=not a.no_compile, notes=notes,
+                           only=a.cases.split(",") if a.cases else None)
     if not a.no_train:
         rows += bench_training(a.device, a.quick, a.threads, notes=notes)
     res = {"machine": machine_info(a.device), "model": rows, "notes": notes}
