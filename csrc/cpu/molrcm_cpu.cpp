@@ -82,22 +82,28 @@ void proj_qv_fwd_impl(const Tensor& x, const Tensor& wqv, const Tensor& bq, cons
   const T *xp = x.data_ptr<T>(), *w = wqv.data_ptr<T>(), *bqp = bq.data_ptr<T>(), *bvp = bv.data_ptr<T>();
   T *qp = q.data_ptr<T>(), *vp = v.data_ptr<T>();
   const std::vector<T> wk = pack_a(w, Co, C, C, 1);
+  // Per tile: x packed once into panels of NR pixels; per panel, the q rows (GELU epilogue) and v rows
+  // (bias) are stored straight from the accumulators (no tile-sized output buffer).
+  constexpr int64_t NR = 2 * (32 / sizeof(T));
   at::parallel_for(0, N * nt, 1, [&](int64_t t0, int64_t t1) {
-    std::vector<T> buf(Co * P);
+    std::vector<T> panel(((P + NR - 1) / NR) * NR * C);
     for (int64_t t = t0; t < t1; ++t) {
       const int64_t n = t / nt, p0 = (t % nt) * P, np = std::min(P, HW - p0);
-      gemm_apix<T>(Co, np, C, wk.data(), xp + n * C * HW + p0, HW, buf.data(), P, false);
-      for (int64_t o = 0; o < Cq; ++o) {
-        const T* b = buf.data() + o * P;
-        T* dst = qp + (n * Cq + o) * HW + p0;
-        const Vec<T> bias(bqp[o]);
-        vec_for<T>(np, [&](int64_t i, int64_t c) { vgelu<T>(Vec<T>::loadu(b + i, c) + bias).store(dst + i, c); });
-      }
-      for (int64_t o = 0; o < Cv; ++o) {
-        const T* b = buf.data() + (Cq + o) * P;
-        T* dst = vp + (n * Cv + o) * HW + p0;
-        const Vec<T> bias(bvp[o]);
-        vec_for<T>(np, [&](int64_t i, int64_t c) { (Vec<T>::loadu(b + i, c) + bias).store(dst + i, c); });
+      pack_b_panels<T>(xp + n * C * HW + p0, HW, C, np, panel.data());
+      for (int64_t pq = 0; pq * NR < np; ++pq) {
+        const int64_t p = p0 + pq * NR, cnt = std::min(NR, np - pq * NR);
+        const T* bp = panel.data() + pq * NR * C;
+        auto st_q = [&](int64_t o, vreg<T> c0, vreg<T> c1) {
+          const vreg<T> bias = vsplat<T>(bqp[o]);
+          store_row<T>(qp + (n * Cq + o) * HW + p, from_vec<T>(vgelu_fwd<T>(to_vec<T>(c0 + bias))),
+                       from_vec<T>(vgelu_fwd<T>(to_vec<T>(c1 + bias))), cnt);
+        };
+        auto st_v = [&](int64_t o, vreg<T> c0, vreg<T> c1) {
+          const vreg<T> bias = vsplat<T>(bvp[o - Cq]);
+          store_row<T>(vp + (n * Cv + o - Cq) * HW + p, c0 + bias, c1 + bias, cnt);
+        };
+        panel_rows<T>(0, Cq, C, wk.data(), Co, bp, st_q);
+        panel_rows<T>(Cq, Co, C, wk.data(), Co, bp, st_v);
       }
     }
   });
@@ -222,23 +228,32 @@ void gate_out_fwd_impl(const Tensor& y, const Tensor& v, const Tensor& wf, const
   const T *wop = wo.data_ptr<T>(), *bop = bo.data_ptr<T>();
   T* op = out.data_ptr<T>();
   const std::vector<T> wf_k = pack_a(wfp, C, C, C, 1), wo_k = pack_a(wop, Co, C, C, 1);
+  // Per panel of NR pixels: m = SiLU(Wf y + bf) * v goes from the accumulators into a K x NR panel
+  // (L1-resident), which feeds the Wo GEMM right away; out is stored once, with the bias.
+  constexpr int64_t NR = 2 * (32 / sizeof(T));
   at::parallel_for(0, N * nt, 1, [&](int64_t t0, int64_t t1) {
-    std::vector<T> m(C * P);
+    std::vector<T> panel(((P + NR - 1) / NR) * NR * C), mpan(NR * C);
     for (int64_t t = t0; t < t1; ++t) {
       const int64_t n = t / nt, p0 = (t % nt) * P, np = std::min(P, HW - p0);
-      gemm_apix<T>(C, np, C, wf_k.data(), yp + n * C * HW + p0, HW, m.data(), P, false);
-      for (int64_t c = 0; c < C; ++c) {
-        T* a = m.data() + c * P;
-        const T* vv = vp + (n * C + c) * HW + p0;
-        const Vec<T> bias(bfp[c]);
-        vec_for<T>(np, [&](int64_t i, int64_t k) {
-          Vec<T> f = Vec<T>::loadu(a + i, k) + bias;
-          (f * vsigmoid<T>(f) * Vec<T>::loadu(vv + i, k)).store(a + i, k);
-        });
+      pack_b_panels<T>(yp + n * C * HW + p0, HW, C, np, panel.data());
+      for (int64_t pq = 0; pq * NR < np; ++pq) {
+        const int64_t p = p0 + pq * NR, cnt = std::min(NR, np - pq * NR);
+        const T* bp = panel.data() + pq * NR * C;
+        auto st_m = [&](int64_t c, vreg<T> c0, vreg<T> c1) {
+          const vreg<T> bias = vsplat<T>(bfp[c]);
+          vreg<T> v0, v1;
+          load_row<T>(vp + (n * C + c) * HW + p, cnt, v0, v1);
+          const Vec<T> f0 = to_vec<T>(c0 + bias), f1 = to_vec<T>(c1 + bias);
+          vstore(mpan.data() + c * NR, from_vec<T>(f0 * vsigmoid_fwd<T>(f0)) * v0);
+          vstore(mpan.data() + c * NR + NR / 2, from_vec<T>(f1 * vsigmoid_fwd<T>(f1)) * v1);
+        };
+        auto st_o = [&](int64_t o, vreg<T> c0, vreg<T> c1) {
+          const vreg<T> bias = vsplat<T>(bop[o]);
+          store_row<T>(op + (n * Co + o) * HW + p, c0 + bias, c1 + bias, cnt);
+        };
+        panel_rows<T>(0, C, C, wf_k.data(), C, bp, st_m);
+        panel_rows<T>(0, Co, C, wo_k.data(), Co, mpan.data(), st_o);
       }
-      T* ot = op + n * Co * HW + p0;
-      for (int64_t o = 0; o < Co; ++o) std::fill(ot + o * HW, ot + o * HW + np, bop[o]);
-      gemm_apix<T>(Co, np, C, wo_k.data(), m.data(), P, ot, HW, true);
     }
   });
 }

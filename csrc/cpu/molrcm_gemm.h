@@ -175,3 +175,109 @@ inline void gemm_red(int64_t M, int64_t Kd, int64_t np, const T* G, int64_t ldg,
 
 }  // namespace cpu
 }  // namespace eimn
+
+namespace eimn {
+namespace cpu {
+
+// Packs the K x np pixel block B (row stride ldb) into panels of NR = 2 * L pixels:
+// panel[(q * K + k) * NR + j] = B[k][q * NR + j], zero past np.
+template <typename T>
+inline void pack_b_panels(const T* B, int64_t ldb, int64_t K, int64_t np, T* panel) {
+  constexpr int64_t NR = 2 * (32 / sizeof(T));
+  const int64_t npan = (np + NR - 1) / NR;
+  for (int64_t k = 0; k < K; ++k) {
+    const T* b = B + k * ldb;
+    for (int64_t q = 0; q < npan; ++q) {
+      T* dst = panel + (q * K + k) * NR;
+      const int64_t n = std::min(NR, np - q * NR);
+      if (n == NR) {
+        vstore(dst, vload(b + q * NR));
+        vstore(dst + NR / 2, vload(b + q * NR + NR / 2));
+      } else {
+        for (int64_t j = 0; j < n; ++j) dst[j] = b[q * NR + j];
+        for (int64_t j = n; j < NR; ++j) dst[j] = T(0);
+      }
+    }
+  }
+}
+
+// MR rows [m0, m0+MR) of A (packed by pack_a, M rows) times one packed B panel (K x NR); hands
+// each finished row to st(row, c0, c1) (the two vectors of NR pixels): the epilogue stores it.
+template <typename T, int MR, typename St>
+inline void mk_rows(int64_t K, const T* ap, int64_t M, int64_t m0, const T* bp, St& st) {
+  using V = vreg<T>;
+  constexpr int64_t L = 32 / sizeof(T);
+  V c0[MR], c1[MR];
+#pragma GCC unroll 8
+  for (int i = 0; i < MR; ++i) c0[i] = c1[i] = V{};
+  const T* a = ap + m0;
+  for (int64_t k = 0; k < K; ++k) {
+    const V b0 = vload(bp + k * 2 * L), b1 = vload(bp + k * 2 * L + L);
+#pragma GCC unroll 8
+    for (int i = 0; i < MR; ++i) {
+      const T w = a[k * M + i];
+      c0[i] += w * b0;
+      c1[i] += w * b1;
+    }
+  }
+  for (int i = 0; i < MR; ++i) st(m0 + i, c0[i], c1[i]);
+}
+
+// Rows [mb, me) of A times one packed panel, 6 rows per micro-kernel; st as in mk_rows.
+template <typename T, typename St>
+inline void panel_rows(int64_t mb, int64_t me, int64_t K, const T* ap, int64_t M, const T* bp, St& st) {
+  int64_t m = mb;
+  for (; m + 6 <= me; m += 6) mk_rows<T, 6>(K, ap, M, m, bp, st);
+  switch (me - m) {
+    case 1: mk_rows<T, 1>(K, ap, M, m, bp, st); break;
+    case 2: mk_rows<T, 2>(K, ap, M, m, bp, st); break;
+    case 3: mk_rows<T, 3>(K, ap, M, m, bp, st); break;
+    case 4: mk_rows<T, 4>(K, ap, M, m, bp, st); break;
+    case 5: mk_rows<T, 5>(K, ap, M, m, bp, st); break;
+    default: break;
+  }
+}
+
+// Stores the NR-pixel row (c0, c1) to dst, only its first n values when n < NR.
+template <typename T>
+inline void store_row(T* dst, vreg<T> c0, vreg<T> c1, int64_t n) {
+  constexpr int64_t L = 32 / sizeof(T);
+  if (n == 2 * L) {
+    vstore(dst, c0);
+    vstore(dst + L, c1);
+    return;
+  }
+  alignas(64) T tmp[2 * L];
+  vstore(tmp, c0);
+  vstore(tmp + L, c1);
+  for (int64_t j = 0; j < n; ++j) dst[j] = tmp[j];
+}
+
+// Loads n <= NR values of src as two vectors (zero past n).
+template <typename T>
+inline void load_row(const T* src, int64_t n, vreg<T>& c0, vreg<T>& c1) {
+  constexpr int64_t L = 32 / sizeof(T);
+  if (n == 2 * L) {
+    c0 = vload(src);
+    c1 = vload(src + L);
+    return;
+  }
+  alignas(64) T tmp[2 * L] = {};
+  for (int64_t j = 0; j < n; ++j) tmp[j] = src[j];
+  c0 = vload(tmp);
+  c1 = vload(tmp + L);
+}
+
+// Conversions between the GEMM registers and at::vec::Vectorized (same 32 bytes).
+template <typename T> inline Vec<T> to_vec(vreg<T> v) {
+  static_assert(Vec<T>::size() * sizeof(T) == 32, "Vectorized must be 32 bytes");
+  return Vec<T>::loadu(&v);
+}
+template <typename T> inline vreg<T> from_vec(Vec<T> v) {
+  vreg<T> r;
+  v.store(&r);
+  return r;
+}
+
+}  // namespace cpu
+}  // namespace eimn

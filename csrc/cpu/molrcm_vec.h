@@ -42,5 +42,32 @@ template <typename T> inline Vec<T> vsigmoid(Vec<T> x) {
   return Vec<T>(T(1)) / (Vec<T>(T(1)) + x.neg().exp());
 }
 
+// Forward-only fast variants for float: exp via ATen's inline exp_u20 (<= 20 ulp, no SLEEF call, so
+// the GEMM epilogues keep their registers); erf by the same Abramowitz-Stegun 7.1.26 formula ATen's
+// AVX2 erf uses (|error| <= 1.5e-7). double keeps the accurate exp/erf (fp64 golden checks).
+template <typename T> inline Vec<T> vexp_fwd(Vec<T> x) { return x.exp(); }
+template <> inline Vec<float> vexp_fwd<float>(Vec<float> x) { return x.exp_u20(); }
+
+template <typename T> inline Vec<T> verf_fwd(Vec<T> x) { return x.erf(); }
+template <> inline Vec<float> verf_fwd<float>(Vec<float> x) {
+  using V = Vec<float>;
+  const V ax = x.abs();
+  const V t = V(1.f) / at::vec::fmadd(V(0.3275911f), ax, V(1.f));
+  V r = at::vec::fmadd(V(1.061405429f), t, V(-1.453152027f));
+  r = at::vec::fmadd(r, t, V(1.421413741f));
+  r = at::vec::fmadd(r, t, V(-0.284496736f));
+  r = at::vec::fmadd(r, t, V(0.254829592f));
+  const V e = vexp_fwd<float>((x * x).neg());
+  const V y = V(1.f) - r * t * e;  // erf(|x|)
+  return y ^ (x & V(-0.f));  // sign of x
+}
+
+template <typename T> inline Vec<T> vgelu_fwd(Vec<T> x) {
+  return x * Vec<T>(T(0.5)) * (Vec<T>(T(1)) + verf_fwd<T>(x * Vec<T>(T(kInvSqrt2))));
+}
+template <typename T> inline Vec<T> vsigmoid_fwd(Vec<T> x) {
+  return Vec<T>(T(1)) / (Vec<T>(T(1)) + vexp_fwd<T>(x.neg()));
+}
+
 }  // namespace cpu
 }  // namespace eimn
