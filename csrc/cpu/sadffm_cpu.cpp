@@ -192,6 +192,37 @@ void gated_dwconv_fwd_kernel(const T* x, const T* w_in, const T* b_in, const T* 
 }
 
 // ----------------------------------------------------------------------------- gated_dwconv backward
+// Depthwise weight gradient of one plane: gw[ky*K+kx] = sum_{r,w} d[r,w] * up[r+ky, w+kx], up = the input plane
+// zero-padded by K/2 on every side (row stride Wp = W + 2*(K/2)). Register accumulators per tap (vectors
+// over w, scalar tail), summed once at the end: fixed order.
+template <typename T, int K>
+void dw_wgrad_k(const T* d, const T* up, int64_t H, int64_t W, int64_t Wp, T* gw) {
+  using V = typename vec_of<T>::type;
+  constexpr int L = vec_of<T>::L;
+  V acc[K * K];
+  T sacc[K * K];
+  for (int k = 0; k < K * K; ++k) { acc[k] = V{}; sacc[k] = T(0); }
+  for (int64_t r = 0; r < H; ++r) {
+    const T* dr = d + r * W;
+    int64_t w = 0;
+    for (; w + L <= W; w += L) {
+      const V dv = vload<V>(dr + w);
+      for (int ky = 0; ky < K; ++ky) {
+        const T* ur = up + (r + ky) * Wp + w;
+        for (int kx = 0; kx < K; ++kx) acc[ky * K + kx] += dv * vload<V>(ur + kx);
+      }
+    }
+    for (; w < W; ++w)
+      for (int ky = 0; ky < K; ++ky)
+        for (int kx = 0; kx < K; ++kx) sacc[ky * K + kx] += dr[w] * up[(r + ky) * Wp + w + kx];
+  }
+  for (int k = 0; k < K * K; ++k) {
+    T sum = 0;
+    for (int l = 0; l < L; ++l) sum += acc[k][l];
+    gw[k] = sum + sacc[k];
+  }
+}
+
 template <typename T>
 void gated_dwconv_bwd_kernel(const T* gh, const T* x, const T* w_in, const T* b_in, const T* w_dw, const T* b_dw,
                              T* gx, T* gw_in, T* gb_in, T* gw_dw, T* gb_dw, int64_t N, int C, int hid, int64_t H,
@@ -214,7 +245,8 @@ void gated_dwconv_bwd_kernel(const T* gh, const T* x, const T* w_in, const T* b_
     for (int k = 0; k < KK; ++k) wflip[c * KK + k] = w_dw[c * KK + (KK - 1 - k)];
   std::vector<T> gwdw_part(size_t(N) * C2 * KK, T(0)), gbdw_part(size_t(N) * C2, T(0));
   at::parallel_for(0, N * hid, 1, [&](int64_t i0, int64_t i1) {
-    std::vector<T> tb(2 * HW), zeros(W, T(0)), wacc(size_t(KK) * W);
+    const int64_t Wp = W + 2 * pad;
+    std::vector<T> tb(2 * HW), zeros(W, T(0)), wacc(size_t(KK) * W), upad(size_t(H + 2 * pad) * Wp, T(0));
     for (int64_t it = i0; it < i1; ++it) {
       const int64_t n = it / hid;
       const int j = int(it % hid);
@@ -242,28 +274,37 @@ void gated_dwconv_bwd_kernel(const T* gh, const T* x, const T* w_in, const T* b_
 #pragma omp simd reduction(+ : sb)
         for (int64_t p = 0; p < HW; ++p) sb += d[p];
         gbdw_part[n * C2 + c] = sb;
-        // dW_dw[ky,kx] = sum_q d[q] * u[q + (ky-pad, kx-pad)]: per-column accumulators, one sum at the end.
-        std::fill(wacc.begin(), wacc.end(), T(0));
-        for (int ky = 0; ky < K; ++ky) {
-          const int64_t oy = ky - pad;
-          const int64_t rlo = std::max<int64_t>(0, -oy), rhi = std::min<int64_t>(H, H - oy);
-          for (int64_t r = rlo; r < rhi; ++r) {
-            const T* dr = d + r * W;
-            for (int kx = 0; kx < K; ++kx) {
-              const int64_t ox = kx - pad;
-              const int64_t wlo = std::max<int64_t>(0, -ox), whi = std::min<int64_t>(W, W - ox);
-              const T* ur = u + (r + oy) * W + ox;
-              T* wa = wacc.data() + (ky * K + kx) * W;
+        if (K == 3 || K == 5 || K == 7) {
+          // dW_dw via a zero-padded copy of u and register accumulators.
+          T* upd = upad.data();
+          for (int64_t r = 0; r < H; ++r) std::copy(u + r * W, u + (r + 1) * W, upd + (r + pad) * Wp + pad);
+          if (K == 3) dw_wgrad_k<T, 3>(d, upd, H, W, Wp, gw);
+          else if (K == 5) dw_wgrad_k<T, 5>(d, upd, H, W, Wp, gw);
+          else dw_wgrad_k<T, 7>(d, upd, H, W, Wp, gw);
+        } else {
+          // dW_dw[ky,kx] = sum_q d[q] * u[q + (ky-pad, kx-pad)]: per-column accumulators, one sum at the end.
+          std::fill(wacc.begin(), wacc.end(), T(0));
+          for (int ky = 0; ky < K; ++ky) {
+            const int64_t oy = ky - pad;
+            const int64_t rlo = std::max<int64_t>(0, -oy), rhi = std::min<int64_t>(H, H - oy);
+            for (int64_t r = rlo; r < rhi; ++r) {
+              const T* dr = d + r * W;
+              for (int kx = 0; kx < K; ++kx) {
+                const int64_t ox = kx - pad;
+                const int64_t wlo = std::max<int64_t>(0, -ox), whi = std::min<int64_t>(W, W - ox);
+                const T* ur = u + (r + oy) * W + ox;
+                T* wa = wacc.data() + (ky * K + kx) * W;
 #pragma omp simd
-              for (int64_t w = wlo; w < whi; ++w) wa[w] += dr[w] * ur[w];
+                for (int64_t w = wlo; w < whi; ++w) wa[w] += dr[w] * ur[w];
+              }
             }
           }
-        }
-        for (int k = 0; k < KK; ++k) {
-          T sw = 0;
-          const T* wa = wacc.data() + k * W;
-          for (int64_t w = 0; w < W; ++w) sw += wa[w];
-          gw[k] = sw;
+          for (int k = 0; k < KK; ++k) {
+            T sw = 0;
+            const T* wa = wacc.data() + k * W;
+            for (int64_t w = 0; w < W; ++w) sw += wa[w];
+            gw[k] = sw;
+          }
         }
         for (int64_t r = 0; r < H; ++r) dw_row(d, 0, H, r, W, K, wflip.data() + int64_t(c) * KK, T(0), u + r * W, zeros.data());
       }

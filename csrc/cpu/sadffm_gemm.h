@@ -122,75 +122,53 @@ inline void gemm_nn(int M, int K, int64_t P, const T* A, int64_t lda, const T* B
   }
 }
 
-template <typename T> inline T hsum(typename vec_of<T>::type v) {
-  T s = 0;
-  for (int l = 0; l < vec_of<T>::L; ++l) s += v[l];
-  return s;
-}
-
-// C[MR x NR] += A[MR rows] . B[NR rows] over P columns.
-template <typename T, int MR, int NR>
-inline void nt_micro(int64_t P, const T* A, int64_t lda, const T* B, int64_t ldb, T* C, int64_t ldc) {
-  using V = typename vec_of<T>::type;
-  constexpr int L = vec_of<T>::L;
-  V acc[MR][NR];
-  for (int i = 0; i < MR; ++i)
-    for (int j = 0; j < NR; ++j) acc[i][j] = V{};
-  int64_t p = 0;
-  for (; p + L <= P; p += L) {
-    V b[NR];
-    for (int j = 0; j < NR; ++j) b[j] = vload<V>(B + j * ldb + p);
-    for (int i = 0; i < MR; ++i) {
-      const V a = vload<V>(A + i * lda + p);
-      for (int j = 0; j < NR; ++j) acc[i][j] += a * b[j];
-    }
-  }
-  for (int i = 0; i < MR; ++i)
-    for (int j = 0; j < NR; ++j) {
-      T s = hsum<T>(acc[i][j]);
-      for (int64_t q = p; q < P; ++q) s += A[i * lda + q] * B[j * ldb + q];
-      C[i * ldc + j] += s;
-    }
-}
-
-template <typename T, int MR>
-inline void nt_row_block(int N, int64_t P, const T* A, int64_t lda, const T* B, int64_t ldb, T* C, int64_t ldc) {
-  int n0 = 0;
-  for (; n0 + 3 <= N; n0 += 3) nt_micro<T, MR, 3>(P, A, lda, B + n0 * ldb, ldb, C + n0, ldc);
-  switch (N - n0) {
-    case 2: nt_micro<T, MR, 2>(P, A, lda, B + n0 * ldb, ldb, C + n0, ldc); break;
-    case 1: nt_micro<T, MR, 1>(P, A, lda, B + n0 * ldb, ldb, C + n0, ldc); break;
+// One micro-tile row count dispatch (1..6 rows) of nn_micro, accumulating into C.
+template <typename T>
+inline void nn_micro_rows(int mr, int K, const T* A, int64_t lda, const T* Bp, T* C, int64_t ldc, int64_t np) {
+  switch (mr) {
+    case 6: nn_micro<T, 6>(K, A, lda, Bp, C, ldc, nullptr, true, np); break;
+    case 5: nn_micro<T, 5>(K, A, lda, Bp, C, ldc, nullptr, true, np); break;
+    case 4: nn_micro<T, 4>(K, A, lda, Bp, C, ldc, nullptr, true, np); break;
+    case 3: nn_micro<T, 3>(K, A, lda, Bp, C, ldc, nullptr, true, np); break;
+    case 2: nn_micro<T, 2>(K, A, lda, Bp, C, ldc, nullptr, true, np); break;
+    case 1: nn_micro<T, 1>(K, A, lda, Bp, C, ldc, nullptr, true, np); break;
     default: break;
   }
 }
 
+// C[M x N] += A[M x P] * B[N x P]^T, computed as A * (B^T) with B^T packed into column panels per pixel block
+// (register accumulation over the whole block, no horizontal sums). A rows are copied 6 at a time into a
+// contiguous buffer: image planes are often a power of two apart and would thrash the L1 sets.
+// The summation order depends only on the shapes (deterministic).
 template <typename T>
 inline void gemm_nt(int M, int N, int64_t P, const T* A, int64_t lda, const T* B, int64_t ldb, T* C, int64_t ldc) {
-  // Pixel blocks of A and B are first copied to contiguous, zero-padded buffers (row stride PB): rows of
-  // image planes are often a power of two apart and would thrash the L1/L2 sets.
-  constexpr int L = vec_of<T>::L;
-  constexpr int64_t PB = 128;
-  std::vector<T> pa(size_t(M) * PB), pb(size_t(N) * PB);
+  constexpr int NR = panel_width<T>();
+  constexpr int64_t PB = 256;
+  const int npanels = (N + NR - 1) / NR;
+  std::vector<T> bt(size_t(npanels) * PB * NR), abuf(size_t(6) * PB);
   for (int64_t p0 = 0; p0 < P; p0 += PB) {
-    const int64_t np = P - p0 < PB ? P - p0 : PB;
-    const int64_t npad = (np + L - 1) / L * L;
-    for (int i = 0; i < M; ++i) {
-      std::memcpy(pa.data() + i * PB, A + i * lda + p0, sizeof(T) * np);
-      for (int64_t q = np; q < npad; ++q) pa[i * PB + q] = T(0);
+    const int np = int(P - p0 < PB ? P - p0 : PB);
+    // bt[panel][q][j] = B[panel*NR + j][p0 + q] (zero for j >= N).
+    for (int pn = 0; pn < npanels; ++pn) {
+      T* dst = bt.data() + size_t(pn) * PB * NR;
+      const int nj = N - pn * NR < NR ? N - pn * NR : NR;
+      for (int j = 0; j < NR; ++j) {
+        if (j < nj) {
+          const T* src = B + int64_t(pn * NR + j) * ldb + p0;
+          for (int q = 0; q < np; ++q) dst[q * NR + j] = src[q];
+        } else {
+          for (int q = 0; q < np; ++q) dst[q * NR + j] = T(0);
+        }
+      }
     }
-    for (int j = 0; j < N; ++j) {
-      std::memcpy(pb.data() + j * PB, B + j * ldb + p0, sizeof(T) * np);
-      for (int64_t q = np; q < npad; ++q) pb[j * PB + q] = T(0);
-    }
-    const T* a = pa.data();
-    const T* b = pb.data();
-    int m0 = 0;
-    for (; m0 + 4 <= M; m0 += 4) nt_row_block<T, 4>(N, npad, a + m0 * PB, PB, b, PB, C + m0 * ldc, ldc);
-    switch (M - m0) {
-      case 3: nt_row_block<T, 3>(N, npad, a + m0 * PB, PB, b, PB, C + m0 * ldc, ldc); break;
-      case 2: nt_row_block<T, 2>(N, npad, a + m0 * PB, PB, b, PB, C + m0 * ldc, ldc); break;
-      case 1: nt_row_block<T, 1>(N, npad, a + m0 * PB, PB, b, PB, C + m0 * ldc, ldc); break;
-      default: break;
+    for (int m0 = 0; m0 < M; m0 += 6) {
+      const int mr = M - m0 < 6 ? M - m0 : 6;
+      for (int i = 0; i < mr; ++i) std::memcpy(abuf.data() + i * PB, A + (m0 + i) * lda + p0, sizeof(T) * np);
+      for (int pn = 0; pn < npanels; ++pn) {
+        const int nj = N - pn * NR < NR ? N - pn * NR : NR;
+        nn_micro_rows<T>(mr, np, abuf.data(), PB, bt.data() + size_t(pn) * PB * NR, C + m0 * ldc + pn * NR, ldc,
+                         nj);
+      }
     }
   }
 }
