@@ -49,15 +49,19 @@ def test_fuse_and_fold_match_reference_on_official_weights(name):
     assert (o_fold - o_ref).abs().max().item() <= 1e-4
 
 
-@pytest.mark.parametrize("name", ["EIMN_L_x2", "EIMN_A_x4"])
-def test_optimize_for_inference_reproduces_golden(name):
+@pytest.mark.parametrize("name", WEIGHTS)
+def test_fused_and_folded_reproduce_golden(name):
+    """Issue tolerance: max abs error <= 1e-4 on outputs in [0, 1] scale (measured up to 5e-5, EIMN_A x4 folded;
+    the eager port itself is at 1.7e-5 there)."""
     backend = cpu_backend()
     g = torch.load(shared_path("golden", f"model_{name}.pt"), weights_only=True)
-    model = ek.optimize_for_inference(eimn.load_model(shared_path("weights", g["weights"])), backend=backend)
+    model = eimn.load_model(shared_path("weights", g["weights"]))
+    fused = ek.fuse(copy.deepcopy(model), backend=backend)
+    folded = ek.optimize_for_inference(model, backend=backend)
     with torch.no_grad():
-        out = model(g["input"])
-    err = (out - g["output"]).abs().max().item() / g["output"].abs().max().item()
-    assert err <= 2e-5, err
+        for variant, m in (("fused", fused), ("folded", folded)):
+            err = (m(g["input"]) - g["output"]).abs().max().item()
+            assert err <= 1e-4, f"{name} {variant}: max abs error {err:.3g}"
 
 
 def test_optimize_for_inference_reference_backend_exact_algebra():
