@@ -9,6 +9,16 @@ from .ops import dffm_out, dw_mix, gate_out, gated_dwconv, proj_qv
 __all__ = ["MOLRCM", "SADFFM"]
 
 
+def _autocast_args(x: torch.Tensor, *params: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """Under autocast, run the fused layer in the autocast dtype (as autocast runs convolutions):
+    cast the input and the parameters to it. Otherwise return them unchanged."""
+    dev = x.device.type
+    if torch.is_autocast_enabled(dev):
+        dt = torch.get_autocast_dtype(dev)
+        return tuple(t.to(dt) for t in (x, *params))
+    return (x, *params)
+
+
 class _Norm(nn.Module):
     """Holder of a channel LayerNorm's weight and bias (keys ``weight``, ``bias``)."""
 
@@ -74,11 +84,14 @@ class MOLRCM(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         c1, c2, _ = self.split
         pq, pv = self.proj_query[0], self.proj_value[0]
-        q, v = proj_qv(x, pq.weight, pq.bias, pv.weight, pv.bias, backend=self.backend)
-        y = dw_mix(q, self.region.weight, self.region.bias, self.spatial_1.weight, self.spatial_1.bias,
-                   self.spatial_2.weight, self.spatial_2.bias, c1, c2, *self.dilations, backend=self.backend)
-        return gate_out(y, v, self.fusion.weight, self.fusion.bias, self.out.weight, self.out.bias,
-                        backend=self.backend)
+        x, wq, bq, wv, bv, w0, b0, w1, b1, w2, b2, wf, bf, wo, bo = _autocast_args(
+            x, pq.weight, pq.bias, pv.weight, pv.bias, self.region.weight, self.region.bias,
+            self.spatial_1.weight, self.spatial_1.bias, self.spatial_2.weight, self.spatial_2.bias,
+            self.fusion.weight, self.fusion.bias, self.out.weight, self.out.bias)
+        with torch.autocast(x.device.type, enabled=False):
+            q, v = proj_qv(x, wq, bq, wv, bv, backend=self.backend)
+            y = dw_mix(q, w0, b0, w1, b1, w2, b2, c1, c2, *self.dilations, backend=self.backend)
+            return gate_out(y, v, wf, bf, wo, bo, backend=self.backend)
 
     def extra_repr(self) -> str:
         return f"dim={self.dim}, split={self.split}, dilations={self.dilations}, backend={self.backend!r}"
@@ -107,13 +120,15 @@ class SADFFM(nn.Module):
         return new.train(m.training)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = gated_dwconv(x, self.linear_in.weight, self.linear_in.bias, self.SAL.weight, self.SAL.bias,
-                         backend=self.backend)
         d = self.DFFM
-        return dffm_out(h, self.linear_out.weight, self.linear_out.bias, d.norm.weight, d.norm.bias,
-                        d.global_reduce.weight, d.global_reduce.bias, d.local_reduce.weight, d.local_reduce.bias,
-                        d.channel_expand.weight, d.channel_expand.bias, d.spatial_expand.weight,
-                        d.spatial_expand.bias, getattr(d.norm, "eps", 1e-6), backend=self.backend)
+        x, w_in, b_in, w_dw, b_dw, *ws = _autocast_args(
+            x, self.linear_in.weight, self.linear_in.bias, self.SAL.weight, self.SAL.bias,
+            self.linear_out.weight, self.linear_out.bias, d.norm.weight, d.norm.bias,
+            d.global_reduce.weight, d.global_reduce.bias, d.local_reduce.weight, d.local_reduce.bias,
+            d.channel_expand.weight, d.channel_expand.bias, d.spatial_expand.weight, d.spatial_expand.bias)
+        with torch.autocast(x.device.type, enabled=False):
+            h = gated_dwconv(x, w_in, b_in, w_dw, b_dw, backend=self.backend)
+            return dffm_out(h, *ws, getattr(d.norm, "eps", 1e-6), backend=self.backend)
 
     def extra_repr(self) -> str:
         return f"dim={self.dim}, hidden={self.hidden}, backend={self.backend!r}"

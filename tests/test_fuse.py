@@ -126,3 +126,16 @@ def test_channels_last_input():
     x = torch.rand(2, 3, 7, 9)
     with torch.no_grad():
         assert torch.allclose(m(x.to(memory_format=torch.channels_last)), m(x), atol=1e-6)
+
+
+def test_fused_model_under_autocast_matches_eager_autocast():
+    """Half precision: under autocast the fused layers run in the autocast dtype (bf16 on CPU, where the
+    'auto' backend falls back to the reference ops; on a GPU the same path feeds fp16/bf16 to the kernels)."""
+    torch.manual_seed(0)
+    ref = eimn.EIMN(embed_dims=16, scale=2, num_stages=1).eval()
+    fused = ek.fuse(copy.deepcopy(ref), backend="auto")
+    x = torch.rand(1, 3, 9, 8)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        o_ref, o_fused = ref(x), fused(x)
+    assert o_fused.dtype == o_ref.dtype
+    assert (o_fused.float() - o_ref.float()).abs().max().item() <= 5e-2
