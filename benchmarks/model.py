@@ -15,8 +15,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import copy
-import json
-import os
 import time
 from typing import Callable
 
@@ -27,6 +25,7 @@ import eimn_kernels as ek
 from eimn.model import EIMN_A, EIMN_L
 
 from .complexity import LR_SIZES, count_complexity
+from .report import write_json
 from .harness import machine_info, measure, progress
 from .ops import kernel_backends
 
@@ -265,10 +264,7 @@ def main(argv=None) -> dict:
     for n in notes:
         print("note:", n)
     if a.json:
-        os.makedirs(os.path.dirname(os.path.abspath(a.json)), exist_ok=True)
-        with open(a.json, "w") as fh:
-            json.dump(res, fh, indent=1, default=str)
-        print(f"wrote {a.json}")
+        print(f"wrote {write_json(res, a.json)}")
     return res
 
 

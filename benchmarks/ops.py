@@ -12,8 +12,6 @@ machine's measured copy bandwidth and sgemm rate (see benchmarks.roofline).
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import time
 from dataclasses import dataclass
 from typing import Callable
@@ -24,6 +22,7 @@ import eimn.model as em
 import eimn_kernels as ek
 from eimn_kernels import reference as ref
 
+from .report import write_json
 from .harness import machine_info, measure, measure_ceilings, progress
 from .roofline import conv_flops, nbytes, roofline_fields
 
@@ -344,10 +343,7 @@ def main(argv=None) -> dict:
     for n in notes:
         print("note:", n)
     if a.json:
-        os.makedirs(os.path.dirname(os.path.abspath(a.json)), exist_ok=True)
-        with open(a.json, "w") as fh:
-            json.dump(res, fh, indent=1, default=str)
-        print(f"wrote {a.json}")
+        print(f"wrote {write_json(res, a.json)}")
     return res
 
 

@@ -35,3 +35,15 @@ def kernel_backends(device: str = "cpu"):
     """Kernel backends ('cpu', 'triton', 'cuda') runnable here for ``device``."""
     import eimn_kernels as ek
     return [b for b in ("cpu", "triton", "cuda") if ek.backend_status(b, device)[0]]
+
+
+@pytest.fixture(scope="module")
+def test_threads():
+    """EIMN_TEST_THREADS=N: torch CPU threads for in-process model runs (1 on a busy machine); restored after."""
+    import torch
+    n = int(os.environ.get("EIMN_TEST_THREADS", "0"))
+    old = torch.get_num_threads()
+    if n > 0:
+        torch.set_num_threads(n)
+    yield
+    torch.set_num_threads(old)

@@ -18,15 +18,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 THREADS = ["--threads", os.environ.get("EIMN_TEST_THREADS", "0")]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _threads():
-    """EIMN_TEST_THREADS=N: torch CPU threads for in-process model runs (1 on a busy machine)."""
-    n = int(os.environ.get("EIMN_TEST_THREADS", "0"))
-    old = torch.get_num_threads()
-    if n > 0:
-        torch.set_num_threads(n)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("test_threads")
 
 
 @pytest.fixture

@@ -4,7 +4,6 @@ Set5 for every weight file runs in the normal suite, on the reference path (eage
 the fused path (backend 'auto'); Set14 is marked slow. LR images are made once per scale and
 shared. EIMN_TEST_THREADS=N sets torch's CPU threads (1 helps a lot on an oversubscribed machine).
 """
-import os
 
 import pytest
 import torch
@@ -17,14 +16,7 @@ PSNR_TOL, SSIM_TOL = 0.002, 0.0002
 _LR: dict = {}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _threads():
-    n = int(os.environ.get("EIMN_TEST_THREADS", "0"))
-    old = torch.get_num_threads()
-    if n > 0:
-        torch.set_num_threads(n)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("test_threads")
 
 
 @pytest.fixture
