@@ -18,7 +18,6 @@ import datetime as _dt
 import os
 import platform
 import socket
-import statistics
 import sys
 import time
 from dataclasses import asdict, dataclass, field
@@ -217,6 +216,11 @@ def measure(fn: Callable, device: torch.device | str = "cpu", *, memory: bool = 
         with _threads(cpu_threads) if cpu_threads else contextlib.nullcontext():
             t.peak_mem_bytes, t.mem_method = peak_memory(fn, device)
     return t
+
+
+def error_text(e: BaseException) -> str:
+    """One-line description of a failed case for a result row: type and first line, at most 200 chars."""
+    return f"{type(e).__name__}: {(str(e).splitlines() or [''])[0][:200]}"
 
 
 def progress(it: Iterable, desc: str, total: int | None = None, disable: bool = False):

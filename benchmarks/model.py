@@ -26,7 +26,7 @@ from eimn.model import EIMN_A, EIMN_L
 
 from .complexity import LR_SIZES, count_complexity
 from .report import write_json
-from .harness import machine_info, measure, progress
+from .harness import error_text, machine_info, measure, progress
 from .ops import kernel_backends
 
 __all__ = ["PUBLISHED", "inference_plan", "bench_inference", "bench_training", "format_rows", "main"]
@@ -140,16 +140,10 @@ def bench_inference(device: str = "cpu", quick: bool = False, threads: int | Non
                 del out
                 t = measure(fn, device, **tkw)
             except Exception as e:
-                row["error"] = f"{type(e).__name__}: {(str(e).splitlines() or [''])[0][:200]}"
+                row["error"] = error_text(e)
                 rows.append(row)
                 continue
-            eager_row = next((r for r in rows if r["variant"] == "eager" and _same_case(r, row) and "median_ms" in r),
-                             None)
-            row.update({"median_ms": t.median_s * 1e3, "iqr_ms": t.iqr_s * 1e3, "n": t.n, "method": t.method,
-                        "fps": 1.0 / t.median_s, "peak_mem_MB": _mb(t.peak_mem_bytes),
-                        "speedup_vs_eager": (eager_row["median_ms"] / (t.median_s * 1e3)) if eager_row else
-                        (1.0 if vname == "eager" else None),
-                        "GMACs_per_s": madds / t.median_s / 1e9})
+            row.update(_timing_fields(t, row, rows), fps=1.0 / t.median_s, GMACs_per_s=madds / t.median_s / 1e9)
             if device == "cuda" and (name, (h, w), prec) == ("EIMN_L", (480, 640), "fp16"):
                 row["published_fps"] = PUBLISHED["fps"]
                 row["published_note"] = f"{PUBLISHED['model']} {PUBLISHED['input']} fp16 on {PUBLISHED['gpu']}"
@@ -161,6 +155,17 @@ def bench_inference(device: str = "cpu", quick: bool = False, threads: int | Non
 def _same_case(a: dict, b: dict) -> bool:
     keys = ("group", "model", "scale", "lr", "precision", "device", "batch")
     return all(a.get(k) == b.get(k) for k in keys)
+
+
+def _timing_fields(t, row: dict, rows: list[dict]) -> dict:
+    """median/IQR/peak-memory fields of timing ``t`` for ``row``, with its speed-up vs the eager row of the
+    same case already in ``rows`` (1.0 for the eager row itself)."""
+    eager_row = next((r for r in rows if r["variant"] == "eager" and _same_case(r, row) and "median_ms" in r), None)
+    ms = t.median_s * 1e3
+    return {"median_ms": ms, "iqr_ms": t.iqr_s * 1e3, "n": t.n, "method": t.method,
+            "peak_mem_MB": _mb(t.peak_mem_bytes),
+            "speedup_vs_eager": eager_row["median_ms"] / ms if eager_row else
+            (1.0 if row["variant"] == "eager" else None)}
 
 
 def _mb(n):
@@ -207,15 +212,10 @@ def bench_training(device: str = "cpu", quick: bool = False, threads: int | None
         try:
             t = measure(step, device, **tkw)
         except Exception as e:
-            row["error"] = f"{type(e).__name__}: {(str(e).splitlines() or [''])[0][:200]}"
+            row["error"] = error_text(e)
             rows.append(row)
             continue
-        eager_row = next((r for r in rows if r["variant"] == "eager" and _same_case(r, row) and "median_ms" in r),
-                         None)
-        row.update({"median_ms": t.median_s * 1e3, "iqr_ms": t.iqr_s * 1e3, "n": t.n, "method": t.method,
-                    "peak_mem_MB": _mb(t.peak_mem_bytes), "mem_method": t.mem_method,
-                    "speedup_vs_eager": (eager_row["median_ms"] / (t.median_s * 1e3)) if eager_row else
-                    (1.0 if vname == "eager" else None)})
+        row.update(_timing_fields(t, row, rows), mem_method=t.mem_method)
         rows.append(row)
     return rows
 

@@ -23,7 +23,7 @@ import eimn_kernels as ek
 from eimn_kernels import reference as ref
 
 from .report import write_json
-from .harness import machine_info, measure, measure_ceilings, progress
+from .harness import error_text, machine_info, measure, measure_ceilings, progress
 from .roofline import conv_flops, nbytes, roofline_fields
 
 __all__ = ["shape_plan", "kernel_backends", "bench_ops", "bench_subops", "format_rows", "main"]
@@ -154,7 +154,7 @@ def _run_group(group: str, op: str, shape, mode: str, variants: dict[str, _Case]
             del got
             t = measure(fn, device, **tkw)
         except Exception as e:  # a backend that fails must not stop the run
-            row["error"] = f"{type(e).__name__}: {(str(e).splitlines() or [''])[0][:200]}"
+            row["error"] = error_text(e)
             rows.append(row)
             continue
         row.update({"median_ms": t.median_s * 1e3, "iqr_ms": t.iqr_s * 1e3, "q1_ms": t.q1_s * 1e3,
