@@ -50,7 +50,7 @@ def rel_err(a, b):
 
 
 # (N, C, hid, H, W, K): odd sizes, H or W = 1, batch 1 and 3, hidden sizes other than 170.
-GRAD_SHAPES = [(1, 3, 2, 1, 1, 3), (3, 2, 3, 7, 9, 5), (1, 2, 3, 33, 20, 3), (3, 4, 5, 1, 6, 3)]
+GRAD_SHAPES = [(1, 3, 2, 1, 1, 3), (3, 2, 3, 7, 9, 5), (1, 2, 3, 33, 20, 3), (3, 4, 5, 1, 6, 3), (1, 2, 2, 10, 3, 9)]
 
 
 @pytest.mark.parametrize("shape", GRAD_SHAPES, ids=lambda s: "x".join(map(str, s)))
@@ -72,7 +72,9 @@ def test_dffm_out_gradcheck_fp64(backend, shape):
     assert torch.autograd.gradcheck(lambda *a: ek.dffm_out(*a, 1e-6, backend=name), ins, fast_mode=fast)
 
 
-@pytest.mark.parametrize("shape", [(1, 8, 6, 1, 1, 3), (3, 16, 21, 7, 9, 5), (2, 64, 170, 33, 20, 3)],
+# K = 7 and the generic-K path (9); tall images give several row bands (the CPU backward's work items).
+@pytest.mark.parametrize("shape", [(1, 8, 6, 1, 1, 3), (3, 16, 21, 7, 9, 5), (2, 64, 170, 33, 20, 3),
+                                   (1, 4, 7, 41, 10, 7), (2, 3, 5, 19, 12, 9)],
                          ids=lambda s: "x".join(map(str, s)))
 def test_gated_dwconv_fp32_vs_reference(backend, shape):
     name, dev = backend
@@ -237,4 +239,24 @@ def test_deterministic_weight_grads(backend):
     c = torch.ops.eimn_kernels.dffm_out_backward(go, h, *dw, 1e-6, name)
     d = torch.ops.eimn_kernels.dffm_out_backward(go, h, *dw, 1e-6, name)
     for u, v in zip(a + c, b + d):
+        assert torch.equal(u, v)
+
+
+def test_cpu_backward_same_for_1_and_2_threads():
+    """cpu backend: every gradient is reduced in a fixed order, so 1 and 2 threads give bitwise-equal results."""
+    if not ek.backend_status("cpu", "cpu")[0]:
+        pytest.skip("cpu backend unavailable")
+    x, *gw = gdw_inputs(2, 8, 7, 37, 11, 3, torch.float32, "cpu")
+    h, *dw = dffm_inputs(2, 7, 8, 37, 11, torch.float32, "cpu")
+    gh, go = torch.randn_like(h), torch.randn_like(x)
+    n = torch.get_num_threads()
+    outs = []
+    try:
+        for threads in (1, 2):
+            torch.set_num_threads(threads)
+            outs.append(torch.ops.eimn_kernels.gated_dwconv_backward(gh, x, *gw, "cpu")
+                        + torch.ops.eimn_kernels.dffm_out_backward(go, h, *dw, 1e-6, "cpu"))
+    finally:
+        torch.set_num_threads(n)
+    for u, v in zip(*outs):
         assert torch.equal(u, v)

@@ -131,6 +131,23 @@ inline void dw_row(const T* plane, int64_t a, int64_t b, int64_t r, int64_t W, i
 // ------------------------------------------------------------------------------ gated_dwconv forward
 constexpr int kGroup = 6;  // channel pairs per tile (2*kGroup rows = two 6-row GEMM micro-tiles)
 
+// W_in (2h x C) and b_in with the rows reordered per group of kGroup channel pairs: rows [x1 channels of
+// group g, x2 channels of group g] are adjacent, so one GEMM gives both halves of a group.
+template <typename T> struct PairGroupWeights {
+  std::vector<T> w, b;
+  PairGroupWeights(const T* w_in, const T* b_in, int C, int hid) : w(size_t(2) * hid * C), b(size_t(2) * hid) {
+    for (int c0 = 0; c0 < hid; c0 += kGroup) {
+      const int gs = std::min(kGroup, hid - c0);
+      for (int j = 0; j < gs; ++j)
+        for (int s = 0; s < 2; ++s) {
+          const int dst = 2 * c0 + s * gs + j, src = s * hid + c0 + j;
+          std::copy(w_in + int64_t(src) * C, w_in + int64_t(src + 1) * C, w.data() + int64_t(dst) * C);
+          b[dst] = b_in[src];
+        }
+    }
+  }
+};
+
 template <typename T>
 void gated_dwconv_fwd_kernel(const T* x, const T* w_in, const T* b_in, const T* w_dw, const T* b_dw, T* h,
                              int64_t N, int C, int hid, int64_t H, int64_t W, int K) {
@@ -141,17 +158,7 @@ void gated_dwconv_fwd_kernel(const T* x, const T* w_in, const T* b_in, const T* 
   const int64_t band = std::min<int64_t>(H, std::max<int64_t>(1, 6400 / W - 2 * pad));
   const int64_t nbands = (H + band - 1) / band;
   const int64_t items = N * nbands * ngroups;
-  // Weights reordered per group: rows [x1 channels of group g, x2 channels of group g] are adjacent.
-  std::vector<T> wp(size_t(2) * hid * C), bp(size_t(2) * hid);
-  for (int c0 = 0; c0 < hid; c0 += kGroup) {
-    const int gs = std::min(kGroup, hid - c0);
-    for (int j = 0; j < gs; ++j)
-      for (int s = 0; s < 2; ++s) {
-        const int dst = 2 * c0 + s * gs + j, src = s * hid + c0 + j;
-        std::copy(w_in + int64_t(src) * C, w_in + int64_t(src + 1) * C, wp.data() + int64_t(dst) * C);
-        bp[dst] = b_in[src];
-      }
-  }
+  const PairGroupWeights<T> pw(w_in, b_in, C, hid);
   constexpr int NR = panel_width<T>();
   at::parallel_for(0, items, 1, [&](int64_t i0, int64_t i1) {
     const int64_t maxP = (band + 2 * pad) * W;
@@ -172,7 +179,7 @@ void gated_dwconv_fwd_kernel(const T* x, const T* w_in, const T* b_in, const T* 
       }
       T* t1 = tbuf.data();
       T* t2 = tbuf.data() + gs * P;
-      gemm_nn_packed<T>(2 * gs, C, P, wp.data() + int64_t(2 * c0) * C, C, xpack.data(), t1, P, bp.data() + 2 * c0,
+      gemm_nn_packed<T>(2 * gs, C, P, pw.w.data() + int64_t(2 * c0) * C, C, xpack.data(), t1, P, pw.b.data() + 2 * c0,
                         false);
       for (int j = 0; j < gs; ++j) {
         const int c = c0 + j;
@@ -192,9 +199,9 @@ void gated_dwconv_fwd_kernel(const T* x, const T* w_in, const T* b_in, const T* 
 }
 
 // ----------------------------------------------------------------------------- gated_dwconv backward
-// Depthwise weight gradient of one plane: gw[ky*K+kx] = sum_{r,w} d[r,w] * up[r+ky, w+kx], up = the input plane
-// zero-padded by K/2 on every side (row stride Wp = W + 2*(K/2)). Register accumulators per tap (vectors
-// over w, scalar tail), summed once at the end: fixed order.
+// Depthwise weight gradient of one row band: gw[ky*K+kx] = sum_{r<H,w<W} d[r,w] * up[r+ky, w+kx], up = the
+// input rows of the band plus K/2 halo rows, zero-padded by K/2 columns (row stride Wp = W + 2*(K/2)). Register
+// accumulators per tap (vectors over w, scalar tail) for K = 3, 5, 7, per-tap loops otherwise; fixed order.
 template <typename T, int K>
 void dw_wgrad_k(const T* d, const T* up, int64_t H, int64_t W, int64_t Wp, T* gw) {
   using V = typename vec_of<T>::type;
@@ -224,126 +231,152 @@ void dw_wgrad_k(const T* d, const T* up, int64_t H, int64_t W, int64_t Wp, T* gw
 }
 
 template <typename T>
+void dw_wgrad(const T* d, const T* up, int64_t H, int64_t W, int64_t Wp, int K, T* gw, T* colacc) {
+  switch (K) {
+    case 3: return dw_wgrad_k<T, 3>(d, up, H, W, Wp, gw);
+    case 5: return dw_wgrad_k<T, 5>(d, up, H, W, Wp, gw);
+    case 7: return dw_wgrad_k<T, 7>(d, up, H, W, Wp, gw);
+    default: break;
+  }
+  // Generic odd K: per-tap column accumulators colacc[K*K][W], one sum per tap at the end.
+  std::fill(colacc, colacc + int64_t(K) * K * W, T(0));
+  for (int64_t r = 0; r < H; ++r)
+    for (int ky = 0; ky < K; ++ky)
+      for (int kx = 0; kx < K; ++kx) {
+        const T* dr = d + r * W;
+        const T* ur = up + (r + ky) * Wp + kx;
+        T* ca = colacc + int64_t(ky * K + kx) * W;
+#pragma omp simd
+        for (int64_t w = 0; w < W; ++w) ca[w] += dr[w] * ur[w];
+      }
+  for (int k = 0; k < K * K; ++k) {
+    T s = 0;
+    for (int64_t w = 0; w < W; ++w) s += colacc[int64_t(k) * W + w];
+    gw[k] = s;
+  }
+}
+
+// Fused, banded backward: one work item is (image n, row band [r0, r1)); nothing of size N x 2h x H x W is
+// materialised. Per item, for each group of kGroup channel pairs:
+//   U    = W_in x + b_in on rows [r0-2p, r1+2p)      (GEMM on the packed x band, stays in L2)
+//   t    = DW(U), dt = dh/dt on rows [r0-p, r1+p)    (GELU(t1) * t2 derivative)
+//   dW_dw, db_dw partials over rows [r0, r1)        (per item, summed in item order)
+//   dU   = DW^T(dt) on rows [r0, r1)                 (into the band buffer dUb: 2h x band pixels, stored as
+//                                                     the packed GEMM panels, so neither GEMM below repacks it)
+// then dx[band] = W_in^T dUb, and dW_in, db_in partials (per fixed chunk of items) += dUb x[band]^T, sum dUb.
+// U is recomputed over a 2p-row halo on each side; the band height trades that halo against the size of dUb.
+template <typename T>
 void gated_dwconv_bwd_kernel(const T* gh, const T* x, const T* w_in, const T* b_in, const T* w_dw, const T* b_dw,
                              T* gx, T* gw_in, T* gb_in, T* gw_dw, T* gb_dw, int64_t N, int C, int hid, int64_t H,
                              int64_t W, int K) {
   const int C2 = 2 * hid, KK = K * K, pad = K / 2;
-  const int64_t HW = H * W;
-  constexpr int64_t PB = 1024;
-  const int64_t nblk = (HW + PB - 1) / PB;
-  // U = W_in x + b_in (later overwritten in place by dU).
-  Scratch<T> U(size_t(N) * C2 * HW);
-  at::parallel_for(0, N * nblk, 1, [&](int64_t i0, int64_t i1) {
-    for (int64_t it = i0; it < i1; ++it) {
-      const int64_t n = it / nblk, p0 = (it % nblk) * PB, P = std::min(PB, HW - p0);
-      gemm_nn<T>(C2, C, P, w_in, C, x + n * C * HW + p0, HW, U.data() + n * C2 * HW + p0, HW, b_in, false);
-    }
-  });
-  // Per (n, pair): t = DW(u); dt; depthwise weight grads; dU = DW^T(dt) written over u.
-  std::vector<T> wflip(size_t(C2) * KK);
+  const int64_t HW = H * W, Wp = W + 2 * pad;
+  // Band height: about 4096 pixels, and at least 8 items in all where the images allow (thread-count independent,
+  // so the reduction order, and thus the result, does not depend on the number of threads).
+  const int64_t min_bands = (8 + N - 1) / N;
+  int64_t band = std::max<int64_t>(1, 4096 / W);
+  band = std::max<int64_t>(1, std::min(band, (H + min_bands - 1) / min_bands));
+  const int64_t nbands = (H + band - 1) / band, items = N * nbands;
+  const int ngroups = (hid + kGroup - 1) / kGroup;
+  const PairGroupWeights<T> pw(w_in, b_in, C, hid);
+  std::vector<T> wflip(size_t(C2) * KK), w_inT(size_t(C) * C2);
   for (int c = 0; c < C2; ++c)
     for (int k = 0; k < KK; ++k) wflip[c * KK + k] = w_dw[c * KK + (KK - 1 - k)];
-  std::vector<T> gwdw_part(size_t(N) * C2 * KK, T(0)), gbdw_part(size_t(N) * C2, T(0));
-  at::parallel_for(0, N * hid, 1, [&](int64_t i0, int64_t i1) {
-    const int64_t Wp = W + 2 * pad;
-    std::vector<T> tb(2 * HW), zeros(W, T(0)), wacc(size_t(KK) * W), upad(size_t(H + 2 * pad) * Wp, T(0));
-    for (int64_t it = i0; it < i1; ++it) {
-      const int64_t n = it / hid;
-      const int j = int(it % hid);
-      T* u1 = U.data() + (n * C2 + j) * HW;
-      T* u2 = U.data() + (n * C2 + hid + j) * HW;
-      T* d1 = tb.data();
-      T* d2 = tb.data() + HW;
-      for (int64_t r = 0; r < H; ++r) {
-        dw_row(u1, 0, H, r, W, K, w_dw + int64_t(j) * KK, b_dw[j], d1 + r * W, zeros.data());
-        dw_row(u2, 0, H, r, W, K, w_dw + int64_t(hid + j) * KK, b_dw[hid + j], d2 + r * W, zeros.data());
-      }
-      const T* g = gh + (n * hid + j) * HW;
+  for (int o = 0; o < C2; ++o)
+    for (int i = 0; i < C; ++i) w_inT[i * C2 + o] = w_in[o * C + i];
+  std::vector<T> gwdw_part(size_t(items) * C2 * KK), gbdw_part(size_t(items) * C2);
+  const Chunks ch(items, 32);
+  std::vector<T> gw_part(size_t(ch.n) * C2 * C, T(0)), gb_part(size_t(ch.n) * C2, T(0));
+  constexpr int NR = panel_width<T>();
+  at::parallel_for(0, ch.n, 1, [&](int64_t k0, int64_t k1) {
+    const int64_t maxPu = std::min(H, band + 4 * pad) * W, maxPt = std::min(H, band + 2 * pad) * W;
+    std::vector<T> xpack(size_t(C) * ((maxPu + NR - 1) / NR) * NR), ubuf(size_t(2 * kGroup) * maxPu);
+    std::vector<T> dt(2 * size_t(maxPt)), upad(size_t(band + 2 * pad) * Wp, T(0));
+    std::vector<T> dub(size_t(C2) * ((band * W + NR - 1) / NR) * NR, T(0)), durow(W);
+    std::vector<T> zeros(W, T(0)), colacc(K <= 7 ? 0 : size_t(KK) * W);
+    for (int64_t k = k0; k < k1; ++k) {
+      T* gwp = gw_part.data() + k * C2 * C;
+      T* gbp = gb_part.data() + k * C2;
+      for (int64_t it = ch.begin(k); it < ch.end(k); ++it) {
+        const int64_t n = it / nbands, r0 = (it % nbands) * band, r1 = std::min(H, r0 + band);
+        const int64_t ua = std::max<int64_t>(0, r0 - 2 * pad), ub = std::min(H, r1 + 2 * pad);
+        const int64_t ta = std::max<int64_t>(0, r0 - pad), tb = std::min(H, r1 + pad);
+        const int64_t Pu = (ub - ua) * W, Pt = (tb - ta) * W, Pb = (r1 - r0) * W;
+        const T* xn = x + n * C * HW;
+        pack_b<T>(C, Pu, xn + ua * W, HW, xpack.data());
+        for (int g = 0; g < ngroups; ++g) {
+          const int c0 = g * kGroup, gs = std::min(kGroup, hid - c0);
+          gemm_nn_packed<T>(2 * gs, C, Pu, pw.w.data() + int64_t(2 * c0) * C, C, xpack.data(), ubuf.data(), Pu,
+                            pw.b.data() + 2 * c0, false);
+          for (int j = 0; j < gs; ++j) {
+            const int c1 = c0 + j, c2 = hid + c0 + j;
+            const T* u1 = ubuf.data() + int64_t(j) * Pu;
+            const T* u2 = ubuf.data() + int64_t(gs + j) * Pu;
+            T* d1 = dt.data();
+            T* d2 = dt.data() + maxPt;
+            for (int64_t r = ta; r < tb; ++r) {
+              dw_row(u1, ua, ub, r, W, K, w_dw + int64_t(c1) * KK, b_dw[c1], d1 + (r - ta) * W, zeros.data());
+              dw_row(u2, ua, ub, r, W, K, w_dw + int64_t(c2) * KK, b_dw[c2], d2 + (r - ta) * W, zeros.data());
+            }
+            const T* gr = gh + (n * hid + c1) * HW + ta * W;
 #pragma omp simd
-      for (int64_t p = 0; p < HW; ++p) {
-        const T x1 = d1[p], x2 = d2[p];
-        d1[p] = g[p] * x2 * v_gelu_grad(x1);
-        d2[p] = g[p] * v_gelu(x1);
-      }
-      for (int s = 0; s < 2; ++s) {
-        const int c = s ? hid + j : j;
-        T* u = s ? u2 : u1;
-        const T* d = s ? d2 : d1;
-        T* gw = gwdw_part.data() + (n * C2 + c) * KK;
-        T sb = 0;
+            for (int64_t p = 0; p < Pt; ++p) {
+              const T x1 = d1[p], x2 = d2[p];
+              d1[p] = gr[p] * x2 * v_gelu_grad(x1);
+              d2[p] = gr[p] * v_gelu(x1);
+            }
+            for (int s = 0; s < 2; ++s) {
+              const int c = s ? c2 : c1;
+              const T* u = s ? u2 : u1;
+              const T* d = s ? d2 : d1;
+              const T* dband = d + (r0 - ta) * W;
+              T sb = 0;
 #pragma omp simd reduction(+ : sb)
-        for (int64_t p = 0; p < HW; ++p) sb += d[p];
-        gbdw_part[n * C2 + c] = sb;
-        if (K == 3 || K == 5 || K == 7) {
-          // dW_dw via a zero-padded copy of u and register accumulators.
-          T* upd = upad.data();
-          for (int64_t r = 0; r < H; ++r) std::copy(u + r * W, u + (r + 1) * W, upd + (r + pad) * Wp + pad);
-          if (K == 3) dw_wgrad_k<T, 3>(d, upd, H, W, Wp, gw);
-          else if (K == 5) dw_wgrad_k<T, 5>(d, upd, H, W, Wp, gw);
-          else dw_wgrad_k<T, 7>(d, upd, H, W, Wp, gw);
-        } else {
-          // dW_dw[ky,kx] = sum_q d[q] * u[q + (ky-pad, kx-pad)]: per-column accumulators, one sum at the end.
-          std::fill(wacc.begin(), wacc.end(), T(0));
-          for (int ky = 0; ky < K; ++ky) {
-            const int64_t oy = ky - pad;
-            const int64_t rlo = std::max<int64_t>(0, -oy), rhi = std::min<int64_t>(H, H - oy);
-            for (int64_t r = rlo; r < rhi; ++r) {
-              const T* dr = d + r * W;
-              for (int kx = 0; kx < K; ++kx) {
-                const int64_t ox = kx - pad;
-                const int64_t wlo = std::max<int64_t>(0, -ox), whi = std::min<int64_t>(W, W - ox);
-                const T* ur = u + (r + oy) * W + ox;
-                T* wa = wacc.data() + (ky * K + kx) * W;
-#pragma omp simd
-                for (int64_t w = wlo; w < whi; ++w) wa[w] += dr[w] * ur[w];
+              for (int64_t p = 0; p < Pb; ++p) sb += dband[p];
+              gbdw_part[it * C2 + c] = sb;
+              // Rows [r0-p, r1+p) of U, zero outside the image, into the column-padded buffer.
+              for (int64_t i = 0; i < r1 - r0 + 2 * pad; ++i) {
+                const int64_t rr = r0 - pad + i;
+                T* dst = upad.data() + i * Wp + pad;
+                if (rr < 0 || rr >= H) std::fill(dst, dst + W, T(0));
+                else std::copy(u + (rr - ua) * W, u + (rr - ua + 1) * W, dst);
               }
+              dw_wgrad<T>(dband, upad.data(), r1 - r0, W, Wp, K, gwdw_part.data() + (it * C2 + c) * KK,
+                          colacc.data());
+              // dU rows, scattered into the packed panels of dub; their sum is db_in's share of this band.
+              T su = 0;
+              for (int64_t r = r0; r < r1; ++r) {
+                dw_row(d, ta, tb, r, W, K, wflip.data() + int64_t(c) * KK, T(0), durow.data(), zeros.data());
+                T sr = 0;
+#pragma omp simd reduction(+ : sr)
+                for (int64_t w = 0; w < W; ++w) sr += durow[w];
+                su += sr;
+                for (int64_t w = 0, p = (r - r0) * W; w < W;) {
+                  const int64_t q = p % NR, m = std::min<int64_t>(NR - q, W - w);
+                  std::copy(durow.data() + w, durow.data() + w + m, dub.data() + (p / NR) * C2 * NR + c * NR + q);
+                  w += m;
+                  p += m;
+                }
+              }
+              gbp[c] += su;
             }
           }
-          for (int k = 0; k < KK; ++k) {
-            T sw = 0;
-            const T* wa = wacc.data() + k * W;
-            for (int64_t w = 0; w < W; ++w) sw += wa[w];
-            gw[k] = sw;
-          }
         }
-        for (int64_t r = 0; r < H; ++r) dw_row(d, 0, H, r, W, K, wflip.data() + int64_t(c) * KK, T(0), u + r * W, zeros.data());
+        gemm_nn_packed<T>(C, C2, Pb, w_inT.data(), C2, dub.data(), gx + n * C * HW + r0 * W, HW, nullptr, false);
+        gemm_nt_apacked<T>(C2, C, Pb, dub.data(), xn + r0 * W, HW, gwp, C);
       }
     }
   });
   for (int c = 0; c < C2; ++c) {
     for (int k = 0; k < KK; ++k) {
       T s = 0;
-      for (int64_t n = 0; n < N; ++n) s += gwdw_part[(n * C2 + c) * KK + k];
+      for (int64_t it = 0; it < items; ++it) s += gwdw_part[(it * C2 + c) * KK + k];
       gw_dw[c * KK + k] = s;
     }
     T s = 0;
-    for (int64_t n = 0; n < N; ++n) s += gbdw_part[n * C2 + c];
+    for (int64_t it = 0; it < items; ++it) s += gbdw_part[it * C2 + c];
     gb_dw[c] = s;
   }
-  // dx = W_in^T dU; dW_in = sum dU x^T; db_in = sum dU  (per-chunk partials, fixed-order sum).
-  std::vector<T> w_inT(size_t(C) * C2);
-  for (int o = 0; o < C2; ++o)
-    for (int i = 0; i < C; ++i) w_inT[i * C2 + o] = w_in[o * C + i];
-  const Chunks ch(N * nblk, 32);
-  std::vector<T> gw_part(size_t(ch.n) * C2 * C, T(0)), gb_part(size_t(ch.n) * C2, T(0));
-  at::parallel_for(0, ch.n, 1, [&](int64_t k0, int64_t k1) {
-    for (int64_t k = k0; k < k1; ++k)
-      for (int64_t it = ch.begin(k); it < ch.end(k); ++it) {
-        const int64_t n = it / nblk, p0 = (it % nblk) * PB, P = std::min(PB, HW - p0);
-        const T* du = U.data() + n * C2 * HW + p0;
-        const T* xn = x + n * C * HW + p0;
-        gemm_nn<T>(C, C2, P, w_inT.data(), C2, du, HW, gx + n * C * HW + p0, HW, nullptr, false);
-        gemm_nt<T>(C2, C, P, du, HW, xn, HW, gw_part.data() + k * C2 * C, C);
-        T* gb = gb_part.data() + k * C2;
-        for (int o = 0; o < C2; ++o) {
-          T s = 0;
-          const T* row = du + o * HW;
-#pragma omp simd reduction(+ : s)
-          for (int64_t p = 0; p < P; ++p) s += row[p];
-          gb[o] += s;
-        }
-      }
-  });
   for (int64_t e = 0; e < int64_t(C2) * C; ++e) {
     T s = 0;
     for (int64_t k = 0; k < ch.n; ++k) s += gw_part[k * C2 * C + e];

@@ -137,13 +137,14 @@ inline void nn_micro_rows(int mr, int K, const T* A, int64_t lda, const T* Bp, T
 }
 
 // C[M x N] += A[M x P] * B[N x P]^T, computed as A * (B^T) with B^T packed into column panels per pixel block
-// (register accumulation over the whole block, no horizontal sums). A rows are copied 6 at a time into a
-// contiguous buffer: image planes are often a power of two apart and would thrash the L1 sets.
-// The summation order depends only on the shapes (deterministic).
-template <typename T>
-inline void gemm_nt(int M, int N, int64_t P, const T* A, int64_t lda, const T* B, int64_t ldb, T* C, int64_t ldc) {
+// (register accumulation over the whole block, no horizontal sums). load_a(m0, mr, p0, np, abuf) copies rows
+// [m0, m0+mr) x pixels [p0, p0+np) of A into abuf (row stride kNtBlock). The summation order depends only on
+// the shapes (deterministic).
+constexpr int64_t kNtBlock = 256;
+template <typename T, typename LoadA>
+inline void gemm_nt_impl(int M, int N, int64_t P, const LoadA& load_a, const T* B, int64_t ldb, T* C, int64_t ldc) {
   constexpr int NR = panel_width<T>();
-  constexpr int64_t PB = 256;
+  constexpr int64_t PB = kNtBlock;
   const int npanels = (N + NR - 1) / NR;
   std::vector<T> bt(size_t(npanels) * PB * NR), abuf(size_t(6) * PB);
   for (int64_t p0 = 0; p0 < P; p0 += PB) {
@@ -163,7 +164,7 @@ inline void gemm_nt(int M, int N, int64_t P, const T* A, int64_t lda, const T* B
     }
     for (int m0 = 0; m0 < M; m0 += 6) {
       const int mr = M - m0 < 6 ? M - m0 : 6;
-      for (int i = 0; i < mr; ++i) std::memcpy(abuf.data() + i * PB, A + (m0 + i) * lda + p0, sizeof(T) * np);
+      load_a(m0, mr, p0, np, abuf.data());
       for (int pn = 0; pn < npanels; ++pn) {
         const int nj = N - pn * NR < NR ? N - pn * NR : NR;
         nn_micro_rows<T>(mr, np, abuf.data(), PB, bt.data() + size_t(pn) * PB * NR, C + m0 * ldc + pn * NR, ldc,
@@ -171,6 +172,28 @@ inline void gemm_nt(int M, int N, int64_t P, const T* A, int64_t lda, const T* B
       }
     }
   }
+}
+
+// gemm_nt with A row-major (row stride lda). A rows are copied 6 at a time into a contiguous buffer: image
+// planes are often a power of two apart and would thrash the L1 sets.
+template <typename T>
+inline void gemm_nt(int M, int N, int64_t P, const T* A, int64_t lda, const T* B, int64_t ldb, T* C, int64_t ldc) {
+  gemm_nt_impl<T>(M, N, P, [&](int m0, int mr, int64_t p0, int np, T* abuf) {
+    for (int i = 0; i < mr; ++i) std::memcpy(abuf + i * kNtBlock, A + (m0 + i) * lda + p0, sizeof(T) * np);
+  }, B, ldb, C, ldc);
+}
+
+// gemm_nt with A in the packed-panel layout of pack_b (Ap[blk][m][NR], blk = pixel / NR, zero-padded).
+template <typename T>
+inline void gemm_nt_apacked(int M, int N, int64_t P, const T* Ap, const T* B, int64_t ldb, T* C, int64_t ldc) {
+  constexpr int NR = panel_width<T>();
+  static_assert(kNtBlock % NR == 0, "pixel blocks must hold whole panels");
+  gemm_nt_impl<T>(M, N, P, [&](int m0, int mr, int64_t p0, int np, T* abuf) {
+    for (int64_t q = 0; q < np; q += NR) {
+      const T* src = Ap + ((p0 + q) / NR) * int64_t(M) * NR + int64_t(m0) * NR;
+      for (int i = 0; i < mr; ++i) std::memcpy(abuf + i * kNtBlock + q, src + i * NR, sizeof(T) * NR);
+    }
+  }, B, ldb, C, ldc);
 }
 
 }  // namespace sadffm
