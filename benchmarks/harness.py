@@ -25,8 +25,8 @@ from typing import Callable, Iterable
 
 import torch
 
-__all__ = ["Timing", "time_fn", "peak_memory", "measure", "machine_info", "machine_tag", "measure_ceilings",
-           "progress", "sync", "quantiles"]
+__all__ = ["Timing", "time_fn", "paired_speedup", "peak_memory", "measure", "machine_info", "machine_tag",
+           "measure_ceilings", "progress", "sync", "quantiles"]
 
 
 @dataclass
@@ -158,6 +158,35 @@ def time_fn(fn: Callable, device: torch.device | str = "cpu", *, warmup: int = 2
     if torch.device(device).type == "cuda":
         return _time_cuda(fn, warmup, min_run_time, min_samples, max_time)
     return _time_cpu(fn, warmup, min_run_time, min_samples, max_time, threads)
+
+
+def paired_speedup(ref_fn: Callable, fn: Callable, device: torch.device | str = "cpu", *, rounds: int = 9,
+                   max_time: float = 20.0, threads: int | None = None) -> dict:
+    """Speed-up of ``fn`` over ``ref_fn`` from interleaved single calls: each round times one call of each
+    (alternating which goes first) and gives the ratio t_ref / t_fn; returns the median and quartiles of the
+    per-round ratios. Both calls of a round see the same machine state, so this is robust to the slow drifts
+    of a shared machine that make two separately timed medians disagree. Stops early after ``max_time`` s
+    (at least 3 rounds)."""
+    dev = torch.device(device)
+    ctx = _threads(threads) if threads and dev.type == "cpu" else contextlib.nullcontext()
+    ratios = []
+    with ctx:
+        ref_fn(), fn()
+        sync(dev)
+        t_end = time.perf_counter() + max_time
+        for i in range(rounds):
+            ts = {}
+            for which in ((ref_fn, fn) if i % 2 == 0 else (fn, ref_fn)):
+                sync(dev)
+                t0 = time.perf_counter()
+                which()
+                sync(dev)
+                ts[which] = time.perf_counter() - t0
+            ratios.append(ts[ref_fn] / ts[fn])
+            if i >= 2 and time.perf_counter() > t_end:
+                break
+    q1, med, q3 = quantiles(ratios)
+    return {"median": med, "q1": q1, "q3": q3, "n": len(ratios)}
 
 
 def _proc_status(key: str) -> int | None:

@@ -23,7 +23,7 @@ import eimn_kernels as ek
 from eimn_kernels import reference as ref
 
 from .report import write_json
-from .harness import error_text, machine_info, measure, measure_ceilings, progress
+from .harness import error_text, machine_info, measure, measure_ceilings, paired_speedup, progress
 from .roofline import conv_flops, nbytes, roofline_fields
 
 __all__ = ["shape_plan", "kernel_backends", "bench_ops", "bench_subops", "format_rows", "main"]
@@ -136,7 +136,7 @@ def _run_group(group: str, op: str, shape, mode: str, variants: dict[str, _Case]
                dtype_name: str, ceilings: dict | None, tkw: dict, compile_s: dict | None = None) -> list[dict]:
     """Time every variant of one (op, shape, mode); eager first. Speed-ups and errors are vs eager
     (errors of the outputs for fwd, of all gradients for bwd / fwd+bwd)."""
-    rows, want, eager_med = [], None, None
+    rows, want, eager_med, eager_fn = [], None, None, None
     eager = variants["eager"]
     flops = _flops(mode, ref_fn, eager)
     with torch.no_grad():
@@ -163,8 +163,13 @@ def _run_group(group: str, op: str, shape, mode: str, variants: dict[str, _Case]
         if compile_s and name in compile_s:
             row["compile_s"] = compile_s[name]
         if name == "eager":
-            eager_med = t.median_s
+            eager_med, eager_fn = t.median_s, fn
         row["speedup_vs_eager"] = eager_med / t.median_s if eager_med else None
+        if name != "eager" and eager_fn is not None:
+            ps = paired_speedup(eager_fn, fn, device, rounds=tkw.get("min_samples", 5) + 4,
+                                max_time=tkw.get("max_time", 30.0), threads=tkw.get("threads"))
+            row.update({"paired_speedup": ps["median"], "paired_q1": ps["q1"], "paired_q3": ps["q3"],
+                        "paired_n": ps["n"]})
         row.update(roofline_fields(flops, n_bytes, t.median_s, ceilings))
         rows.append(row)
     return rows
@@ -298,21 +303,29 @@ def bench_subops(ops=("molrcm", "sadffm"), device: str = "cpu", quick: bool = Fa
     return rows
 
 
+def _paired(r: dict) -> str:
+    if r.get("paired_speedup") is None:
+        return ""
+    return f"{r['paired_speedup']:.2f} ({r['paired_q1']:.2f}-{r['paired_q3']:.2f})"
+
+
 def format_rows(rows: list[dict]) -> str:
     """Markdown table of op / sub-op rows."""
-    lines = ["| op | shape | mode | variant | median ms | IQR ms | speed-up | peak MB | GFLOP/s | GB/s "
-             "| % BW | % FLOP | max rel err |", "|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    lines = ["| op | shape | mode | variant | median ms | IQR ms | speed-up | paired speed-up (IQR) | peak MB "
+             "| GFLOP/s | GB/s | % BW | % FLOP | max rel err |",
+             "|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
 
     def f(v, fmt):
         return "" if v is None else format(v, fmt)
     for r in rows:
         if "error" in r:
             lines.append(f"| {r['op']} | {r['shape']} | {r['mode']} | {r['variant']} | error: {r['error']} "
-                         "| | | | | | | | |")
+                         "| | | | | | | | | |")
             continue
         lines.append(
             f"| {r['op']} | {r['shape']} | {r['mode']} | {r['variant']} | {r['median_ms']:.2f} | {r['iqr_ms']:.2f} "
-            f"| {f(r.get('speedup_vs_eager'), '.2f')} | {f(r.get('peak_mem_MB'), '.0f')} | {r['GFLOPs']:.1f} "
+            f"| {f(r.get('speedup_vs_eager'), '.2f')} | {_paired(r)} | {f(r.get('peak_mem_MB'), '.0f')} "
+            f"| {r['GFLOPs']:.1f} "
             f"| {r['GBps']:.1f} | {f(r.get('bw_frac') and 100 * r['bw_frac'], '.0f')} "
             f"| {f(r.get('flop_frac') and 100 * r['flop_frac'], '.0f')} | {f(r.get('max_rel_err'), '.1e')} |")
     return "\n".join(lines)

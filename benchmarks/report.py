@@ -72,7 +72,9 @@ def to_markdown(results: dict) -> str:
         rows = [r for r in ops if r.get("group") == group]
         if rows:
             lines += [f"## {title}", "",
-                      "Times are medians; speed-up = eager median / variant median in the same run. Roofline: conv "
+                      "Times are medians; speed-up = eager median / variant median in the same run; paired "
+                      "speed-up = median (and quartiles) of t_eager / t_variant over interleaved single calls, which "
+                      "both see the same machine state (the steadier figure on a shared machine). Roofline: conv "
                       "FLOPs (2 x MACs, elementwise work not counted) and minimum bytes (inputs, parameters, outputs "
                       "once) against the measured copy bandwidth and sgemm rate.", "", ops_md(rows), ""]
     if results.get("model"):

@@ -107,7 +107,8 @@ def _summary(res: dict) -> None:
     for r in res.get("ops") or []:
         if r.get("group") == "op" and "median_ms" in r:
             print(f"  {r['op']:7s} {r['shape']:>13s} {r['mode']:8s} {r['variant']:14s} {r['median_ms']:9.2f} ms"
-                  f"  x{r['speedup_vs_eager']:.2f}")
+                  f"  x{r['speedup_vs_eager']:.2f}"
+                  + (f" (paired x{r['paired_speedup']:.2f})" if r.get("paired_speedup") else ""))
     for r in res.get("model") or []:
         if "median_ms" in r:
             extra = f" batch {r['batch']} train" if r["group"] == "training" else ""

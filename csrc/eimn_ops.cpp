@@ -42,6 +42,10 @@ TORCH_LIBRARY(eimn_C, m) {
         "Tensor w_gr, Tensor b_gr, Tensor w_lr, Tensor b_lr, Tensor w_ce, Tensor b_ce, Tensor w_se, Tensor b_se, "
         "float eps) -> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, "
         "Tensor, Tensor)");
+  // Whole SADFFM layer, forward only (inference; CPU): dffm_out(gated_dwconv(x)) without writing h.
+  m.def("sadffm_infer_forward(Tensor x, Tensor w_in, Tensor b_in, Tensor w_dw, Tensor b_dw, Tensor w_out, "
+        "Tensor b_out, Tensor ln_w, Tensor ln_b, Tensor w_gr, Tensor b_gr, Tensor w_lr, Tensor b_lr, Tensor w_ce, "
+        "Tensor b_ce, Tensor w_se, Tensor b_se, float eps) -> Tensor");
 }
 
 // Importable as eimn_kernels._C (registration happens at load time).

@@ -1,7 +1,8 @@
 """eimn-kernels: fused CPU / Triton / CUDA kernels for EIMN's MOLRCM and SADFFM layers.
 
 Functional ops (NCHW tensors, ``backend='auto'|'reference'|'cpu'|'triton'|'cuda'``):
-``dw_mix``, ``proj_qv``, ``gate_out`` (MOLRCM) and ``gated_dwconv``, ``dffm_out`` (SADFFM).
+``dw_mix``, ``proj_qv``, ``gate_out`` (MOLRCM) and ``gated_dwconv``, ``dffm_out`` (SADFFM); ``sadffm_layer``
+(the whole SADFFM layer: one kernel that never writes the hidden tensor when no gradient is needed).
 Modules: ``MOLRCM``, ``SADFFM``. Model surgery: ``fuse``, ``optimize_for_inference``.
 """
 from . import _ext, reference
@@ -9,9 +10,10 @@ from .backends import BACKENDS, available_backends, backend_status, resolve_back
 from .fuse import fuse
 from .inference import optimize_for_inference
 from .modules import MOLRCM, SADFFM
-from .ops import dffm_out, dw_mix, gate_out, gated_dwconv, proj_qv
+from .ops import dffm_out, dw_mix, gate_out, gated_dwconv, proj_qv, sadffm_layer
 
 __version__ = "0.1.0"
 
 __all__ = ["BACKENDS", "available_backends", "backend_status", "resolve_backend", "fuse", "optimize_for_inference",
-           "MOLRCM", "SADFFM", "dw_mix", "proj_qv", "gate_out", "gated_dwconv", "dffm_out", "reference"]
+           "MOLRCM", "SADFFM", "dw_mix", "proj_qv", "gate_out", "gated_dwconv", "dffm_out", "sadffm_layer",
+           "reference"]

@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from .ops import dffm_out, dw_mix, gate_out, gated_dwconv, proj_qv
+from .ops import dw_mix, gate_out, proj_qv, sadffm_layer
 
 __all__ = ["MOLRCM", "SADFFM"]
 
@@ -127,8 +127,8 @@ class SADFFM(nn.Module):
             d.global_reduce.weight, d.global_reduce.bias, d.local_reduce.weight, d.local_reduce.bias,
             d.channel_expand.weight, d.channel_expand.bias, d.spatial_expand.weight, d.spatial_expand.bias)
         with torch.autocast(x.device.type, enabled=False):
-            h = gated_dwconv(x, w_in, b_in, w_dw, b_dw, backend=self.backend)
-            return dffm_out(h, *ws, getattr(d.norm, "eps", 1e-6), backend=self.backend)
+            return sadffm_layer(x, w_in, b_in, w_dw, b_dw, *ws, getattr(d.norm, "eps", 1e-6),
+                                backend=self.backend)
 
     def extra_repr(self) -> str:
         return f"dim={self.dim}, hidden={self.hidden}, backend={self.backend!r}"

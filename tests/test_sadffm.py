@@ -260,3 +260,56 @@ def test_cpu_backward_same_for_1_and_2_threads():
         torch.set_num_threads(n)
     for u, v in zip(*outs):
         assert torch.equal(u, v)
+
+
+# (N, C, hid, H, W, K): several row bands, H or W = 1, K = 5 and generic 9.
+LAYER_SHAPES = [(2, 8, 13, 37, 11, 5), (1, 8, 6, 1, 1, 3), (3, 4, 5, 5, 300, 9), (1, 64, 170, 40, 24, 3)]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+@pytest.mark.parametrize("shape", LAYER_SHAPES, ids=lambda s: "x".join(map(str, s)))
+def test_sadffm_layer_no_grad_matches_reference(backend, shape, dtype):
+    """No-grad whole layer (the cpu backend's single kernel, no hidden tensor) vs the reference composition."""
+    name, dev = backend
+    N, C, hid, H, W, K = shape
+    x, *gw = gdw_inputs(N, C, hid, H, W, K, dtype, dev)
+    _, *dw = dffm_inputs(1, hid, C, 1, 1, dtype, dev)
+    want = reference.dffm_out(reference.gated_dwconv(x, *gw), *dw, 1e-6)
+    with torch.no_grad():
+        got = ek.sadffm_layer(x, *gw, *dw, 1e-6, backend=name)
+    assert got.shape == want.shape and got.dtype == dtype
+    assert rel_err(got, want) <= (1e-5 if dtype == torch.float32 else 1e-12)
+
+
+def test_sadffm_layer_with_grad_is_the_two_ops(backend):
+    """With gradients needed, sadffm_layer is gated_dwconv + dffm_out: same output, gradients for everything."""
+    name, dev = backend
+    x, *gw = gdw_inputs(2, 8, 13, 9, 7, 3, torch.float64, dev)
+    _, *dw = dffm_inputs(1, 13, 8, 1, 1, torch.float64, dev)
+    ins = [t.requires_grad_() for t in [x, *gw, *dw]]
+    assert torch.autograd.gradcheck(lambda *a: ek.sadffm_layer(*a, 1e-6, backend=name), ins, fast_mode=True)
+
+
+def test_sadffm_infer_opcheck_and_compile(backend):
+    name, dev = backend
+    if name != "cpu":
+        pytest.skip("the whole-layer kernel exists for the cpu backend only")
+    x, *gw = gdw_inputs(2, 8, 13, 9, 7, 3, torch.float32, dev)
+    _, *dw = dffm_inputs(1, 13, 8, 1, 1, torch.float32, dev)
+    torch.library.opcheck(torch.ops.eimn_kernels.sadffm_infer, (x, *gw, *dw, 1e-6, name),
+                          test_utils=("test_schema", "test_faketensor"))
+    torch._dynamo.reset()
+    f = torch.compile(lambda t: ek.sadffm_layer(t, *gw, *dw, 1e-6, backend=name), fullgraph=True)
+    with torch.no_grad():
+        torch.testing.assert_close(f(x), ek.sadffm_layer(x, *gw, *dw, 1e-6, backend=name))
+
+
+def test_sadffm_layer_bad_input(backend):
+    name, dev = backend
+    x, *gw = gdw_inputs(1, 8, 6, 5, 5, 3, torch.float32, dev)
+    _, *dw = dffm_inputs(1, 6, 8, 1, 1, torch.float32, dev)
+    with torch.no_grad():
+        with pytest.raises(ValueError, match="w_out"):
+            ek.sadffm_layer(x, *gw, dw[0][:, :5], *dw[1:], 1e-6, backend=name)
+        with pytest.raises(ValueError):
+            ek.sadffm_layer(x[:, :5], *gw, *dw, 1e-6, backend=name)

@@ -55,6 +55,19 @@ struct Chunks {
   int64_t end(int64_t c) const { return (c + 1) * items / n; }
 };
 
+// Copies pixels [p, p+n) of channel c (contiguous in src) into packed GEMM panels dst[blk][ch][NR]
+// (blk = pixel / NR, ldc channels per panel): the layout pack_b produces, written without a second pass.
+template <typename T>
+inline void scatter_to_panels(const T* src, int64_t n, int64_t p, int c, int ldc, T* dst) {
+  constexpr int NR = panel_width<T>();
+  for (int64_t w = 0; w < n;) {
+    const int64_t q = p % NR, m = std::min<int64_t>(NR - q, n - w);
+    std::copy(src + w, src + w + m, dst + (p / NR) * ldc * NR + int64_t(c) * NR + q);
+    w += m;
+    p += m;
+  }
+}
+
 // ------------------------------------------------------------------------------- depthwise row helper
 // out[0:W] = bias + sum_{ky,kx} wk[ky,kx] * plane[r+ky-pad, w+kx-pad], where plane holds rows [a, b) of the
 // image (row stride W) and every pixel outside the image is zero. zeros: W zeros (stand-in for missing rows).
@@ -351,12 +364,7 @@ void gated_dwconv_bwd_kernel(const T* gh, const T* x, const T* w_in, const T* b_
 #pragma omp simd reduction(+ : sr)
                 for (int64_t w = 0; w < W; ++w) sr += durow[w];
                 su += sr;
-                for (int64_t w = 0, p = (r - r0) * W; w < W;) {
-                  const int64_t q = p % NR, m = std::min<int64_t>(NR - q, W - w);
-                  std::copy(durow.data() + w, durow.data() + w + m, dub.data() + (p / NR) * C2 * NR + c * NR + q);
-                  w += m;
-                  p += m;
-                }
+                scatter_to_panels(durow.data(), W, (r - r0) * W, c, C2, dub.data());
               }
               gbp[c] += su;
             }
@@ -456,11 +464,11 @@ template <typename T> struct DffmW {
 
 // One tile of y = W_out h + b_out (written to y, ld HW), its LayerNorm stats, z (tile buffer [C][kPT]),
 // lpre = W_lr z + b_lr ([R][kPT]), a_loc = w_se[:R] . GELU(lpre), per-channel sums of yhat = (y - mu) * rstd.
+// dffm_tile_stats: everything after the GEMM, for a y tile already computed (ld HW).
 template <typename T>
-void dffm_tile_front(const DffmW<T>& w, const T* h, int64_t HW, int64_t P, T* y, T* mu, T* rstd, T* z, T* lpre,
-                     T* aloc, T* yhat_sum) {
+void dffm_tile_stats(const DffmW<T>& w, const T* y, int64_t HW, int64_t P, T* mu, T* rstd, T* z, T* lpre, T* aloc,
+                     T* yhat_sum) {
   const int C = w.C, R = w.R;
-  gemm_nn<T>(C, w.hid, P, w.w_out, w.hid, h, HW, y, HW, w.b_out, false);
 #pragma omp simd
   for (int64_t p = 0; p < P; ++p) mu[p] = 0;
   for (int c = 0; c < C; ++c) {
@@ -502,6 +510,13 @@ void dffm_tile_front(const DffmW<T>& w, const T* h, int64_t HW, int64_t P, T* y,
   }
 }
 
+template <typename T>
+void dffm_tile_front(const DffmW<T>& w, const T* h, int64_t HW, int64_t P, T* y, T* mu, T* rstd, T* z, T* lpre,
+                     T* aloc, T* yhat_sum) {
+  gemm_nn<T>(w.C, w.hid, P, w.w_out, w.hid, h, HW, y, HW, w.b_out, false);
+  dffm_tile_stats(w, y, HW, P, mu, rstd, z, lpre, aloc, yhat_sum);
+}
+
 // Per image: m = mean_HW z, gpre = W_gr m + b_gr, g = GELU(gpre), cc = sigmoid(W_ce g + b_ce),
 // k = w_se[R:] . g + b_se.  (exact scalar math; N*C work)
 template <typename T>
@@ -529,6 +544,35 @@ void dffm_global(const DffmW<T>& w, const T* yhat_sum_tiles, int64_t ntiles, int
   }
 }
 
+// Second pass of the DFFM forward: per image, the global branch from the per-tile sums of yhat (ntiles slots
+// per image, in order), then out (holding y) *= c[n, ch] * sigmoid(aloc + k[n]) in place.
+template <typename T>
+void dffm_apply_gate(const DffmW<T>& w, const T* ysum, int64_t ntiles, const T* aloc, T* out, int64_t N,
+                     int64_t HW) {
+  const int C = w.C, R = w.R;
+  std::vector<T> cc(size_t(N) * C), kn(N), tmp(size_t(C) + 2 * R);
+  for (int64_t n = 0; n < N; ++n)
+    dffm_global(w, ysum + n * ntiles * C, ntiles, HW, tmp.data(), tmp.data() + C, tmp.data() + C + R,
+                cc.data() + n * C, kn.data() + n);
+  const int64_t nt = (HW + kPT - 1) / kPT;
+  at::parallel_for(0, N * nt, 1, [&](int64_t i0, int64_t i1) {
+    std::vector<T> s(kPT);
+    for (int64_t it = i0; it < i1; ++it) {
+      const int64_t n = it / nt, p0 = (it % nt) * kPT, P = std::min(kPT, HW - p0);
+      const T* al = aloc + n * HW + p0;
+      const T k = kn[n];
+#pragma omp simd
+      for (int64_t p = 0; p < P; ++p) s[p] = v_sigmoid(al[p] + k);
+      for (int c = 0; c < C; ++c) {
+        T* o = out + (n * C + c) * HW + p0;
+        const T cv = cc[n * C + c];
+#pragma omp simd
+        for (int64_t p = 0; p < P; ++p) o[p] *= cv * s[p];
+      }
+    }
+  });
+}
+
 template <typename T>
 void dffm_fwd_kernel(const DffmW<T>& w, const T* h, T* out, int64_t N, int64_t HW) {
   const int C = w.C, R = w.R;
@@ -544,26 +588,67 @@ void dffm_fwd_kernel(const DffmW<T>& w, const T* h, T* out, int64_t N, int64_t H
                       aloc.data() + n * HW + p0, ysum.data() + it * C);
     }
   });
-  std::vector<T> cc(size_t(N) * C), kn(N), tmp(size_t(C) + 2 * R);
-  for (int64_t n = 0; n < N; ++n)
-    dffm_global(w, ysum.data() + n * nt * C, nt, HW, tmp.data(), tmp.data() + C, tmp.data() + C + R,
-                cc.data() + n * C, kn.data() + n);
+  dffm_apply_gate(w, ysum.data(), nt, aloc.data(), out, N, HW);
+}
+
+// Whole SADFFM layer, forward only (inference): h = gated_dwconv(x) is produced band by band into packed GEMM
+// panels and consumed at once by y = W_out h + b_out, so h (N x hid x H x W) never goes to memory; y goes to
+// out, and the DFFM gate is applied to it in place in a second pass (the global mean needs all of y first).
+template <typename T>
+void sadffm_infer_kernel(const T* x, const T* w_in, const T* b_in, const T* w_dw, const T* b_dw, const DffmW<T>& w,
+                         T* out, int64_t N, int C, int64_t H, int64_t W, int K) {
+  const int hid = w.hid, pad = K / 2, Co = w.C, R = w.R;
+  const int64_t HW = H * W;
+  // Bands of ~6144 pixels (1x1 recompute on the K/2-row halos stays ~10%) and at least 8 items in all where the
+  // images allow; independent of the thread count, so the result is too.
+  const int64_t min_bands = (8 + N - 1) / N;
+  int64_t band = std::max<int64_t>(1, 6144 / W);
+  band = std::max<int64_t>(1, std::min(band, (H + min_bands - 1) / min_bands));
+  const int64_t nbands = (H + band - 1) / band, items = N * nbands;
+  const int64_t tpb = (band * W + kPT - 1) / kPT;  // LayerNorm-sum slots per band (the last band may use fewer)
+  const int ngroups = (hid + kGroup - 1) / kGroup;
+  const PairGroupWeights<T> pw(w_in, b_in, C, hid);
+  constexpr int NR = panel_width<T>();
+  Scratch<T> aloc(size_t(N) * HW);
+  std::vector<T> ysum(size_t(items) * tpb * Co, T(0));
   at::parallel_for(0, items, 1, [&](int64_t i0, int64_t i1) {
-    std::vector<T> s(kPT);
+    const int64_t maxPu = std::min(H, band + 2 * pad) * W;
+    std::vector<T> xpack(size_t(C) * ((maxPu + NR - 1) / NR) * NR), ubuf(size_t(2 * kGroup) * maxPu);
+    std::vector<T> hpack(size_t(hid) * ((band * W + NR - 1) / NR) * NR, T(0)), acc(2 * W), zeros(W, T(0));
+    std::vector<T> buf(size_t(Co + R + 2) * kPT);
+    T *z = buf.data(), *lpre = z + Co * kPT, *mu = lpre + R * kPT, *rs = mu + kPT;
     for (int64_t it = i0; it < i1; ++it) {
-      const int64_t n = it / nt, p0 = (it % nt) * kPT, P = std::min(kPT, HW - p0);
-      const T* al = aloc.data() + n * HW + p0;
-      const T k = kn[n];
+      const int64_t n = it / nbands, r0 = (it % nbands) * band, r1 = std::min(H, r0 + band);
+      const int64_t ua = std::max<int64_t>(0, r0 - pad), ub = std::min(H, r1 + pad);
+      const int64_t Pu = (ub - ua) * W, Pb = (r1 - r0) * W;
+      pack_b<T>(C, Pu, x + n * C * HW + ua * W, HW, xpack.data());
+      for (int g = 0; g < ngroups; ++g) {
+        const int c0 = g * kGroup, gs = std::min(kGroup, hid - c0);
+        gemm_nn_packed<T>(2 * gs, C, Pu, pw.w.data() + int64_t(2 * c0) * C, C, xpack.data(), ubuf.data(), Pu,
+                          pw.b.data() + 2 * c0, false);
+        for (int j = 0; j < gs; ++j) {
+          const int c = c0 + j;
+          const T* u1 = ubuf.data() + int64_t(j) * Pu;
+          const T* u2 = ubuf.data() + int64_t(gs + j) * Pu;
+          T* a1 = acc.data();
+          T* a2 = acc.data() + W;
+          for (int64_t r = r0; r < r1; ++r) {
+            dw_row(u1, ua, ub, r, W, K, w_dw + int64_t(c) * K * K, b_dw[c], a1, zeros.data());
+            dw_row(u2, ua, ub, r, W, K, w_dw + int64_t(hid + c) * K * K, b_dw[hid + c], a2, zeros.data());
 #pragma omp simd
-      for (int64_t p = 0; p < P; ++p) s[p] = v_sigmoid(al[p] + k);
-      for (int c = 0; c < C; ++c) {
-        T* o = out + (n * C + c) * HW + p0;
-        const T cv = cc[n * C + c];
-#pragma omp simd
-        for (int64_t p = 0; p < P; ++p) o[p] *= cv * s[p];
+            for (int64_t q = 0; q < W; ++q) a2[q] = v_gelu(a1[q]) * a2[q];
+            scatter_to_panels(a2, W, (r - r0) * W, c, hid, hpack.data());
+          }
+        }
       }
+      T* y = out + n * Co * HW + r0 * W;
+      gemm_nn_packed<T>(Co, hid, Pb, w.w_out, hid, hpack.data(), y, HW, w.b_out, false);
+      for (int64_t s = 0; s * kPT < Pb; ++s)
+        dffm_tile_stats(w, y + s * kPT, HW, std::min(kPT, Pb - s * kPT), mu, rs, z, lpre,
+                        aloc.data() + n * HW + r0 * W + s * kPT, ysum.data() + (it * tpb + s) * Co);
     }
   });
+  dffm_apply_gate(w, ysum.data(), nbands * tpb, aloc.data(), out, N, HW);
 }
 
 template <typename T>
@@ -818,12 +903,11 @@ constexpr int kNumDffmW = 12;
 const char* kDffmNames[kNumDffmW] = {"w_out", "b_out", "ln_w", "ln_b", "w_gr", "b_gr",
                                      "w_lr",  "b_lr",  "w_ce", "b_ce", "w_se", "b_se"};
 
-// Validates h and the 12 DFFM weights; returns them contiguous.
-std::vector<at::Tensor> check_dffm(const at::Tensor& h, const std::vector<at::Tensor>& ws) {
-  check_image(h, "h");
+// Validates the 12 DFFM weights for hid input channels (dtype and device of ref); returns them contiguous.
+std::vector<at::Tensor> check_dffm_weights(int64_t hid, const at::Tensor& ref, const std::vector<at::Tensor>& ws) {
   const int dims[kNumDffmW] = {4, 1, 1, 1, 4, 1, 4, 1, 4, 1, 4, 1};
-  for (int i = 0; i < kNumDffmW; ++i) check_tensor(ws[i], kDffmNames[i], dims[i], h);
-  const int64_t hid = h.size(1), C = ws[0].size(0), R = ws[4].size(0);
+  for (int i = 0; i < kNumDffmW; ++i) check_tensor(ws[i], kDffmNames[i], dims[i], ref);
+  const int64_t C = ws[0].size(0), R = ws[4].size(0);
   TORCH_CHECK(C > 0 && R > 0, "sadffm cpu: w_out and w_gr must have at least one output channel");
   check_shape(ws[0], "w_out", {C, hid, 1, 1});
   check_shape(ws[1], "b_out", {C});
@@ -840,6 +924,12 @@ std::vector<at::Tensor> check_dffm(const at::Tensor& h, const std::vector<at::Te
   std::vector<at::Tensor> out;
   for (auto& w : ws) out.push_back(w.contiguous());
   return out;
+}
+
+// Validates h and the 12 DFFM weights; returns the weights contiguous.
+std::vector<at::Tensor> check_dffm(const at::Tensor& h, const std::vector<at::Tensor>& ws) {
+  check_image(h, "h");
+  return check_dffm_weights(h.size(1), h, ws);
 }
 
 template <typename T> DffmW<T> dffm_weights(const std::vector<at::Tensor>& ws, int64_t hid, double eps) {
@@ -867,6 +957,30 @@ at::Tensor dffm_out_forward(const at::Tensor& h_, const at::Tensor& w_out, const
   AT_DISPATCH_FLOATING_TYPES(h.scalar_type(), "dffm_out_forward", [&] {
     dffm_fwd_kernel<scalar_t>(dffm_weights<scalar_t>(ws, hid, eps), h.data_ptr<scalar_t>(), out.data_ptr<scalar_t>(),
                               N, H * W);
+  });
+  return out;
+}
+
+// Whole layer, no autograd: x (N, C, H, W) + gated_dwconv weights + DFFM weights -> out (N, C_out, H, W);
+// equals dffm_out_forward(gated_dwconv_forward(x, ...), ...).
+at::Tensor sadffm_infer_forward(const at::Tensor& x_, const at::Tensor& w_in_, const at::Tensor& b_in_,
+                                const at::Tensor& w_dw_, const at::Tensor& b_dw_, const at::Tensor& w_out,
+                                const at::Tensor& b_out, const at::Tensor& ln_w, const at::Tensor& ln_b,
+                                const at::Tensor& w_gr, const at::Tensor& b_gr, const at::Tensor& w_lr,
+                                const at::Tensor& b_lr, const at::Tensor& w_ce, const at::Tensor& b_ce,
+                                const at::Tensor& w_se, const at::Tensor& b_se, double eps) {
+  check_gated_dwconv(x_, w_in_, b_in_, w_dw_, b_dw_);
+  const int64_t N = x_.size(0), C = x_.size(1), H = x_.size(2), W = x_.size(3), hid = w_in_.size(0) / 2;
+  auto ws = check_dffm_weights(hid, x_, {w_out, b_out, ln_w, ln_b, w_gr, b_gr, w_lr, b_lr, w_ce, b_ce, w_se, b_se});
+  auto x = x_.contiguous(), w_in = w_in_.contiguous(), b_in = b_in_.contiguous(), w_dw = w_dw_.contiguous(),
+       b_dw = b_dw_.contiguous();
+  const int64_t Co = ws[0].size(0);
+  auto out = at::empty({N, Co, H, W}, x.options());
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "sadffm_infer_forward", [&] {
+    using T = scalar_t;
+    sadffm_infer_kernel<T>(x.data_ptr<T>(), w_in.data_ptr<T>(), b_in.data_ptr<T>(), w_dw.data_ptr<T>(),
+                           b_dw.data_ptr<T>(), dffm_weights<T>(ws, hid, eps), out.data_ptr<T>(), N, int(C), H, W,
+                           int(w_dw.size(-1)));
   });
   return out;
 }
@@ -905,4 +1019,5 @@ TORCH_LIBRARY_IMPL(eimn_C, CPU, m) {
   m.impl("gated_dwconv_backward", &eimn::sadffm::gated_dwconv_backward);
   m.impl("dffm_out_forward", &eimn::sadffm::dffm_out_forward);
   m.impl("dffm_out_backward", &eimn::sadffm::dffm_out_backward);
+  m.impl("sadffm_infer_forward", &eimn::sadffm::sadffm_infer_forward);
 }

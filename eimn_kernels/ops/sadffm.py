@@ -5,10 +5,10 @@ import torch
 
 from .. import reference
 from ..backends import resolve_backend
-from ._registry import OpSpec, register
+from ._registry import LIB, OpSpec, register
 from .checks import check_image, check_weight, odd_kernel
 
-__all__ = ["gated_dwconv", "dffm_out"]
+__all__ = ["gated_dwconv", "dffm_out", "sadffm_layer"]
 
 _T = torch.Tensor
 
@@ -23,13 +23,32 @@ _dffm_out_op, _ = register(OpSpec(
     fake=lambda h, w_out, *rest: h.new_empty(h.shape[0], w_out.shape[0], *h.shape[2:])))
 
 
-def gated_dwconv(x: _T, w_in: _T, b_in: _T, w_dw: _T, b_dw: _T, backend: str = "auto") -> _T:
-    """Fused SADFFM front. x: (N, C, H, W) -> h: (N, hid, H, W).
+# Whole layer, forward only (no autograd formula): backends with a ``sadffm_infer_forward`` (cpu) run
+# dffm_out(gated_dwconv(x)) without writing the hidden tensor h; :func:`sadffm_layer` uses it only when no gradient
+# is needed.
+LIB.define("sadffm_infer(Tensor x, Tensor w_in, Tensor b_in, Tensor w_dw, Tensor b_dw, Tensor w_out, Tensor b_out, "
+           "Tensor ln_w, Tensor ln_b, Tensor w_gr, Tensor b_gr, Tensor w_lr, Tensor b_lr, Tensor w_ce, Tensor b_ce, "
+           "Tensor w_se, Tensor b_se, float eps, str backend) -> Tensor")
 
-    t = DW_K(W_in x + b_in) with w_in: (2*hid, C, 1, 1), w_dw: (2*hid, 1, K, K) odd K, 'same' padding;
-    h = GELU(t[:, :hid]) * t[:, hid:] (exact erf GELU).
-    """
-    check_image("x", x)
+
+def _sadffm_infer_impl(*args):
+    *a, backend = args
+    from ..backends import get_impl
+    return get_impl(backend).sadffm_infer_forward(*a)
+
+
+LIB.impl("sadffm_infer", _sadffm_infer_impl, "CompositeExplicitAutograd")
+
+
+@torch.library.register_fake("eimn_kernels::sadffm_infer", lib=LIB)
+def _sadffm_infer_fake(x, w_in, b_in, w_dw, b_dw, w_out, *rest):
+    return x.new_empty(x.shape[0], w_out.shape[0], *x.shape[2:])
+
+
+_INFER_BACKENDS = ("cpu",)
+
+
+def _check_gated_weights(x: _T, w_in: _T, b_in: _T, w_dw: _T, b_dw: _T) -> None:
     C = x.shape[1]
     check_weight("w_in", w_in, (None, C, 1, 1), x)
     if w_in.shape[0] % 2:
@@ -39,6 +58,34 @@ def gated_dwconv(x: _T, w_in: _T, b_in: _T, w_dw: _T, b_dw: _T, backend: str = "
     check_weight("w_dw", w_dw, (two_h, 1, None, None), x)
     odd_kernel("w_dw", w_dw)
     check_weight("b_dw", b_dw, (two_h,), x)
+
+
+def _check_dffm_weights(ref: _T, hid: int, w_out: _T, b_out: _T, ln_w: _T, ln_b: _T, w_gr: _T, b_gr: _T,
+                        w_lr: _T, b_lr: _T, w_ce: _T, b_ce: _T, w_se: _T, b_se: _T) -> None:
+    check_weight("w_out", w_out, (None, hid, 1, 1), ref)
+    C = w_out.shape[0]
+    check_weight("b_out", b_out, (C,), ref)
+    check_weight("ln_w", ln_w, (C,), ref)
+    check_weight("ln_b", ln_b, (C,), ref)
+    check_weight("w_gr", w_gr, (None, C, 1, 1), ref)
+    R = w_gr.shape[0]
+    check_weight("b_gr", b_gr, (R,), ref)
+    check_weight("w_lr", w_lr, (R, C, 1, 1), ref)
+    check_weight("b_lr", b_lr, (R,), ref)
+    check_weight("w_ce", w_ce, (C, R, 1, 1), ref)
+    check_weight("b_ce", b_ce, (C,), ref)
+    check_weight("w_se", w_se, (1, 2 * R, 1, 1), ref)
+    check_weight("b_se", b_se, (1,), ref)
+
+
+def gated_dwconv(x: _T, w_in: _T, b_in: _T, w_dw: _T, b_dw: _T, backend: str = "auto") -> _T:
+    """Fused SADFFM front. x: (N, C, H, W) -> h: (N, hid, H, W).
+
+    t = DW_K(W_in x + b_in) with w_in: (2*hid, C, 1, 1), w_dw: (2*hid, 1, K, K) odd K, 'same' padding;
+    h = GELU(t[:, :hid]) * t[:, hid:] (exact erf GELU).
+    """
+    check_image("x", x)
+    _check_gated_weights(x, w_in, b_in, w_dw, b_dw)
     backend = resolve_backend(backend, x)
     if backend == "reference":
         return reference.gated_dwconv(x, w_in, b_in, w_dw, b_dw)
@@ -56,23 +103,32 @@ def dffm_out(h: _T, w_out: _T, b_out: _T, ln_w: _T, ln_b: _T, w_gr: _T, b_gr: _T
     returns y * c * s.
     """
     check_image("h", h)
-    hid = h.shape[1]
-    check_weight("w_out", w_out, (None, hid, 1, 1), h)
-    C = w_out.shape[0]
-    check_weight("b_out", b_out, (C,), h)
-    check_weight("ln_w", ln_w, (C,), h)
-    check_weight("ln_b", ln_b, (C,), h)
-    check_weight("w_gr", w_gr, (None, C, 1, 1), h)
-    R = w_gr.shape[0]
-    check_weight("b_gr", b_gr, (R,), h)
-    check_weight("w_lr", w_lr, (R, C, 1, 1), h)
-    check_weight("b_lr", b_lr, (R,), h)
-    check_weight("w_ce", w_ce, (C, R, 1, 1), h)
-    check_weight("b_ce", b_ce, (C,), h)
-    check_weight("w_se", w_se, (1, 2 * R, 1, 1), h)
-    check_weight("b_se", b_se, (1,), h)
+    _check_dffm_weights(h, h.shape[1], w_out, b_out, ln_w, ln_b, w_gr, b_gr, w_lr, b_lr, w_ce, b_ce, w_se, b_se)
     backend = resolve_backend(backend, h)
     ws = (w_out, b_out, ln_w, ln_b, w_gr, b_gr, w_lr, b_lr, w_ce, b_ce, w_se, b_se)
     if backend == "reference":
         return reference.dffm_out(h, *ws, eps)
     return _dffm_out_op(h.contiguous(), *(w.contiguous() for w in ws), float(eps), backend)
+
+
+def sadffm_layer(x: _T, w_in: _T, b_in: _T, w_dw: _T, b_dw: _T, w_out: _T, b_out: _T, ln_w: _T, ln_b: _T, w_gr: _T,
+           b_gr: _T, w_lr: _T, b_lr: _T, w_ce: _T, b_ce: _T, w_se: _T, b_se: _T, eps: float = 1e-6,
+           backend: str = "auto") -> _T:
+    """Whole SADFFM layer: ``dffm_out(gated_dwconv(x, w_in, b_in, w_dw, b_dw), w_out, ..., b_se, eps)``.
+    x: (N, C, H, W) -> (N, C_out, H, W); weights as in :func:`gated_dwconv` and :func:`dffm_out`.
+
+    When no gradient is needed (grad mode off, or no tensor requires grad) and the backend has a whole-layer
+    kernel (cpu), the hidden tensor h (N, hid, H, W) is never written to memory; otherwise this is exactly the
+    two differentiable ops.
+    """
+    ts = (x, w_in, b_in, w_dw, b_dw, w_out, b_out, ln_w, ln_b, w_gr, b_gr, w_lr, b_lr, w_ce, b_ce, w_se, b_se)
+    backend = resolve_backend(backend, x)
+    needs_grad = torch.is_grad_enabled() and any(t.requires_grad for t in ts)
+    if backend in _INFER_BACKENDS and not needs_grad:
+        # Same validation as the two ops (clear errors), then the single kernel.
+        check_image("x", x)
+        _check_gated_weights(x, w_in, b_in, w_dw, b_dw)
+        _check_dffm_weights(x, w_in.shape[0] // 2, *ts[5:])
+        return torch.ops.eimn_kernels.sadffm_infer(*(t.contiguous() for t in ts), float(eps), backend)
+    h = gated_dwconv(x, w_in, b_in, w_dw, b_dw, backend=backend)
+    return dffm_out(h, *ts[5:], eps, backend=backend)
