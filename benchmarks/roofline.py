@@ -42,7 +42,7 @@ class ConvFlopCounter(TorchDispatchMode):
         out = func(*args, **kwargs)
         packet = getattr(func, "overloadpacket", None)
         if packet is _aten.convolution:
-            inp, w = args[0], args[1]
+            w = args[1]
             transposed = bool(args[6]) if len(args) > 6 else False
             if not transposed:
                 self.flops += 2 * _conv_macs(out.shape, w)

@@ -18,7 +18,6 @@ import subprocess
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 from eimn_kernels import reference
 

@@ -8,7 +8,7 @@
 // * Backwards recompute intermediates (pre-activations, r) from the inputs. Weight/bias gradients are
 //   written per task (tile or plane) and summed over tasks in a fixed order: deterministic.
 #include "molrcm_vec.h"
-#include "molrcm_gemm.h"
+#include "cpu_gemm.h"
 #include "molrcm_dwplane.h"
 
 #include <ATen/Parallel.h>
@@ -89,7 +89,7 @@ void proj_qv_fwd_impl(const Tensor& x, const Tensor& wqv, const Tensor& bq, cons
     std::vector<T> panel(((P + NR - 1) / NR) * NR * C);
     for (int64_t t = t0; t < t1; ++t) {
       const int64_t n = t / nt, p0 = (t % nt) * P, np = std::min(P, HW - p0);
-      pack_b_panels<T>(xp + n * C * HW + p0, HW, C, np, panel.data());
+      pack_b<T>(C, np, xp + n * C * HW + p0, HW, panel.data());
       for (int64_t pq = 0; pq * NR < np; ++pq) {
         const int64_t p = p0 + pq * NR, cnt = std::min(NR, np - pq * NR);
         const T* bp = panel.data() + pq * NR * C;
@@ -170,8 +170,8 @@ void proj_qv_bwd_impl(const Tensor& gq, const Tensor& gv, const Tensor& x, const
       T* wp = wpart.data() + t * LW;
       double* bp = bpart.data() + t * LB;
       // dWq = dpre x^T ; dWv = gv x^T  (x^T: P x C view of the tile)
-      gemm_red<T>(Cq, C, np, pre.data(), P, xt, HW, wp, C);
-      gemm_red<T>(Cv, C, np, gvt, HW, xt, HW, wp + Cq * C, C);
+      gemm_nt<T>(Cq, C, np, pre.data(), P, xt, HW, wp, C);
+      gemm_nt<T>(Cv, C, np, gvt, HW, xt, HW, wp + Cq * C, C);
       row_sums<T>(pre.data(), Cq, np, P, bp);
       row_sums<T>(gvt, Cv, np, HW, bp + Cq);
       // dx = Wq^T dpre + Wv^T gv
@@ -235,7 +235,7 @@ void gate_out_fwd_impl(const Tensor& y, const Tensor& v, const Tensor& wf, const
     std::vector<T> panel(((P + NR - 1) / NR) * NR * C), mpan(NR * C);
     for (int64_t t = t0; t < t1; ++t) {
       const int64_t n = t / nt, p0 = (t % nt) * P, np = std::min(P, HW - p0);
-      pack_b_panels<T>(yp + n * C * HW + p0, HW, C, np, panel.data());
+      pack_b<T>(C, np, yp + n * C * HW + p0, HW, panel.data());
       for (int64_t pq = 0; pq * NR < np; ++pq) {
         const int64_t p = p0 + pq * NR, cnt = std::min(NR, np - pq * NR);
         const T* bp = panel.data() + pq * NR * C;
@@ -315,7 +315,7 @@ void gate_out_bwd_impl(const Tensor& g, const Tensor& y, const Tensor& v, const 
       T* wp = wpart.data() + t * LW;
       double* bp = bpart.data() + t * LB;
       // dWo = g m^T ; dbo = sum g ; dm = Wo^T g
-      gemm_red<T>(Co, C, np, gt, HW, m.data(), P, wp, C);
+      gemm_nt<T>(Co, C, np, gt, HW, m.data(), P, wp, C);
       row_sums<T>(gt, Co, np, HW, bp);
       gemm_apix<T>(C, np, Co, woT_k.data(), gt, HW, dm.data(), P, false);
       // dv = dm * silu(a) ; da = dm * v * silu'(a)  (stored in dm)
@@ -333,7 +333,7 @@ void gate_out_bwd_impl(const Tensor& g, const Tensor& y, const Tensor& v, const 
         });
       }
       // dWf = da y^T ; dbf = sum da ; dy = Wf^T da
-      gemm_red<T>(C, C, np, dm.data(), P, yt, HW, wp + Co * C, C);
+      gemm_nt<T>(C, C, np, dm.data(), P, yt, HW, wp + Co * C, C);
       row_sums<T>(dm.data(), C, np, P, bp + Co);
       gemm_apix<T>(C, np, C, wfT_k.data(), dm.data(), P, dyp + n * C * HW + p0, HW, false);
     }
@@ -362,7 +362,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> gate_out_backward(
   check_like(g_, "grad_out", y_, {N, Co, H, W});
   Tensor y = y_.contiguous(), v = v_.contiguous(), g = g_.contiguous();
   Tensor wf = wf_.contiguous(), wo = wo_.contiguous();
-  Tensor dy = at::zeros_like(y), dv = at::zeros_like(v), dwf = at::zeros_like(wf), dbf = at::zeros_like(bf_);
+  // dy and dv are written in full by the kernel (no zero fill of image-sized outputs).
+  Tensor dy = at::empty_like(y), dv = at::empty_like(v), dwf = at::zeros_like(wf), dbf = at::zeros_like(bf_);
   Tensor dwo = at::zeros_like(wo), dbo = at::zeros_like(bo_);
   if (y.numel() == 0) {
     if (g.numel()) dbo.copy_(g.sum({0, 2, 3}));
@@ -543,7 +544,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> dw_mix_backwa
   DwMixGeom g = dw_mix_check(q_, w0, b0, w1, b1, w2, b2, c1, c2, d0, d1, d2);
   check_like(gy_, "grad_y", q_, q_.sizes());
   Tensor q = q_.contiguous(), gy = gy_.contiguous();
-  Tensor dq = at::zeros_like(q), dw0 = at::zeros_like(w0), db0 = at::zeros_like(b0);
+  Tensor dq = at::empty_like(q), dw0 = at::zeros_like(w0), db0 = at::zeros_like(b0);  // dq: written in full
   Tensor dw1 = at::zeros_like(w1), db1 = at::zeros_like(b1), dw2 = at::zeros_like(w2), db2 = at::zeros_like(b2);
   if (q.numel() == 0) return {dq, dw0, db0, dw1, db1, dw2, db2};
   AT_DISPATCH_FLOATING_TYPES(q.scalar_type(), "dw_mix_backward", [&] {

@@ -13,6 +13,7 @@
 #include <ATen/cpu/vec/vec.h>
 #include <cstdint>
 
+#include "cpu_gemm.h"
 #include "eimn_math.h"
 
 namespace eimn {
@@ -67,6 +68,18 @@ template <typename T> inline Vec<T> vgelu_fwd(Vec<T> x) {
 }
 template <typename T> inline Vec<T> vsigmoid_fwd(Vec<T> x) {
   return Vec<T>(T(1)) / (Vec<T>(T(1)) + vexp_fwd<T>(x.neg()));
+}
+
+// Conversions between the GEMM registers (cpu_gemm.h) and at::vec::Vectorized (same 32 bytes), for the
+// activation epilogues of the fused 1x1 convolutions.
+template <typename T> inline Vec<T> to_vec(vreg<T> v) {
+  static_assert(Vec<T>::size() * sizeof(T) == 32, "Vectorized must be 32 bytes");
+  return Vec<T>::loadu(&v);
+}
+template <typename T> inline vreg<T> from_vec(Vec<T> v) {
+  vreg<T> r;
+  v.store(&r);
+  return r;
 }
 
 }  // namespace cpu

@@ -13,11 +13,12 @@
 #include <vector>
 
 #include "eimn_math.h"
-#include "sadffm_gemm.h"
+#include "cpu_gemm.h"
 #include "sadffm_vmath.h"
 
 namespace eimn {
 namespace sadffm {
+using namespace ::eimn::cpu;  // the shared GEMM kernels and vector registers (cpu_gemm.h)
 namespace {
 
 // ---------------------------------------------------------------------------------------------- checks
@@ -217,8 +218,8 @@ void gated_dwconv_fwd_kernel(const T* x, const T* w_in, const T* b_in, const T* 
 // accumulators per tap (vectors over w, scalar tail) for K = 3, 5, 7, per-tap loops otherwise; fixed order.
 template <typename T, int K>
 void dw_wgrad_k(const T* d, const T* up, int64_t H, int64_t W, int64_t Wp, T* gw) {
-  using V = typename vec_of<T>::type;
-  constexpr int L = vec_of<T>::L;
+  using V = vreg<T>;
+  constexpr int L = kLanes<T>;
   V acc[K * K];
   T sacc[K * K];
   for (int k = 0; k < K * K; ++k) { acc[k] = V{}; sacc[k] = T(0); }
@@ -226,10 +227,10 @@ void dw_wgrad_k(const T* d, const T* up, int64_t H, int64_t W, int64_t Wp, T* gw
     const T* dr = d + r * W;
     int64_t w = 0;
     for (; w + L <= W; w += L) {
-      const V dv = vload<V>(dr + w);
+      const V dv = vload(dr + w);
       for (int ky = 0; ky < K; ++ky) {
         const T* ur = up + (r + ky) * Wp + w;
-        for (int kx = 0; kx < K; ++kx) acc[ky * K + kx] += dv * vload<V>(ur + kx);
+        for (int kx = 0; kx < K; ++kx) acc[ky * K + kx] += dv * vload(ur + kx);
       }
     }
     for (; w < W; ++w)

@@ -1,0 +1,262 @@
+// The one set of register-blocked GEMM kernels of the CPU ops (MOLRCM and SADFFM 1x1 convolutions and their
+// weight gradients): small channel counts, many pixels. Written with GCC/Clang vector extensions (32-byte
+// vectors: AVX2 FMAs with -march=native), float and double; no torch dependency. Single-threaded: callers
+// parallelise over pixel tiles. MKL's sgemm is slow on non-Intel CPUs and costs a call overhead per tile.
+//
+// Layouts. Images are row-major [channel][pixel] with a leading dimension (often H*W). B operands are copied
+// into packed panels of NR = 2 vectors of pixels: Bp[blk][k][NR] (pack_b). A (weights) is read either
+// row-major (A[m*lda + k]) or packed k-major by pack_a (ap[k*M + m]); both through one micro-kernel
+// (mk_rows, the layout a template flag).
+//   gemm_nn / gemm_nn_packed : C[M x P] (=|+=) A[M x K] * B[K x P] (+ bias[M])
+//   panel_rows               : rows of one packed panel, each handed to an epilogue functor (fused stores)
+//   gemm_nt / _apacked       : C[M x N] += A[M x P] * B[N x P]^T     (weight gradients: reduction over pixels)
+// Every reduction order depends only on the shapes (deterministic).
+#pragma once
+#include <algorithm>
+#include <cstdint>
+#include <cstring>
+#include <vector>
+
+namespace eimn {
+namespace cpu {
+
+// 32-byte SIMD register of T (8 floats / 4 doubles); the unaligned variant for loads and stores.
+template <typename T> struct vreg_t {
+  typedef T type __attribute__((vector_size(32)));
+  typedef T utype __attribute__((vector_size(32), aligned(alignof(T))));
+};
+template <typename T> using vreg = typename vreg_t<T>::type;
+template <typename T> constexpr int kLanes = int(32 / sizeof(T));
+template <typename T> inline vreg<T> vload(const T* p) { return *reinterpret_cast<const typename vreg_t<T>::utype*>(p); }
+template <typename T> inline void vstore(T* p, vreg<T> v) { *reinterpret_cast<typename vreg_t<T>::utype*>(p) = v; }
+template <typename T> inline vreg<T> vsplat(T x) { return vreg<T>{} + x; }
+
+// Pixels per packed panel (two vectors).
+template <typename T> constexpr int panel_width() { return 2 * kLanes<T>; }
+
+// Pack a small (M x K) matrix A, given by element strides, as ap[k * M + m] = A[m][k].
+template <typename T>
+inline std::vector<T> pack_a(const T* A, int64_t M, int64_t K, int64_t rs, int64_t cs) {
+  std::vector<T> ap(M * K);
+  for (int64_t m = 0; m < M; ++m)
+    for (int64_t k = 0; k < K; ++k) ap[k * M + m] = A[m * rs + k * cs];
+  return ap;
+}
+
+// Packs B[K x P] (row stride ldb) into panels of panel_width() pixels: Bp[blk][k][NR], zero past P.
+template <typename T> inline void pack_b(int64_t K, int64_t P, const T* B, int64_t ldb, T* Bp) {
+  constexpr int NR = panel_width<T>();
+  for (int64_t p0 = 0, blk = 0; p0 < P; p0 += NR, ++blk) {
+    T* dst = Bp + blk * K * NR;
+    const int64_t np = P - p0 < NR ? P - p0 : NR;
+    for (int64_t k = 0; k < K; ++k) {
+      const T* src = B + k * ldb + p0;
+      T* d = dst + k * NR;
+      if (np == NR) {
+        std::memcpy(d, src, sizeof(T) * NR);
+      } else {
+        for (int64_t j = 0; j < NR; ++j) d[j] = j < np ? src[j] : T(0);
+      }
+    }
+  }
+}
+
+// The micro-kernel: rows i < MR of A times one packed panel bp (K x NR); hands each finished row to
+// st(i, c0, c1) (its two vectors of NR pixels). A's element (i, k) is a[k * ld + i] when KMajor (weights packed
+// by pack_a) and a[i * ld + k] otherwise (row-major): one stride is known at compile time in both cases.
+template <typename T, int MR, bool KMajor, typename St>
+inline void mk_rows(int64_t K, const T* a, int64_t ld, const T* bp, St&& st) {
+  using V = vreg<T>;
+  constexpr int64_t L = kLanes<T>;
+  V c0[MR], c1[MR];
+#pragma GCC unroll 8
+  for (int i = 0; i < MR; ++i) c0[i] = c1[i] = V{};
+  for (int64_t k = 0; k < K; ++k) {
+    const V b0 = vload(bp + k * 2 * L), b1 = vload(bp + k * 2 * L + L);
+#pragma GCC unroll 8
+    for (int i = 0; i < MR; ++i) {
+      const T w = KMajor ? a[k * ld + i] : a[i * ld + k];
+      c0[i] += w * b0;
+      c1[i] += w * b1;
+    }
+  }
+#pragma GCC unroll 8
+  for (int i = 0; i < MR; ++i) st(i, c0[i], c1[i]);
+}
+
+// Rows [mb, me) of A (layout as in mk_rows) times one panel, 6 rows per micro-kernel; st(m, c0, c1) gets the
+// absolute row index m.
+template <typename T, bool KMajor, typename St>
+inline void rows_panel(int64_t mb, int64_t me, int64_t K, const T* A, int64_t ld, const T* bp, St& st) {
+  int64_t m = mb;
+  auto at = [&](int64_t m0) { return [&st, m0](int i, vreg<T> c0, vreg<T> c1) { st(m0 + i, c0, c1); }; };
+  auto row = [&](int64_t m0) { return KMajor ? A + m0 : A + m0 * ld; };
+  for (; m + 6 <= me; m += 6) mk_rows<T, 6, KMajor>(K, row(m), ld, bp, at(m));
+  switch (me - m) {
+    case 1: mk_rows<T, 1, KMajor>(K, row(m), ld, bp, at(m)); break;
+    case 2: mk_rows<T, 2, KMajor>(K, row(m), ld, bp, at(m)); break;
+    case 3: mk_rows<T, 3, KMajor>(K, row(m), ld, bp, at(m)); break;
+    case 4: mk_rows<T, 4, KMajor>(K, row(m), ld, bp, at(m)); break;
+    case 5: mk_rows<T, 5, KMajor>(K, row(m), ld, bp, at(m)); break;
+    default: break;
+  }
+}
+
+// Rows [mb, me) of A packed by pack_a (M rows) times one packed panel; st as in rows_panel.
+template <typename T, typename St>
+inline void panel_rows(int64_t mb, int64_t me, int64_t K, const T* ap, int64_t M, const T* bp, St& st) {
+  rows_panel<T, true>(mb, me, K, ap, M, bp, st);
+}
+
+// Stores the NR-pixel row (c0, c1) to dst (=, or += when acc), only its first n values when n < NR.
+template <typename T>
+inline void store_row(T* dst, vreg<T> c0, vreg<T> c1, int64_t n, bool acc = false) {
+  constexpr int64_t L = kLanes<T>;
+  if (n == 2 * L) {
+    if (acc) {
+      c0 += vload(dst);
+      c1 += vload(dst + L);
+    }
+    vstore(dst, c0);
+    vstore(dst + L, c1);
+    return;
+  }
+  alignas(64) T tmp[2 * L];
+  vstore(tmp, c0);
+  vstore(tmp + L, c1);
+  for (int64_t j = 0; j < n; ++j) dst[j] = acc ? dst[j] + tmp[j] : tmp[j];
+}
+
+// Loads n <= NR values of src as two vectors (zero past n).
+template <typename T>
+inline void load_row(const T* src, int64_t n, vreg<T>& c0, vreg<T>& c1) {
+  constexpr int64_t L = kLanes<T>;
+  if (n == 2 * L) {
+    c0 = vload(src);
+    c1 = vload(src + L);
+    return;
+  }
+  alignas(64) T tmp[2 * L] = {};
+  for (int64_t j = 0; j < n; ++j) tmp[j] = src[j];
+  c0 = vload(tmp);
+  c1 = vload(tmp + L);
+}
+
+// C[M x P] (ldc) (=|+=) A * Bp + bias, A (M x K; layout as in mk_rows), Bp packed by pack_b(K, P).
+template <typename T, bool KMajor>
+inline void gemm_packed(int64_t M, int64_t K, int64_t P, const T* A, int64_t ld, const T* Bp, T* C, int64_t ldc,
+                        const T* bias, bool accumulate) {
+  constexpr int NR = panel_width<T>();
+  for (int64_t p0 = 0, blk = 0; p0 < P; p0 += NR, ++blk) {
+    const int64_t np = P - p0 < NR ? P - p0 : NR;
+    auto st = [&](int64_t m, vreg<T> c0, vreg<T> c1) {
+      if (bias) {
+        c0 += bias[m];
+        c1 += bias[m];
+      }
+      store_row<T>(C + m * ldc + p0, c0, c1, np, accumulate);
+    };
+    rows_panel<T, KMajor>(0, M, K, A, ld, Bp + blk * K * NR, st);
+  }
+}
+
+// C[M x P] (ldc) (=|+=) A[M x K] (row-major, lda) * Bp + bias, Bp packed by pack_b(K, P, ...).
+template <typename T>
+inline void gemm_nn_packed(int64_t M, int64_t K, int64_t P, const T* A, int64_t lda, const T* Bp, T* C, int64_t ldc,
+                           const T* bias, bool accumulate) {
+  gemm_packed<T, false>(M, K, P, A, lda, Bp, C, ldc, bias, accumulate);
+}
+
+// As gemm_packed with B[K x P] (row stride ldb) unpacked: packs one panel at a time into a thread-local
+// buffer (reading K rows a large power-of-two-ish stride apart directly would thrash the L1 sets).
+template <typename T, bool KMajor>
+inline void gemm_b(int64_t M, int64_t K, int64_t P, const T* A, int64_t ld, const T* B, int64_t ldb, T* C,
+                   int64_t ldc, const T* bias, bool accumulate) {
+  constexpr int NR = panel_width<T>();
+  thread_local std::vector<T> panel;
+  if (int64_t(panel.size()) < K * NR) panel.resize(K * NR);
+  for (int64_t p0 = 0; p0 < P; p0 += NR) {
+    const int64_t np = P - p0 < NR ? P - p0 : NR;
+    pack_b<T>(K, np, B + p0, ldb, panel.data());
+    gemm_packed<T, KMajor>(M, K, np, A, ld, panel.data(), C + p0, ldc, bias, accumulate);
+  }
+}
+
+// C[M x P] (ldc) (=|+=) A[M x K] (row-major, lda) * B[K x P] (ldb) + bias.
+template <typename T>
+inline void gemm_nn(int64_t M, int64_t K, int64_t P, const T* A, int64_t lda, const T* B, int64_t ldb, T* C,
+                    int64_t ldc, const T* bias, bool accumulate) {
+  gemm_b<T, false>(M, K, P, A, lda, B, ldb, C, ldc, bias, accumulate);
+}
+
+// C (M x np, ldc) (=|+=) A B, A packed by pack_a (M x K), B: K x np pixels (row stride ldb).
+template <typename T>
+inline void gemm_apix(int64_t M, int64_t np, int64_t K, const T* ap, const T* B, int64_t ldb, T* C, int64_t ldc,
+                      bool acc) {
+  gemm_b<T, true>(M, K, np, ap, M, B, ldb, C, ldc, nullptr, acc);
+}
+
+// C[M x N] += A[M x P] * B[N x P]^T, computed as A * (B^T) with B^T packed into column panels per pixel block
+// (register accumulation over the whole block, no horizontal sums). load_a(m0, mr, p0, np, abuf) copies rows
+// [m0, m0+mr) x pixels [p0, p0+np) of A into abuf (row stride kNtBlock).
+constexpr int64_t kNtBlock = 256;
+template <typename T, typename LoadA>
+inline void gemm_nt_impl(int64_t M, int64_t N, int64_t P, const LoadA& load_a, const T* B, int64_t ldb, T* C,
+                         int64_t ldc) {
+  constexpr int NR = panel_width<T>();
+  constexpr int64_t PB = kNtBlock;
+  const int64_t npanels = (N + NR - 1) / NR;
+  std::vector<T> bt(size_t(npanels) * PB * NR), abuf(size_t(6) * PB);
+  for (int64_t p0 = 0; p0 < P; p0 += PB) {
+    const int64_t np = P - p0 < PB ? P - p0 : PB;
+    // bt[panel][q][j] = B[panel*NR + j][p0 + q] (zero for j >= N).
+    for (int64_t pn = 0; pn < npanels; ++pn) {
+      T* dst = bt.data() + pn * PB * NR;
+      const int64_t nj = N - pn * NR < NR ? N - pn * NR : NR;
+      for (int64_t j = 0; j < NR; ++j) {
+        if (j < nj) {
+          const T* src = B + (pn * NR + j) * ldb + p0;
+          for (int64_t q = 0; q < np; ++q) dst[q * NR + j] = src[q];
+        } else {
+          for (int64_t q = 0; q < np; ++q) dst[q * NR + j] = T(0);
+        }
+      }
+    }
+    for (int64_t m0 = 0; m0 < M; m0 += 6) {
+      const int64_t mr = M - m0 < 6 ? M - m0 : 6;
+      load_a(m0, mr, p0, np, abuf.data());
+      for (int64_t pn = 0; pn < npanels; ++pn) {
+        const int64_t nj = N - pn * NR < NR ? N - pn * NR : NR;
+        auto st = [&](int64_t i, vreg<T> c0, vreg<T> c1) { store_row<T>(C + (m0 + i) * ldc + pn * NR, c0, c1, nj, true); };
+        rows_panel<T, false>(0, mr, np, abuf.data(), PB, bt.data() + pn * PB * NR, st);
+      }
+    }
+  }
+}
+
+// gemm_nt with A row-major (row stride lda). A rows are copied 6 at a time into a contiguous buffer: image
+// planes are often a power of two apart and would thrash the L1 sets.
+template <typename T>
+inline void gemm_nt(int64_t M, int64_t N, int64_t P, const T* A, int64_t lda, const T* B, int64_t ldb, T* C,
+                    int64_t ldc) {
+  gemm_nt_impl<T>(M, N, P, [&](int64_t m0, int64_t mr, int64_t p0, int64_t np, T* abuf) {
+    for (int64_t i = 0; i < mr; ++i) std::memcpy(abuf + i * kNtBlock, A + (m0 + i) * lda + p0, sizeof(T) * np);
+  }, B, ldb, C, ldc);
+}
+
+// gemm_nt with A in the packed-panel layout of pack_b (Ap[blk][m][NR], blk = pixel / NR).
+template <typename T>
+inline void gemm_nt_apacked(int64_t M, int64_t N, int64_t P, const T* Ap, const T* B, int64_t ldb, T* C,
+                            int64_t ldc) {
+  constexpr int NR = panel_width<T>();
+  static_assert(kNtBlock % NR == 0, "pixel blocks must hold whole panels");
+  gemm_nt_impl<T>(M, N, P, [&](int64_t m0, int64_t mr, int64_t p0, int64_t np, T* abuf) {
+    for (int64_t q = 0; q < np; q += NR) {
+      const T* src = Ap + ((p0 + q) / NR) * M * NR + m0 * NR;
+      for (int64_t i = 0; i < mr; ++i) std::memcpy(abuf + i * kNtBlock + q, src + i * NR, sizeof(T) * NR);
+    }
+  }, B, ldb, C, ldc);
+}
+
+}  // namespace cpu
+}  // namespace eimn
