@@ -151,3 +151,25 @@ def test_fused_rows_and_run_sections(monkeypatch, tmp_path):
     assert res["ops"] == [] and res["model"] == [] and res["machine"]["torch_threads"] == 1
     paths = report.write_all(res, str(tmp_path))
     assert all(open(p, "rb").read() for p in paths.values())
+
+
+def test_paired_speedup_orders_a_slow_and_a_fast_call():
+    import time
+    r = harness.paired_speedup(lambda: time.sleep(0.004), lambda: time.sleep(0.001), "cpu", rounds=5, threads=1)
+    assert r["n"] == 5 and r["q1"] <= r["median"] <= r["q3"]
+    assert r["median"] > 1.5  # the reference sleeps 4x longer
+
+
+def test_ab_builds_op_calls_run_every_cpu_op():
+    """The input builder of benchmarks.ab_builds matches every low-level op schema (run on the main build)."""
+    import eimn_kernels
+    from benchmarks import ab_builds
+    if not eimn_kernels._ext.extension_loaded():
+        pytest.skip("eimn_kernels._C is not built")
+    calls = ab_builds.op_calls("eimn_C", (1, 8, 5, 7))
+    assert len(calls) == 11
+    for name, f in calls.items():
+        out = f()
+        assert all(torch.isfinite(t).all() for t in ((out,) if torch.is_tensor(out) else out)), name
+    s = ab_builds.ab_compare(calls["proj_qv_forward"], calls["proj_qv_forward"], rounds=3)
+    assert s["q1"] <= s["median"] <= s["q3"] and s["min_a"] > 0 and s["min_b"] > 0
