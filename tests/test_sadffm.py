@@ -316,3 +316,5 @@ def test_sadffm_layer_bad_input(backend):
             ek.sadffm_layer(x, *gw, dw[0][:, :5], *dw[1:], 1e-6, backend=name)
         with pytest.raises(ValueError):
             ek.sadffm_layer(x[:, :5], *gw, *dw, 1e-6, backend=name)
+        with pytest.raises(ValueError):
+            ek.sadffm_layer(x[0], *gw, *dw, 1e-6, backend=name)

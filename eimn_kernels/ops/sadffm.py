@@ -1,4 +1,5 @@
-"""SADFFM fused ops: gated depthwise front (gated_dwconv) and linear_out + DFFM gate (dffm_out)."""
+"""SADFFM fused ops: gated depthwise front (gated_dwconv), linear_out + DFFM gate (dffm_out), and the whole layer
+(sadffm_layer: one forward-only kernel when no gradient is needed)."""
 from __future__ import annotations
 
 import torch
@@ -111,9 +112,9 @@ def dffm_out(h: _T, w_out: _T, b_out: _T, ln_w: _T, ln_b: _T, w_gr: _T, b_gr: _T
     return _dffm_out_op(h.contiguous(), *(w.contiguous() for w in ws), float(eps), backend)
 
 
-def sadffm_layer(x: _T, w_in: _T, b_in: _T, w_dw: _T, b_dw: _T, w_out: _T, b_out: _T, ln_w: _T, ln_b: _T, w_gr: _T,
-           b_gr: _T, w_lr: _T, b_lr: _T, w_ce: _T, b_ce: _T, w_se: _T, b_se: _T, eps: float = 1e-6,
-           backend: str = "auto") -> _T:
+def sadffm_layer(x: _T, w_in: _T, b_in: _T, w_dw: _T, b_dw: _T, w_out: _T, b_out: _T, ln_w: _T, ln_b: _T,
+                 w_gr: _T, b_gr: _T, w_lr: _T, b_lr: _T, w_ce: _T, b_ce: _T, w_se: _T, b_se: _T, eps: float = 1e-6,
+                 backend: str = "auto") -> _T:
     """Whole SADFFM layer: ``dffm_out(gated_dwconv(x, w_in, b_in, w_dw, b_dw), w_out, ..., b_se, eps)``.
     x: (N, C, H, W) -> (N, C_out, H, W); weights as in :func:`gated_dwconv` and :func:`dffm_out`.
 
@@ -123,11 +124,11 @@ def sadffm_layer(x: _T, w_in: _T, b_in: _T, w_dw: _T, b_dw: _T, w_out: _T, b_out
     the two differentiable ops.
     """
     ts = (x, w_in, b_in, w_dw, b_dw, w_out, b_out, ln_w, ln_b, w_gr, b_gr, w_lr, b_lr, w_ce, b_ce, w_se, b_se)
+    check_image("x", x)
     backend = resolve_backend(backend, x)
     needs_grad = torch.is_grad_enabled() and any(t.requires_grad for t in ts)
     if backend in _INFER_BACKENDS and not needs_grad:
         # Same validation as the two ops (clear errors), then the single kernel.
-        check_image("x", x)
         _check_gated_weights(x, w_in, b_in, w_dw, b_dw)
         _check_dffm_weights(x, w_in.shape[0] // 2, *ts[5:])
         return torch.ops.eimn_kernels.sadffm_infer(*(t.contiguous() for t in ts), float(eps), backend)
