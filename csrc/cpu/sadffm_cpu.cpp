@@ -659,18 +659,31 @@ void dffm_bwd_kernel(const DffmW<T>& w, const T* go, const T* h, int64_t N, int6
                      T* gb_se) {
   const int C = w.C, R = w.R, hid = w.hid;
   const int64_t nt = (HW + kPT - 1) / kPT, items = N * nt;
+  // Per-pixel intermediates kept between the passes, per image n: planes [y (C) | dy_local (C) | lpre (R) | mu |
+  // rstd | a_loc]. They live in gh's own memory when it has room (hid >= 2C + R + 3, as in EIMN: 170 >= 147):
+  // every pass touches only its tile's pixels, and pass C reads a tile's planes before it writes that tile of gh.
+  // Otherwise in a scratch buffer.
+  const int64_t planes = 2 * int64_t(C) + R + 3;
+  const bool borrow = hid >= planes;
+  Scratch<T> own(borrow ? 0 : size_t(N) * planes * HW);
+  T* const base = borrow ? gh : own.data();
+  const int64_t ld = borrow ? hid : planes;  // planes per image
+  auto Yp = [&](int64_t n) { return base + n * ld * HW; };
+  auto DYp = [&](int64_t n) { return base + (n * ld + C) * HW; };
+  auto LPp = [&](int64_t n) { return base + (n * ld + 2 * C) * HW; };
+  auto MUp = [&](int64_t n) { return base + (n * ld + 2 * C + R) * HW; };
+  auto RSp = [&](int64_t n) { return base + (n * ld + 2 * C + R + 1) * HW; };
+  auto ALp = [&](int64_t n) { return base + (n * ld + 2 * C + R + 2) * HW; };
   // Pass A: recompute the forward front, keeping y, mu, rstd, lpre, a_loc.
-  Scratch<T> Y(size_t(N) * C * HW), MU(size_t(N) * HW), RS(size_t(N) * HW), LP(size_t(N) * R * HW),
-      AL(size_t(N) * HW);
   std::vector<T> ysum(size_t(items) * C);
   at::parallel_for(0, items, 1, [&](int64_t i0, int64_t i1) {
     std::vector<T> z(size_t(C) * kPT), lpre(size_t(R) * kPT);
     for (int64_t it = i0; it < i1; ++it) {
       const int64_t n = it / nt, p0 = (it % nt) * kPT, P = std::min(kPT, HW - p0);
-      dffm_tile_front(w, h + n * hid * HW + p0, HW, P, Y.data() + n * C * HW + p0, MU.data() + n * HW + p0,
-                      RS.data() + n * HW + p0, z.data(), lpre.data(), AL.data() + n * HW + p0, ysum.data() + it * C);
+      dffm_tile_front(w, h + n * hid * HW + p0, HW, P, Yp(n) + p0, MUp(n) + p0, RSp(n) + p0, z.data(), lpre.data(),
+                      ALp(n) + p0, ysum.data() + it * C);
       for (int r = 0; r < R; ++r)
-        std::copy(lpre.data() + r * kPT, lpre.data() + r * kPT + P, LP.data() + (n * R + r) * HW + p0);
+        std::copy(lpre.data() + r * kPT, lpre.data() + r * kPT + P, LPp(n) + r * HW + p0);
     }
   });
   std::vector<T> M(size_t(N) * C), GP(size_t(N) * R), G(size_t(N) * R), CC(size_t(N) * C), KN(N);
@@ -685,7 +698,6 @@ void dffm_bwd_kernel(const DffmW<T>& w, const T* go, const T* h, int64_t N, int6
   const int64_t O_LNW = C, O_LNB = 2 * C, O_BLR = 3 * C, O_WSE = 3 * C + R, O_WLR = 3 * C + 2 * R,
                 O_DSL = 3 * C + 2 * R + R * C, PS = O_DSL + 1;
   std::vector<T> part(size_t(items) * PS, T(0));
-  Scratch<T> DY(size_t(N) * C * HW);
   at::parallel_for(0, items, 1, [&](int64_t i0, int64_t i1) {
     std::vector<T> buf(size_t(2 * C + R + 4) * kPT);
     T *yh = buf.data(), *dz = yh + C * kPT, *dl = dz + C * kPT, *s = dl + R * kPT, *dsl = s + kPT, *ma = dsl + kPT,
@@ -695,14 +707,14 @@ void dffm_bwd_kernel(const DffmW<T>& w, const T* go, const T* h, int64_t N, int6
       T* pt = part.data() + it * PS;
       T *p_dc = pt, *p_lnw = pt + O_LNW, *p_lnb = pt + O_LNB, *p_blr = pt + O_BLR, *p_wse = pt + O_WSE,
         *p_wlr = pt + O_WLR, *p_dsl = pt + O_DSL;
-      const T* y = Y.data() + n * C * HW + p0;
+      const T* y = Yp(n) + p0;
       const T* g = go + n * C * HW + p0;
-      const T* mu = MU.data() + n * HW + p0;
-      const T* rs = RS.data() + n * HW + p0;
-      const T* lp = LP.data() + n * R * HW + p0;
+      const T* mu = MUp(n) + p0;
+      const T* rs = RSp(n) + p0;
+      const T* lp = LPp(n) + p0;
       const T* cc = CC.data() + n * C;
       const T k = KN[n];
-      const T* al = AL.data() + n * HW + p0;
+      const T* al = ALp(n) + p0;
 #pragma omp simd
       for (int64_t p = 0; p < P; ++p) { s[p] = v_sigmoid(al[p] + k); dsl[p] = 0; }
       for (int c = 0; c < C; ++c) {
@@ -773,7 +785,7 @@ void dffm_bwd_kernel(const DffmW<T>& w, const T* go, const T* h, int64_t N, int6
         const T* yhc = yh + c * kPT;
         const T* gc = g + c * HW;
         const T cv = cc[c];
-        T* out = DY.data() + (n * C + c) * HW + p0;
+        T* out = DYp(n) + c * HW + p0;
 #pragma omp simd
         for (int64_t p = 0; p < P; ++p)
           out[p] = rs[p] * (dzc[p] - ma[p] * invC - yhc[p] * mb[p] * invC) + gc[p] * cv * s[p];
@@ -857,9 +869,9 @@ void dffm_bwd_kernel(const DffmW<T>& w, const T* go, const T* h, int64_t N, int6
       T* gbp = gwp + C * hid;
       for (int64_t it = ch.begin(k); it < ch.end(k); ++it) {
         const int64_t n = it / nt, p0 = (it % nt) * kPT, P = std::min(kPT, HW - p0);
-        const T* y = Y.data() + n * C * HW + p0;
-        const T* mu = MU.data() + n * HW + p0;
-        const T* rs = RS.data() + n * HW + p0;
+        const T* y = Yp(n) + p0;
+        const T* mu = MUp(n) + p0;
+        const T* rs = RSp(n) + p0;
         const T* u = U.data() + n * C;
         const T um = UM[n], invC = T(1) / T(C);
 #pragma omp simd
@@ -872,7 +884,7 @@ void dffm_bwd_kernel(const DffmW<T>& w, const T* go, const T* h, int64_t N, int6
         }
         for (int c = 0; c < C; ++c) {
           const T* yc = y + c * HW;
-          const T* dyl = DY.data() + (n * C + c) * HW + p0;
+          const T* dyl = DYp(n) + c * HW + p0;
           T* d = dy + c * kPT;
           const T uc = u[c];
           T sb = 0;
