@@ -25,7 +25,7 @@ import eimn_kernels as ek
 from eimn.model import EIMN_A, EIMN_L
 
 from .complexity import LR_SIZES, count_complexity
-from .report import write_json
+from .report import print_result
 from .harness import error_text, machine_info, measure, progress
 from .ops import kernel_backends
 
@@ -260,12 +260,7 @@ def main(argv=None) -> dict:
     if not a.no_train:
         rows += bench_training(a.device, a.quick, a.threads, notes=notes)
     res = {"machine": machine_info(a.device), "model": rows, "notes": notes}
-    print(format_rows(rows))
-    for n in notes:
-        print("note:", n)
-    if a.json:
-        print(f"wrote {write_json(res, a.json)}")
-    return res
+    return print_result(res, format_rows(rows), a.json)
 
 
 if __name__ == "__main__":

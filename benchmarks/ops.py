@@ -22,7 +22,7 @@ import eimn.model as em
 import eimn_kernels as ek
 from eimn_kernels import reference as ref
 
-from .report import write_json
+from .report import print_result
 from .harness import error_text, machine_info, measure, measure_ceilings, paired_speedup, progress
 from .roofline import conv_flops, nbytes, roofline_fields
 
@@ -352,12 +352,7 @@ def main(argv=None) -> dict:
         rows += bench_subops(ops, a.device, a.quick, a.threads, a.dtype, ceilings, notes=notes)
     res = {"machine": machine_info(a.device), "ceilings": ceilings, "ops": rows, "notes": notes}
     print(f"ceilings: copy {ceilings['copy_GBps']:.1f} GB/s, sgemm {ceilings['sgemm_GFLOPs']:.1f} GFLOP/s")
-    print(format_rows(rows))
-    for n in notes:
-        print("note:", n)
-    if a.json:
-        print(f"wrote {write_json(res, a.json)}")
-    return res
+    return print_result(res, format_rows(rows), a.json)
 
 
 if __name__ == "__main__":

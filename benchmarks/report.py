@@ -12,7 +12,7 @@ import os
 
 from .harness import machine_tag
 
-__all__ = ["result_paths", "write_json", "to_markdown", "write_markdown", "plot_speedups", "write_all"]
+__all__ = ["result_paths", "write_json", "print_result", "to_markdown", "write_markdown", "plot_speedups", "write_all"]
 
 
 def result_paths(results: dict, out_dir: str) -> dict[str, str]:
@@ -33,6 +33,17 @@ def write_json(results: dict, path: str) -> str:
     with open(path, "w") as f:
         json.dump(results, f, indent=1, default=str)
     return path
+
+
+def print_result(results: dict, table: str, json_path: str | None = None) -> dict:
+    """End of a benchmark command line: the table and the notes on stdout, then ``results`` as JSON to
+    ``json_path`` when given. Returns ``results``."""
+    print(table)
+    for n in results.get("notes") or []:
+        print("note:", n)
+    if json_path:
+        print(f"wrote {write_json(results, json_path)}")
+    return results
 
 
 def _machine_md(m: dict, c: dict | None) -> list[str]:

@@ -109,17 +109,25 @@ void proj_qv_fwd_impl(const Tensor& x, const Tensor& wqv, const Tensor& bq, cons
   });
 }
 
+// Checks x and the proj_qv weights (wq: (Cq, C, 1, 1), bq: (Cq), wv: (Cv, C, 1, 1), bv: (Cv)); returns {Cq, Cv}.
+std::pair<int64_t, int64_t> check_proj_qv(const Tensor& x, const Tensor& wq, const Tensor& bq, const Tensor& wv,
+                                          const Tensor& bv) {
+  check_image(x, "x");
+  const int64_t C = x.size(1);
+  TORCH_CHECK(wq.dim() == 4, "eimn_C (cpu): wq must be (Cq, C, 1, 1), got ", wq.sizes());
+  TORCH_CHECK(wv.dim() == 4, "eimn_C (cpu): wv must be (Cv, C, 1, 1), got ", wv.sizes());
+  const int64_t Cq = wq.size(0), Cv = wv.size(0);
+  check_like(wq, "wq", x, {Cq, C, 1, 1});
+  check_like(bq, "bq", x, {Cq});
+  check_like(wv, "wv", x, {Cv, C, 1, 1});
+  check_like(bv, "bv", x, {Cv});
+  return {Cq, Cv};
+}
+
 std::tuple<Tensor, Tensor> proj_qv_forward(const Tensor& x_, const Tensor& wq_, const Tensor& bq_,
                                            const Tensor& wv_, const Tensor& bv_) {
-  check_image(x_, "x");
-  const int64_t C = x_.size(1);
-  TORCH_CHECK(wq_.dim() == 4, "eimn_C (cpu): wq must be (Cq, C, 1, 1), got ", wq_.sizes());
-  TORCH_CHECK(wv_.dim() == 4, "eimn_C (cpu): wv must be (Cv, C, 1, 1), got ", wv_.sizes());
-  const int64_t Cq = wq_.size(0), Cv = wv_.size(0);
-  check_like(wq_, "wq", x_, {Cq, C, 1, 1});
-  check_like(bq_, "bq", x_, {Cq});
-  check_like(wv_, "wv", x_, {Cv, C, 1, 1});
-  check_like(bv_, "bv", x_, {Cv});
+  const auto qv = check_proj_qv(x_, wq_, bq_, wv_, bv_);
+  const int64_t C = x_.size(1), Cq = qv.first, Cv = qv.second;
   Tensor x = x_.contiguous();
   Tensor q = at::empty({x.size(0), Cq, x.size(2), x.size(3)}, x.options());
   Tensor v = at::empty({x.size(0), Cv, x.size(2), x.size(3)}, x.options());
@@ -193,14 +201,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> proj_qv_backward(const Tensor
                                                                     const Tensor& x_, const Tensor& wq_,
                                                                     const Tensor& bq_, const Tensor& wv_,
                                                                     const Tensor& bv_) {
-  check_image(x_, "x");
-  const int64_t N = x_.size(0), C = x_.size(1), H = x_.size(2), W = x_.size(3);
-  TORCH_CHECK(wq_.dim() == 4 && wv_.dim() == 4, "eimn_C (cpu): wq, wv must be (Cout, C, 1, 1)");
-  const int64_t Cq = wq_.size(0), Cv = wv_.size(0);
-  check_like(wq_, "wq", x_, {Cq, C, 1, 1});
-  check_like(bq_, "bq", x_, {Cq});
-  check_like(wv_, "wv", x_, {Cv, C, 1, 1});
-  check_like(bv_, "bv", x_, {Cv});
+  const auto qv = check_proj_qv(x_, wq_, bq_, wv_, bv_);
+  const int64_t N = x_.size(0), H = x_.size(2), W = x_.size(3), Cq = qv.first, Cv = qv.second;
   check_like(gq_, "grad_q", x_, {N, Cq, H, W});
   check_like(gv_, "grad_v", x_, {N, Cv, H, W});
   Tensor x = x_.contiguous(), gq = gq_.contiguous(), gv = gv_.contiguous();
@@ -258,17 +260,25 @@ void gate_out_fwd_impl(const Tensor& y, const Tensor& v, const Tensor& wf, const
   });
 }
 
+// Checks y, v and the gate_out weights (wf: (C, C, 1, 1), bf: (C), wo: (Co, C, 1, 1), bo: (Co)); returns Co.
+int64_t check_gate_out(const Tensor& y, const Tensor& v, const Tensor& wf, const Tensor& bf, const Tensor& wo,
+                       const Tensor& bo) {
+  check_image(y, "y");
+  const int64_t C = y.size(1);
+  check_like(v, "v", y, y.sizes());
+  check_like(wf, "wf", y, {C, C, 1, 1});
+  check_like(bf, "bf", y, {C});
+  TORCH_CHECK(wo.dim() == 4, "eimn_C (cpu): wo must be (Co, C, 1, 1), got ", wo.sizes());
+  const int64_t Co = wo.size(0);
+  check_like(wo, "wo", y, {Co, C, 1, 1});
+  check_like(bo, "bo", y, {Co});
+  return Co;
+}
+
 Tensor gate_out_forward(const Tensor& y_, const Tensor& v_, const Tensor& wf_, const Tensor& bf_,
                         const Tensor& wo_, const Tensor& bo_) {
-  check_image(y_, "y");
+  const int64_t Co = check_gate_out(y_, v_, wf_, bf_, wo_, bo_);
   const int64_t N = y_.size(0), C = y_.size(1), H = y_.size(2), W = y_.size(3);
-  check_like(v_, "v", y_, y_.sizes());
-  check_like(wf_, "wf", y_, {C, C, 1, 1});
-  check_like(bf_, "bf", y_, {C});
-  TORCH_CHECK(wo_.dim() == 4, "eimn_C (cpu): wo must be (Co, C, 1, 1), got ", wo_.sizes());
-  const int64_t Co = wo_.size(0);
-  check_like(wo_, "wo", y_, {Co, C, 1, 1});
-  check_like(bo_, "bo", y_, {Co});
   Tensor out = at::empty({N, Co, H, W}, y_.options());
   if (out.numel() == 0) return out;
   if (C == 0) return out.copy_(bo_.view({1, Co, 1, 1}).expand_as(out));
@@ -350,15 +360,8 @@ void gate_out_bwd_impl(const Tensor& g, const Tensor& y, const Tensor& v, const 
 std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> gate_out_backward(
     const Tensor& g_, const Tensor& y_, const Tensor& v_, const Tensor& wf_, const Tensor& bf_, const Tensor& wo_,
     const Tensor& bo_) {
-  check_image(y_, "y");
-  const int64_t N = y_.size(0), C = y_.size(1), H = y_.size(2), W = y_.size(3);
-  check_like(v_, "v", y_, y_.sizes());
-  check_like(wf_, "wf", y_, {C, C, 1, 1});
-  check_like(bf_, "bf", y_, {C});
-  TORCH_CHECK(wo_.dim() == 4, "eimn_C (cpu): wo must be (Co, C, 1, 1), got ", wo_.sizes());
-  const int64_t Co = wo_.size(0);
-  check_like(wo_, "wo", y_, {Co, C, 1, 1});
-  check_like(bo_, "bo", y_, {Co});
+  const int64_t Co = check_gate_out(y_, v_, wf_, bf_, wo_, bo_);
+  const int64_t N = y_.size(0), H = y_.size(2), W = y_.size(3);
   check_like(g_, "grad_out", y_, {N, Co, H, W});
   Tensor y = y_.contiguous(), v = v_.contiguous(), g = g_.contiguous();
   Tensor wf = wf_.contiguous(), wo = wo_.contiguous();

@@ -79,7 +79,7 @@ inline void dw_row_k(const T* const* rp, int64_t W, const T* wk, T bias, T* out)
   T wr[K * K];
   for (int i = 0; i < K * K; ++i) wr[i] = wk[i];
   const int64_t lo = std::min<int64_t>(pad, W), hi = std::max<int64_t>(lo, W - pad);
-  for (int64_t w = 0; w < lo; ++w) {  // left border
+  auto border = [&](int64_t w) {  // a column within pad of the left or right edge: taps outside are zero
     T s = bias;
     for (int ky = 0; ky < K; ++ky)
       for (int kx = 0; kx < K; ++kx) {
@@ -87,7 +87,8 @@ inline void dw_row_k(const T* const* rp, int64_t W, const T* wk, T bias, T* out)
         if (ww >= 0 && ww < W) s += wr[ky * K + kx] * rp[ky][ww];
       }
     out[w] = s;
-  }
+  };
+  for (int64_t w = 0; w < lo; ++w) border(w);
 #pragma omp simd
   for (int64_t w = lo; w < hi; ++w) {
     T s = bias;
@@ -95,15 +96,7 @@ inline void dw_row_k(const T* const* rp, int64_t W, const T* wk, T bias, T* out)
       for (int kx = 0; kx < K; ++kx) s += wr[ky * K + kx] * rp[ky][w + kx - pad];
     out[w] = s;
   }
-  for (int64_t w = hi; w < W; ++w) {  // right border
-    T s = bias;
-    for (int ky = 0; ky < K; ++ky)
-      for (int kx = 0; kx < K; ++kx) {
-        const int64_t ww = w + kx - pad;
-        if (ww >= 0 && ww < W) s += wr[ky * K + kx] * rp[ky][ww];
-      }
-    out[w] = s;
-  }
+  for (int64_t w = hi; w < W; ++w) border(w);
 }
 
 template <typename T>
