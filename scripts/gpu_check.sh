@@ -4,7 +4,9 @@
 # then the benchmarks. Logs and benchmark JSON/MD/PNG go flat into $OUT when set (else ./out), named
 # <gpu>-<date>-<stage>.log and <gpu>-<date>.{json,md,png}: at most 8 files.
 #
-# Usage: bash scripts/gpu_check.sh [build] [test] [sanitize] [bench]      (no argument: all four, in order)
+# Usage: bash scripts/gpu_check.sh [build] [kernels] [test] [sanitize] [bench] [model]
+#        (no argument: build test sanitize bench model, in order; `kernels` runs only the CUDA/Triton kernel
+#        test files, for a first quick look; `bench` is the op and sub-op section, `model` the whole-model one)
 # One device call is limited to 10 minutes, so split the stages over calls when needed, e.g.
 #   bash scripts/gpu_check.sh build test      then      bash scripts/gpu_check.sh build sanitize bench
 # (the build is incremental: ignored build outputs stay on a warm machine between calls).
@@ -12,7 +14,9 @@
 #   PYTHON (default python3), CUDA_HOME (else detected from nvcc / /usr/local/cuda*), TORCH_CUDA_ARCH_LIST
 #   (default 9.0), MAX_JOBS (default: number of CPUs), PYTEST_ARGS (extra args for the test stage),
 #   SANITIZER_PYTEST_ARGS (extra pytest args under compute-sanitizer, e.g. -k "not gradcheck"),
-#   SANITIZER_TIMEOUT (seconds per tool, default 240), BENCH_ARGS (default: --quick; "" for the full run).
+#   SANITIZER_TIMEOUT (seconds per tool, default 240), BENCH_ARGS (default: --quick; "" for the full run),
+#   STAGE_TIMEOUT (seconds for each of build/kernels/test/bench/model, default 0 = none; the device call is
+#   limited to 10 minutes and a stage that runs over loses its log's tail only, not the call's other files).
 # Exit status: non-zero when any stage failed (all requested stages still run).
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -22,7 +26,8 @@ mkdir -p "$OUTDIR"
 export PYTHONUNBUFFERED=1
 
 stages=("$@")
-[ ${#stages[@]} -eq 0 ] && stages=(build test sanitize bench)
+[ ${#stages[@]} -eq 0 ] && stages=(build test sanitize bench model)
+TO=${STAGE_TIMEOUT:-0}
 
 # The ground truth is read from ../shared; a shared/ folder carried inside the checkout is linked there.
 if [ ! -e ../shared ] && [ -d shared ]; then ln -s "$PWD/shared" ../shared 2>/dev/null || true; fi
@@ -70,14 +75,24 @@ run_stage() {  # run_stage NAME CMD...: output to $OUTDIR/$TAG-NAME.log and stdo
 
 build() {
   [ -n "$CUDA_HOME" ] || { echo "no CUDA toolkit found (set CUDA_HOME)"; return 1; }
-  FORCE_CUDA=1 "$PY" setup.py build_ext --inplace &&
+  nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.max.sm --format=csv 2>&1 || true
+  FORCE_CUDA=1 timeout "$TO" "$PY" setup.py build_ext --inplace &&
   "$PY" -c "import eimn_kernels as ek, torch; assert ek._ext.built_with_cuda(), ek._ext.extension_error(); \
 print('backends on cuda:', ek.available_backends('cuda'), '| on cpu:', ek.available_backends('cpu'))"
 }
 
 tests() {
   # The whole suite with the GPU visible: CUDA and Triton backends run on CUDA tensors.
-  "$PY" -m pytest -q -rs --durations=15 ${PYTEST_ARGS:-}
+  timeout "$TO" "$PY" -m pytest -q -rs --durations=15 ${PYTEST_ARGS:-}
+}
+
+kernel_tests() {
+  # Only the CUDA and Triton kernel tests (and backend selection), on CUDA tensors.
+  local files=() f
+  for f in tests/test_cuda_*.py tests/test_triton_*.py tests/test_backends.py; do
+    [[ "$f" == *_emu.py ]] || files+=("$f")
+  done
+  timeout "$TO" "$PY" -m pytest -q -rs --durations=15 ${PYTEST_ARGS:-} "${files[@]}"
 }
 
 sanitize() {
@@ -101,16 +116,23 @@ sanitize() {
 }
 
 bench() {
-  "$PY" -m benchmarks.run --device cuda --out-dir "$OUTDIR" ${BENCH_ARGS---quick}
+  timeout "$TO" "$PY" -m benchmarks.run --device cuda --out-dir "$OUTDIR" --sections ops,subops ${BENCH_ARGS---quick}
+}
+
+bench_model() {
+  timeout "$TO" "$PY" -m benchmarks.run --device cuda --out-dir "$OUTDIR" --sections complexity,model,train \
+    ${BENCH_ARGS---quick}
 }
 
 for s in "${stages[@]}"; do
   case $s in
     build) run_stage build build ;;
+    kernels) run_stage kernels kernel_tests ;;
     test) run_stage test tests ;;
     sanitize) run_stage sanitize sanitize ;;
     bench) run_stage bench bench ;;
-    *) echo "unknown stage $s (build, test, sanitize, bench)"; fail=1 ;;
+    model) run_stage model bench_model ;;
+    *) echo "unknown stage $s (build, kernels, test, sanitize, bench, model)"; fail=1 ;;
   esac
 done
 

@@ -182,13 +182,14 @@ def test_weight_grads_deterministic():
 
 def test_compiles_for_sm90():
     """Every kernel compiles to PTX for an H100 (sm_90) without a GPU: fp32 (all kernels) and bf16
-    (the tensor-core GEMMs). Channel blocks of 16 keep it fast; EIMN_FULL_COMPILE_TEST=1 compiles the
+    and fp64 (the tensor-core / fp64 GEMMs). Channel blocks of 16 keep it fast; EIMN_FULL_COMPILE_TEST=1 compiles the
     EIMN configuration (C = 64, minutes on a CPU), as does
     ``python -m eimn_kernels.triton_kernels.molrcm_compile fp32 bf16``."""
     C = 64 if os.environ.get("EIMN_FULL_COMPILE_TEST") == "1" else 16
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     code = ("from eimn_kernels.triton_kernels.molrcm_compile import compile_all\n"
-            f"jobs = [('fp32', None), ('bf16', ('proj_qv_fwd', 'proj_qv_bwd', 'gate_out_fwd', 'gate_out_bwd'))]\n"
+            "gemms = ('proj_qv_fwd', 'proj_qv_bwd', 'gate_out_fwd', 'gate_out_bwd')\n"
+            "jobs = [('fp32', None), ('bf16', gemms), ('fp64', gemms)]\n"
             "for dt, names in jobs:\n"
             f"    for name, k in compile_all(dt, names=names, C={C}).items():\n"
             "        assert 'ptx' in k.asm and '.entry' in k.asm['ptx'], name\n"
@@ -197,4 +198,4 @@ def test_compiles_for_sm90():
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     r = subprocess.run([sys.executable, "-c", code], cwd=root, env=env, capture_output=True, text=True, timeout=1200)
     assert r.returncode == 0, r.stderr[-3000:]
-    assert r.stdout.count(" ok") == 12, r.stdout
+    assert r.stdout.count(" ok") == 16, r.stdout

@@ -188,7 +188,11 @@ Tensor gemm_acc(const Tensor& a, const Tensor& b) {
 Tensor weight_grad(const Tensor& G, const Tensor& X) { return gemm_acc(G, X.transpose(1, 2)).sum(0); }
 
 // Bias gradient sum over (n, hw) of G: (N, Co, HW) -> (Co,) in the acc dtype.
-Tensor bias_grad(const Tensor& G) { return at::sum(G, {0, 2}, false, acc_scalar(G)); }
+Tensor bias_grad(const Tensor& G) {
+  // Explicit IntArrayRef / optional dtype: a braced list is ambiguous between sum's overloads in torch 2.11.
+  const std::vector<int64_t> dims{0, 2};
+  return at::sum(G, at::IntArrayRef(dims), false, std::optional<at::ScalarType>(acc_scalar(G)));
+}
 
 void check_1x1(const char* op, const char* wname, const Tensor& w, const char* bname, const Tensor& b,
                const Tensor& x, int64_t cin) {

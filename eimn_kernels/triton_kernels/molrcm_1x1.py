@@ -25,9 +25,12 @@ def _load_img(ptr, base, c, cm, p, pm, HW):
 @triton.jit
 def _load_w(ptr, co, com, ci, cim, CIN, TRANS: tl.constexpr):
     """Weight (Cout, Cin) as a [BLOCK_CO, BLOCK_CI] block, or its transpose if TRANS."""
+    # One return after a static if/else: Triton 3.6 rejects two returns of different shapes.
     if TRANS:
-        return tl.load(ptr + co[None, :] * CIN + ci[:, None], mask=com[None, :] & cim[:, None], other=0.0)
-    return tl.load(ptr + co[:, None] * CIN + ci[None, :], mask=com[:, None] & cim[None, :], other=0.0)
+        w = tl.load(ptr + co[None, :] * CIN + ci[:, None], mask=com[None, :] & cim[:, None], other=0.0)
+    else:
+        w = tl.load(ptr + co[:, None] * CIN + ci[None, :], mask=com[:, None] & cim[None, :], other=0.0)
+    return w
 
 
 @triton.jit

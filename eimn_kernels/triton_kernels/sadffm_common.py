@@ -90,7 +90,7 @@ def conv1x1_kernel(X, Wt, B, Y, CIN, COUT, P, sw_o, sw_c,
         mc = offs_c < CIN
         w = tl.load(Wt + offs_o[:, None] * sw_o + offs_c[None, :] * sw_c, mask=mo[:, None] & mc[None, :], other=0.0)
         x = tl.load(xb + offs_c[:, None] * P + offs_p[None, :], mask=mc[:, None] & mp[None, :], other=0.0)
-        acc = tl.dot(w.to(DOT), x.to(DOT), acc, input_precision=PREC)
+        acc = tl.dot(w.to(DOT), x.to(DOT), acc, input_precision=PREC, out_dtype=ACC)
     if HAS_BIAS:
         acc += tl.load(B + offs_o, mask=mo, other=0.0).to(ACC)[:, None]
     tl.store(Y + n * COUT * P + offs_o[:, None] * P + offs_p[None, :], acc, mask=mo[:, None] & mp[None, :])
@@ -120,7 +120,7 @@ def wgrad_kernel(A, Bm, PW, PB, M, K, P, NT, PER, NITEMS,
         mp = offs_p < P
         a = tl.load(A + n * M * P + offs_m[:, None] * P + offs_p[None, :], mask=mm[:, None] & mp[None, :], other=0.0)
         b = tl.load(Bm + n * K * P + offs_k[:, None] * P + offs_p[None, :], mask=mk[:, None] & mp[None, :], other=0.0)
-        acc = tl.dot(a.to(DOT), tl.trans(b.to(DOT)), acc, input_precision=PREC)
+        acc = tl.dot(a.to(DOT), tl.trans(b.to(DOT)), acc, input_precision=PREC, out_dtype=ACC)
         if HAS_B:
             accb += tl.sum(a.to(ACC), axis=1)
     tl.store(PW + s * M * K + offs_m[:, None] * K + offs_k[None, :], acc, mask=mm[:, None] & mk[None, :])

@@ -44,7 +44,7 @@ def _local_gate(z, WLR, BLR, WSE, gconst, offs_r, mr, offs_c, mc, C,
                 ACC: tl.constexpr, DOT: tl.constexpr, PREC: tl.constexpr, BR: tl.constexpr, BP: tl.constexpr):
     """a_l = W_lr z + b_lr ([BR, BP]), l = GELU(a_l), s = sigmoid(w_se[:R] . l + gconst). Returns (a_l, l, s, wse_l)."""
     wlr = tl.load(WLR + offs_r[:, None] * C + offs_c[None, :], mask=mr[:, None] & mc[None, :], other=0.0)
-    al = tl.dot(wlr.to(DOT), z.to(DOT), tl.zeros([BR, BP], dtype=ACC), input_precision=PREC)
+    al = tl.dot(wlr.to(DOT), z.to(DOT), tl.zeros([BR, BP], dtype=ACC), input_precision=PREC, out_dtype=ACC)
     al += tl.load(BLR + offs_r, mask=mr, other=0.0).to(ACC)[:, None]
     lo = gelu(al)
     wse_l = tl.load(WSE + offs_r, mask=mr, other=0.0).to(ACC)
@@ -71,7 +71,7 @@ def dffm_y_kernel(Hh, Wout, Bout, LNW, LNB, Y, ZS, HID, C, P, NT, eps,
         mj = offs_j < HID
         w = tl.load(Wout + offs_c[:, None] * HID + offs_j[None, :], mask=mc[:, None] & mj[None, :], other=0.0)
         hv = tl.load(hb + offs_j[:, None] * P + offs_p[None, :], mask=mj[:, None] & mp[None, :], other=0.0)
-        y = tl.dot(w.to(DOT), hv.to(DOT), y, input_precision=PREC)
+        y = tl.dot(w.to(DOT), hv.to(DOT), y, input_precision=PREC, out_dtype=ACC)
     y += tl.load(Bout + offs_c, mask=mc, other=0.0).to(ACC)[:, None]
     y = y.to(RDT).to(ACC)
     m2 = mc[:, None] & mp[None, :]
@@ -135,7 +135,7 @@ def dffm_bwd_b_kernel(GO, Y, LNW, LNB, WLR, BLR, WSE, CV, GC, PGC, PGS, PWSL, PB
     tl.store(PWSL + q * R + offs_r, tl.sum(das[None, :] * lo, axis=1), mask=mr)
     dal = das[None, :] * wse_l[:, None] * gelu_grad(al)
     tl.store(PBLR + q * R + offs_r, tl.sum(dal, axis=1), mask=mr)
-    pw = tl.dot(dal.to(DOT), tl.trans(z.to(DOT)), tl.zeros([BR, BC], dtype=ACC), input_precision=PREC)
+    pw = tl.dot(dal.to(DOT), tl.trans(z.to(DOT)), tl.zeros([BR, BC], dtype=ACC), input_precision=PREC, out_dtype=ACC)
     tl.store(PWLR + q * R * C + offs_r[:, None] * C + offs_c[None, :], pw, mask=mr[:, None] & mc[None, :])
 
 
@@ -166,7 +166,7 @@ def dffm_bwd_c_kernel(GO, Y, LNW, LNB, WLR, BLR, WSE, CV, GC, GMP, GY, PLNW, PLN
     das = tl.sum(go * y * cv[:, None], axis=0) * s * (1.0 - s)
     dal = das[None, :] * wse_l[:, None] * gelu_grad(al)
     wlr_t = tl.load(WLR + offs_r[None, :] * C + offs_c[:, None], mask=mr[None, :] & mc[:, None], other=0.0)
-    dz = tl.dot(wlr_t.to(DOT), dal.to(DOT), tl.zeros([BC, BP], dtype=ACC), input_precision=PREC)
+    dz = tl.dot(wlr_t.to(DOT), dal.to(DOT), tl.zeros([BC, BP], dtype=ACC), input_precision=PREC, out_dtype=ACC)
     dz += tl.load(GMP + n * C + offs_c, mask=mc, other=0.0).to(ACC)[:, None]
     dz = tl.where(m2, dz, 0.0)
     tl.store(PLNW + q * C + offs_c, tl.sum(dz * zhat, axis=1), mask=mc)
