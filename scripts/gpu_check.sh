@@ -13,7 +13,8 @@
 # Environment:
 #   PYTHON (default python3), CUDA_HOME (else detected from nvcc / /usr/local/cuda*), TORCH_CUDA_ARCH_LIST
 #   (default 9.0), MAX_JOBS (default: number of CPUs), PYTEST_ARGS (extra args for the test stage),
-#   SANITIZER_PYTEST_ARGS (extra pytest args under compute-sanitizer, e.g. -k "not gradcheck"),
+#   SANITIZER_PYTEST_ARGS (extra pytest args under compute-sanitizer), SANITIZER_K (a pytest -k expression for
+#   the tests run under the sanitizer, e.g. "float32 and not gradcheck"; default: all),
 #   SANITIZER_TIMEOUT (seconds per tool, default 240), BENCH_ARGS (default: --quick; "" for the full run),
 #   STAGE_TIMEOUT (seconds for each of build/kernels/test/bench/model, default 0 = none; the device call is
 #   limited to 10 minutes and a stage that runs over loses its log's tail only, not the call's other files).
@@ -83,7 +84,7 @@ print('backends on cuda:', ek.available_backends('cuda'), '| on cpu:', ek.availa
 
 tests() {
   # The whole suite with the GPU visible: CUDA and Triton backends run on CUDA tensors.
-  timeout "$TO" "$PY" -m pytest -q -rs --durations=15 ${PYTEST_ARGS:-}
+  timeout "$TO" "$PY" -m pytest -q -rfEs --durations=15 ${PYTEST_ARGS:-}
 }
 
 kernel_tests() {
@@ -101,13 +102,14 @@ sanitize() {
   local files=() f rc=0
   for f in tests/test_cuda_*.py; do [[ "$f" == *_emu.py ]] || files+=("$f"); done
   [ ${#files[@]} -gt 0 ] || { echo "no tests/test_cuda_*.py"; return 1; }
-  local trc
+  local trc kexpr=()
+  [ -n "${SANITIZER_K:-}" ] && kexpr=(-k "$SANITIZER_K")
   for tool in memcheck racecheck; do
     echo "--- compute-sanitizer --tool $tool on ${files[*]}"
     # PYTORCH_NO_CUDA_MEMORY_CACHING: every allocation is a real cudaMalloc, so memcheck sees exact bounds.
     PYTORCH_NO_CUDA_MEMORY_CACHING=1 timeout "${SANITIZER_TIMEOUT:-240}" "$SANITIZER" --tool "$tool" \
       --error-exitcode 99 --print-limit 50 --show-backtrace device \
-      "$PY" -m pytest -q -x -p no:cacheprovider ${SANITIZER_PYTEST_ARGS:-} "${files[@]}"
+      "$PY" -m pytest -q -x -p no:cacheprovider ${SANITIZER_PYTEST_ARGS:-} "${kexpr[@]}" "${files[@]}"
     trc=$?
     echo "--- $tool rc=$trc (99: the tool found errors; 124: timed out)"
     [ $trc -ne 0 ] && rc=$trc
