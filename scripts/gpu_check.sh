@@ -50,6 +50,11 @@ detect_cuda_home() {
 export CUDA_HOME=$(detect_cuda_home)
 [ -n "$CUDA_HOME" ] && export PATH="$CUDA_HOME/bin:$PATH"
 export TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-9.0}
+# The compiler: the system g++ unless EIMN_CXX names another. On the lent H100 image (2026-11-25) CC/CXX point
+# at a wrapper, /opt/gcc/bin/g++ ("g++-real", GCC 13.3): the extension it built segfaulted whenever a
+# TORCH_CHECK message streamed an integer (all bad-input tests); /usr/bin/g++ (the same GCC 13.3) is fine.
+if [ -n "${EIMN_CXX:-}" ]; then export CXX=$EIMN_CXX
+elif [ -x /usr/bin/g++ ] && [ -x /usr/bin/gcc ]; then export CXX=/usr/bin/g++ CC=/usr/bin/gcc; fi
 export MAX_JOBS=${MAX_JOBS:-$(nproc)}
 
 GPU=$("$PY" -c "import torch; print(torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'nogpu')" 2>/dev/null || echo unknown)
@@ -57,7 +62,7 @@ TAG=$(echo "$GPU" | tr 'A-Z' 'a-z' | sed 's/[^a-z0-9.]\+/-/g; s/^-//; s/-$//')-$
 SANITIZER=$(command -v compute-sanitizer || ls "$CUDA_HOME"/bin/compute-sanitizer "$CUDA_HOME"/compute-sanitizer/compute-sanitizer 2>/dev/null | head -1)
 echo "gpu_check: $GPU | torch $("$PY" -c 'import torch; print(torch.__version__, torch.version.cuda)' 2>/dev/null)" \
      "| CUDA_HOME=${CUDA_HOME:-none} | nvcc $("$CUDA_HOME/bin/nvcc" --version 2>/dev/null | grep -o 'release [0-9.]*')" \
-     "| arch $TORCH_CUDA_ARCH_LIST | sanitizer ${SANITIZER:-none} | out $OUTDIR | tag $TAG"
+     "| arch $TORCH_CUDA_ARCH_LIST | CXX ${CXX:-c++} | sanitizer ${SANITIZER:-none} | out $OUTDIR | tag $TAG"
 
 declare -A STATUS
 fail=0

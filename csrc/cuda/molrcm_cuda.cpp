@@ -245,8 +245,9 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> proj_qv_backward_cuda(const T
   const Tensor gx = at::bmm(batch_weight(Wcat, N, true), G).view({N, C, H, W});
   const Tensor gW = weight_grad(G, X).to(x.scalar_type());  // (Cq+Cv, C)
   const Tensor gb = bias_grad(G).to(x.scalar_type());
-  return {gx, gW.narrow(0, 0, Cq).reshape(wq.sizes()).contiguous(), gb.narrow(0, 0, Cq).contiguous(),
-          gW.narrow(0, Cq, Cv).reshape(wv.sizes()).contiguous(), gb.narrow(0, Cq, Cv).contiguous()};
+  // clone(): the four gradients must not share gW's / gb's storage (outputs of an op must not alias).
+  return {gx, gW.narrow(0, 0, Cq).reshape(wq.sizes()).clone(), gb.narrow(0, 0, Cq).clone(),
+          gW.narrow(0, Cq, Cv).reshape(wv.sizes()).clone(), gb.narrow(0, Cq, Cv).clone()};
 }
 
 // out = Wo (SiLU(Wf y + bf) * v) + bo. y, v: (N, C, H, W); wf: (C, C, 1, 1); wo: (Co, C, 1, 1).
