@@ -300,6 +300,10 @@ def machine_info(device: torch.device | str = "cpu") -> dict:
         info["gpu"] = torch.cuda.get_device_name(0)
         info["gpu_memory_GiB"] = round(p.total_memory / 2**30, 1)
         info["gpu_sm_count"] = p.multi_processor_count
+        # fp32 eager on CUDA: cuDNN convolutions / cuBLAS matmuls may run in TF32 (torch's defaults: conv yes,
+        # matmul no); the fused kernels compute exact fp32, so this says what "eager fp32" meant in a run.
+        info["tf32"] = {"cudnn_conv": torch.backends.cudnn.allow_tf32,
+                        "matmul": torch.backends.cuda.matmul.allow_tf32}
     try:
         import eimn_kernels as ek
         info["eimn_kernels"] = ek.__version__

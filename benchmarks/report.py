@@ -51,7 +51,8 @@ def _machine_md(m: dict, c: dict | None) -> list[str]:
              f"- date (UTC): {m.get('date_utc')}; host {m.get('hostname')}; {m.get('platform')}",
              f"- CPU: {m.get('cpu_model')} ({m.get('cpu_count')} logical CPUs), torch threads {m.get('torch_threads')}"
              f", load average {m.get('loadavg')}, OMP_WAIT_POLICY {m.get('omp_wait_policy')}",
-             f"- GPU: {m.get('gpu') or 'none'}; CUDA {m.get('cuda')}",
+             f"- GPU: {m.get('gpu') or 'none'}; CUDA {m.get('cuda')}"
+             + (f"; eager TF32: {m['tf32']}" if m.get("tf32") else ""),
              f"- torch {m.get('torch')}, triton {m.get('triton')}, python {m.get('python')}, "
              f"eimn_kernels {m.get('eimn_kernels')}; backends on {m.get('device')}: {m.get('backends')}; "
              f"extension: {m.get('extension')}"]

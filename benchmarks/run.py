@@ -79,6 +79,9 @@ def main(argv=None) -> dict:
     ap.add_argument("--no-compile", action="store_true", help="skip the torch.compile rows")
     ap.add_argument("--sections", default="complexity,ops,subops,model,train",
                     help="comma-separated subset of complexity,ops,subops,model,train")
+    ap.add_argument("--no-tf32", action="store_true",
+                    help="CUDA: eager fp32 convolutions/matmuls without TF32 (like for like with the exact-fp32 "
+                         "kernels; torch's default lets cuDNN use TF32)")
     ap.add_argument("--out-dir", default=DEFAULT_OUT, help=f"where to write results (default {DEFAULT_OUT})")
     a = ap.parse_args(argv)
     has_cuda = torch.cuda.is_available()
@@ -87,6 +90,9 @@ def main(argv=None) -> dict:
     if "cuda" in devices and not has_cuda:
         ap.error("--device cuda: no CUDA device here")
     sections = tuple(s.strip() for s in a.sections.split(",") if s.strip())
+    if a.no_tf32:
+        torch.backends.cudnn.allow_tf32 = False
+        torch.backends.cuda.matmul.allow_tf32 = False
     out = {}
     for dev in devices:
         res = run_all(dev, a.quick, a.threads, compile=not a.no_compile, sections=sections)
