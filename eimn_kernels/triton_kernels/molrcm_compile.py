@@ -34,23 +34,25 @@ def _signature(fn, ptr: str, consts: dict, acc_ptrs: tuple = (), acc: str = "fp3
     return sig
 
 
-def kernel_specs(dtype: str = "fp32", C: int = 64):
-    """(name, kernel, signature, constexprs) of every MOLRCM kernel for input dtype ``dtype`` and
-    the EIMN channel count C (blocks padded as the launchers do)."""
+def kernel_specs(dtype: str = "fp32", C: int = 64, C_out: int | None = None):
+    """(name, kernel, signature, constexprs) of every MOLRCM kernel for input dtype ``dtype``, C input
+    channels and C_out output channels of the 1x1 kernels (default C, as in EIMN; blocks padded as the
+    launchers do). C_out != C gives blocks of different shapes, as other models have."""
     acc = "fp64" if dtype == "fp64" else "fp32"
     ACC = _TL[acc]
     prec = "ieee" if dtype == "fp64" else cfg.FP32_DOT_PRECISION
     bc = max(16, triton.next_power_of_2(C))
+    bo = max(16, triton.next_power_of_2(C if C_out is None else C_out))
     key = dtype if dtype in ("fp32", "fp64") else "half"
     fw = dict(BLOCK_P=cfg.GEMM_FWD_GPU[key][0], ACC=ACC, PREC=prec)
     bw = dict(BLOCK_P=cfg.GEMM_BWD_GPU[key][0], ACC=ACC, PREC=prec)
     th, tw, bdc, be = cfg.TILE_H_GPU, cfg.TILE_W_GPU, cfg.BLOCK_DC_GPU, cfg.BLOCK_E_GPU
     dwc = dict(TILE_H=th, TILE_W=tw, BLOCK_C=bdc, ACC=ACC)
     specs = [
-        ("proj_qv_fwd", k1x1.proj_qv_fwd_kernel, (), dict(BLOCK_CI=bc, BLOCK_CQ=bc, BLOCK_CV=bc, **fw)),
-        ("proj_qv_bwd", k1x1.proj_qv_bwd_kernel, ("part_ptr",), dict(BLOCK_CI=bc, BLOCK_CQ=bc, BLOCK_CV=bc, **bw)),
-        ("gate_out_fwd", k1x1.gate_out_fwd_kernel, (), dict(BLOCK_C=bc, BLOCK_CO=bc, **fw)),
-        ("gate_out_bwd", k1x1.gate_out_bwd_kernel, ("part_ptr",), dict(BLOCK_C=bc, BLOCK_CO=bc, **bw)),
+        ("proj_qv_fwd", k1x1.proj_qv_fwd_kernel, (), dict(BLOCK_CI=bc, BLOCK_CQ=bo, BLOCK_CV=bo, **fw)),
+        ("proj_qv_bwd", k1x1.proj_qv_bwd_kernel, ("part_ptr",), dict(BLOCK_CI=bc, BLOCK_CQ=bo, BLOCK_CV=bo, **bw)),
+        ("gate_out_fwd", k1x1.gate_out_fwd_kernel, (), dict(BLOCK_C=bc, BLOCK_CO=bo, **fw)),
+        ("gate_out_bwd", k1x1.gate_out_bwd_kernel, ("part_ptr",), dict(BLOCK_C=bc, BLOCK_CO=bo, **bw)),
         ("dw_mix_fwd", kdw.dw_mix_fwd_kernel, ("scratch_ptr",), dict(BLOCK_E=be, **dwc)),
         ("dw_conv_fwd", kdw.dw_conv_fwd_kernel, ("out_ptr",), dwc),
         ("dw_conv_bwd", kdw.dw_conv_bwd_kernel, ("part_ptr",), dwc),
@@ -60,7 +62,7 @@ def kernel_specs(dtype: str = "fp32", C: int = 64):
         yield name, fn, _signature(fn, dtype, consts, acc_ptrs, acc), consts
 
 
-def compile_all(dtype: str = "fp32", arch: int = 90, names=None, C: int = 64) -> dict:
+def compile_all(dtype: str = "fp32", arch: int = 90, names=None, C: int = 64, C_out: int | None = None) -> dict:
     """Compile the kernels for CUDA sm_<arch> (1x1 kernels with channel blocks for C channels);
     returns {name: compiled kernel} (asm['ptx'] inside). C = 64 (EIMN) takes minutes on a CPU:
     the fp32 GEMMs become ~1.5 MB of unrolled FMA PTX."""
@@ -68,7 +70,7 @@ def compile_all(dtype: str = "fp32", arch: int = 90, names=None, C: int = 64) ->
         raise RuntimeError("compile_all needs TRITON_INTERPRET unset (the interpreter does not compile)")
     target = GPUTarget("cuda", arch, 32)
     out = {}
-    for name, fn, sig, consts in kernel_specs(dtype, C):
+    for name, fn, sig, consts in kernel_specs(dtype, C, C_out):
         if names is not None and name not in names:
             continue
         key = dtype if dtype in ("fp32", "fp64") else "half"
