@@ -95,8 +95,7 @@ void proj_qv_fwd_impl(const Tensor& x, const Tensor& wqv, const Tensor& bq, cons
         const T* bp = panel.data() + pq * NR * C;
         auto st_q = [&](int64_t o, vreg<T> c0, vreg<T> c1) {
           const vreg<T> bias = vsplat<T>(bqp[o]);
-          store_row<T>(qp + (n * Cq + o) * HW + p, from_vec<T>(vgelu_fwd<T>(to_vec<T>(c0 + bias))),
-                       from_vec<T>(vgelu_fwd<T>(to_vec<T>(c1 + bias))), cnt);
+          store_row<T>(qp + (n * Cq + o) * HW + p, v_gelu(c0 + bias), v_gelu(c1 + bias), cnt);
         };
         auto st_v = [&](int64_t o, vreg<T> c0, vreg<T> c1) {
           const vreg<T> bias = vsplat<T>(bvp[o - Cq]);
@@ -245,9 +244,9 @@ void gate_out_fwd_impl(const Tensor& y, const Tensor& v, const Tensor& wf, const
           const vreg<T> bias = vsplat<T>(bfp[c]);
           vreg<T> v0, v1;
           load_row<T>(vp + (n * C + c) * HW + p, cnt, v0, v1);
-          const Vec<T> f0 = to_vec<T>(c0 + bias), f1 = to_vec<T>(c1 + bias);
-          vstore(mpan.data() + c * NR, from_vec<T>(f0 * vsigmoid_fwd<T>(f0)) * v0);
-          vstore(mpan.data() + c * NR + NR / 2, from_vec<T>(f1 * vsigmoid_fwd<T>(f1)) * v1);
+          const vreg<T> f0 = c0 + bias, f1 = c1 + bias;
+          vstore(mpan.data() + c * NR, f0 * v_sigmoid(f0) * v0);
+          vstore(mpan.data() + c * NR + NR / 2, f1 * v_sigmoid(f1) * v1);
         };
         auto st_o = [&](int64_t o, vreg<T> c0, vreg<T> c1) {
           const vreg<T> bias = vsplat<T>(bop[o]);

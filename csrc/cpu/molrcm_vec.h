@@ -1,7 +1,7 @@
-// CPU helpers for the MOLRCM kernels: vectorised activations (at::vec::Vectorized).
+// CPU helpers for the MOLRCM kernels: at::vec::Vectorized loops, and the activations of cpu_vmath.h on them.
 #pragma once
 // The extension is compiled with -march=native; on AVX2+FMA machines use ATen's AVX2 Vectorized<T>
-// (erf/exp via SLEEF, exported by libtorch_cpu) instead of the scalar fallback. CPU_CAPABILITY names the
+// instead of the scalar fallback. CPU_CAPABILITY names the
 // inline namespace of Vectorized: a name of our own, so other translation units of the extension that
 // include ATen's vec headers without AVX2 get distinct symbols (no ODR clash).
 #if defined(__AVX2__) && defined(__FMA__) && !defined(CPU_CAPABILITY_AVX2) && !defined(CPU_CAPABILITY_AVX512) && \
@@ -14,6 +14,7 @@
 #include <cstdint>
 
 #include "cpu_gemm.h"
+#include "cpu_vmath.h"
 #include "eimn_math.h"
 
 namespace eimn {
@@ -31,45 +32,6 @@ inline void vec_for(int64_t n, Op op) {
   if (i < n) op(i, n - i);
 }
 
-template <typename T> inline Vec<T> vgelu(Vec<T> x) {
-  return x * Vec<T>(T(0.5)) * (Vec<T>(T(1)) + (x * Vec<T>(T(kInvSqrt2))).erf());
-}
-template <typename T> inline Vec<T> vgelu_grad(Vec<T> x) {
-  Vec<T> cdf = Vec<T>(T(0.5)) * (Vec<T>(T(1)) + (x * Vec<T>(T(kInvSqrt2))).erf());
-  Vec<T> pdf = (x * x * Vec<T>(T(-0.5))).exp() * Vec<T>(T(kInvSqrt2Pi));
-  return cdf + x * pdf;
-}
-template <typename T> inline Vec<T> vsigmoid(Vec<T> x) {
-  return Vec<T>(T(1)) / (Vec<T>(T(1)) + x.neg().exp());
-}
-
-// Forward-only fast variants for float: exp via ATen's inline exp_u20 (<= 20 ulp, no SLEEF call, so
-// the GEMM epilogues keep their registers); erf by the same Abramowitz-Stegun 7.1.26 formula ATen's
-// AVX2 erf uses (|error| <= 1.5e-7). double keeps the accurate exp/erf (fp64 golden checks).
-template <typename T> inline Vec<T> vexp_fwd(Vec<T> x) { return x.exp(); }
-template <> inline Vec<float> vexp_fwd<float>(Vec<float> x) { return x.exp_u20(); }
-
-template <typename T> inline Vec<T> verf_fwd(Vec<T> x) { return x.erf(); }
-template <> inline Vec<float> verf_fwd<float>(Vec<float> x) {
-  using V = Vec<float>;
-  const V ax = x.abs();
-  const V t = V(1.f) / at::vec::fmadd(V(0.3275911f), ax, V(1.f));
-  V r = at::vec::fmadd(V(1.061405429f), t, V(-1.453152027f));
-  r = at::vec::fmadd(r, t, V(1.421413741f));
-  r = at::vec::fmadd(r, t, V(-0.284496736f));
-  r = at::vec::fmadd(r, t, V(0.254829592f));
-  const V e = vexp_fwd<float>((x * x).neg());
-  const V y = V(1.f) - r * t * e;  // erf(|x|)
-  return y ^ (x & V(-0.f));  // sign of x
-}
-
-template <typename T> inline Vec<T> vgelu_fwd(Vec<T> x) {
-  return x * Vec<T>(T(0.5)) * (Vec<T>(T(1)) + verf_fwd<T>(x * Vec<T>(T(kInvSqrt2))));
-}
-template <typename T> inline Vec<T> vsigmoid_fwd(Vec<T> x) {
-  return Vec<T>(T(1)) / (Vec<T>(T(1)) + vexp_fwd<T>(x.neg()));
-}
-
 // Conversions between the GEMM registers (cpu_gemm.h) and at::vec::Vectorized (same 32 bytes), for the
 // activation epilogues of the fused 1x1 convolutions.
 template <typename T> inline Vec<T> to_vec(vreg<T> v) {
@@ -81,6 +43,10 @@ template <typename T> inline vreg<T> from_vec(Vec<T> v) {
   v.store(&r);
   return r;
 }
+
+// The shared activations (cpu_vmath.h) on Vectorized values.
+template <typename T> inline Vec<T> vgelu_grad(Vec<T> x) { return to_vec<T>(v_gelu_grad(from_vec<T>(x))); }
+template <typename T> inline Vec<T> vsigmoid(Vec<T> x) { return to_vec<T>(v_sigmoid(from_vec<T>(x))); }
 
 }  // namespace cpu
 }  // namespace eimn

@@ -15,7 +15,7 @@
 
 #include "eimn_math.h"
 #include "cpu_gemm.h"
-#include "sadffm_vmath.h"
+#include "cpu_vmath.h"
 
 namespace eimn {
 namespace sadffm {
