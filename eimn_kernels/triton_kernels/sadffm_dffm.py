@@ -81,26 +81,37 @@ def dffm_y_kernel(Hh, Wout, Bout, LNW, LNB, Y, ZS, HID, C, P, NT, eps,
 
 
 @triton.jit
-def dffm_gate_kernel(Y, LNW, LNB, WLR, BLR, WSE, CV, GC, OUT, C, R, P, eps,
-                     ACC: tl.constexpr, DOT: tl.constexpr, PREC: tl.constexpr,
-                     BC: tl.constexpr, BR: tl.constexpr, BP: tl.constexpr):
-    """Pass 2. Y: (N, C, P); CV: (N, C) = c; GC: (N,) = w_se[R:] . g + b_se. OUT = y * c * s (may alias Y).
-    Grid (NT, N)."""
-    tile = tl.program_id(0)
+def _gate_on_tile(Y, LNW, LNB, WLR, BLR, WSE, CV, GC, C, R, P, eps,
+                  ACC: tl.constexpr, DOT: tl.constexpr, PREC: tl.constexpr,
+                  BC: tl.constexpr, BR: tl.constexpr, BP: tl.constexpr):
+    """The gate recomputed on this program's pixel tile (program_id(0)) of image program_id(1): the prologue
+    of pass 2 and of backward passes B and C. Returns (n, offs_c, offs_r, mc, mr, m2, ptrs, y, z, zhat, rstd, al,
+    l, s, wse_l, cv): masks, element offsets of the [BC, BP] tile, y, the LayerNorm output z (and zhat, rstd),
+    the local gate (a_l, l, s, w_se[:R]) and the channel gate c of image n."""
     n = tl.program_id(1).to(tl.int64)
-    offs_p = tile * BP + tl.arange(0, BP)
+    offs_p = tl.program_id(0) * BP + tl.arange(0, BP)
     offs_c = tl.arange(0, BC)
     offs_r = tl.arange(0, BR)
-    mp = offs_p < P
     mc = offs_c < C
     mr = offs_r < R
-    m2 = mc[:, None] & mp[None, :]
+    m2 = mc[:, None] & (offs_p < P)[None, :]
     ptrs = n * C * P + offs_c[:, None] * P + offs_p[None, :]
     y = tl.load(Y + ptrs, mask=m2, other=0.0).to(ACC)
     z, zhat, rstd = _layernorm(y, mc, LNW, LNB, offs_c, C, eps, ACC)
     gconst = tl.load(GC + n).to(ACC)
     al, lo, s, wse_l = _local_gate(z, WLR, BLR, WSE, gconst, offs_r, mr, offs_c, mc, C, ACC, DOT, PREC, BR, BP)
     cv = tl.load(CV + n * C + offs_c, mask=mc, other=0.0).to(ACC)
+    return n, offs_c, offs_r, mc, mr, m2, ptrs, y, z, zhat, rstd, al, lo, s, wse_l, cv
+
+
+@triton.jit
+def dffm_gate_kernel(Y, LNW, LNB, WLR, BLR, WSE, CV, GC, OUT, C, R, P, eps,
+                     ACC: tl.constexpr, DOT: tl.constexpr, PREC: tl.constexpr,
+                     BC: tl.constexpr, BR: tl.constexpr, BP: tl.constexpr):
+    """Pass 2. Y: (N, C, P); CV: (N, C) = c; GC: (N,) = w_se[R:] . g + b_se. OUT = y * c * s (may alias Y).
+    Grid (NT, N)."""
+    n, offs_c, offs_r, mc, mr, m2, ptrs, y, z, zhat, rstd, al, lo, s, wse_l, cv = _gate_on_tile(
+        Y, LNW, LNB, WLR, BLR, WSE, CV, GC, C, R, P, eps, ACC, DOT, PREC, BC, BR, BP)
     tl.store(OUT + ptrs, y * cv[:, None] * s[None, :], mask=m2)
 
 
@@ -111,23 +122,10 @@ def dffm_bwd_b_kernel(GO, Y, LNW, LNB, WLR, BLR, WSE, CV, GC, PGC, PGS, PWSL, PB
     """Backward pass B, per (tile, n), writing partial sums at index q = n*NT + tile:
     PGC[q, c] = sum_p go*y*s (-> dL/dc), PGS[q] = sum_p da_s (da_s = dL/d(pre-sigmoid s)),
     PWSL[q, r] = sum_p da_s * l, PBLR[q, r] = sum_p da_l, PWLR[q, r, c] = sum_p da_l z. Grid (NT, N)."""
-    tile = tl.program_id(0)
-    n = tl.program_id(1).to(tl.int64)
-    q = n * NT + tile
-    offs_p = tile * BP + tl.arange(0, BP)
-    offs_c = tl.arange(0, BC)
-    offs_r = tl.arange(0, BR)
-    mp = offs_p < P
-    mc = offs_c < C
-    mr = offs_r < R
-    m2 = mc[:, None] & mp[None, :]
-    ptrs = n * C * P + offs_c[:, None] * P + offs_p[None, :]
-    y = tl.load(Y + ptrs, mask=m2, other=0.0).to(ACC)
+    n, offs_c, offs_r, mc, mr, m2, ptrs, y, z, zhat, rstd, al, lo, s, wse_l, cv = _gate_on_tile(
+        Y, LNW, LNB, WLR, BLR, WSE, CV, GC, C, R, P, eps, ACC, DOT, PREC, BC, BR, BP)
+    q = n * NT + tl.program_id(0)
     go = tl.load(GO + ptrs, mask=m2, other=0.0).to(ACC)
-    z, zhat, rstd = _layernorm(y, mc, LNW, LNB, offs_c, C, eps, ACC)
-    gconst = tl.load(GC + n).to(ACC)
-    al, lo, s, wse_l = _local_gate(z, WLR, BLR, WSE, gconst, offs_r, mr, offs_c, mc, C, ACC, DOT, PREC, BR, BP)
-    cv = tl.load(CV + n * C + offs_c, mask=mc, other=0.0).to(ACC)
     goy = go * y
     tl.store(PGC + q * C + offs_c, tl.sum(goy * s[None, :], axis=1), mask=mc)
     das = tl.sum(goy * cv[:, None], axis=0) * s * (1.0 - s)  # 0 on padded pixels (go = 0 there)
@@ -146,23 +144,10 @@ def dffm_bwd_c_kernel(GO, Y, LNW, LNB, WLR, BLR, WSE, CV, GC, GMP, GY, PLNW, PLN
     """Backward pass C: GY = dL/dy (N, C, P) in the accumulator dtype, with dL/dz = W_lr^T da_l + GMP[n]
     (GMP: (N, C), the gradient through the global mean, already divided by H*W), LayerNorm backward and the
     direct term go*c*s; partials PLNW[q, c] = sum_p dz*zhat, PLNB[q, c] = sum_p dz. Grid (NT, N)."""
-    tile = tl.program_id(0)
-    n = tl.program_id(1).to(tl.int64)
-    q = n * NT + tile
-    offs_p = tile * BP + tl.arange(0, BP)
-    offs_c = tl.arange(0, BC)
-    offs_r = tl.arange(0, BR)
-    mp = offs_p < P
-    mc = offs_c < C
-    mr = offs_r < R
-    m2 = mc[:, None] & mp[None, :]
-    ptrs = n * C * P + offs_c[:, None] * P + offs_p[None, :]
-    y = tl.load(Y + ptrs, mask=m2, other=0.0).to(ACC)
+    n, offs_c, offs_r, mc, mr, m2, ptrs, y, z, zhat, rstd, al, lo, s, wse_l, cv = _gate_on_tile(
+        Y, LNW, LNB, WLR, BLR, WSE, CV, GC, C, R, P, eps, ACC, DOT, PREC, BC, BR, BP)
+    q = n * NT + tl.program_id(0)
     go = tl.load(GO + ptrs, mask=m2, other=0.0).to(ACC)
-    z, zhat, rstd = _layernorm(y, mc, LNW, LNB, offs_c, C, eps, ACC)
-    gconst = tl.load(GC + n).to(ACC)
-    al, lo, s, wse_l = _local_gate(z, WLR, BLR, WSE, gconst, offs_r, mr, offs_c, mc, C, ACC, DOT, PREC, BR, BP)
-    cv = tl.load(CV + n * C + offs_c, mask=mc, other=0.0).to(ACC)
     das = tl.sum(go * y * cv[:, None], axis=0) * s * (1.0 - s)
     dal = das[None, :] * wse_l[:, None] * gelu_grad(al)
     wlr_t = tl.load(WLR + offs_r[None, :] * C + offs_c[:, None], mask=mr[None, :] & mc[:, None], other=0.0)

@@ -18,21 +18,30 @@ from .sadffm_common import (acc_dtype, computed_dot, conv1x1, gelu, gelu_grad, r
 
 
 @triton.jit
+def _tap_pair(U, offs_j, mj, offs_p, mp, py, px, HID, H, W, P,
+              k: tl.constexpr, K: tl.constexpr, ACC: tl.constexpr):
+    """Tap k of a KxK depthwise window: channels j and j+HID of U (one image, (2*HID, P)) at the pixels shifted
+    by the tap, zero outside the image. Returns two [BH, BP] blocks."""
+    dy = k // K - (K - 1) // 2
+    dx = k % K - (K - 1) // 2
+    yy = py + dy
+    xx = px + dx
+    m = mp & (yy >= 0) & (yy < H) & (xx >= 0) & (xx < W)
+    q = offs_p + dy * W + dx
+    m2 = mj[:, None] & m[None, :]
+    u1 = tl.load(U + offs_j[:, None] * P + q[None, :], mask=m2, other=0.0).to(ACC)
+    u2 = tl.load(U + (offs_j + HID)[:, None] * P + q[None, :], mask=m2, other=0.0).to(ACC)
+    return u1, u2
+
+
+@triton.jit
 def _dw_pair(U, Wdw, offs_j, mj, offs_p, mp, py, px, HID, H, W, P,
              K: tl.constexpr, ACC: tl.constexpr, BH: tl.constexpr, BP: tl.constexpr):
     """Depthwise KxK ('same' zero padding, no bias) of channels j and j+HID of U (one image, (2*HID, P))."""
     t1 = tl.zeros([BH, BP], dtype=ACC)
     t2 = tl.zeros([BH, BP], dtype=ACC)
     for k in tl.static_range(K * K):
-        dy = k // K - (K - 1) // 2
-        dx = k % K - (K - 1) // 2
-        yy = py + dy
-        xx = px + dx
-        m = mp & (yy >= 0) & (yy < H) & (xx >= 0) & (xx < W)
-        q = offs_p + dy * W + dx
-        m2 = mj[:, None] & m[None, :]
-        u1 = tl.load(U + offs_j[:, None] * P + q[None, :], mask=m2, other=0.0).to(ACC)
-        u2 = tl.load(U + (offs_j + HID)[:, None] * P + q[None, :], mask=m2, other=0.0).to(ACC)
+        u1, u2 = _tap_pair(U, offs_j, mj, offs_p, mp, py, px, HID, H, W, P, k, K, ACC)
         w1 = tl.load(Wdw + offs_j * (K * K) + k, mask=mj, other=0.0).to(ACC)
         w2 = tl.load(Wdw + (offs_j + HID) * (K * K) + k, mask=mj, other=0.0).to(ACC)
         t1 += w1[:, None] * u1
@@ -100,15 +109,7 @@ def gated_dw_bwd_kernel(GH, U, Wdw, Bdw, GT, PW, PB, HID, H, W, NT, PER, NITEMS,
         accb1 += tl.sum(gt1, axis=1)
         accb2 += tl.sum(gt2, axis=1)
         for k in tl.static_range(K * K):
-            dy = k // K - (K - 1) // 2
-            dx = k % K - (K - 1) // 2
-            yy = py + dy
-            xx = px + dx
-            m = mp & (yy >= 0) & (yy < H) & (xx >= 0) & (xx < W)
-            q = offs_p + dy * W + dx
-            mk = mj[:, None] & m[None, :]
-            u1 = tl.load(ub + offs_j[:, None] * P + q[None, :], mask=mk, other=0.0).to(ACC)
-            u2 = tl.load(ub + (offs_j + HID)[:, None] * P + q[None, :], mask=mk, other=0.0).to(ACC)
+            u1, u2 = _tap_pair(ub, offs_j, mj, offs_p, mp, py, px, HID, H, W, P, k, K, ACC)
             sel = kcol[None, :] == k
             accw1 += tl.where(sel, tl.sum(gt1 * u1, axis=1)[:, None], 0.0)
             accw2 += tl.where(sel, tl.sum(gt2 * u2, axis=1)[:, None], 0.0)
