@@ -200,14 +200,31 @@ void check_1x1(const char* op, const char* wname, const Tensor& w, const char* b
   check_tensor(op, bname, b, x, {w.size(0)});
 }
 
+// The arguments shared by proj_qv forward and backward: the image x and both 1x1 convolutions on its C channels.
+void check_proj_qv(const char* op, const Tensor& x, const Tensor& wq, const Tensor& bq, const Tensor& wv,
+                   const Tensor& bv) {
+  check_image(op, "x", x);
+  check_1x1(op, "wq", wq, "bq", bq, x, x.size(1));
+  check_1x1(op, "wv", wv, "bv", bv, x, x.size(1));
+}
+
+// The arguments shared by gate_out forward and backward: y, v of y's shape, the C x C fusion and the out conv.
+void check_gate_out(const char* op, const Tensor& y, const Tensor& v, const Tensor& wf, const Tensor& bf,
+                    const Tensor& wo, const Tensor& bo) {
+  check_image(op, "y", y);
+  const int64_t C = y.size(1);
+  check_tensor(op, "v", v, y, y.sizes().vec());
+  check_tensor(op, "wf", wf, y, {C, C, 1, 1});
+  check_tensor(op, "bf", bf, y, {C});
+  check_1x1(op, "wo", wo, "bo", bo, y, C);
+}
+
 // (q, v) = (GELU(Wq x + bq), Wv x + bv). x: (N, C, H, W); wq: (Cq, C, 1, 1); wv: (Cv, C, 1, 1).
 std::tuple<Tensor, Tensor> proj_qv_forward_cuda(const Tensor& x, const Tensor& wq, const Tensor& bq,
                                                 const Tensor& wv, const Tensor& bv) {
   const char* op = "eimn_C::proj_qv_forward (CUDA)";
-  check_image(op, "x", x);
+  check_proj_qv(op, x, wq, bq, wv, bv);
   const int64_t N = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3), HW = H * W;
-  check_1x1(op, "wq", wq, "bq", bq, x, C);
-  check_1x1(op, "wv", wv, "bv", bv, x, C);
   const int64_t Cq = wq.size(0), Cv = wv.size(0);
   c10::cuda::CUDAGuard guard(x.device());
   Tensor q = at::empty({N, Cq, H, W}, x.options()), v = at::empty({N, Cv, H, W}, x.options());
@@ -225,10 +242,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> proj_qv_backward_cuda(const T
                                                                          const Tensor& bq, const Tensor& wv,
                                                                          const Tensor& bv) {
   const char* op = "eimn_C::proj_qv_backward (CUDA)";
-  check_image(op, "x", x);
+  check_proj_qv(op, x, wq, bq, wv, bv);
   const int64_t N = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3), HW = H * W;
-  check_1x1(op, "wq", wq, "bq", bq, x, C);
-  check_1x1(op, "wv", wv, "bv", bv, x, C);
   const int64_t Cq = wq.size(0), Cv = wv.size(0);
   check_tensor(op, "grad_q", grad_q, x, {N, Cq, H, W});
   check_tensor(op, "grad_v", grad_v, x, {N, Cv, H, W});
@@ -254,12 +269,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> proj_qv_backward_cuda(const T
 Tensor gate_out_forward_cuda(const Tensor& y, const Tensor& v, const Tensor& wf, const Tensor& bf, const Tensor& wo,
                              const Tensor& bo) {
   const char* op = "eimn_C::gate_out_forward (CUDA)";
-  check_image(op, "y", y);
+  check_gate_out(op, y, v, wf, bf, wo, bo);
   const int64_t N = y.size(0), C = y.size(1), H = y.size(2), W = y.size(3), HW = H * W;
-  check_tensor(op, "v", v, y, y.sizes().vec());
-  check_tensor(op, "wf", wf, y, {C, C, 1, 1});
-  check_tensor(op, "bf", bf, y, {C});
-  check_1x1(op, "wo", wo, "bo", bo, y, C);
   const int64_t Co = wo.size(0);
   c10::cuda::CUDAGuard guard(y.device());
   Tensor out = at::empty({N, Co, H, W}, y.options());
@@ -280,12 +291,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> gate_out_backward_cud
     const Tensor& grad_out, const Tensor& y, const Tensor& v, const Tensor& wf, const Tensor& bf, const Tensor& wo,
     const Tensor& bo) {
   const char* op = "eimn_C::gate_out_backward (CUDA)";
-  check_image(op, "y", y);
+  check_gate_out(op, y, v, wf, bf, wo, bo);
   const int64_t N = y.size(0), C = y.size(1), H = y.size(2), W = y.size(3), HW = H * W;
-  check_tensor(op, "v", v, y, y.sizes().vec());
-  check_tensor(op, "wf", wf, y, {C, C, 1, 1});
-  check_tensor(op, "bf", bf, y, {C});
-  check_1x1(op, "wo", wo, "bo", bo, y, C);
   const int64_t Co = wo.size(0);
   check_tensor(op, "grad_out", grad_out, y, {N, Co, H, W});
   c10::cuda::CUDAGuard guard(y.device());

@@ -16,6 +16,7 @@
 
 #include <algorithm>
 
+#include "cuda_smem.cuh"
 #include "eimn_math.h"
 
 #ifndef EIMN_CUDA_EMU
@@ -398,11 +399,7 @@ cudaError_t dw_mix_forward_t(const DwMixShape& s, const DwMixPlan& p, const void
                              cudaStream_t st) {
   const int64_t blocks = s.N * s.C * p.tiles_y * p.tiles_x;
   if (blocks == 0) return cudaSuccess;
-  if (p.smem_bytes > 48 * 1024) {
-    cudaError_t e = cudaFuncSetAttribute(dw_mix_forward_kernel<T>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                         static_cast<int>(p.smem_bytes));
-    if (e != cudaSuccess) return e;
-  }
+  if (cudaError_t e = prepare_dynamic_smem(dw_mix_forward_kernel<T>, p.smem_bytes); e != cudaSuccess) return e;
   EIMN_LAUNCH(dw_mix_forward_kernel<T>, static_cast<unsigned int>(blocks), p.threads, p.smem_bytes, st)(
       s, p.tile_w, p.tile_h, p.tiles_x, p.tiles_y, cp<T>(q), cp<T>(w0), cp<T>(b0), cp<T>(w1), cp<T>(b1), cp<T>(w2),
       cp<T>(b2), mp<T>(y));
@@ -428,11 +425,7 @@ cudaError_t dw_mix_backward_t(const DwMixShape& s, const DwMixPlan& p, const voi
   using A = acc_t<T>;
   const int64_t blocks = s.N * s.C * p.tiles_y * p.tiles_x;
   if (blocks == 0) return cudaSuccess;
-  if (p.smem_bytes > 48 * 1024) {
-    cudaError_t e = cudaFuncSetAttribute(dw_mix_backward_kernel<T>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                         static_cast<int>(p.smem_bytes));
-    if (e != cudaSuccess) return e;
-  }
+  if (cudaError_t e = prepare_dynamic_smem(dw_mix_backward_kernel<T>, p.smem_bytes); e != cudaSuccess) return e;
   EIMN_LAUNCH(dw_mix_backward_kernel<T>, static_cast<unsigned int>(blocks), p.threads, p.smem_bytes, st)(
       s, p.tile_w, p.tile_h, p.tiles_x, p.tiles_y, p.partials, cp<T>(gy), cp<T>(q), cp<T>(w0), cp<T>(b0), cp<T>(w1),
       cp<T>(w2), mp<T>(gq), mp<A>(ws0), mp<A>(ws1), mp<A>(ws2));

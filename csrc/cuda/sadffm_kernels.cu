@@ -18,6 +18,7 @@
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
+#include "cuda_smem.cuh"
 #include "eimn_math.h"
 
 namespace eimn {
@@ -54,18 +55,6 @@ template <typename A> __device__ __forceinline__ A warp_sum(A v) {
 
 // Dynamic shared memory, reinterpreted per kernel (a byte array avoids the extern-template-type clash).
 extern __shared__ __align__(16) unsigned char sadffm_smem[];
-
-// Allow more than 48 KiB of dynamic shared memory when a kernel needs it (large K / C).
-template <typename Kernel> cudaError_t sadffm_prepare_smem(Kernel kernel, size_t bytes) {
-  if (bytes <= 48 * 1024) return cudaSuccess;
-  int dev = 0, max_optin = 0;
-  cudaError_t e = cudaGetDevice(&dev);
-  if (e != cudaSuccess) return e;
-  e = cudaDeviceGetAttribute(&max_optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev);
-  if (e != cudaSuccess) return e;
-  if (bytes > static_cast<size_t>(max_optin)) return cudaErrorInvalidConfiguration;
-  return cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(bytes));
-}
 
 // ---------------------------------------------------------------- fixed-order reduction of block partials
 // part: (outer, B, O) -> out: (outer, O), out[i, o] = sum_b part[i, b, o]. Block (kRedX, kRedY): threadIdx.x picks the
@@ -104,6 +93,23 @@ cudaError_t sadffm_reduce_partials(const A* part, A* out, int64_t outer, int64_t
 // ================================================================================================ gated_dwconv
 // Output tile of one block: kGTH x kGTW pixels of one image n and one channel pair (j, j + hid).
 constexpr int kGTH = 16, kGTW = 32, kGThreads = 256;
+
+// Adds the K x K depthwise window at (ly, lx) of two shared-memory tiles (row stride S; row ly + ky, column
+// lx + kx) to u1 and u2, with the K x K weights w1, w2 (the two halves of a channel pair).
+template <typename A>
+__device__ __forceinline__ void dw_window_pair(const A* s1, const A* s2, const A* w1, const A* w2, int K, int S,
+                                               int ly, int lx, A& u1, A& u2) {
+  for (int ky = 0; ky < K; ++ky) {
+    const A* r1 = s1 + (ly + ky) * S + lx;
+    const A* r2 = s2 + (ly + ky) * S + lx;
+    const A* k1 = w1 + ky * K;
+    const A* k2 = w2 + ky * K;
+    for (int kx = 0; kx < K; ++kx) {
+      u1 += k1[kx] * r1[kx];
+      u2 += k2[kx] * r2[kx];
+    }
+  }
+}
 
 inline int ceil_div(int a, int b) { return (a + b - 1) / b; }
 
@@ -146,16 +152,7 @@ __global__ void __launch_bounds__(kGThreads)
     const int gy = oy + ly, gx = ox + lx;
     if (gy >= H || gx >= W) continue;
     A u1 = bd1, u2 = bd2;
-    for (int ky = 0; ky < K; ++ky) {
-      const A* r1 = s1 + (ly + ky) * SW + lx;  // global row gy + ky - r
-      const A* r2 = s2 + (ly + ky) * SW + lx;
-      const A* k1 = w1 + ky * K;
-      const A* k2 = w2 + ky * K;
-      for (int kx = 0; kx < K; ++kx) {
-        u1 += k1[kx] * r1[kx];
-        u2 += k2[kx] * r2[kx];
-      }
-    }
+    dw_window_pair(s1, s2, w1, w2, K, SW, ly, lx, u1, u2);  // tile row ly + ky = global row gy + ky - r
     Io<T>::st(hp + static_cast<int64_t>(gy) * W + gx, gelu(u1) * u2);
   }
 }
@@ -216,16 +213,7 @@ __global__ void __launch_bounds__(kGThreads)
     A v1 = A(0), v2 = A(0);
     if (gy >= 0 && gy < H && gx >= 0 && gx < W) {
       A u1 = bd1, u2 = bd2;
-      for (int ky = 0; ky < K; ++ky) {
-        const A* r1 = a1 + (ly + ky) * TW + lx;  // global row gy + ky - r
-        const A* r2 = a2 + (ly + ky) * TW + lx;
-        const A* k1 = w1 + ky * K;
-        const A* k2 = w2 + ky * K;
-        for (int kx = 0; kx < K; ++kx) {
-          u1 += k1[kx] * r1[kx];
-          u2 += k2[kx] * r2[kx];
-        }
-      }
+      dw_window_pair(a1, a2, w1, w2, K, TW, ly, lx, u1, u2);  // tile row ly + ky = global row gy + ky - r
       const A gh = ld(ghp + static_cast<int64_t>(gy) * W + gx);
       v1 = gh * u2 * gelu_grad(u1);
       v2 = gh * gelu(u1);
@@ -313,7 +301,7 @@ cudaError_t gated_forward_impl(const void* tg, const void* b_in, const void* w_d
   if (K < 1 || K % 2 == 0 || hid > 65535 || N > 65535) return cudaErrorInvalidValue;
   const int tiles_x = ceil_div(W, kGTW), tiles = ceil_div(H, kGTH) * tiles_x;
   const size_t smem = gated_fwd_smem<T>(K);
-  cudaError_t e = sadffm_prepare_smem(sadffm_gated_fwd_kernel<T>, smem);
+  cudaError_t e = prepare_dynamic_smem(sadffm_gated_fwd_kernel<T>, smem);
   if (e != cudaSuccess) return e;
   sadffm_gated_fwd_kernel<T><<<dim3(tiles, hid, N), kGThreads, smem, stream>>>(
       static_cast<const T*>(tg), static_cast<const T*>(b_in), static_cast<const T*>(w_dw),
@@ -334,7 +322,7 @@ cudaError_t gated_backward_impl(const void* grad_h, const void* tg, const void* 
   }
   const int tiles_x = ceil_div(W, kGTW), tiles = ceil_div(H, kGTH) * tiles_x;
   const size_t smem = gated_bwd_smem<T>(K);
-  cudaError_t e = sadffm_prepare_smem(sadffm_gated_bwd_kernel<T>, smem);
+  cudaError_t e = prepare_dynamic_smem(sadffm_gated_bwd_kernel<T>, smem);
   if (e != cudaSuccess) return e;
   A* part = static_cast<A*>(workspace);
   sadffm_gated_bwd_kernel<T><<<dim3(tiles, hid, N), kGThreads, smem, stream>>>(
@@ -696,7 +684,7 @@ cudaError_t dffm_front(const T* yg, const DW<T>& wt, acc_t<T> eps, acc_t<T>* ws,
                        int R, int64_t HW, cudaStream_t stream) {
   using A = acc_t<T>;
   const size_t smem = stats_smem<T>(C, R);
-  cudaError_t e = sadffm_prepare_smem(sadffm_dffm_stats_kernel<T>, smem);
+  cudaError_t e = prepare_dynamic_smem(sadffm_dffm_stats_kernel<T>, smem);
   if (e != cudaSuccess) return e;
   sadffm_dffm_stats_kernel<T><<<dim3(L.tiles_s, N), kDStatThreads, smem, stream>>>(
       yg, wt, eps, ws + L.a, ws + L.zpart, C, R, HW, L.tiles_s);
@@ -751,7 +739,7 @@ cudaError_t dffm_backward_impl(const void* gov, const void* ygv, const SadffmDff
   if (e != cudaSuccess) return e;
   // pass B
   const size_t smem_b = sizeof(A) * static_cast<size_t>(C + 1) * (kDStatThreads / 32);
-  if ((e = sadffm_prepare_smem(sadffm_dffm_gate_grad_kernel<T>, smem_b)) != cudaSuccess) return e;
+  if ((e = prepare_dynamic_smem(sadffm_dffm_gate_grad_kernel<T>, smem_b)) != cudaSuccess) return e;
   sadffm_dffm_gate_grad_kernel<T><<<dim3(L.tiles_s, N), kDStatThreads, smem_b, stream>>>(
       go, yg, wt.b_out, ws + L.a, ws + L.cvec, ws + L.sg, ws + L.dSg, ws + L.pb, C, HW, L.tiles_s);
   if ((e = cudaGetLastError()) != cudaSuccess) return e;
@@ -765,7 +753,7 @@ cudaError_t dffm_backward_impl(const void* gov, const void* ygv, const SadffmDff
   const int64_t S = lay.passc_slots();
   const size_t smem_c = sizeof(A) * (static_cast<size_t>(R) * C + static_cast<size_t>(R) * kDGradThreads +
                                      static_cast<size_t>(S) * (kDGradThreads / 32));
-  if ((e = sadffm_prepare_smem(sadffm_dffm_ln_grad_kernel<T>, smem_c)) != cudaSuccess) return e;
+  if ((e = prepare_dynamic_smem(sadffm_dffm_ln_grad_kernel<T>, smem_c)) != cudaSuccess) return e;
   sadffm_dffm_ln_grad_kernel<T><<<dim3(L.tiles_g, N), kDGradThreads, smem_c, stream>>>(
       go, yg, wt, aeps, ws + L.a, ws + L.cvec, ws + L.sg, ws + L.dSg, ws + L.dzm, static_cast<A*>(grad_yv),
       ws + L.pc, C, R, HW, L.tiles_g);

@@ -91,6 +91,7 @@ template <typename F> inline cudaError_t cudaFuncSetAttribute(F, int, int v) {
   return v <= emu::smem_limit ? cudaSuccess : cudaErrorInvalidValue;
 }
 inline cudaError_t cudaDeviceGetAttribute(int* v, int, int) { *v = emu::smem_limit; return cudaSuccess; }
+inline cudaError_t cudaGetDevice(int* d) { *d = 0; return cudaSuccess; }
 
 namespace emu {
 

@@ -14,7 +14,6 @@ struct dim3 {
 };
 enum { cudaErrorInvalidConfigurationSadffm = 9 };
 
-inline cudaError_t cudaGetDevice(int* d) { *d = 0; return cudaSuccess; }
 inline cudaError_t cudaMemsetAsync(void* p, int v, size_t n, cudaStream_t) { std::memset(p, v, n); return cudaSuccess; }
 
 namespace emu {
