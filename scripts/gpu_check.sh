@@ -4,6 +4,8 @@
 # then the benchmarks. Logs and benchmark JSON/MD/PNG go flat into $OUT when set (else ./out), named
 # <gpu>-<date>-<stage>.log and <gpu>-<date>.{json,md,png}: at most 8 files.
 #
+# Through the `device` tool: first, here, `echo /shared/ >> .git/info/exclude; cp -r ../shared shared` (it travels
+# with the working tree, ~35 MB, and is linked to ../shared there; never commit it; delete it afterwards).
 # Usage: bash scripts/gpu_check.sh [build] [kernels] [test] [sanitize] [bench] [model]
 #        (no argument: build test sanitize bench model, in order; `kernels` runs only the CUDA/Triton kernel
 #        test files, for a first quick look; `bench` is the op and sub-op section, `model` the whole-model one)
