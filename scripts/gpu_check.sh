@@ -6,9 +6,10 @@
 #
 # Through the `device` tool: first, here, `echo /shared/ >> .git/info/exclude; cp -r ../shared shared` (it travels
 # with the working tree, ~35 MB, and is linked to ../shared there; never commit it; delete it afterwards).
-# Usage: bash scripts/gpu_check.sh [build] [kernels] [test] [sanitize] [bench] [model]
+# Usage: bash scripts/gpu_check.sh [build] [kernels] [test] [sanitize] [bench] [model] [dotprec]
 #        (no argument: build test sanitize bench model, in order; `kernels` runs only the CUDA/Triton kernel
-#        test files, for a first quick look; `bench` is the op and sub-op section, `model` the whole-model one)
+#        test files, for a first quick look; `bench` is the op and sub-op section, `model` the whole-model one;
+#        `dotprec` times the Triton MOLRCM kernels with each fp32 tl.dot precision, benchmarks/dot_precision.py)
 # One device call is limited to 10 minutes, so split the stages over calls when needed, e.g.
 #   bash scripts/gpu_check.sh build test      then      bash scripts/gpu_check.sh build sanitize bench
 # (the build is incremental: ignored build outputs stay on a warm machine between calls).
@@ -128,6 +129,10 @@ bench() {
   timeout "$TO" "$PY" -m benchmarks.run --device cuda --out-dir "$OUTDIR" --sections ops,subops ${BENCH_ARGS---quick}
 }
 
+dot_precision() {
+  timeout "$TO" "$PY" -m benchmarks.dot_precision --json "$OUTDIR/$TAG-dot-precision.json"
+}
+
 bench_model() {
   timeout "$TO" "$PY" -m benchmarks.run --device cuda --out-dir "$OUTDIR" --sections complexity,model,train \
     ${BENCH_ARGS---quick}
@@ -141,7 +146,8 @@ for s in "${stages[@]}"; do
     sanitize) run_stage sanitize sanitize ;;
     bench) run_stage bench bench ;;
     model) run_stage model bench_model ;;
-    *) echo "unknown stage $s (build, kernels, test, sanitize, bench, model)"; fail=1 ;;
+    dotprec) run_stage dotprec dot_precision ;;
+    *) echo "unknown stage $s (build, kernels, test, sanitize, bench, model, dotprec)"; fail=1 ;;
   esac
 done
 

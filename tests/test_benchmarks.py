@@ -173,3 +173,19 @@ def test_ab_builds_op_calls_run_every_cpu_op():
         assert all(torch.isfinite(t).all() for t in ((out,) if torch.is_tensor(out) else out)), name
     s = ab_builds.ab_compare(calls["proj_qv_forward"], calls["proj_qv_forward"], rounds=3)
     assert s["q1"] <= s["median"] <= s["q3"] and s["min_a"] > 0 and s["min_b"] > 0
+
+
+def test_dot_precision_experiment_runs_and_restores_the_setting():
+    """benchmarks.dot_precision (the GPU experiment on the fp32 tl.dot precision) runs end to end on a tiny shape
+    (Triton interpreter on CPU, no timing): every case within the fp32 bars, the config setting restored."""
+    import eimn_kernels as ek
+    from benchmarks import dot_precision
+    from eimn_kernels.triton_kernels import molrcm_config as cfg
+    dev = "cuda" if torch.cuda.is_available() else "cpu"
+    if not ek.backend_status("triton", dev)[0]:
+        pytest.skip(f"triton backend unavailable: {ek.backend_status('triton', dev)[1]}")
+    before = cfg.FP32_DOT_PRECISION
+    rows = dot_precision.run((1, 8, 5, 6), ("ieee",), device=dev, timing=dev == "cuda")
+    assert cfg.FP32_DOT_PRECISION == before
+    assert [r["case"] for r in rows] == ["proj_qv", "gate_out", "molrcm"]
+    assert all(r["fwd_err"] <= 1e-5 and r["grad_err"] <= 1e-4 for r in rows), rows
