@@ -7,7 +7,7 @@
 # Through the `device` tool: first, here, `echo /shared/ >> .git/info/exclude; cp -r ../shared shared` (it travels
 # with the working tree, ~35 MB, and is linked to ../shared there; never commit it; delete it afterwards).
 # Usage: bash scripts/gpu_check.sh [build] [kernels] [test] [sanitize] [bench] [model] [dotprec]
-#        (no argument: build test sanitize bench model, in order; `kernels` runs only the CUDA/Triton kernel
+#        (no argument: build test sanitize bench model dotprec, in order; `kernels` runs only the CUDA/Triton kernel
 #        test files, for a first quick look; `bench` is the op and sub-op section, `model` the whole-model one;
 #        `dotprec` times the Triton MOLRCM kernels with each fp32 tl.dot precision, benchmarks/dot_precision.py)
 # One device call is limited to 10 minutes, so split the stages over calls when needed, e.g.
@@ -30,7 +30,7 @@ mkdir -p "$OUTDIR"
 export PYTHONUNBUFFERED=1
 
 stages=("$@")
-[ ${#stages[@]} -eq 0 ] && stages=(build test sanitize bench model)
+[ ${#stages[@]} -eq 0 ] && stages=(build test sanitize bench model dotprec)
 TO=${STAGE_TIMEOUT:-0}
 
 # The ground truth is read from ../shared; a shared/ folder carried inside the checkout is linked there.
