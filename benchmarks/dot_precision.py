@@ -19,14 +19,9 @@ import os
 
 import torch
 
-from .harness import time_fn
+from .harness import max_rel_err, tensor_list, time_fn
 
 __all__ = ["run", "main"]
-
-
-def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
-    a, b = a.detach().double(), b.detach().double()
-    return float((a - b).abs().max() / b.abs().max().clamp_min(1e-30))
 
 
 def _cases(shape, device):
@@ -50,13 +45,9 @@ def _cases(shape, device):
     }
 
 
-def _outs(r):
-    return list(r) if isinstance(r, (tuple, list)) else [r]
-
-
 def _fwd_bwd(fn, backend, ts):
     ts = [t.detach().requires_grad_() for t in ts]
-    outs = _outs(fn(backend, *ts))
+    outs = tensor_list(fn(backend, *ts))
     torch.autograd.backward(outs, [torch.ones_like(o) for o in outs])
     return outs, [t.grad for t in ts]
 
@@ -73,8 +64,7 @@ def run(shape=(16, 64, 64, 64), precisions=("ieee", "tf32x3", "tf32"), device=No
                 cfg.FP32_DOT_PRECISION = prec
                 outs, grads = _fwd_bwd(fn, "triton", ts)
                 row = {"case": name, "shape": "x".join(map(str, shape)), "precision": prec,
-                       "fwd_err": max(_rel(o, r) for o, r in zip(outs, ref_outs)),
-                       "grad_err": max(_rel(gr, r) for gr, r in zip(grads, ref_grads))}
+                       "fwd_err": max_rel_err(outs, ref_outs), "grad_err": max_rel_err(grads, ref_grads)}
                 if timing:
                     with torch.no_grad():
                         row["fwd_ms"] = time_fn(lambda: fn("triton", *ts), device).median * 1e3

@@ -25,8 +25,8 @@ from typing import Callable, Iterable
 
 import torch
 
-__all__ = ["Timing", "time_fn", "paired_speedup", "peak_memory", "measure", "machine_info", "machine_tag",
-           "measure_ceilings", "progress", "sync", "quantiles"]
+__all__ = ["Timing", "time_fn", "paired_speedup", "tensor_list", "max_rel_err", "peak_memory", "measure",
+           "machine_info", "machine_tag", "measure_ceilings", "progress", "sync", "quantiles"]
 
 
 @dataclass
@@ -187,6 +187,23 @@ def paired_speedup(ref_fn: Callable, fn: Callable, device: torch.device | str = 
                 break
     q1, med, q3 = quantiles(ratios)
     return {"median": med, "q1": q1, "q3": q3, "n": len(ratios)}
+
+
+def tensor_list(o) -> list:
+    """A tensor or a tuple/list of tensors as a list."""
+    return [o] if torch.is_tensor(o) else list(o)
+
+
+def max_rel_err(out, want) -> float | None:
+    """Max over the tensors of ``out`` / ``want`` (a tensor or a sequence; None entries skipped) of
+    max|out - want| / max|want|, in float64; None when there is nothing to compare."""
+    errs = []
+    for a, b in zip(tensor_list(out), tensor_list(want)):
+        if a is None or b is None:
+            continue
+        scale = b.detach().abs().max().double().clamp_min(1e-30)
+        errs.append(((a.detach().double() - b.detach().double()).abs().max() / scale).item())
+    return max(errs) if errs else None
 
 
 def _proc_status(key: str) -> int | None:

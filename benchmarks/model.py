@@ -26,7 +26,7 @@ from eimn.model import EIMN_A, EIMN_L
 
 from .complexity import LR_SIZES, count_complexity
 from .report import print_result
-from .harness import error_text, machine_info, measure, progress
+from .harness import error_text, machine_info, max_rel_err, measure, progress
 from .ops import kernel_backends
 
 __all__ = ["PUBLISHED", "inference_plan", "bench_inference", "bench_training", "format_rows", "main"]
@@ -95,10 +95,6 @@ def _variants(eager: torch.nn.Module, backends: list[str], compile: bool, notes:
     return out
 
 
-def _rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
-    return ((a.double() - b.double()).abs().max() / b.double().abs().max().clamp_min(1e-30)).item()
-
-
 def bench_inference(device: str = "cpu", quick: bool = False, threads: int | None = None, compile: bool = True,
                     notes: list | None = None, plan: list | None = None, tkw: dict | None = None,
                     only: list[str] | None = None) -> list[dict]:
@@ -136,7 +132,7 @@ def bench_inference(device: str = "cpu", quick: bool = False, threads: int | Non
                 if want is None:
                     want = out
                 else:
-                    row["max_rel_err"] = _rel_err(out, want)
+                    row["max_rel_err"] = max_rel_err(out, want)
                 del out
                 t = measure(fn, device, **tkw)
             except Exception as e:

@@ -23,7 +23,8 @@ import eimn_kernels as ek
 from eimn_kernels import reference as ref
 
 from .report import print_result
-from .harness import error_text, machine_info, measure, measure_ceilings, paired_speedup, progress
+from .harness import (error_text, machine_info, max_rel_err, measure, measure_ceilings, paired_speedup, progress,
+                      tensor_list)
 from .roofline import conv_flops, nbytes, roofline_fields
 
 __all__ = ["shape_plan", "kernel_backends", "bench_ops", "bench_subops", "format_rows", "main"]
@@ -61,10 +62,6 @@ class _Case:
     params: list          # parameters (also differentiated in bwd modes)
 
 
-def _outs(o):
-    return [o] if torch.is_tensor(o) else list(o)
-
-
 def _cotangents(outs) -> list:
     """Seeded random grad outputs, the same for every variant."""
     gen = torch.Generator(device=outs[0].device).manual_seed(1234)
@@ -86,13 +83,13 @@ def _mode_fn(case: _Case, mode: str) -> Callable:
         gouts = []
 
         def f():
-            outs = _outs(fwd())
+            outs = tensor_list(fwd())
             if not gouts:
                 gouts.extend(_cotangents(outs))
             return torch.autograd.grad(outs, wrt, gouts, allow_unused=True)
         return f
     if mode == "bwd":
-        outs = _outs(fwd())
+        outs = tensor_list(fwd())
         g = _cotangents(outs)
 
         def f():
@@ -101,21 +98,10 @@ def _mode_fn(case: _Case, mode: str) -> Callable:
     raise ValueError(f"unknown mode {mode!r}")
 
 
-def _rel_err(out, want) -> float | None:
-    """Max over tensors of max|out - want| / max|want|."""
-    errs = []
-    for a, b in zip(_outs(out), _outs(want)):
-        if a is None or b is None:
-            continue
-        scale = b.detach().abs().max().double().clamp_min(1e-30)
-        errs.append(((a.detach().double() - b.detach().double()).abs().max() / scale).item())
-    return max(errs) if errs else None
-
-
 def _bytes(mode: str, case: _Case, out) -> int:
-    fwd = nbytes(case.inputs, case.params, _outs(out))
+    fwd = nbytes(case.inputs, case.params, tensor_list(out))
     grads = nbytes([t for t in case.inputs + case.params if t.requires_grad])
-    bwd = nbytes(_outs(out)) + nbytes(case.inputs, case.params) + grads
+    bwd = nbytes(tensor_list(out)) + nbytes(case.inputs, case.params) + grads
     return {"fwd": fwd, "bwd": bwd, "fwd+bwd": fwd + bwd}[mode]
 
 
@@ -150,7 +136,7 @@ def _run_group(group: str, op: str, shape, mode: str, variants: dict[str, _Case]
             if name == "eager":
                 want = got
             elif want is not None:
-                row["max_rel_err"] = _rel_err(got, want)
+                row["max_rel_err"] = max_rel_err(got, want)
             del got
             t = measure(fn, device, **tkw)
         except Exception as e:  # a backend that fails must not stop the run
