@@ -95,20 +95,23 @@ tests() {
   timeout "$TO" "$PY" -m pytest -q -rfEs --durations=15 ${PYTEST_ARGS:-}
 }
 
+gpu_test_files() {  # the given test files without the CPU emulations of the CUDA kernels (*_emu.py)
+  local f
+  for f in "$@"; do [[ "$f" == *_emu.py ]] || echo "$f"; done
+}
+
 kernel_tests() {
   # Only the CUDA and Triton kernel tests (and backend selection), on CUDA tensors.
-  local files=() f
-  for f in tests/test_cuda_*.py tests/test_triton_*.py tests/test_backends.py; do
-    [[ "$f" == *_emu.py ]] || files+=("$f")
-  done
+  local files
+  mapfile -t files < <(gpu_test_files tests/test_cuda_*.py tests/test_triton_*.py tests/test_backends.py)
   timeout "$TO" "$PY" -m pytest -q -rs --durations=15 ${PYTEST_ARGS:-} "${files[@]}"
 }
 
 sanitize() {
   [ -n "$SANITIZER" ] || { echo "compute-sanitizer not found"; return 1; }
   shopt -s nullglob
-  local files=() f rc=0
-  for f in tests/test_cuda_*.py; do [[ "$f" == *_emu.py ]] || files+=("$f"); done
+  local files rc=0
+  mapfile -t files < <(gpu_test_files tests/test_cuda_*.py)
   [ ${#files[@]} -gt 0 ] || { echo "no tests/test_cuda_*.py"; return 1; }
   local trc kexpr=()
   [ -n "${SANITIZER_K:-}" ] && kexpr=(-k "$SANITIZER_K")
