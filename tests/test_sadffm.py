@@ -50,7 +50,10 @@ def rel_err(a, b):
 
 
 # (N, C, hid, H, W, K): odd sizes, H or W = 1, batch 1 and 3, hidden sizes other than 170.
-GRAD_SHAPES = [(1, 3, 2, 1, 1, 3), (3, 2, 3, 7, 9, 5), (1, 2, 3, 33, 20, 3), (3, 4, 5, 1, 6, 3), (1, 2, 2, 10, 3, 9)]
+# (N, C, hid, H, W, K). The CPU kernel's depthwise rows run in whole vectors (8 floats / 4 doubles) with the first
+# and last vector of a row masked: widths below, at and above one vector, with a scalar tail, and K = 1 .. 9.
+GRAD_SHAPES = [(1, 3, 2, 1, 1, 3), (3, 2, 3, 7, 9, 5), (1, 2, 3, 33, 20, 3), (3, 4, 5, 1, 6, 3), (1, 2, 2, 10, 3, 9),
+               (1, 2, 3, 6, 8, 7), (2, 2, 2, 5, 4, 7), (1, 2, 2, 3, 10, 1)]
 
 
 @pytest.mark.parametrize("shape", GRAD_SHAPES, ids=lambda s: "x".join(map(str, s)))
@@ -76,7 +79,8 @@ def test_dffm_out_gradcheck_fp64(backend, shape):
 
 # K = 7 and the generic-K path (9); tall images give several row bands (the CPU backward's work items).
 @pytest.mark.parametrize("shape", [(1, 8, 6, 1, 1, 3), (3, 16, 21, 7, 9, 5), (2, 64, 170, 33, 20, 3),
-                                   (1, 4, 7, 41, 10, 7), (2, 3, 5, 19, 12, 9)],
+                                   (1, 4, 7, 41, 10, 7), (2, 3, 5, 19, 12, 9), (2, 8, 6, 5, 8, 7), (1, 4, 5, 6, 16, 1),
+                                   (1, 64, 170, 12, 64, 3)],
                          ids=lambda s: "x".join(map(str, s)))
 def test_gated_dwconv_fp32_vs_reference(backend, shape):
     name, dev = backend

@@ -70,68 +70,132 @@ inline void scatter_to_panels(const T* src, int64_t n, int64_t p, int c, int ldc
   }
 }
 
-// ------------------------------------------------------------------------------- depthwise row helper
-// out[0:W] = bias + sum_{ky,kx} wk[ky,kx] * plane[r+ky-pad, w+kx-pad], where plane holds rows [a, b) of the
-// image (row stride W) and every pixel outside the image is zero. zeros: W zeros (stand-in for missing rows).
-template <typename T, int K>
-inline void dw_row_k(const T* const* rp, int64_t W, const T* wk, T bias, T* out) {
-  constexpr int pad = K / 2;
-  T wr[K * K];
-  for (int i = 0; i < K * K; ++i) wr[i] = wk[i];
-  const int64_t lo = std::min<int64_t>(pad, W), hi = std::max<int64_t>(lo, W - pad);
-  auto border = [&](int64_t w) {  // a column within pad of the left or right edge: taps outside are zero
-    T s = bias;
-    for (int ky = 0; ky < K; ++ky)
-      for (int kx = 0; kx < K; ++kx) {
-        const int64_t ww = w + kx - pad;
-        if (ww >= 0 && ww < W) s += wr[ky * K + kx] * rp[ky][ww];
-      }
-    out[w] = s;
-  };
-  for (int64_t w = 0; w < lo; ++w) border(w);
-#pragma omp simd
-  for (int64_t w = lo; w < hi; ++w) {
-    T s = bias;
-    for (int ky = 0; ky < K; ++ky)
-      for (int kx = 0; kx < K; ++kx) s += wr[ky * K + kx] * rp[ky][w + kx - pad];
-    out[w] = s;
+// ----------------------------------------------------------------------------- depthwise plane helper
+// Buffers that dw_plane reads carry kRowGuard readable elements before their first and after their last element:
+// every column of a row is computed in whole vectors, and in the first and last vector of a row the loaded taps
+// that fall outside the row (into the neighbouring row or the guard) are masked to zero in the register.
+constexpr int64_t kRowGuard = 8;
+template <typename T> struct GuardedBuf {
+  std::vector<T> v;
+  explicit GuardedBuf(size_t n) : v(n + 2 * kRowGuard, T(0)) {}
+  T* data() { return v.data() + kRowGuard; }
+};
+
+template <typename T> using vmask = decltype(vreg<T>{} < vreg<T>{});
+
+// sum of p[0:n] in a fixed order (four vector partial sums, then the lanes, then the tail).
+template <typename T> inline T sum_n(const T* p, int64_t n) {
+  using V = vreg<T>;
+  constexpr int L = kLanes<T>;
+  V s0{}, s1{}, s2{}, s3{};
+  int64_t i = 0;
+  for (; i + 4 * L <= n; i += 4 * L) {
+    s0 += vload(p + i);
+    s1 += vload(p + i + L);
+    s2 += vload(p + i + 2 * L);
+    s3 += vload(p + i + 3 * L);
   }
-  for (int64_t w = hi; w < W; ++w) border(w);
+  for (; i + L <= n; i += L) s0 += vload(p + i);
+  const V v = (s0 + s1) + (s2 + s3);
+  T s = 0;
+  for (int l = 0; l < L; ++l) s += v[l];
+  for (; i < n; ++i) s += p[i];
+  return s;
 }
 
-template <typename T>
-inline void dw_row(const T* plane, int64_t a, int64_t b, int64_t r, int64_t W, int K, const T* wk, T bias, T* out,
-                   const T* zeros) {
-  const int pad = K / 2;
-  constexpr int kMaxK = 15;
-  const T* rp[kMaxK];
-  if (K <= kMaxK) {
+// Columns [w, w+L) of one output row: bias + sum_{ky,kx} wv[ky*K+kx] * rp[ky][w+kx-pad]; Edge: taps masked by
+// m[kx] (lanes whose column falls outside the row read zero).
+template <typename T, int K, bool Edge>
+inline vreg<T> dw_vec(const T* const* rp, int64_t w, const vreg<T>* wv, vreg<T> bias, const vmask<T>* m) {
+  using V = vreg<T>;
+  constexpr int pad = K / 2;
+  V s = bias;
+  for (int kx = 0; kx < K; ++kx)
+    for (int ky = 0; ky < K; ++ky) {
+      V v = vload(rp[ky] + w + kx - pad);
+      if (Edge) v = m[kx] ? v : V{};
+      s += wv[ky * K + kx] * v;
+    }
+  return s;
+}
+
+// Rows [r0, r1) of a KxK depthwise convolution ('same' zero padding) into out (row stride W):
+// out[r-r0, w] = bias + sum_{ky,kx} wk[ky*K+kx] * plane[r+ky-pad, w+kx-pad], where plane holds the image rows
+// [a, b) (row stride W) and every pixel outside the image is zero; zeros: a guarded row of W zeros (the stand-in
+// for rows outside [a, b)).
+template <typename T, int K>
+void dw_plane_k(const T* plane, int64_t a, int64_t b, int64_t r0, int64_t r1, int64_t W, const T* wk, T bias, T* out,
+                const T* zeros) {
+  static_assert(K / 2 <= kRowGuard && K / 2 <= kLanes<T>, "kernel too large for the row guard / edge masks");
+  using V = vreg<T>;
+  constexpr int L = kLanes<T>, pad = K / 2;
+  V wv[K * K];
+  for (int i = 0; i < K * K; ++i) wv[i] = vsplat(wk[i]);
+  const V bv = vsplat(bias);
+  const int64_t nv = W / L;  // whole vectors per row
+  // Tap masks of the first and the last whole vector of a row (the only ones that reach past an edge).
+  vmask<T> mf[K], ml[K];
+  for (int kx = 0; kx < K; ++kx) {
+    V pf{}, pl{};
+    for (int l = 0; l < L; ++l) {
+      pf[l] = T(l + kx - pad);
+      pl[l] = T((nv - 1) * L + l + kx - pad);
+    }
+    mf[kx] = (pf >= T(0)) & (pf < T(W));
+    ml[kx] = (pl >= T(0)) & (pl < T(W));
+  }
+  const T* rp[K];
+  for (int64_t r = r0; r < r1; ++r) {
     for (int ky = 0; ky < K; ++ky) {
       const int64_t rr = r + ky - pad;
       rp[ky] = (rr < a || rr >= b) ? zeros : plane + (rr - a) * W;
     }
+    T* o = out + (r - r0) * W;
+    if (nv > 0) {
+      vstore(o, dw_vec<T, K, true>(rp, 0, wv, bv, mf));
+      for (int64_t v = 1; v + 1 < nv; ++v) vstore(o + v * L, dw_vec<T, K, false>(rp, v * L, wv, bv, nullptr));
+      if (nv > 1) vstore(o + (nv - 1) * L, dw_vec<T, K, true>(rp, (nv - 1) * L, wv, bv, ml));
+    }
+    for (int64_t w = nv * L; w < W; ++w) {  // the last W % L columns, bounds-checked
+      T s = bias;
+      for (int ky = 0; ky < K; ++ky)
+        for (int kx = 0; kx < K; ++kx) {
+          const int64_t ww = w + kx - pad;
+          if (ww >= 0 && ww < W) s += wk[ky * K + kx] * rp[ky][ww];
+        }
+      o[w] = s;
+    }
   }
+}
+
+template <typename T>
+void dw_plane(const T* plane, int64_t a, int64_t b, int64_t r0, int64_t r1, int64_t W, int K, const T* wk, T bias,
+              T* out, const T* zeros) {
   switch (K) {
-    case 1: return dw_row_k<T, 1>(rp, W, wk, bias, out);
-    case 3: return dw_row_k<T, 3>(rp, W, wk, bias, out);
-    case 5: return dw_row_k<T, 5>(rp, W, wk, bias, out);
-    case 7: return dw_row_k<T, 7>(rp, W, wk, bias, out);
+    case 1: return dw_plane_k<T, 1>(plane, a, b, r0, r1, W, wk, bias, out, zeros);
+    case 3: return dw_plane_k<T, 3>(plane, a, b, r0, r1, W, wk, bias, out, zeros);
+    case 5: return dw_plane_k<T, 5>(plane, a, b, r0, r1, W, wk, bias, out, zeros);
+    case 7: return dw_plane_k<T, 7>(plane, a, b, r0, r1, W, wk, bias, out, zeros);
     default: break;
   }
   // Generic odd K: accumulate one tap at a time.
+  const int pad = K / 2;
+  for (int64_t r = r0; r < r1; ++r) {
+    T* o = out + (r - r0) * W;
 #pragma omp simd
-  for (int64_t w = 0; w < W; ++w) out[w] = bias;
-  for (int ky = 0; ky < K; ++ky) {
-    const int64_t rr = r + ky - pad;
-    if (rr < a || rr >= b) continue;
-    const T* row = plane + (rr - a) * W;
-    for (int kx = 0; kx < K; ++kx) {
-      const T wt = wk[ky * K + kx];
-      const int64_t off = kx - pad;
-      const int64_t lo = std::max<int64_t>(0, -off), hi = std::min<int64_t>(W, W - off);
-      const T* src = row + off;
+    for (int64_t w = 0; w < W; ++w) o[w] = bias;
+    for (int ky = 0; ky < K; ++ky) {
+      const int64_t rr = r + ky - pad;
+      if (rr < a || rr >= b) continue;
+      const T* row = plane + (rr - a) * W;
+      for (int kx = 0; kx < K; ++kx) {
+        const T wt = wk[ky * K + kx];
+        const int64_t off = kx - pad;
+        const int64_t lo = std::max<int64_t>(0, -off), hi = std::min<int64_t>(W, W - off);
+        const T* src = row + off;
 #pragma omp simd
-      for (int64_t w = lo; w < hi; ++w) out[w] += wt * src[w];
+        for (int64_t w = lo; w < hi; ++w) o[w] += wt * src[w];
+      }
     }
   }
 }
@@ -170,9 +234,9 @@ void gated_dwconv_fwd_kernel(const T* x, const T* w_in, const T* b_in, const T* 
   constexpr int NR = panel_width<T>();
   at::parallel_for(0, items, 1, [&](int64_t i0, int64_t i1) {
     const int64_t maxP = (band + 2 * pad) * W;
-    std::vector<T> tbuf(size_t(2 * kGroup) * maxP);
+    GuardedBuf<T> tbuf(size_t(2 * kGroup) * maxP), zeros(W);
     std::vector<T> xpack(size_t(C) * ((maxP + NR - 1) / NR) * NR);
-    std::vector<T> acc(2 * W), zeros(W, T(0));
+    std::vector<T> acc(2 * size_t(band) * W);
     int64_t packed = -1;  // (n, band) index whose x band is in xpack
     for (int64_t it = i0; it < i1; ++it) {
       const int g = int(it % ngroups);
@@ -189,64 +253,78 @@ void gated_dwconv_fwd_kernel(const T* x, const T* w_in, const T* b_in, const T* 
       T* t2 = tbuf.data() + gs * P;
       gemm_nn_packed<T>(2 * gs, C, P, pw.w.data() + int64_t(2 * c0) * C, C, xpack.data(), t1, P, pw.b.data() + 2 * c0,
                         false);
+      const int64_t Pb = (r1 - r0) * W;
+      T* a1 = acc.data();
+      T* a2 = acc.data() + Pb;
       for (int j = 0; j < gs; ++j) {
         const int c = c0 + j;
-        for (int64_t r = r0; r < r1; ++r) {
-          dw_row(t1 + j * P, a, b, r, W, K, w_dw + int64_t(c) * K * K, b_dw[c], acc.data(), zeros.data());
-          dw_row(t2 + j * P, a, b, r, W, K, w_dw + int64_t(hid + c) * K * K, b_dw[hid + c], acc.data() + W,
-                 zeros.data());
-          T* out = h + (n * hid + c) * HW + r * W;
-          const T* a1 = acc.data();
-          const T* a2 = acc.data() + W;
+        dw_plane(t1 + j * P, a, b, r0, r1, W, K, w_dw + int64_t(c) * K * K, b_dw[c], a1, zeros.data());
+        dw_plane(t2 + j * P, a, b, r0, r1, W, K, w_dw + int64_t(hid + c) * K * K, b_dw[hid + c], a2, zeros.data());
+        T* out = h + (n * hid + c) * HW + r0 * W;
 #pragma omp simd
-          for (int64_t w = 0; w < W; ++w) out[w] = v_gelu(a1[w]) * a2[w];
-        }
+        for (int64_t p = 0; p < Pb; ++p) out[p] = v_gelu(a1[p]) * a2[p];
       }
     }
   });
 }
 
 // ----------------------------------------------------------------------------- gated_dwconv backward
-// Depthwise weight gradient of one row band: gw[ky*K+kx] = sum_{r<H,w<W} d[r,w] * up[r+ky, w+kx], up = the
-// input rows of the band plus K/2 halo rows, zero-padded by K/2 columns (row stride Wp = W + 2*(K/2)). Register
-// accumulators per tap (vectors over w, scalar tail) for K = 3, 5, 7, per-tap loops otherwise; fixed order.
+// Depthwise weight and bias gradient of one row band: gw[ky*K+kx] = sum_{r<H,w<W} d[r,w] * up[r+ky, w+kx] and
+// gb = sum d, up = the input rows of the band plus K/2 halo rows, zero-padded by K/2 columns (row stride
+// Wp = W + 2*(K/2)). Register accumulators per tap (vectors over w, scalar tail) for K = 3, 5, 7, per-tap loops
+// otherwise; fixed order.
 template <typename T, int K>
-void dw_wgrad_k(const T* d, const T* up, int64_t H, int64_t W, int64_t Wp, T* gw) {
+void dw_wgrad_k(const T* d, const T* up, int64_t H, int64_t W, int64_t Wp, T* gw, T* gb) {
   using V = vreg<T>;
   constexpr int L = kLanes<T>;
-  V acc[K * K];
-  T sacc[K * K];
+  V acc[K * K], dsum{};
+  T sacc[K * K], ssum = 0;
   for (int k = 0; k < K * K; ++k) { acc[k] = V{}; sacc[k] = T(0); }
   for (int64_t r = 0; r < H; ++r) {
     const T* dr = d + r * W;
     int64_t w = 0;
     for (; w + L <= W; w += L) {
       const V dv = vload(dr + w);
+      dsum += dv;
       for (int ky = 0; ky < K; ++ky) {
         const T* ur = up + (r + ky) * Wp + w;
         for (int kx = 0; kx < K; ++kx) acc[ky * K + kx] += dv * vload(ur + kx);
       }
     }
-    for (; w < W; ++w)
+    for (; w < W; ++w) {
+      ssum += dr[w];
       for (int ky = 0; ky < K; ++ky)
         for (int kx = 0; kx < K; ++kx) sacc[ky * K + kx] += dr[w] * up[(r + ky) * Wp + w + kx];
+    }
   }
   for (int k = 0; k < K * K; ++k) {
     T sum = 0;
     for (int l = 0; l < L; ++l) sum += acc[k][l];
     gw[k] = sum + sacc[k];
   }
+  T sum = 0;
+  for (int l = 0; l < L; ++l) sum += dsum[l];
+  *gb = sum + ssum;
+}
+
+// Scratch elements dw_wgrad needs in colacc (only the generic path uses it).
+inline size_t dw_wgrad_colacc_size(int K, int64_t W) {
+  return (K == 1 || K == 3 || K == 5 || K == 7) ? 0 : size_t(K) * K * W;
 }
 
 template <typename T>
-void dw_wgrad(const T* d, const T* up, int64_t H, int64_t W, int64_t Wp, int K, T* gw, T* colacc) {
+void dw_wgrad(const T* d, const T* up, int64_t H, int64_t W, int64_t Wp, int K, T* gw, T* gb, T* colacc) {
   switch (K) {
-    case 3: return dw_wgrad_k<T, 3>(d, up, H, W, Wp, gw);
-    case 5: return dw_wgrad_k<T, 5>(d, up, H, W, Wp, gw);
-    case 7: return dw_wgrad_k<T, 7>(d, up, H, W, Wp, gw);
+    case 1: return dw_wgrad_k<T, 1>(d, up, H, W, Wp, gw, gb);
+    case 3: return dw_wgrad_k<T, 3>(d, up, H, W, Wp, gw, gb);
+    case 5: return dw_wgrad_k<T, 5>(d, up, H, W, Wp, gw, gb);
+    case 7: return dw_wgrad_k<T, 7>(d, up, H, W, Wp, gw, gb);
     default: break;
   }
-  // Generic odd K: per-tap column accumulators colacc[K*K][W], one sum per tap at the end.
+  T sb = 0;
+  for (int64_t p = 0; p < H * W; ++p) sb += d[p];
+  *gb = sb;
+  // Generic odd K: per-tap column accumulators colacc[K*K][W] (dw_wgrad_colacc_size), one sum per tap at the end.
   std::fill(colacc, colacc + int64_t(K) * K * W, T(0));
   for (int64_t r = 0; r < H; ++r)
     for (int ky = 0; ky < K; ++ky)
@@ -298,10 +376,11 @@ void gated_dwconv_bwd_kernel(const T* gh, const T* x, const T* w_in, const T* b_
   constexpr int NR = panel_width<T>();
   at::parallel_for(0, ch.n, 1, [&](int64_t k0, int64_t k1) {
     const int64_t maxPu = std::min(H, band + 4 * pad) * W, maxPt = std::min(H, band + 2 * pad) * W;
-    std::vector<T> xpack(size_t(C) * ((maxPu + NR - 1) / NR) * NR), ubuf(size_t(2 * kGroup) * maxPu);
-    std::vector<T> dt(2 * size_t(maxPt)), upad(size_t(band + 2 * pad) * Wp, T(0));
-    std::vector<T> dub(size_t(C2) * ((band * W + NR - 1) / NR) * NR, T(0)), durow(W);
-    std::vector<T> zeros(W, T(0)), colacc(K <= 7 ? 0 : size_t(KK) * W);
+    std::vector<T> xpack(size_t(C) * ((maxPu + NR - 1) / NR) * NR);
+    GuardedBuf<T> ubuf(size_t(2 * kGroup) * maxPu), dt(2 * size_t(maxPt)), zeros(W);
+    std::vector<T> upad(size_t(band + 2 * pad) * Wp, T(0));
+    std::vector<T> dub(size_t(C2) * ((band * W + NR - 1) / NR) * NR, T(0)), duband(size_t(band) * W);
+    std::vector<T> colacc(dw_wgrad_colacc_size(K, W));
     for (int64_t k = k0; k < k1; ++k) {
       T* gwp = gw_part.data() + k * C2 * C;
       T* gbp = gb_part.data() + k * C2;
@@ -322,10 +401,8 @@ void gated_dwconv_bwd_kernel(const T* gh, const T* x, const T* w_in, const T* b_
             const T* u2 = ubuf.data() + int64_t(gs + j) * Pu;
             T* d1 = dt.data();
             T* d2 = dt.data() + maxPt;
-            for (int64_t r = ta; r < tb; ++r) {
-              dw_row(u1, ua, ub, r, W, K, w_dw + int64_t(c1) * KK, b_dw[c1], d1 + (r - ta) * W, zeros.data());
-              dw_row(u2, ua, ub, r, W, K, w_dw + int64_t(c2) * KK, b_dw[c2], d2 + (r - ta) * W, zeros.data());
-            }
+            dw_plane(u1, ua, ub, ta, tb, W, K, w_dw + int64_t(c1) * KK, b_dw[c1], d1, zeros.data());
+            dw_plane(u2, ua, ub, ta, tb, W, K, w_dw + int64_t(c2) * KK, b_dw[c2], d2, zeros.data());
             const T* gr = gh + (n * hid + c1) * HW + ta * W;
 #pragma omp simd
             for (int64_t p = 0; p < Pt; ++p) {
@@ -338,10 +415,6 @@ void gated_dwconv_bwd_kernel(const T* gh, const T* x, const T* w_in, const T* b_
               const T* u = s ? u2 : u1;
               const T* d = s ? d2 : d1;
               const T* dband = d + (r0 - ta) * W;
-              T sb = 0;
-#pragma omp simd reduction(+ : sb)
-              for (int64_t p = 0; p < Pb; ++p) sb += dband[p];
-              gbdw_part[it * C2 + c] = sb;
               // Rows [r0-p, r1+p) of U, zero outside the image, into the column-padded buffer.
               for (int64_t i = 0; i < r1 - r0 + 2 * pad; ++i) {
                 const int64_t rr = r0 - pad + i;
@@ -350,18 +423,11 @@ void gated_dwconv_bwd_kernel(const T* gh, const T* x, const T* w_in, const T* b_
                 else std::copy(u + (rr - ua) * W, u + (rr - ua + 1) * W, dst);
               }
               dw_wgrad<T>(dband, upad.data(), r1 - r0, W, Wp, K, gwdw_part.data() + (it * C2 + c) * KK,
-                          colacc.data());
-              // dU rows, scattered into the packed panels of dub; their sum is db_in's share of this band.
-              T su = 0;
-              for (int64_t r = r0; r < r1; ++r) {
-                dw_row(d, ta, tb, r, W, K, wflip.data() + int64_t(c) * KK, T(0), durow.data(), zeros.data());
-                T sr = 0;
-#pragma omp simd reduction(+ : sr)
-                for (int64_t w = 0; w < W; ++w) sr += durow[w];
-                su += sr;
-                scatter_to_panels(durow.data(), W, (r - r0) * W, c, C2, dub.data());
-              }
-              gbp[c] += su;
+                          gbdw_part.data() + it * C2 + c, colacc.data());
+              // dU on the band, scattered into the packed panels of dub; its sum is db_in's share of this band.
+              dw_plane(d, ta, tb, r0, r1, W, K, wflip.data() + int64_t(c) * KK, T(0), duband.data(), zeros.data());
+              gbp[c] += sum_n(duband.data(), Pb);
+              scatter_to_panels(duband.data(), Pb, 0, c, C2, dub.data());
             }
           }
         }
@@ -608,8 +674,9 @@ void sadffm_infer_kernel(const T* x, const T* w_in, const T* b_in, const T* w_dw
   std::vector<T> ysum(size_t(items) * tpb * Co, T(0));
   at::parallel_for(0, items, 1, [&](int64_t i0, int64_t i1) {
     const int64_t maxPu = std::min(H, band + 2 * pad) * W;
-    std::vector<T> xpack(size_t(C) * ((maxPu + NR - 1) / NR) * NR), ubuf(size_t(2 * kGroup) * maxPu);
-    std::vector<T> hpack(size_t(hid) * ((band * W + NR - 1) / NR) * NR, T(0)), acc(2 * W), zeros(W, T(0));
+    std::vector<T> xpack(size_t(C) * ((maxPu + NR - 1) / NR) * NR);
+    GuardedBuf<T> ubuf(size_t(2 * kGroup) * maxPu), zeros(W);
+    std::vector<T> hpack(size_t(hid) * ((band * W + NR - 1) / NR) * NR, T(0)), acc(2 * size_t(band) * W);
     std::vector<T> buf(size_t(Co + R + 2) * kPT);
     T *z = buf.data(), *lpre = z + Co * kPT, *mu = lpre + R * kPT, *rs = mu + kPT;
     for (int64_t it = i0; it < i1; ++it) {
@@ -626,14 +693,12 @@ void sadffm_infer_kernel(const T* x, const T* w_in, const T* b_in, const T* w_dw
           const T* u1 = ubuf.data() + int64_t(j) * Pu;
           const T* u2 = ubuf.data() + int64_t(gs + j) * Pu;
           T* a1 = acc.data();
-          T* a2 = acc.data() + W;
-          for (int64_t r = r0; r < r1; ++r) {
-            dw_row(u1, ua, ub, r, W, K, w_dw + int64_t(c) * K * K, b_dw[c], a1, zeros.data());
-            dw_row(u2, ua, ub, r, W, K, w_dw + int64_t(hid + c) * K * K, b_dw[hid + c], a2, zeros.data());
+          T* a2 = acc.data() + Pb;
+          dw_plane(u1, ua, ub, r0, r1, W, K, w_dw + int64_t(c) * K * K, b_dw[c], a1, zeros.data());
+          dw_plane(u2, ua, ub, r0, r1, W, K, w_dw + int64_t(hid + c) * K * K, b_dw[hid + c], a2, zeros.data());
 #pragma omp simd
-            for (int64_t q = 0; q < W; ++q) a2[q] = v_gelu(a1[q]) * a2[q];
-            scatter_to_panels(a2, W, (r - r0) * W, c, hid, hpack.data());
-          }
+          for (int64_t q = 0; q < Pb; ++q) a2[q] = v_gelu(a1[q]) * a2[q];
+          scatter_to_panels(a2, Pb, 0, c, hid, hpack.data());
         }
       }
       T* y = out + n * Co * HW + r0 * W;
