@@ -31,6 +31,41 @@ template <typename T> inline vreg<T> vload(const T* p) { return *reinterpret_cas
 template <typename T> inline void vstore(T* p, vreg<T> v) { *reinterpret_cast<typename vreg_t<T>::utype*>(p) = v; }
 template <typename T> inline vreg<T> vsplat(T x) { return vreg<T>{} + x; }
 
+// In-register transpose of an L x L block (L = kLanes): r[i] holds row i on entry, column i on exit.
+typedef int32_t vi32x8 __attribute__((vector_size(32)));
+typedef int64_t vi64x4 __attribute__((vector_size(32)));
+inline void transpose_lanes(vreg<float>* r) {
+  typedef vreg<float> V;
+  const vi32x8 lo = {0, 8, 1, 9, 4, 12, 5, 13}, hi = {2, 10, 3, 11, 6, 14, 7, 15};
+  const vi32x8 lo2 = {0, 1, 8, 9, 4, 5, 12, 13}, hi2 = {2, 3, 10, 11, 6, 7, 14, 15};
+  const vi32x8 lo4 = {0, 1, 2, 3, 8, 9, 10, 11}, hi4 = {4, 5, 6, 7, 12, 13, 14, 15};
+  V t[8], u[8];
+  for (int i = 0; i < 8; i += 2) {
+    t[i] = __builtin_shuffle(r[i], r[i + 1], lo);
+    t[i + 1] = __builtin_shuffle(r[i], r[i + 1], hi);
+  }
+  for (int i = 0; i < 8; i += 4) {
+    u[i] = __builtin_shuffle(t[i], t[i + 2], lo2);
+    u[i + 1] = __builtin_shuffle(t[i], t[i + 2], hi2);
+    u[i + 2] = __builtin_shuffle(t[i + 1], t[i + 3], lo2);
+    u[i + 3] = __builtin_shuffle(t[i + 1], t[i + 3], hi2);
+  }
+  for (int i = 0; i < 4; ++i) {
+    r[i] = __builtin_shuffle(u[i], u[i + 4], lo4);
+    r[i + 4] = __builtin_shuffle(u[i], u[i + 4], hi4);
+  }
+}
+inline void transpose_lanes(vreg<double>* r) {
+  typedef vreg<double> V;
+  const vi64x4 lo = {0, 4, 2, 6}, hi = {1, 5, 3, 7}, lo2 = {0, 1, 4, 5}, hi2 = {2, 3, 6, 7};
+  const V t0 = __builtin_shuffle(r[0], r[1], lo), t1 = __builtin_shuffle(r[0], r[1], hi);
+  const V t2 = __builtin_shuffle(r[2], r[3], lo), t3 = __builtin_shuffle(r[2], r[3], hi);
+  r[0] = __builtin_shuffle(t0, t2, lo2);
+  r[2] = __builtin_shuffle(t0, t2, hi2);
+  r[1] = __builtin_shuffle(t1, t3, lo2);
+  r[3] = __builtin_shuffle(t1, t3, hi2);
+}
+
 // Pixels per packed panel (two vectors).
 template <typename T> constexpr int panel_width() { return 2 * kLanes<T>; }
 
@@ -209,10 +244,26 @@ inline void gemm_nt_impl(int64_t M, int64_t N, int64_t P, const LoadA& load_a, c
   std::vector<T> bt(size_t(npanels) * PB * NR), abuf(size_t(6) * PB);
   for (int64_t p0 = 0; p0 < P; p0 += PB) {
     const int64_t np = P - p0 < PB ? P - p0 : PB;
-    // bt[panel][q][j] = B[panel*NR + j][p0 + q] (zero for j >= N).
+    // bt[panel][q][j] = B[panel*NR + j][p0 + q] (zero for j >= N): whole L x L blocks through registers.
+    constexpr int64_t L = kLanes<T>;
     for (int64_t pn = 0; pn < npanels; ++pn) {
       T* dst = bt.data() + pn * PB * NR;
       const int64_t nj = N - pn * NR < NR ? N - pn * NR : NR;
+      if (nj == NR) {
+        const int64_t nq = np / L * L;
+        for (int64_t jb = 0; jb < NR; jb += L) {
+          const T* src = B + (pn * NR + jb) * ldb + p0;
+          for (int64_t q = 0; q < nq; q += L) {
+            vreg<T> r[L];
+            for (int64_t i = 0; i < L; ++i) r[i] = vload(src + i * ldb + q);
+            transpose_lanes(r);
+            for (int64_t i = 0; i < L; ++i) vstore(dst + (q + i) * NR + jb, r[i]);
+          }
+          for (int64_t j = jb; j < jb + L; ++j)
+            for (int64_t q = nq; q < np; ++q) dst[q * NR + j] = B[(pn * NR + j) * ldb + p0 + q];
+        }
+        continue;
+      }
       for (int64_t j = 0; j < NR; ++j) {
         if (j < nj) {
           const T* src = B + (pn * NR + j) * ldb + p0;

@@ -913,7 +913,8 @@ void dffm_bwd_kernel(const DffmW<T>& w, const T* go, const T* h, int64_t N, int6
     for (int r = 0; r < R; ++r) { gb_lr[r] += pt[O_BLR + r]; gw_se[r] += pt[O_WSE + r]; }
     for (int e = 0; e < R * C; ++e) gw_lr[e] += pt[O_WLR + e];
   }
-  // Pass C: dy = DY + LN-backward of the per-image constant dz term; dh = W_out^T dy; dW_out, db_out.
+  // Pass C: dy = DY + LN-backward of the per-image constant dz term; dh = W_out^T dy; dW_out (per chunk,
+  // transposed: hid x C), db_out.
   std::vector<T> w_outT(size_t(hid) * C);
   for (int c = 0; c < C; ++c)
     for (int k = 0; k < hid; ++k) w_outT[k * C + c] = w.w_out[c * hid + k];
@@ -955,15 +956,16 @@ void dffm_bwd_kernel(const DffmW<T>& w, const T* go, const T* h, int64_t N, int6
           gbp[c] += sb;
         }
         gemm_nn<T>(hid, C, P, w_outT.data(), C, dy, kPT, gh + n * hid * HW + p0, HW, nullptr, false);
-        gemm_nt<T>(C, hid, P, dy, kPT, h + n * hid * HW + p0, HW, gwp, hid);
+        gemm_nt<T>(hid, C, P, h + n * hid * HW + p0, HW, dy, kPT, gwp, C);  // dW_out^T: the 64-row dy is packed
       }
     }
   });
-  for (int64_t e = 0; e < int64_t(C) * hid; ++e) {
-    T s = 0;
-    for (int64_t k = 0; k < ch.n; ++k) s += wpart[k * (C * hid + C) + e];
-    gw_out[e] = s;
-  }
+  for (int c = 0; c < C; ++c)
+    for (int i = 0; i < hid; ++i) {
+      T s = 0;
+      for (int64_t k = 0; k < ch.n; ++k) s += wpart[k * (C * hid + C) + int64_t(i) * C + c];
+      gw_out[int64_t(c) * hid + i] = s;
+    }
   for (int c = 0; c < C; ++c) {
     T s = 0;
     for (int64_t k = 0; k < ch.n; ++k) s += wpart[k * (C * hid + C) + C * hid + c];
