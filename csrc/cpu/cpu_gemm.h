@@ -79,18 +79,18 @@ inline std::vector<T> pack_a(const T* A, int64_t M, int64_t K, int64_t rs, int64
 }
 
 // Packs B[K x P] (row stride ldb) into panels of panel_width() pixels: Bp[blk][k][NR], zero past P.
+// Row by row: each row of B is read sequentially (prefetcher-friendly for image planes a large stride apart).
 template <typename T> inline void pack_b(int64_t K, int64_t P, const T* B, int64_t ldb, T* Bp) {
   constexpr int NR = panel_width<T>();
-  for (int64_t p0 = 0, blk = 0; p0 < P; p0 += NR, ++blk) {
-    T* dst = Bp + blk * K * NR;
-    const int64_t np = P - p0 < NR ? P - p0 : NR;
-    for (int64_t k = 0; k < K; ++k) {
-      const T* src = B + k * ldb + p0;
-      T* d = dst + k * NR;
+  for (int64_t k = 0; k < K; ++k) {
+    const T* src = B + k * ldb;
+    for (int64_t p0 = 0, blk = 0; p0 < P; p0 += NR, ++blk) {
+      T* d = Bp + (blk * K + k) * NR;
+      const int64_t np = P - p0 < NR ? P - p0 : NR;
       if (np == NR) {
-        std::memcpy(d, src, sizeof(T) * NR);
+        std::memcpy(d, src + p0, sizeof(T) * NR);
       } else {
-        for (int64_t j = 0; j < NR; ++j) d[j] = j < np ? src[j] : T(0);
+        for (int64_t j = 0; j < NR; ++j) d[j] = j < np ? src[p0 + j] : T(0);
       }
     }
   }

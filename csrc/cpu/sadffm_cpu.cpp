@@ -573,8 +573,9 @@ void dffm_tile_stats(const DffmW<T>& w, const T* y, int64_t HW, int64_t P, T* mu
 
 template <typename T>
 void dffm_tile_front(const DffmW<T>& w, const T* h, int64_t HW, int64_t P, T* y, T* mu, T* rstd, T* z, T* lpre,
-                     T* aloc, T* yhat_sum) {
-  gemm_nn<T>(w.C, w.hid, P, w.w_out, w.hid, h, HW, y, HW, w.b_out, false);
+                     T* aloc, T* yhat_sum, T* hpack) {
+  pack_b<T>(w.hid, P, h, HW, hpack);  // the whole tile at once: row-sequential reads of h
+  gemm_nn_packed<T>(w.C, w.hid, P, w.w_out, w.hid, hpack, y, HW, w.b_out, false);
   dffm_tile_stats(w, y, HW, P, mu, rstd, z, lpre, aloc, yhat_sum);
 }
 
@@ -641,12 +642,12 @@ void dffm_fwd_kernel(const DffmW<T>& w, const T* h, T* out, int64_t N, int64_t H
   Scratch<T> aloc(size_t(N) * HW);
   std::vector<T> ysum(size_t(items) * C);
   at::parallel_for(0, items, 1, [&](int64_t i0, int64_t i1) {
-    std::vector<T> buf(size_t(C + R + 2) * kPT);
+    std::vector<T> buf(size_t(C + R + 2) * kPT), hpack(size_t(w.hid) * kPT);
     T *z = buf.data(), *lpre = z + C * kPT, *mu = lpre + R * kPT, *rs = mu + kPT;
     for (int64_t it = i0; it < i1; ++it) {
       const int64_t n = it / nt, p0 = (it % nt) * kPT, P = std::min(kPT, HW - p0);
       dffm_tile_front(w, h + n * w.hid * HW + p0, HW, P, out + n * C * HW + p0, mu, rs, z, lpre,
-                      aloc.data() + n * HW + p0, ysum.data() + it * C);
+                      aloc.data() + n * HW + p0, ysum.data() + it * C, hpack.data());
     }
   });
   dffm_apply_gate(w, ysum.data(), nt, aloc.data(), out, N, HW);
@@ -735,11 +736,11 @@ void dffm_bwd_kernel(const DffmW<T>& w, const T* go, const T* h, int64_t N, int6
   // Pass A: recompute the forward front, keeping y, mu, rstd, lpre, a_loc.
   std::vector<T> ysum(size_t(items) * C);
   at::parallel_for(0, items, 1, [&](int64_t i0, int64_t i1) {
-    std::vector<T> z(size_t(C) * kPT), lpre(size_t(R) * kPT);
+    std::vector<T> z(size_t(C) * kPT), lpre(size_t(R) * kPT), hpack(size_t(hid) * kPT);
     for (int64_t it = i0; it < i1; ++it) {
       const int64_t n = it / nt, p0 = (it % nt) * kPT, P = std::min(kPT, HW - p0);
       dffm_tile_front(w, h + n * hid * HW + p0, HW, P, Yp(n) + p0, MUp(n) + p0, RSp(n) + p0, z.data(), lpre.data(),
-                      ALp(n) + p0, ysum.data() + it * C);
+                      ALp(n) + p0, ysum.data() + it * C, hpack.data());
       for (int r = 0; r < R; ++r)
         std::copy(lpre.data() + r * kPT, lpre.data() + r * kPT + P, LPp(n) + r * HW + p0);
     }
