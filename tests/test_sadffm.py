@@ -53,7 +53,8 @@ def rel_err(a, b):
 # (N, C, hid, H, W, K). The CPU kernel's depthwise rows run in whole vectors (8 floats / 4 doubles) with the first
 # and last vector of a row masked: widths below, at and above one vector, with a scalar tail, and K = 1 .. 9.
 GRAD_SHAPES = [(1, 3, 2, 1, 1, 3), (3, 2, 3, 7, 9, 5), (1, 2, 3, 33, 20, 3), (3, 4, 5, 1, 6, 3), (1, 2, 2, 10, 3, 9),
-               (1, 2, 3, 6, 8, 7), (2, 2, 2, 5, 4, 7), (1, 2, 2, 3, 10, 1)]
+               (1, 2, 3, 6, 8, 7), (2, 2, 2, 5, 4, 7), (1, 2, 2, 3, 10, 1),
+               (1, 16, 4, 5, 12, 3)]  # C = 16: the weight-gradient GEMM transposes whole 4x4 double blocks
 
 
 @pytest.mark.parametrize("shape", GRAD_SHAPES, ids=lambda s: "x".join(map(str, s)))
@@ -65,9 +66,10 @@ def test_gated_dwconv_gradcheck_fp64(backend, shape):
     assert torch.autograd.gradcheck(lambda *a: ek.gated_dwconv(*a, backend=name), ins, fast_mode=fast)
 
 
-# (N, hid, C, H, W); the last has hid >= 2C + R + 3, where the cpu backward keeps its per-pixel intermediates in
-# grad_h's memory (as for EIMN's 170 / 64), the others use a scratch buffer.
-@pytest.mark.parametrize("shape", [(1, 5, 4, 1, 1), (3, 3, 8, 7, 9), (1, 6, 4, 33, 20), (2, 16, 4, 6, 5)],
+# (N, hid, C, H, W); (2, 16, 4, 6, 5) has hid >= 2C + R + 3, where the cpu backward keeps its per-pixel
+# intermediates in grad_h's memory (as for EIMN's 170 / 64), the others use a scratch buffer; (1, 6, 8, 5, 7): C = 8,
+# the dW_out GEMM transposes whole 4x4 double blocks of dy.
+@pytest.mark.parametrize("shape", [(1, 5, 4, 1, 1), (3, 3, 8, 7, 9), (1, 6, 4, 33, 20), (2, 16, 4, 6, 5), (1, 6, 8, 5, 7)],
                          ids=lambda s: "x".join(map(str, s)))
 def test_dffm_out_gradcheck_fp64(backend, shape):
     name, dev = backend

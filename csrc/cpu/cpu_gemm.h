@@ -32,39 +32,45 @@ template <typename T> inline void vstore(T* p, vreg<T> v) { *reinterpret_cast<ty
 template <typename T> inline vreg<T> vsplat(T x) { return vreg<T>{} + x; }
 
 // In-register transpose of an L x L block (L = kLanes): r[i] holds row i on entry, column i on exit.
+// EIMN_SHUFFLE(a, b, i...): lanes of the concatenation a|b (GCC: __builtin_shuffle, Clang: __builtin_shufflevector).
 typedef int32_t vi32x8 __attribute__((vector_size(32)));
 typedef int64_t vi64x4 __attribute__((vector_size(32)));
+#if defined(__clang__)
+#define EIMN_SHUFFLE8(a, b, i0, i1, i2, i3, i4, i5, i6, i7) \
+  __builtin_shufflevector(a, b, i0, i1, i2, i3, i4, i5, i6, i7)
+#define EIMN_SHUFFLE4(a, b, i0, i1, i2, i3) __builtin_shufflevector(a, b, i0, i1, i2, i3)
+#else
+#define EIMN_SHUFFLE8(a, b, i0, i1, i2, i3, i4, i5, i6, i7) \
+  __builtin_shuffle(a, b, vi32x8{i0, i1, i2, i3, i4, i5, i6, i7})
+#define EIMN_SHUFFLE4(a, b, i0, i1, i2, i3) __builtin_shuffle(a, b, vi64x4{i0, i1, i2, i3})
+#endif
 inline void transpose_lanes(vreg<float>* r) {
-  typedef vreg<float> V;
-  const vi32x8 lo = {0, 8, 1, 9, 4, 12, 5, 13}, hi = {2, 10, 3, 11, 6, 14, 7, 15};
-  const vi32x8 lo2 = {0, 1, 8, 9, 4, 5, 12, 13}, hi2 = {2, 3, 10, 11, 6, 7, 14, 15};
-  const vi32x8 lo4 = {0, 1, 2, 3, 8, 9, 10, 11}, hi4 = {4, 5, 6, 7, 12, 13, 14, 15};
-  V t[8], u[8];
-  for (int i = 0; i < 8; i += 2) {
-    t[i] = __builtin_shuffle(r[i], r[i + 1], lo);
-    t[i + 1] = __builtin_shuffle(r[i], r[i + 1], hi);
+  vreg<float> t[8], u[8];
+  for (int i = 0; i < 8; i += 2) {  // interleave row pairs
+    t[i] = EIMN_SHUFFLE8(r[i], r[i + 1], 0, 8, 1, 9, 4, 12, 5, 13);
+    t[i + 1] = EIMN_SHUFFLE8(r[i], r[i + 1], 2, 10, 3, 11, 6, 14, 7, 15);
   }
-  for (int i = 0; i < 8; i += 4) {
-    u[i] = __builtin_shuffle(t[i], t[i + 2], lo2);
-    u[i + 1] = __builtin_shuffle(t[i], t[i + 2], hi2);
-    u[i + 2] = __builtin_shuffle(t[i + 1], t[i + 3], lo2);
-    u[i + 3] = __builtin_shuffle(t[i + 1], t[i + 3], hi2);
+  for (int i = 0; i < 8; i += 4) {  // pairs of pairs
+    u[i] = EIMN_SHUFFLE8(t[i], t[i + 2], 0, 1, 8, 9, 4, 5, 12, 13);
+    u[i + 1] = EIMN_SHUFFLE8(t[i], t[i + 2], 2, 3, 10, 11, 6, 7, 14, 15);
+    u[i + 2] = EIMN_SHUFFLE8(t[i + 1], t[i + 3], 0, 1, 8, 9, 4, 5, 12, 13);
+    u[i + 3] = EIMN_SHUFFLE8(t[i + 1], t[i + 3], 2, 3, 10, 11, 6, 7, 14, 15);
   }
-  for (int i = 0; i < 4; ++i) {
-    r[i] = __builtin_shuffle(u[i], u[i + 4], lo4);
-    r[i + 4] = __builtin_shuffle(u[i], u[i + 4], hi4);
+  for (int i = 0; i < 4; ++i) {  // 128-bit halves
+    r[i] = EIMN_SHUFFLE8(u[i], u[i + 4], 0, 1, 2, 3, 8, 9, 10, 11);
+    r[i + 4] = EIMN_SHUFFLE8(u[i], u[i + 4], 4, 5, 6, 7, 12, 13, 14, 15);
   }
 }
 inline void transpose_lanes(vreg<double>* r) {
-  typedef vreg<double> V;
-  const vi64x4 lo = {0, 4, 2, 6}, hi = {1, 5, 3, 7}, lo2 = {0, 1, 4, 5}, hi2 = {2, 3, 6, 7};
-  const V t0 = __builtin_shuffle(r[0], r[1], lo), t1 = __builtin_shuffle(r[0], r[1], hi);
-  const V t2 = __builtin_shuffle(r[2], r[3], lo), t3 = __builtin_shuffle(r[2], r[3], hi);
-  r[0] = __builtin_shuffle(t0, t2, lo2);
-  r[2] = __builtin_shuffle(t0, t2, hi2);
-  r[1] = __builtin_shuffle(t1, t3, lo2);
-  r[3] = __builtin_shuffle(t1, t3, hi2);
+  const vreg<double> t0 = EIMN_SHUFFLE4(r[0], r[1], 0, 4, 2, 6), t1 = EIMN_SHUFFLE4(r[0], r[1], 1, 5, 3, 7);
+  const vreg<double> t2 = EIMN_SHUFFLE4(r[2], r[3], 0, 4, 2, 6), t3 = EIMN_SHUFFLE4(r[2], r[3], 1, 5, 3, 7);
+  r[0] = EIMN_SHUFFLE4(t0, t2, 0, 1, 4, 5);
+  r[2] = EIMN_SHUFFLE4(t0, t2, 2, 3, 6, 7);
+  r[1] = EIMN_SHUFFLE4(t1, t3, 0, 1, 4, 5);
+  r[3] = EIMN_SHUFFLE4(t1, t3, 2, 3, 6, 7);
 }
+#undef EIMN_SHUFFLE8
+#undef EIMN_SHUFFLE4
 
 // Pixels per packed panel (two vectors).
 template <typename T> constexpr int panel_width() { return 2 * kLanes<T>; }
