@@ -255,27 +255,22 @@ inline void gemm_nt_impl(int64_t M, int64_t N, int64_t P, const LoadA& load_a, c
     for (int64_t pn = 0; pn < npanels; ++pn) {
       T* dst = bt.data() + pn * PB * NR;
       const int64_t nj = N - pn * NR < NR ? N - pn * NR : NR;
-      if (nj == NR) {
-        const int64_t nq = np / L * L;
-        for (int64_t jb = 0; jb < NR; jb += L) {
-          const T* src = B + (pn * NR + jb) * ldb + p0;
-          for (int64_t q = 0; q < nq; q += L) {
-            vreg<T> r[L];
-            for (int64_t i = 0; i < L; ++i) r[i] = vload(src + i * ldb + q);
-            transpose_lanes(r);
-            for (int64_t i = 0; i < L; ++i) vstore(dst + (q + i) * NR + jb, r[i]);
-          }
-          for (int64_t j = jb; j < jb + L; ++j)
-            for (int64_t q = nq; q < np; ++q) dst[q * NR + j] = B[(pn * NR + j) * ldb + p0 + q];
+      const int64_t nq = nj == NR ? np / L * L : 0;  // pixels moved in whole blocks (full panels only)
+      for (int64_t jb = 0; nq > 0 && jb < NR; jb += L) {
+        const T* src = B + (pn * NR + jb) * ldb + p0;
+        for (int64_t q = 0; q < nq; q += L) {
+          vreg<T> r[L];
+          for (int64_t i = 0; i < L; ++i) r[i] = vload(src + i * ldb + q);
+          transpose_lanes(r);
+          for (int64_t i = 0; i < L; ++i) vstore(dst + (q + i) * NR + jb, r[i]);
         }
-        continue;
       }
-      for (int64_t j = 0; j < NR; ++j) {
+      for (int64_t j = 0; j < NR; ++j) {  // the rest one by one
         if (j < nj) {
           const T* src = B + (pn * NR + j) * ldb + p0;
-          for (int64_t q = 0; q < np; ++q) dst[q * NR + j] = src[q];
+          for (int64_t q = nq; q < np; ++q) dst[q * NR + j] = src[q];
         } else {
-          for (int64_t q = 0; q < np; ++q) dst[q * NR + j] = T(0);
+          for (int64_t q = nq; q < np; ++q) dst[q * NR + j] = T(0);
         }
       }
     }
