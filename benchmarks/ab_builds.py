@@ -5,7 +5,7 @@ than most kernel changes gain. Here both builds are compiled with their op names
 ``eimn_ab0`` / ``eimn_ab1``), loaded side by side, and every round times one call of each low-level op from A and
 from B (alternating which goes first): the median of the per-round ratios t_A / t_B is steady to about 1-2%.
 
-    python -m benchmarks.ab_builds HEAD~1 WORKTREE [--ops gated_dwconv_backward,dffm_out_backward]
+    python -m benchmarks.ab_builds HEAD~1 WORKTREE [--ops gated_dwconv_backward,dffm_out_backward,sadffm_train]
         [--shape 4x64x64x64] [--threads 1] [--rounds 30]
 
 A ref is anything ``git archive`` takes (commit, branch, tag) or ``WORKTREE`` (the checkout's current csrc/).
@@ -85,6 +85,20 @@ def op_calls(ns: str, shape: tuple[int, int, int, int]) -> dict:
           r(1, 2 * R, 1, 1), r(1)]
     h = r(N, hid, H, W, scale=1.0)
     gh = r(N, hid, H, W, scale=1.0)
+
+    def dffm_train(hh):
+        """dffm_out forward + backward as autograd runs them: through the stash where the build has it."""
+        try:
+            out, st = o.dffm_out_forward_stash(hh, *fw, 1e-6)
+            return o.dffm_out_backward_stash(gy, hh, *fw, st, 1e-6)
+        except (AttributeError, RuntimeError):  # a build without the stash ops
+            o.dffm_out_forward(hh, *fw, 1e-6)
+            return o.dffm_out_backward(gy, hh, *fw, 1e-6)
+
+    def sadffm_train():
+        """One SADFFM training step of the CPU kernels: both forwards, both backwards."""
+        hh = o.gated_dwconv_forward(x, *gw)
+        return o.gated_dwconv_backward(dffm_train(hh)[0], x, *gw)
     return {
         "proj_qv_forward": lambda: o.proj_qv_forward(x, wq, bq, wv, bv),
         "proj_qv_backward": lambda: o.proj_qv_backward(gq, gv, x, wq, bq, wv, bv),
@@ -97,6 +111,8 @@ def op_calls(ns: str, shape: tuple[int, int, int, int]) -> dict:
         "dffm_out_forward": lambda: o.dffm_out_forward(h, *fw, 1e-6),
         "dffm_out_backward": lambda: o.dffm_out_backward(gy, h, *fw, 1e-6),
         "sadffm_infer_forward": lambda: o.sadffm_infer_forward(x, *gw, *fw, 1e-6),
+        "dffm_out_train": lambda: dffm_train(h),
+        "sadffm_train": sadffm_train,
     }
 
 

@@ -42,6 +42,15 @@ TORCH_LIBRARY(eimn_C, m) {
         "Tensor w_gr, Tensor b_gr, Tensor w_lr, Tensor b_lr, Tensor w_ce, Tensor b_ce, Tensor w_se, Tensor b_se, "
         "float eps) -> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, "
         "Tensor, Tensor)");
+  // The same with the forward's intermediates kept for the backward (training; CPU): an opaque 1-d stash that
+  // dffm_out_backward_stash reads instead of recomputing y = W_out h.
+  m.def("dffm_out_forward_stash(Tensor h, Tensor w_out, Tensor b_out, Tensor ln_w, Tensor ln_b, Tensor w_gr, "
+        "Tensor b_gr, Tensor w_lr, Tensor b_lr, Tensor w_ce, Tensor b_ce, Tensor w_se, Tensor b_se, float eps) "
+        "-> (Tensor, Tensor)");
+  m.def("dffm_out_backward_stash(Tensor grad_out, Tensor h, Tensor w_out, Tensor b_out, Tensor ln_w, Tensor ln_b, "
+        "Tensor w_gr, Tensor b_gr, Tensor w_lr, Tensor b_lr, Tensor w_ce, Tensor b_ce, Tensor w_se, Tensor b_se, "
+        "Tensor stash, float eps) -> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, "
+        "Tensor, Tensor, Tensor, Tensor)");
   // Whole SADFFM layer, forward only (inference; CPU): dffm_out(gated_dwconv(x)) without writing h.
   m.def("sadffm_infer_forward(Tensor x, Tensor w_in, Tensor b_in, Tensor w_dw, Tensor b_dw, Tensor w_out, "
         "Tensor b_out, Tensor ln_w, Tensor ln_b, Tensor w_gr, Tensor b_gr, Tensor w_lr, Tensor b_lr, Tensor w_ce, "

@@ -141,10 +141,12 @@ def test_opcheck(backend):
     torch.library.opcheck(torch.ops.eimn_kernels.gated_dwconv_backward, (gh, x, *gw, name),
                           test_utils=("test_schema", "test_faketensor"))
     h, *dw = dffm_inputs(2, 5, 8, 3, 4, torch.float64, dev)
-    torch.library.opcheck(torch.ops.eimn_kernels.dffm_out, (h, *dw, 1e-6, name))
     go = torch.randn(2, 8, 3, 4, dtype=torch.float64, device=dev)
-    torch.library.opcheck(torch.ops.eimn_kernels.dffm_out_backward, (go, h, *dw, 1e-6, name),
-                          test_utils=("test_schema", "test_faketensor"))
+    for keep in (False, True):
+        torch.library.opcheck(torch.ops.eimn_kernels.dffm_out, (h, *dw, 1e-6, keep, name))
+        _, stash = torch.ops.eimn_kernels.dffm_out(h, *dw, 1e-6, keep, name)
+        torch.library.opcheck(torch.ops.eimn_kernels.dffm_out_backward, (go, h, *dw, stash, 1e-6, name),
+                              test_utils=("test_schema", "test_faketensor"))
 
 
 def test_torch_compile_fullgraph(backend):
@@ -155,7 +157,7 @@ def test_torch_compile_fullgraph(backend):
 
     def f(t, *ws):
         h = torch.ops.eimn_kernels.gated_dwconv(t, *ws[:4], name)
-        return torch.ops.eimn_kernels.dffm_out(h, *ws[4:], 1e-6, name) * 2.0
+        return torch.ops.eimn_kernels.dffm_out(h, *ws[4:], 1e-6, torch.is_grad_enabled(), name)[0] * 2.0
 
     torch._dynamo.reset()
     fn = torch.compile(f, fullgraph=True)
@@ -244,10 +246,36 @@ def test_deterministic_weight_grads(backend):
     go = torch.randn(3, 8, 17, 13, device=dev)
     a = torch.ops.eimn_kernels.gated_dwconv_backward(gh, x, *gw, name)
     b = torch.ops.eimn_kernels.gated_dwconv_backward(gh, x, *gw, name)
-    c = torch.ops.eimn_kernels.dffm_out_backward(go, h, *dw, 1e-6, name)
-    d = torch.ops.eimn_kernels.dffm_out_backward(go, h, *dw, 1e-6, name)
+    _, stash = torch.ops.eimn_kernels.dffm_out(h, *dw, 1e-6, True, name)
+    c = torch.ops.eimn_kernels.dffm_out_backward(go, h, *dw, stash, 1e-6, name)
+    d = torch.ops.eimn_kernels.dffm_out_backward(go, h, *dw, stash, 1e-6, name)
     for u, v in zip(a + c, b + d):
         assert torch.equal(u, v)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+@pytest.mark.parametrize("shape", [(3, 6, 8, 17, 13), (1, 170, 64, 9, 300), (2, 5, 3, 1, 1)],
+                         ids=lambda s: "x".join(map(str, s)))
+def test_dffm_out_stash(backend, shape, dtype):
+    """keep=True: the forward keeps its intermediates for the backward (cpu: y, the LayerNorm statistics and the
+    local-branch pre-activations in a 1-d stash; other backends: an empty one). Same output, and the backward from
+    the stash gives exactly the gradients of the backward that recomputes them (empty stash)."""
+    name, dev = backend
+    N, hid, C, H, W = shape
+    h, *dw = dffm_inputs(N, hid, C, H, W, dtype, dev)
+    go = torch.randn(N, C, H, W, dtype=dtype, device=dev)
+    out0, empty = torch.ops.eimn_kernels.dffm_out(h, *dw, 1e-6, False, name)
+    out1, stash = torch.ops.eimn_kernels.dffm_out(h, *dw, 1e-6, True, name)
+    assert empty.numel() == 0 and torch.equal(out0, out1)
+    R = dw[4].shape[0]
+    assert stash.shape == ((N * ((C + R + 3) * H * W + C),) if name == "cpu" else (0,))
+    a = torch.ops.eimn_kernels.dffm_out_backward(go, h, *dw, stash, 1e-6, name)
+    b = torch.ops.eimn_kernels.dffm_out_backward(go, h, *dw, empty, 1e-6, name)
+    for u, v in zip(a, b):
+        assert torch.equal(u, v)
+    if name == "cpu":
+        with pytest.raises(RuntimeError, match="stash must have shape"):
+            torch.ops.eimn_C.dffm_out_backward_stash(go, h, *dw, stash[1:], 1e-6)
 
 
 def test_cpu_backward_same_for_1_and_2_threads():
@@ -263,7 +291,9 @@ def test_cpu_backward_same_for_1_and_2_threads():
         for threads in (1, 2):
             torch.set_num_threads(threads)
             outs.append(torch.ops.eimn_kernels.gated_dwconv_backward(gh, x, *gw, "cpu")
-                        + torch.ops.eimn_kernels.dffm_out_backward(go, h, *dw, 1e-6, "cpu"))
+                        + torch.ops.eimn_kernels.dffm_out_backward(go, h, *dw, torch.empty(0), 1e-6, "cpu")
+                        + torch.ops.eimn_kernels.dffm_out_backward(
+                            go, h, *dw, torch.ops.eimn_kernels.dffm_out(h, *dw, 1e-6, True, "cpu")[1], 1e-6, "cpu"))
     finally:
         torch.set_num_threads(n)
     for u, v in zip(*outs):

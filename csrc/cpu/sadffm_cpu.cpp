@@ -606,11 +606,30 @@ void dffm_global(const DffmW<T>& w, const T* yhat_sum_tiles, int64_t ntiles, int
   }
 }
 
+// The forward's intermediates kept for the backward (dffm_out_forward_stash), in one flat buffer: per image the
+// planes [y (C) | lpre (R) | mu | rstd | a_loc] (HW each), then per image the C sums of yhat = (y - mu) * rstd over
+// the image, summed over the tiles in tile order as the backward's own recompute of them would.
+template <typename T> struct DffmStash {
+  T* base;
+  int64_t N, HW;
+  int C, R;
+  DffmStash(T* base_, int64_t N_, int C_, int R_, int64_t HW_) : base(base_), N(N_), HW(HW_), C(C_), R(R_) {}
+  static int64_t numel(int64_t N, int64_t C, int64_t R, int64_t HW) { return N * ((C + R + 3) * HW + C); }
+  int64_t stride() const { return (int64_t(C) + R + 3) * HW; }  // elements per image of the planes
+  T* y(int64_t n) const { return base + n * stride(); }
+  T* lpre(int64_t n) const { return y(n) + int64_t(C) * HW; }
+  T* mu(int64_t n) const { return y(n) + int64_t(C + R) * HW; }
+  T* rstd(int64_t n) const { return y(n) + int64_t(C + R + 1) * HW; }
+  T* aloc(int64_t n) const { return y(n) + int64_t(C + R + 2) * HW; }
+  T* ysum(int64_t n) const { return base + N * stride() + n * C; }
+};
+
 // Second pass of the DFFM forward: per image, the global branch from the per-tile sums of yhat (ntiles slots
-// per image, in order), then out (holding y) *= c[n, ch] * sigmoid(aloc + k[n]) in place.
+// per image, in order), then out = y * c[n, ch] * sigmoid(aloc + k[n]) (y may be out itself: in place).
+// y and aloc of image n start at y + n * y_stride, aloc + n * aloc_stride; out is (N, C, HW).
 template <typename T>
-void dffm_apply_gate(const DffmW<T>& w, const T* ysum, int64_t ntiles, const T* aloc, T* out, int64_t N,
-                     int64_t HW) {
+void dffm_apply_gate(const DffmW<T>& w, const T* ysum, int64_t ntiles, const T* aloc, int64_t aloc_stride,
+                     const T* y, int64_t y_stride, T* out, int64_t N, int64_t HW) {
   const int C = w.C, R = w.R;
   std::vector<T> cc(size_t(N) * C), kn(N), tmp(size_t(C) + 2 * R);
   for (int64_t n = 0; n < N; ++n)
@@ -621,36 +640,53 @@ void dffm_apply_gate(const DffmW<T>& w, const T* ysum, int64_t ntiles, const T* 
     std::vector<T> s(kPT);
     for (int64_t it = i0; it < i1; ++it) {
       const int64_t n = it / nt, p0 = (it % nt) * kPT, P = std::min(kPT, HW - p0);
-      const T* al = aloc + n * HW + p0;
+      const T* al = aloc + n * aloc_stride + p0;
       const T k = kn[n];
 #pragma omp simd
       for (int64_t p = 0; p < P; ++p) s[p] = v_sigmoid(al[p] + k);
       for (int c = 0; c < C; ++c) {
+        const T* yc = y + n * y_stride + c * HW + p0;
         T* o = out + (n * C + c) * HW + p0;
         const T cv = cc[n * C + c];
 #pragma omp simd
-        for (int64_t p = 0; p < P; ++p) o[p] *= cv * s[p];
+        for (int64_t p = 0; p < P; ++p) o[p] = yc[p] * (cv * s[p]);
       }
     }
   });
 }
 
+// DFFM forward. With a stash (DffmStash layout, else nullptr) y and the per-pixel statistics go there for the
+// backward, and out is written once by the gate pass; without, y is written to out and gated in place.
 template <typename T>
-void dffm_fwd_kernel(const DffmW<T>& w, const T* h, T* out, int64_t N, int64_t HW) {
+void dffm_fwd_kernel(const DffmW<T>& w, const T* h, T* out, int64_t N, int64_t HW, T* stash) {
   const int C = w.C, R = w.R;
   const int64_t nt = (HW + kPT - 1) / kPT, items = N * nt;
-  Scratch<T> aloc(size_t(N) * HW);
+  const DffmStash<T> st(stash, N, C, R, HW);
+  Scratch<T> aloc_own(stash ? 0 : size_t(N) * HW);
   std::vector<T> ysum(size_t(items) * C);
   at::parallel_for(0, items, 1, [&](int64_t i0, int64_t i1) {
     std::vector<T> buf(size_t(C + R + 2) * kPT), hpack(size_t(w.hid) * kPT);
     T *z = buf.data(), *lpre = z + C * kPT, *mu = lpre + R * kPT, *rs = mu + kPT;
     for (int64_t it = i0; it < i1; ++it) {
       const int64_t n = it / nt, p0 = (it % nt) * kPT, P = std::min(kPT, HW - p0);
-      dffm_tile_front(w, h + n * w.hid * HW + p0, HW, P, out + n * C * HW + p0, mu, rs, z, lpre,
-                      aloc.data() + n * HW + p0, ysum.data() + it * C, hpack.data());
+      if (!stash) {
+        dffm_tile_front(w, h + n * w.hid * HW + p0, HW, P, out + n * C * HW + p0, mu, rs, z, lpre,
+                        aloc_own.data() + n * HW + p0, ysum.data() + it * C, hpack.data());
+        continue;
+      }
+      dffm_tile_front(w, h + n * w.hid * HW + p0, HW, P, st.y(n) + p0, st.mu(n) + p0, st.rstd(n) + p0, z, lpre,
+                      st.aloc(n) + p0, ysum.data() + it * C, hpack.data());
+      for (int r = 0; r < R; ++r) std::copy(lpre + r * kPT, lpre + r * kPT + P, st.lpre(n) + r * HW + p0);
     }
   });
-  dffm_apply_gate(w, ysum.data(), nt, aloc.data(), out, N, HW);
+  if (!stash) return dffm_apply_gate(w, ysum.data(), nt, aloc_own.data(), HW, out, int64_t(C) * HW, out, N, HW);
+  for (int64_t n = 0; n < N; ++n)
+    for (int c = 0; c < C; ++c) {
+      T s = 0;
+      for (int64_t t = 0; t < nt; ++t) s += ysum[(n * nt + t) * C + c];
+      st.ysum(n)[c] = s;
+    }
+  dffm_apply_gate(w, ysum.data(), nt, st.aloc(0), st.stride(), st.y(0), st.stride(), out, N, HW);
 }
 
 // Whole SADFFM layer, forward only (inference): h = gated_dwconv(x) is produced band by band into packed GEMM
@@ -709,45 +745,54 @@ void sadffm_infer_kernel(const T* x, const T* w_in, const T* b_in, const T* w_dw
                         aloc.data() + n * HW + r0 * W + s * kPT, ysum.data() + (it * tpb + s) * Co);
     }
   });
-  dffm_apply_gate(w, ysum.data(), nbands * tpb, aloc.data(), out, N, HW);
+  dffm_apply_gate(w, ysum.data(), nbands * tpb, aloc.data(), HW, out, int64_t(Co) * HW, out, N, HW);
 }
 
 template <typename T>
-void dffm_bwd_kernel(const DffmW<T>& w, const T* go, const T* h, int64_t N, int64_t HW, T* gh, T* gw_out, T* gb_out,
-                     T* gln_w, T* gln_b, T* gw_gr, T* gb_gr, T* gw_lr, T* gb_lr, T* gw_ce, T* gb_ce, T* gw_se,
-                     T* gb_se) {
+void dffm_bwd_kernel(const DffmW<T>& w, const T* go, const T* h, const T* stash, int64_t N, int64_t HW, T* gh,
+                     T* gw_out, T* gb_out, T* gln_w, T* gln_b, T* gw_gr, T* gb_gr, T* gw_lr, T* gb_lr, T* gw_ce,
+                     T* gb_ce, T* gw_se, T* gb_se) {
   const int C = w.C, R = w.R, hid = w.hid;
   const int64_t nt = (HW + kPT - 1) / kPT, items = N * nt;
-  // Per-pixel intermediates kept between the passes, per image n: planes [y (C) | dy_local (C) | lpre (R) | mu |
-  // rstd | a_loc]. They live in gh's own memory when it has room (hid >= 2C + R + 3, as in EIMN: 170 >= 147):
-  // every pass touches only its tile's pixels, and pass C reads a tile's planes before it writes that tile of gh.
-  // Otherwise in a scratch buffer.
+  // Per-pixel intermediates, per image n: y (C planes), lpre (R), mu, rstd, a_loc (the forward front) and the
+  // local part of dy (C). With the forward's stash (DffmStash) the front is read from it (pass A is skipped) and
+  // dy_local lives in gh's memory. Without, pass A recomputes the front into planes [y | dy_local | lpre | mu |
+  // rstd | a_loc], in gh's own memory when it has room (hid >= 2C + R + 3, as in EIMN: 170 >= 147), else in a
+  // scratch buffer. Every pass touches only its tile's pixels, and pass C reads a tile's planes before it writes
+  // that tile of gh.
   const int64_t planes = 2 * int64_t(C) + R + 3;
-  const bool borrow = hid >= planes;
-  Scratch<T> own(borrow ? 0 : size_t(N) * planes * HW);
+  const bool borrow = stash ? hid >= C : hid >= planes;
+  Scratch<T> own(borrow ? 0 : size_t(N) * (stash ? C : planes) * HW);
   T* const base = borrow ? gh : own.data();
-  const int64_t ld = borrow ? hid : planes;  // planes per image
-  auto Yp = [&](int64_t n) { return base + n * ld * HW; };
-  auto DYp = [&](int64_t n) { return base + (n * ld + C) * HW; };
-  auto LPp = [&](int64_t n) { return base + (n * ld + 2 * C) * HW; };
-  auto MUp = [&](int64_t n) { return base + (n * ld + 2 * C + R) * HW; };
-  auto RSp = [&](int64_t n) { return base + (n * ld + 2 * C + R + 1) * HW; };
-  auto ALp = [&](int64_t n) { return base + (n * ld + 2 * C + R + 2) * HW; };
+  const int64_t ld = borrow ? hid : (stash ? C : planes);  // planes per image in base
+  // Front planes: (first plane, planes per image) and plane offsets of lpre, mu, rstd, a_loc; dy_local: offset.
+  T* const fbase = stash ? const_cast<T*>(stash) : base;  // written by pass A only, which never runs with a stash
+  const int64_t fld = stash ? int64_t(C) + R + 3 : ld, oLP = stash ? C : 2 * C, oDY = stash ? 0 : C;
+  auto Yp = [&](int64_t n) { return fbase + n * fld * HW; };
+  auto DYp = [&](int64_t n) { return base + (n * ld + oDY) * HW; };
+  auto LPp = [&](int64_t n) { return Yp(n) + oLP * HW; };
+  auto MUp = [&](int64_t n) { return Yp(n) + (oLP + R) * HW; };
+  auto RSp = [&](int64_t n) { return Yp(n) + (oLP + R + 1) * HW; };
+  auto ALp = [&](int64_t n) { return Yp(n) + (oLP + R + 2) * HW; };
+  // Per-image sums of yhat: per tile (pass A, nt slots per image) or per image (the stash, 1 slot).
+  const int64_t nsum = stash ? 1 : nt;
+  std::vector<T> ysum_own(stash ? 0 : size_t(items) * C);
+  const T* ysum = stash ? DffmStash<T>(const_cast<T*>(stash), N, C, R, HW).ysum(0) : ysum_own.data();
   // Pass A: recompute the forward front, keeping y, mu, rstd, lpre, a_loc.
-  std::vector<T> ysum(size_t(items) * C);
-  at::parallel_for(0, items, 1, [&](int64_t i0, int64_t i1) {
-    std::vector<T> z(size_t(C) * kPT), lpre(size_t(R) * kPT), hpack(size_t(hid) * kPT);
-    for (int64_t it = i0; it < i1; ++it) {
-      const int64_t n = it / nt, p0 = (it % nt) * kPT, P = std::min(kPT, HW - p0);
-      dffm_tile_front(w, h + n * hid * HW + p0, HW, P, Yp(n) + p0, MUp(n) + p0, RSp(n) + p0, z.data(), lpre.data(),
-                      ALp(n) + p0, ysum.data() + it * C, hpack.data());
-      for (int r = 0; r < R; ++r)
-        std::copy(lpre.data() + r * kPT, lpre.data() + r * kPT + P, LPp(n) + r * HW + p0);
-    }
-  });
+  if (!stash)
+    at::parallel_for(0, items, 1, [&](int64_t i0, int64_t i1) {
+      std::vector<T> z(size_t(C) * kPT), lpre(size_t(R) * kPT), hpack(size_t(hid) * kPT);
+      for (int64_t it = i0; it < i1; ++it) {
+        const int64_t n = it / nt, p0 = (it % nt) * kPT, P = std::min(kPT, HW - p0);
+        dffm_tile_front(w, h + n * hid * HW + p0, HW, P, Yp(n) + p0, MUp(n) + p0, RSp(n) + p0, z.data(),
+                        lpre.data(), ALp(n) + p0, ysum_own.data() + it * C, hpack.data());
+        for (int r = 0; r < R; ++r)
+          std::copy(lpre.data() + r * kPT, lpre.data() + r * kPT + P, LPp(n) + r * HW + p0);
+      }
+    });
   std::vector<T> M(size_t(N) * C), GP(size_t(N) * R), G(size_t(N) * R), CC(size_t(N) * C), KN(N);
   for (int64_t n = 0; n < N; ++n)
-    dffm_global(w, ysum.data() + n * nt * C, nt, HW, M.data() + n * C, GP.data() + n * R, G.data() + n * R,
+    dffm_global(w, ysum + n * nsum * C, nsum, HW, M.data() + n * C, GP.data() + n * R, G.data() + n * R,
                 CC.data() + n * C, KN.data() + n);
   // Pass B: per tile partials (dc, sum dsl, dW_lr, db_lr, dw_se[:R], dln_w, dln_b) and the local part of dy.
   std::vector<T> w_lrT(size_t(C) * R);
@@ -871,8 +916,9 @@ void dffm_bwd_kernel(const DffmW<T>& w, const T* go, const T* h, int64_t N, int6
       const T* pt = part.data() + (n * nt + t) * PS;
       for (int c = 0; c < C; ++c) dc[c] += pt[c];
       dsls += pt[O_DSL];
-      for (int c = 0; c < C; ++c) ys[c] += ysum[(n * nt + t) * C + c];
     }
+    for (int64_t t = 0; t < nsum; ++t)
+      for (int c = 0; c < C; ++c) ys[c] += ysum[(n * nsum + t) * C + c];
     const T* g = G.data() + n * R;
     const T* cc = CC.data() + n * C;
     std::fill(dg.begin(), dg.end(), T(0));
@@ -1019,21 +1065,42 @@ template <typename T> DffmW<T> dffm_weights(const std::vector<at::Tensor>& ws, i
   return w;
 }
 
-// Forward: h (N, hid, H, W) + DFFM weights (shapes in check_dffm) -> out (N, C, H, W).
-at::Tensor dffm_out_forward(const at::Tensor& h_, const at::Tensor& w_out, const at::Tensor& b_out,
+// Forward: h (N, hid, H, W) + DFFM weights (shapes in check_dffm) -> out (N, C, H, W); with keep, also the
+// stash for dffm_out_backward_stash (1-d, DffmStash::numel elements), else stash is an empty tensor.
+std::tuple<at::Tensor, at::Tensor> dffm_forward(const at::Tensor& h_, const std::vector<at::Tensor>& ws_, double eps,
+                                                bool keep) {
+  auto ws = check_dffm(h_, ws_);
+  auto h = h_.contiguous();
+  const int64_t N = h.size(0), hid = h.size(1), H = h.size(2), W = h.size(3), C = ws[0].size(0), R = ws[4].size(0);
+  auto out = at::empty({N, C, H, W}, h.options());
+  auto stash = at::empty({keep ? DffmStash<float>::numel(N, C, R, H * W) : 0}, h.options());
+  AT_DISPATCH_FLOATING_TYPES(h.scalar_type(), "dffm_out_forward", [&] {
+    using T = scalar_t;
+    dffm_fwd_kernel<T>(dffm_weights<T>(ws, hid, eps), h.data_ptr<T>(), out.data_ptr<T>(), N, H * W,
+                       keep ? stash.data_ptr<T>() : nullptr);
+  });
+  return {out, stash};
+}
+
+at::Tensor dffm_out_forward(const at::Tensor& h, const at::Tensor& w_out, const at::Tensor& b_out,
                             const at::Tensor& ln_w, const at::Tensor& ln_b, const at::Tensor& w_gr,
                             const at::Tensor& b_gr, const at::Tensor& w_lr, const at::Tensor& b_lr,
                             const at::Tensor& w_ce, const at::Tensor& b_ce, const at::Tensor& w_se,
                             const at::Tensor& b_se, double eps) {
-  auto ws = check_dffm(h_, {w_out, b_out, ln_w, ln_b, w_gr, b_gr, w_lr, b_lr, w_ce, b_ce, w_se, b_se});
-  auto h = h_.contiguous();
-  const int64_t N = h.size(0), hid = h.size(1), H = h.size(2), W = h.size(3), C = ws[0].size(0);
-  auto out = at::empty({N, C, H, W}, h.options());
-  AT_DISPATCH_FLOATING_TYPES(h.scalar_type(), "dffm_out_forward", [&] {
-    dffm_fwd_kernel<scalar_t>(dffm_weights<scalar_t>(ws, hid, eps), h.data_ptr<scalar_t>(), out.data_ptr<scalar_t>(),
-                              N, H * W);
-  });
-  return out;
+  return std::get<0>(
+      dffm_forward(h, {w_out, b_out, ln_w, ln_b, w_gr, b_gr, w_lr, b_lr, w_ce, b_ce, w_se, b_se}, eps, false));
+}
+
+// Forward for training: (out, stash); the stash (y, the LayerNorm statistics and the local-branch
+// pre-activations, DffmStash) lets dffm_out_backward_stash skip recomputing y = W_out h.
+std::tuple<at::Tensor, at::Tensor> dffm_out_forward_stash(const at::Tensor& h, const at::Tensor& w_out,
+                                                          const at::Tensor& b_out, const at::Tensor& ln_w,
+                                                          const at::Tensor& ln_b, const at::Tensor& w_gr,
+                                                          const at::Tensor& b_gr, const at::Tensor& w_lr,
+                                                          const at::Tensor& b_lr, const at::Tensor& w_ce,
+                                                          const at::Tensor& b_ce, const at::Tensor& w_se,
+                                                          const at::Tensor& b_se, double eps) {
+  return dffm_forward(h, {w_out, b_out, ln_w, ln_b, w_gr, b_gr, w_lr, b_lr, w_ce, b_ce, w_se, b_se}, eps, true);
 }
 
 // Smallest hidden tensor (bytes) for which sadffm_infer_forward runs its single kernel; the environment variable
@@ -1072,29 +1139,57 @@ at::Tensor sadffm_infer_forward(const at::Tensor& x_, const at::Tensor& w_in_, c
   return out;
 }
 
-// Backward: grad_out (N, C, H, W) + forward inputs -> gradients of (h, w_out, ..., b_se), same order.
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor,
-           at::Tensor, at::Tensor, at::Tensor, at::Tensor>
-dffm_out_backward(const at::Tensor& go_, const at::Tensor& h_, const at::Tensor& w_out, const at::Tensor& b_out,
-                  const at::Tensor& ln_w, const at::Tensor& ln_b, const at::Tensor& w_gr, const at::Tensor& b_gr,
-                  const at::Tensor& w_lr, const at::Tensor& b_lr, const at::Tensor& w_ce, const at::Tensor& b_ce,
-                  const at::Tensor& w_se, const at::Tensor& b_se, double eps) {
-  auto ws = check_dffm(h_, {w_out, b_out, ln_w, ln_b, w_gr, b_gr, w_lr, b_lr, w_ce, b_ce, w_se, b_se});
+using DffmGrads = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor,
+                             at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>;
+
+// Backward: grad_out (N, C, H, W) + forward inputs (+ the forward's stash, or an undefined tensor) -> gradients of
+// (h, w_out, ..., b_se), same order.
+DffmGrads dffm_backward(const at::Tensor& go_, const at::Tensor& h_, const std::vector<at::Tensor>& ws_, double eps,
+                        const at::Tensor& stash_) {
+  auto ws = check_dffm(h_, ws_);
   check_tensor(go_, "grad_out", 4, h_);
-  const int64_t N = h_.size(0), hid = h_.size(1), H = h_.size(2), W = h_.size(3), C = ws[0].size(0);
+  const int64_t N = h_.size(0), hid = h_.size(1), H = h_.size(2), W = h_.size(3), C = ws[0].size(0),
+                R = ws[4].size(0);
   check_shape(go_, "grad_out", {N, C, H, W});
+  at::Tensor stash;
+  if (stash_.defined()) {
+    check_tensor(stash_, "stash", 1, h_);
+    check_shape(stash_, "stash", {DffmStash<float>::numel(N, C, R, H * W)});
+    stash = stash_.contiguous();
+  }
   auto h = h_.contiguous(), go = go_.contiguous();
   auto gh = at::empty_like(h);
   std::vector<at::Tensor> g;
   for (auto& w : ws) g.push_back(at::empty_like(w));
   AT_DISPATCH_FLOATING_TYPES(h.scalar_type(), "dffm_out_backward", [&] {
     using T = scalar_t;
-    dffm_bwd_kernel<T>(dffm_weights<T>(ws, hid, eps), go.data_ptr<T>(), h.data_ptr<T>(), N, H * W, gh.data_ptr<T>(),
+    dffm_bwd_kernel<T>(dffm_weights<T>(ws, hid, eps), go.data_ptr<T>(), h.data_ptr<T>(),
+                       stash.defined() ? stash.data_ptr<T>() : nullptr, N, H * W, gh.data_ptr<T>(),
                        g[0].data_ptr<T>(), g[1].data_ptr<T>(), g[2].data_ptr<T>(), g[3].data_ptr<T>(),
                        g[4].data_ptr<T>(), g[5].data_ptr<T>(), g[6].data_ptr<T>(), g[7].data_ptr<T>(),
                        g[8].data_ptr<T>(), g[9].data_ptr<T>(), g[10].data_ptr<T>(), g[11].data_ptr<T>());
   });
   return {gh, g[0], g[1], g[2], g[3], g[4], g[5], g[6], g[7], g[8], g[9], g[10], g[11]};
+}
+
+DffmGrads dffm_out_backward(const at::Tensor& go, const at::Tensor& h, const at::Tensor& w_out,
+                            const at::Tensor& b_out, const at::Tensor& ln_w, const at::Tensor& ln_b,
+                            const at::Tensor& w_gr, const at::Tensor& b_gr, const at::Tensor& w_lr,
+                            const at::Tensor& b_lr, const at::Tensor& w_ce, const at::Tensor& b_ce,
+                            const at::Tensor& w_se, const at::Tensor& b_se, double eps) {
+  return dffm_backward(go, h, {w_out, b_out, ln_w, ln_b, w_gr, b_gr, w_lr, b_lr, w_ce, b_ce, w_se, b_se}, eps,
+                       at::Tensor());
+}
+
+// Backward from the stash of dffm_out_forward_stash (same gradients as dffm_out_backward, bit for bit).
+DffmGrads dffm_out_backward_stash(const at::Tensor& go, const at::Tensor& h, const at::Tensor& w_out,
+                                  const at::Tensor& b_out, const at::Tensor& ln_w, const at::Tensor& ln_b,
+                                  const at::Tensor& w_gr, const at::Tensor& b_gr, const at::Tensor& w_lr,
+                                  const at::Tensor& b_lr, const at::Tensor& w_ce, const at::Tensor& b_ce,
+                                  const at::Tensor& w_se, const at::Tensor& b_se, const at::Tensor& stash,
+                                  double eps) {
+  return dffm_backward(go, h, {w_out, b_out, ln_w, ln_b, w_gr, b_gr, w_lr, b_lr, w_ce, b_ce, w_se, b_se}, eps,
+                       stash);
 }
 
 }  // namespace
@@ -1106,5 +1201,7 @@ TORCH_LIBRARY_IMPL(eimn_C, CPU, m) {
   m.impl("gated_dwconv_backward", &eimn::sadffm::gated_dwconv_backward);
   m.impl("dffm_out_forward", &eimn::sadffm::dffm_out_forward);
   m.impl("dffm_out_backward", &eimn::sadffm::dffm_out_backward);
+  m.impl("dffm_out_forward_stash", &eimn::sadffm::dffm_out_forward_stash);
+  m.impl("dffm_out_backward_stash", &eimn::sadffm::dffm_out_backward_stash);
   m.impl("sadffm_infer_forward", &eimn::sadffm::sadffm_infer_forward);
 }

@@ -6,6 +6,8 @@ import torch
 from .. import _ext
 
 SUPPORTED_DTYPES = (torch.float32, torch.float64)
+# Ops whose forward can keep intermediates for the backward (NAME_forward_stash / NAME_backward_stash).
+STASH_OPS = ("dffm_out",)
 
 
 def available(device: torch.device) -> tuple[bool, str]:
@@ -18,8 +20,8 @@ def available(device: torch.device) -> tuple[bool, str]:
 
 
 def __getattr__(name: str):
-    # NAME_forward / NAME_backward map to torch.ops.eimn_C.NAME_forward / _backward,
-    # which the dispatcher sends to the CPU kernels.
-    if name.endswith("_forward") or name.endswith("_backward"):
+    # NAME_forward / NAME_backward (and NAME_forward_stash / NAME_backward_stash) map to
+    # torch.ops.eimn_C.<the same name>, which the dispatcher sends to the CPU kernels.
+    if name.endswith(("_forward", "_backward", "_forward_stash", "_backward_stash")):
         return getattr(torch.ops.eimn_C, name)
     raise AttributeError(name)

@@ -10,6 +10,13 @@ with fake (meta) impls so torch.compile traces them, and an autograd formula
 linking the two. The real work is done by the backend module chosen by the
 ``backend`` string (see :mod:`eimn_kernels.backends`), through its functions
 ``NAME_forward`` and ``NAME_backward``.
+
+An op whose spec has a ``stash`` may keep forward intermediates for its backward:
+``NAME(<inputs>, bool keep, str backend) -> (<outputs>, Tensor stash)`` and
+``NAME_backward(<grads>, <tensor inputs>, Tensor stash, <scalars>, str backend)``.
+A backend listing NAME in its ``STASH_OPS`` fills the stash (when ``keep``) through
+``NAME_forward_stash`` and reads it in ``NAME_backward_stash``; for every other backend,
+or without ``keep``, the stash is an empty tensor and the plain functions run.
 """
 from __future__ import annotations
 
@@ -30,6 +37,12 @@ class OpSpec:
     scalar_inputs: tuple[tuple[str, str], ...]  # (name, schema type) after the tensors
     outputs: tuple[str, ...]                # names of tensor outputs
     fake: Callable                          # fake(*tensors, *scalars) -> output tensor(s)
+    stash: Callable | None = None           # stash(*tensors, *scalars) -> empty stash tensor of a stashing backend
+
+
+def _stashes(spec: OpSpec, backend: str) -> bool:
+    """Whether ``backend`` keeps a stash for op ``spec`` (lists it in STASH_OPS)."""
+    return spec.stash is not None and spec.name in getattr(get_impl(backend), "STASH_OPS", ())
 
 
 def _schema_out(n: int) -> str:
@@ -38,28 +51,51 @@ def _schema_out(n: int) -> str:
 
 def register(spec: OpSpec) -> tuple[object, object]:
     """Define NAME and NAME_backward for ``spec``; returns (forward op, backward op) overloads."""
-    ins = [f"Tensor {n}" for n in spec.tensor_inputs] + [f"{t} {n}" for n, t in spec.scalar_inputs]
+    stash = spec.stash is not None
+    tin = [f"Tensor {n}" for n in spec.tensor_inputs]
+    sin = [f"{t} {n}" for n, t in spec.scalar_inputs]
     grads = [f"Tensor grad_{n}" for n in spec.outputs]
-    LIB.define(f"{spec.name}({', '.join(ins)}, str backend) -> {_schema_out(len(spec.outputs))}")
-    LIB.define(f"{spec.name}_backward({', '.join(grads + ins)}, str backend) -> "
-               f"{_schema_out(len(spec.tensor_inputs))}")
-    n_out, n_in = len(spec.outputs), len(spec.tensor_inputs)
+    keep = ["bool keep"] if stash else []
+    LIB.define(f"{spec.name}({', '.join(tin + sin + keep)}, str backend) -> "
+               f"{_schema_out(len(spec.outputs) + stash)}")
+    LIB.define(f"{spec.name}_backward({', '.join(grads + tin + (['Tensor stash'] if stash else []) + sin)}, "
+               f"str backend) -> {_schema_out(len(spec.tensor_inputs))}")
+    n_out, n_in, n_scalar = len(spec.outputs), len(spec.tensor_inputs), len(spec.scalar_inputs)
 
     def forward_impl(*args):
-        *a, backend = args
-        out = getattr(get_impl(backend), f"{spec.name}_forward")(*a)
-        return out
+        backend = args[-1]
+        impl = get_impl(backend)
+        if not stash:
+            return getattr(impl, f"{spec.name}_forward")(*args[:-1])
+        a, keep_ = args[:-2], args[-2]
+        if keep_ and _stashes(spec, backend):
+            return tuple(getattr(impl, f"{spec.name}_forward_stash")(*a))
+        out = getattr(impl, f"{spec.name}_forward")(*a)
+        outs = (out,) if torch.is_tensor(out) else tuple(out)
+        return (*outs, outs[0].new_empty(0))
 
     def backward_impl(*args):
         *a, backend = args
-        return tuple(getattr(get_impl(backend), f"{spec.name}_backward")(*a))
+        impl = get_impl(backend)
+        if not stash:
+            return tuple(getattr(impl, f"{spec.name}_backward")(*a))
+        st = a[n_out + n_in]
+        if st.numel() and _stashes(spec, backend):
+            return tuple(getattr(impl, f"{spec.name}_backward_stash")(*a))
+        return tuple(getattr(impl, f"{spec.name}_backward")(*a[:n_out + n_in], *a[n_out + n_in + 1:]))
 
     LIB.impl(spec.name, forward_impl, "CompositeExplicitAutograd")
     LIB.impl(f"{spec.name}_backward", backward_impl, "CompositeExplicitAutograd")
 
     def fake_forward(*args):
-        *a, _backend = args
-        return spec.fake(*a)
+        backend = args[-1]
+        if not stash:
+            return spec.fake(*args[:-1])
+        a, keep_ = args[:-2], args[-2]
+        out = spec.fake(*a)
+        outs = (out,) if torch.is_tensor(out) else tuple(out)
+        st = spec.stash(*a) if keep_ and _stashes(spec, backend) else outs[0].new_empty(0)
+        return (*outs, st)
 
     def fake_backward(*args):
         inputs = args[n_out:n_out + n_in]
@@ -70,21 +106,25 @@ def register(spec: OpSpec) -> tuple[object, object]:
 
     fwd = getattr(torch.ops.eimn_kernels, spec.name).default
     bwd = getattr(torch.ops.eimn_kernels, f"{spec.name}_backward").default
-    n_scalar = len(spec.scalar_inputs)
 
     def setup_context(ctx, inputs, output):
-        ctx.save_for_backward(*inputs[:n_in])
+        saved = list(inputs[:n_in])
+        if stash:
+            ctx.mark_non_differentiable(output[-1])
+            saved.append(output[-1])
+        ctx.save_for_backward(*saved)
         ctx.scalars = tuple(inputs[n_in:n_in + n_scalar])
         ctx.backend = inputs[-1]
 
     def backward(ctx, *grad_outputs):
         saved = ctx.saved_tensors
+        grad_outputs = grad_outputs[:n_out]  # not the stash's
         if any(g is None for g in grad_outputs):
-            outs = _fake_like_outputs(saved, ctx, spec)
+            outs = _fake_like_outputs(saved[:n_in], ctx, spec)
             grad_outputs = [torch.zeros_like(o) if g is None else g for g, o in zip(grad_outputs, outs)]
         gouts = [g.contiguous() for g in grad_outputs]
         grads = bwd(*gouts, *saved, *ctx.scalars, ctx.backend)
-        return (*grads, *([None] * (n_scalar + 1)))
+        return (*grads, *([None] * (n_scalar + stash + 1)))
 
     torch.library.register_autograd(f"eimn_kernels::{spec.name}", backward,
                                     setup_context=setup_context, lib=LIB)

@@ -19,9 +19,18 @@ _gated_dwconv_op, _ = register(OpSpec(
 
 _DFFM_W = ("w_out", "b_out", "ln_w", "ln_b", "w_gr", "b_gr", "w_lr", "b_lr", "w_ce", "b_ce", "w_se", "b_se")
 
+
+
+def _dffm_stash_fake(h: _T, w_out: _T, b_out: _T, ln_w: _T, ln_b: _T, w_gr: _T, *rest) -> _T:
+    """The CPU backend's stash: per image y (C), lpre (R), mu, rstd, a_loc planes of H x W, then C sums."""
+    N, C, R, HW = h.shape[0], w_out.shape[0], w_gr.shape[0], h.shape[2] * h.shape[3]
+    return h.new_empty(N * ((C + R + 3) * HW + C))
+
+
 _dffm_out_op, _ = register(OpSpec(
     "dffm_out", ("h",) + _DFFM_W, (("eps", "float"),), ("out",),
-    fake=lambda h, w_out, *rest: h.new_empty(h.shape[0], w_out.shape[0], *h.shape[2:])))
+    fake=lambda h, w_out, *rest: h.new_empty(h.shape[0], w_out.shape[0], *h.shape[2:]),
+    stash=_dffm_stash_fake))
 
 
 # Whole layer, forward only (no autograd formula): backends with a ``sadffm_infer_forward`` (cpu) run
@@ -109,7 +118,10 @@ def dffm_out(h: _T, w_out: _T, b_out: _T, ln_w: _T, ln_b: _T, w_gr: _T, b_gr: _T
     ws = (w_out, b_out, ln_w, ln_b, w_gr, b_gr, w_lr, b_lr, w_ce, b_ce, w_se, b_se)
     if backend == "reference":
         return reference.dffm_out(h, *ws, eps)
-    return _dffm_out_op(h.contiguous(), *(w.contiguous() for w in ws), float(eps), backend)
+    # keep: the backend may save forward intermediates for the backward (cpu: y and the LayerNorm statistics,
+    # so its backward does not recompute y = W_out h) when a gradient will be needed.
+    keep = torch.is_grad_enabled() and (h.requires_grad or any(w.requires_grad for w in ws))
+    return _dffm_out_op(h.contiguous(), *(w.contiguous() for w in ws), float(eps), keep, backend)[0]
 
 
 def sadffm_layer(x: _T, w_in: _T, b_in: _T, w_dw: _T, b_dw: _T, w_out: _T, b_out: _T, ln_w: _T, ln_b: _T,
