@@ -86,19 +86,26 @@ def op_calls(ns: str, shape: tuple[int, int, int, int]) -> dict:
     h = r(N, hid, H, W, scale=1.0)
     gh = r(N, hid, H, W, scale=1.0)
 
-    def dffm_train(hh):
-        """dffm_out forward + backward as autograd runs them: through the stash where the build has it."""
+    def train(name, grad, tensors, scalars=()):
+        """Forward + backward of op ``name`` as autograd runs them on the cpu backend: through the forward's stash
+        where the build has the stash ops, else the plain pair. Returns the forward output and the gradients."""
         try:
-            out, st = o.dffm_out_forward_stash(hh, *fw, 1e-6)
-            return o.dffm_out_backward_stash(gy, hh, *fw, st, 1e-6)
+            out, st = getattr(o, f"{name}_forward_stash")(*tensors, *scalars)
+            return out, getattr(o, f"{name}_backward_stash")(grad, *tensors, st, *scalars)
         except (AttributeError, RuntimeError):  # a build without the stash ops
-            o.dffm_out_forward(hh, *fw, 1e-6)
-            return o.dffm_out_backward(gy, hh, *fw, 1e-6)
+            out = getattr(o, f"{name}_forward")(*tensors, *scalars)
+            return out, getattr(o, f"{name}_backward")(grad, *tensors, *scalars)
 
     def sadffm_train():
         """One SADFFM training step of the CPU kernels: both forwards, both backwards."""
-        hh = o.gated_dwconv_forward(x, *gw)
-        return o.gated_dwconv_backward(dffm_train(hh)[0], x, *gw)
+        try:
+            hh, st = o.gated_dwconv_forward_stash(x, *gw)
+            _, gd = train("dffm_out", gy, (hh, *fw), (1e-6,))
+            return o.gated_dwconv_backward_stash(gd[0], x, *gw, st)
+        except (AttributeError, RuntimeError):
+            hh = o.gated_dwconv_forward(x, *gw)
+            _, gd = train("dffm_out", gy, (hh, *fw), (1e-6,))
+            return o.gated_dwconv_backward(gd[0], x, *gw)
     return {
         "proj_qv_forward": lambda: o.proj_qv_forward(x, wq, bq, wv, bv),
         "proj_qv_backward": lambda: o.proj_qv_backward(gq, gv, x, wq, bq, wv, bv),
@@ -111,7 +118,8 @@ def op_calls(ns: str, shape: tuple[int, int, int, int]) -> dict:
         "dffm_out_forward": lambda: o.dffm_out_forward(h, *fw, 1e-6),
         "dffm_out_backward": lambda: o.dffm_out_backward(gy, h, *fw, 1e-6),
         "sadffm_infer_forward": lambda: o.sadffm_infer_forward(x, *gw, *fw, 1e-6),
-        "dffm_out_train": lambda: dffm_train(h),
+        "gated_dwconv_train": lambda: train("gated_dwconv", gh, (x, *gw)),
+        "dffm_out_train": lambda: train("dffm_out", gy, (h, *fw), (1e-6,)),
         "sadffm_train": sadffm_train,
     }
 

@@ -234,6 +234,14 @@ def _malloc_trim() -> None:
         pass
 
 
+def _empty_eimn_cpu_cache() -> None:
+    try:
+        import eimn_kernels
+        eimn_kernels.empty_cpu_cache()
+    except ImportError:
+        pass
+
+
 def peak_memory(fn: Callable, device: torch.device | str = "cpu") -> tuple[int | None, str]:
     """(bytes, method): extra memory at the peak of one call of ``fn`` over what was in use before it.
     None when it cannot be measured here."""
@@ -245,6 +253,7 @@ def peak_memory(fn: Callable, device: torch.device | str = "cpu") -> tuple[int |
         fn()
         torch.cuda.synchronize(dev)
         return torch.cuda.max_memory_allocated(dev) - base, "torch.cuda.max_memory_allocated delta"
+    _empty_eimn_cpu_cache()  # and the buffers the eimn CPU kernels keep for reuse
     _malloc_trim()  # hand freed heap pages back, so this call's allocations show up in the RSS again
     base = _proc_status("VmRSS")
     if base is None or not _reset_hwm():

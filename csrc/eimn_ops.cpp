@@ -6,6 +6,8 @@
 #include <torch/library.h>
 #include <Python.h>
 
+#include "cpu/cpu_pool.h"
+
 namespace eimn {
 bool built_with_cuda() {
 #ifdef EIMN_WITH_CUDA
@@ -14,10 +16,16 @@ bool built_with_cuda() {
   return false;
 #endif
 }
+std::vector<int64_t> cpu_pool_stats() { return cpu::pool().stats(); }
+void cpu_pool_clear() { cpu::pool().clear(); }
 }  // namespace eimn
 
 TORCH_LIBRARY(eimn_C, m) {
   m.def("built_with_cuda() -> bool", &eimn::built_with_cuda);
+  // The CPU kernels' cache of freed large buffers (csrc/cpu/cpu_pool.h): [cached bytes, cached blocks, hits,
+  // misses, cap bytes], and freeing every cached block.
+  m.def("cpu_pool_stats() -> int[]", &eimn::cpu_pool_stats);
+  m.def("cpu_pool_clear() -> ()", &eimn::cpu_pool_clear);
   // MOLRCM spatial mixing: y = cat(DW1(r[:c1]), r[c1:c1+c2], DW2(r[c1+c2:])), r = DW0(q).
   m.def("dw_mix_forward(Tensor q, Tensor w0, Tensor b0, Tensor w1, Tensor b1, Tensor w2, Tensor b2, "
         "int c1, int c2, int d0, int d1, int d2) -> Tensor");
@@ -35,6 +43,11 @@ TORCH_LIBRARY(eimn_C, m) {
   m.def("gated_dwconv_forward(Tensor x, Tensor w_in, Tensor b_in, Tensor w_dw, Tensor b_dw) -> Tensor");
   m.def("gated_dwconv_backward(Tensor grad_h, Tensor x, Tensor w_in, Tensor b_in, Tensor w_dw, Tensor b_dw) "
         "-> (Tensor, Tensor, Tensor, Tensor, Tensor)");
+  // The same keeping U = W_in x + b_in for the backward (training; CPU): an opaque 1-d stash that
+  // gated_dwconv_backward_stash reads instead of recomputing that GEMM.
+  m.def("gated_dwconv_forward_stash(Tensor x, Tensor w_in, Tensor b_in, Tensor w_dw, Tensor b_dw) -> (Tensor, Tensor)");
+  m.def("gated_dwconv_backward_stash(Tensor grad_h, Tensor x, Tensor w_in, Tensor b_in, Tensor w_dw, Tensor b_dw, "
+        "Tensor stash) -> (Tensor, Tensor, Tensor, Tensor, Tensor)");
   // SADFFM back: y = W_out h + b_out; DFFM gate y * c * s.
   m.def("dffm_out_forward(Tensor h, Tensor w_out, Tensor b_out, Tensor ln_w, Tensor ln_b, Tensor w_gr, "
         "Tensor b_gr, Tensor w_lr, Tensor b_lr, Tensor w_ce, Tensor b_ce, Tensor w_se, Tensor b_se, float eps) -> Tensor");

@@ -3,9 +3,11 @@
 Functional ops (NCHW tensors, ``backend='auto'|'reference'|'cpu'|'triton'|'cuda'``):
 ``dw_mix``, ``proj_qv``, ``gate_out`` (MOLRCM) and ``gated_dwconv``, ``dffm_out`` (SADFFM); ``sadffm_layer``
 (the whole SADFFM layer: one kernel that never writes the hidden tensor when no gradient is needed).
-Modules: ``MOLRCM``, ``SADFFM``. Model surgery: ``fuse``, ``optimize_for_inference``.
+Modules: ``MOLRCM``, ``SADFFM``. Model surgery: ``fuse``, ``optimize_for_inference``. The CPU kernels' buffer
+cache: ``cpu_cache_info``, ``empty_cpu_cache``.
 """
 from . import _ext, reference
+from ._ext import cpu_cache_info, empty_cpu_cache
 from .backends import BACKENDS, available_backends, backend_status, resolve_backend
 from .fuse import fuse
 from .inference import optimize_for_inference
@@ -16,4 +18,4 @@ __version__ = "0.1.0"
 
 __all__ = ["BACKENDS", "available_backends", "backend_status", "resolve_backend", "fuse", "optimize_for_inference",
            "MOLRCM", "SADFFM", "dw_mix", "proj_qv", "gate_out", "gated_dwconv", "dffm_out", "sadffm_layer",
-           "reference"]
+           "reference", "cpu_cache_info", "empty_cpu_cache"]

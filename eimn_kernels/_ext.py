@@ -40,3 +40,21 @@ def extension_error() -> str | None:
 def built_with_cuda() -> bool:
     """True when the extension holds CUDA kernels."""
     return _C is not None and bool(torch.ops.eimn_C.built_with_cuda())
+
+
+def empty_cpu_cache() -> None:
+    """Free the CPU kernels' cache of freed large buffers (the CPU counterpart of ``torch.cuda.empty_cache``).
+
+    The CPU ops take their outputs and scratch of 1 MiB or more from a cache that keeps freed buffers for reuse,
+    which spares the page faults of fresh allocations; what it holds while unused is capped by the environment
+    variable ``EIMN_CPU_POOL_MB`` (MiB, read at the first allocation; default 1024, 0 turns the cache off)."""
+    if _C is not None:
+        torch.ops.eimn_C.cpu_pool_clear()
+
+
+def cpu_cache_info() -> dict:
+    """The CPU buffer cache: ``cached_bytes``, ``cached_blocks`` (held while unused), ``hits``, ``misses``
+    (requests served from / not from it) and ``cap_bytes``; all zero without the extension."""
+    keys = ("cached_bytes", "cached_blocks", "hits", "misses", "cap_bytes")
+    vals = list(torch.ops.eimn_C.cpu_pool_stats()) if _C is not None else [0] * len(keys)
+    return dict(zip(keys, vals))

@@ -136,10 +136,12 @@ def test_golden_layer_sadffm(backend):
 def test_opcheck(backend):
     name, dev = backend
     x, *gw = gdw_inputs(2, 3, 4, 5, 6, 3, torch.float64, dev)
-    torch.library.opcheck(torch.ops.eimn_kernels.gated_dwconv, (x, *gw, name))
     gh = torch.randn(2, 4, 5, 6, dtype=torch.float64, device=dev)
-    torch.library.opcheck(torch.ops.eimn_kernels.gated_dwconv_backward, (gh, x, *gw, name),
-                          test_utils=("test_schema", "test_faketensor"))
+    for keep in (False, True):
+        torch.library.opcheck(torch.ops.eimn_kernels.gated_dwconv, (x, *gw, keep, name))
+        _, stash = torch.ops.eimn_kernels.gated_dwconv(x, *gw, keep, name)
+        torch.library.opcheck(torch.ops.eimn_kernels.gated_dwconv_backward, (gh, x, *gw, stash, name),
+                              test_utils=("test_schema", "test_faketensor"))
     h, *dw = dffm_inputs(2, 5, 8, 3, 4, torch.float64, dev)
     go = torch.randn(2, 8, 3, 4, dtype=torch.float64, device=dev)
     for keep in (False, True):
@@ -156,7 +158,7 @@ def test_torch_compile_fullgraph(backend):
     _, *dw = dffm_inputs(2, 3, 4, 5, 7, torch.float32, dev)
 
     def f(t, *ws):
-        h = torch.ops.eimn_kernels.gated_dwconv(t, *ws[:4], name)
+        h = torch.ops.eimn_kernels.gated_dwconv(t, *ws[:4], torch.is_grad_enabled(), name)[0]
         return torch.ops.eimn_kernels.dffm_out(h, *ws[4:], 1e-6, torch.is_grad_enabled(), name)[0] * 2.0
 
     torch._dynamo.reset()
@@ -244,13 +246,44 @@ def test_deterministic_weight_grads(backend):
     h, *dw = dffm_inputs(3, 6, 8, 17, 13, torch.float32, dev)
     gh = torch.randn_like(h)
     go = torch.randn(3, 8, 17, 13, device=dev)
-    a = torch.ops.eimn_kernels.gated_dwconv_backward(gh, x, *gw, name)
-    b = torch.ops.eimn_kernels.gated_dwconv_backward(gh, x, *gw, name)
+    _, ustash = torch.ops.eimn_kernels.gated_dwconv(x, *gw, True, name)
+    a = torch.ops.eimn_kernels.gated_dwconv_backward(gh, x, *gw, ustash, name)
+    b = torch.ops.eimn_kernels.gated_dwconv_backward(gh, x, *gw, ustash, name)
     _, stash = torch.ops.eimn_kernels.dffm_out(h, *dw, 1e-6, True, name)
     c = torch.ops.eimn_kernels.dffm_out_backward(go, h, *dw, stash, 1e-6, name)
     d = torch.ops.eimn_kernels.dffm_out_backward(go, h, *dw, stash, 1e-6, name)
     for u, v in zip(a + c, b + d):
         assert torch.equal(u, v)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+@pytest.mark.parametrize("shape", [(3, 8, 6, 17, 13, 3), (1, 6, 4, 70, 9, 5), (2, 3, 2, 1, 1, 1), (1, 4, 3, 9, 300, 7)],
+                         ids=lambda s: "x".join(map(str, s)))
+def test_gated_dwconv_stash(backend, shape, dtype):
+    """keep=True: the forward keeps U = W_in x + b_in for the backward (cpu: a 1-d stash with 8 guard zeros at
+    each end; other backends: an empty one). Same h, and the backward from the stash gives exactly the gradients
+    of the backward that recomputes U (empty stash). Several row bands (H = 70), K = 1 / 3 / 5 / 7."""
+    name, dev = backend
+    N, C, hid, H, W, K = shape
+    x, *gw = gdw_inputs(N, C, hid, H, W, K, dtype, dev)
+    gh = torch.randn(N, hid, H, W, dtype=dtype, device=dev)
+    h0, empty = torch.ops.eimn_kernels.gated_dwconv(x, *gw, False, name)
+    h1, stash = torch.ops.eimn_kernels.gated_dwconv(x, *gw, True, name)
+    assert empty.numel() == 0 and torch.equal(h0, h1)
+    if name == "cpu":
+        assert stash.shape == (N * 2 * hid * H * W + 16,)
+        u = torch.nn.functional.conv2d(x, gw[0], gw[1])
+        torch.testing.assert_close(stash[8:-8].view(N, 2 * hid, H, W), u)
+        assert not stash[:8].any() and not stash[-8:].any()
+    else:
+        assert stash.numel() == 0
+    a = torch.ops.eimn_kernels.gated_dwconv_backward(gh, x, *gw, stash, name)
+    b = torch.ops.eimn_kernels.gated_dwconv_backward(gh, x, *gw, empty, name)
+    for u_, v_ in zip(a, b):
+        assert torch.equal(u_, v_)
+    if name == "cpu":
+        with pytest.raises(RuntimeError, match="stash must have shape"):
+            torch.ops.eimn_C.gated_dwconv_backward_stash(gh, x, *gw, stash[1:])
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
@@ -290,7 +323,9 @@ def test_cpu_backward_same_for_1_and_2_threads():
     try:
         for threads in (1, 2):
             torch.set_num_threads(threads)
-            outs.append(torch.ops.eimn_kernels.gated_dwconv_backward(gh, x, *gw, "cpu")
+            outs.append(torch.ops.eimn_kernels.gated_dwconv_backward(gh, x, *gw, torch.empty(0), "cpu")
+                        + torch.ops.eimn_kernels.gated_dwconv_backward(
+                            gh, x, *gw, torch.ops.eimn_kernels.gated_dwconv(x, *gw, True, "cpu")[1], "cpu")
                         + torch.ops.eimn_kernels.dffm_out_backward(go, h, *dw, torch.empty(0), 1e-6, "cpu")
                         + torch.ops.eimn_kernels.dffm_out_backward(
                             go, h, *dw, torch.ops.eimn_kernels.dffm_out(h, *dw, 1e-6, True, "cpu")[1], 1e-6, "cpu"))

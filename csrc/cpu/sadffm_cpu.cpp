@@ -15,6 +15,7 @@
 
 #include "eimn_math.h"
 #include "cpu_gemm.h"
+#include "cpu_pool.h"
 #include "cpu_vmath.h"
 
 namespace eimn {
@@ -41,13 +42,8 @@ void check_image(const at::Tensor& x, const char* name) {
               " is empty (shape ", x.sizes(), "): N, H and W must be >= 1");
 }
 
-// Uninitialised scratch array (no zero fill of large buffers).
-template <typename T> struct Scratch {
-  std::unique_ptr<T[]> p;
-  explicit Scratch(size_t n) : p(new T[n]) {}
-  T* data() { return p.get(); }
-  const T* data() const { return p.get(); }
-};
+// Uninitialised scratch array (no zero fill of large buffers; large ones from the buffer pool of cpu_pool.h).
+template <typename T> using Scratch = PoolBuf<T>;
 
 // Fixed split of [0, items) into at most max_chunks contiguous chunks (independent of the thread count).
 struct Chunks {
@@ -220,9 +216,15 @@ template <typename T> struct PairGroupWeights {
   }
 };
 
+// The gated_dwconv forward's stash for its backward (gated_dwconv_forward_stash): U = W_in x + b_in, all 2*hid
+// channels in linear_in's order, (N, 2*hid, H, W) contiguous after kRowGuard zeros and followed by kRowGuard zeros
+// (dw_plane reads it in place).
+inline int64_t gated_stash_numel(int64_t N, int64_t hid, int64_t HW) { return N * 2 * hid * HW + 2 * kRowGuard; }
+
+// Forward. ustash: the stash's first element of U (past its leading guard), or nullptr.
 template <typename T>
 void gated_dwconv_fwd_kernel(const T* x, const T* w_in, const T* b_in, const T* w_dw, const T* b_dw, T* h,
-                             int64_t N, int C, int hid, int64_t H, int64_t W, int K) {
+                             int64_t N, int C, int hid, int64_t H, int64_t W, int K, T* ustash) {
   const int pad = K / 2;
   const int64_t HW = H * W;
   const int ngroups = (hid + kGroup - 1) / kGroup;
@@ -258,6 +260,12 @@ void gated_dwconv_fwd_kernel(const T* x, const T* w_in, const T* b_in, const T* 
       T* a2 = acc.data() + Pb;
       for (int j = 0; j < gs; ++j) {
         const int c = c0 + j;
+        if (ustash) {  // this band's rows of U (not the halo rows: those belong to the neighbouring bands)
+          const T* u1 = t1 + j * P + (r0 - a) * W;
+          const T* u2 = t2 + j * P + (r0 - a) * W;
+          std::copy(u1, u1 + Pb, ustash + (n * 2 * hid + c) * HW + r0 * W);
+          std::copy(u2, u2 + Pb, ustash + (n * 2 * hid + hid + c) * HW + r0 * W);
+        }
         dw_plane(t1 + j * P, a, b, r0, r1, W, K, w_dw + int64_t(c) * K * K, b_dw[c], a1, zeros.data());
         dw_plane(t2 + j * P, a, b, r0, r1, W, K, w_dw + int64_t(hid + c) * K * K, b_dw[hid + c], a2, zeros.data());
         T* out = h + (n * hid + c) * HW + r0 * W;
@@ -351,10 +359,11 @@ void dw_wgrad(const T* d, const T* up, int64_t H, int64_t W, int64_t Wp, int K, 
 //                                                     the packed GEMM panels, so neither GEMM below repacks it)
 // then dx[band] = W_in^T dUb, and dW_in, db_in partials (per fixed chunk of items) += dUb x[band]^T, sum dUb.
 // U is recomputed over a 2p-row halo on each side; the band height trades that halo against the size of dUb.
+// With the forward's stash (ustash: its first element of U, else nullptr) U is read from it instead.
 template <typename T>
 void gated_dwconv_bwd_kernel(const T* gh, const T* x, const T* w_in, const T* b_in, const T* w_dw, const T* b_dw,
                              T* gx, T* gw_in, T* gb_in, T* gw_dw, T* gb_dw, int64_t N, int C, int hid, int64_t H,
-                             int64_t W, int K) {
+                             int64_t W, int K, const T* ustash) {
   const int C2 = 2 * hid, KK = K * K, pad = K / 2;
   const int64_t HW = H * W, Wp = W + 2 * pad;
   // Band height: about 4096 pixels, and at least 8 items in all where the images allow (thread-count independent,
@@ -376,8 +385,8 @@ void gated_dwconv_bwd_kernel(const T* gh, const T* x, const T* w_in, const T* b_
   constexpr int NR = panel_width<T>();
   at::parallel_for(0, ch.n, 1, [&](int64_t k0, int64_t k1) {
     const int64_t maxPu = std::min(H, band + 4 * pad) * W, maxPt = std::min(H, band + 2 * pad) * W;
-    std::vector<T> xpack(size_t(C) * ((maxPu + NR - 1) / NR) * NR);
-    GuardedBuf<T> ubuf(size_t(2 * kGroup) * maxPu), dt(2 * size_t(maxPt)), zeros(W);
+    std::vector<T> xpack(ustash ? 0 : size_t(C) * ((maxPu + NR - 1) / NR) * NR);
+    GuardedBuf<T> ubuf(ustash ? 0 : size_t(2 * kGroup) * maxPu), dt(2 * size_t(maxPt)), zeros(W);
     std::vector<T> upad(size_t(band + 2 * pad) * Wp, T(0));
     std::vector<T> dub(size_t(C2) * ((band * W + NR - 1) / NR) * NR, T(0)), duband(size_t(band) * W);
     std::vector<T> colacc(dw_wgrad_colacc_size(K, W));
@@ -390,15 +399,17 @@ void gated_dwconv_bwd_kernel(const T* gh, const T* x, const T* w_in, const T* b_
         const int64_t ta = std::max<int64_t>(0, r0 - pad), tb = std::min(H, r1 + pad);
         const int64_t Pu = (ub - ua) * W, Pt = (tb - ta) * W, Pb = (r1 - r0) * W;
         const T* xn = x + n * C * HW;
-        pack_b<T>(C, Pu, xn + ua * W, HW, xpack.data());
+        if (!ustash) pack_b<T>(C, Pu, xn + ua * W, HW, xpack.data());
         for (int g = 0; g < ngroups; ++g) {
           const int c0 = g * kGroup, gs = std::min(kGroup, hid - c0);
-          gemm_nn_packed<T>(2 * gs, C, Pu, pw.w.data() + int64_t(2 * c0) * C, C, xpack.data(), ubuf.data(), Pu,
-                            pw.b.data() + 2 * c0, false);
+          if (!ustash)
+            gemm_nn_packed<T>(2 * gs, C, Pu, pw.w.data() + int64_t(2 * c0) * C, C, xpack.data(), ubuf.data(), Pu,
+                              pw.b.data() + 2 * c0, false);
           for (int j = 0; j < gs; ++j) {
             const int c1 = c0 + j, c2 = hid + c0 + j;
-            const T* u1 = ubuf.data() + int64_t(j) * Pu;
-            const T* u2 = ubuf.data() + int64_t(gs + j) * Pu;
+            // Rows [ua, ub) of U's channels c1 and c2.
+            const T* u1 = ustash ? ustash + (n * C2 + c1) * HW + ua * W : ubuf.data() + int64_t(j) * Pu;
+            const T* u2 = ustash ? ustash + (n * C2 + c2) * HW + ua * W : ubuf.data() + int64_t(gs + j) * Pu;
             T* d1 = dt.data();
             T* d2 = dt.data() + maxPt;
             dw_plane(u1, ua, ub, ta, tb, W, K, w_dw + int64_t(c1) * KK, b_dw[c1], d1, zeros.data());
@@ -476,42 +487,83 @@ void check_gated_dwconv(const at::Tensor& x, const at::Tensor& w_in, const at::T
   check_shape(b_dw, "b_dw", {C2});
 }
 
-// Forward: x (N, C, H, W), w_in (2h, C, 1, 1), b_in (2h), w_dw (2h, 1, K, K), b_dw (2h) -> h (N, h, H, W).
-at::Tensor gated_dwconv_forward(const at::Tensor& x_, const at::Tensor& w_in_, const at::Tensor& b_in_,
-                                const at::Tensor& w_dw_, const at::Tensor& b_dw_) {
+// Forward: x (N, C, H, W), w_in (2h, C, 1, 1), b_in (2h), w_dw (2h, 1, K, K), b_dw (2h) -> h (N, h, H, W);
+// with keep, also the stash for gated_dwconv_backward_stash (1-d, gated_stash_numel), else an empty tensor.
+std::tuple<at::Tensor, at::Tensor> gated_forward(const at::Tensor& x_, const at::Tensor& w_in_,
+                                                 const at::Tensor& b_in_, const at::Tensor& w_dw_,
+                                                 const at::Tensor& b_dw_, bool keep) {
   check_gated_dwconv(x_, w_in_, b_in_, w_dw_, b_dw_);
   auto x = x_.contiguous(), w_in = w_in_.contiguous(), b_in = b_in_.contiguous(), w_dw = w_dw_.contiguous(),
        b_dw = b_dw_.contiguous();
   const int64_t N = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3), hid = w_in.size(0) / 2;
-  auto h = at::empty({N, hid, H, W}, x.options());
+  auto h = pooled_empty({N, hid, H, W}, x.options());
+  auto stash = pooled_empty({keep ? gated_stash_numel(N, hid, H * W) : 0}, x.options());
+  if (keep) {  // the guards
+    stash.narrow(0, 0, kRowGuard).zero_();
+    stash.narrow(0, stash.numel() - kRowGuard, kRowGuard).zero_();
+  }
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "gated_dwconv_forward", [&] {
-    gated_dwconv_fwd_kernel<scalar_t>(x.data_ptr<scalar_t>(), w_in.data_ptr<scalar_t>(), b_in.data_ptr<scalar_t>(),
-                                      w_dw.data_ptr<scalar_t>(), b_dw.data_ptr<scalar_t>(), h.data_ptr<scalar_t>(),
-                                      N, int(C), int(hid), H, W, int(w_dw.size(-1)));
+    using T = scalar_t;
+    gated_dwconv_fwd_kernel<T>(x.data_ptr<T>(), w_in.data_ptr<T>(), b_in.data_ptr<T>(), w_dw.data_ptr<T>(),
+                               b_dw.data_ptr<T>(), h.data_ptr<T>(), N, int(C), int(hid), H, W, int(w_dw.size(-1)),
+                               keep ? stash.data_ptr<T>() + kRowGuard : nullptr);
   });
-  return h;
+  return {h, stash};
 }
 
-// Backward: grad_h (N, h, H, W) + forward inputs -> (grad_x, grad_w_in, grad_b_in, grad_w_dw, grad_b_dw).
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> gated_dwconv_backward(
-    const at::Tensor& gh_, const at::Tensor& x_, const at::Tensor& w_in_, const at::Tensor& b_in_,
-    const at::Tensor& w_dw_, const at::Tensor& b_dw_) {
+at::Tensor gated_dwconv_forward(const at::Tensor& x, const at::Tensor& w_in, const at::Tensor& b_in,
+                                const at::Tensor& w_dw, const at::Tensor& b_dw) {
+  return std::get<0>(gated_forward(x, w_in, b_in, w_dw, b_dw, false));
+}
+
+// Forward for training: (h, stash); the stash (U = W_in x + b_in) lets gated_dwconv_backward_stash skip that GEMM.
+std::tuple<at::Tensor, at::Tensor> gated_dwconv_forward_stash(const at::Tensor& x, const at::Tensor& w_in,
+                                                              const at::Tensor& b_in, const at::Tensor& w_dw,
+                                                              const at::Tensor& b_dw) {
+  return gated_forward(x, w_in, b_in, w_dw, b_dw, true);
+}
+
+using GatedGrads = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>;
+
+// Backward: grad_h (N, h, H, W) + forward inputs (+ the forward's stash, or an undefined tensor)
+// -> (grad_x, grad_w_in, grad_b_in, grad_w_dw, grad_b_dw).
+GatedGrads gated_backward(const at::Tensor& gh_, const at::Tensor& x_, const at::Tensor& w_in_,
+                          const at::Tensor& b_in_, const at::Tensor& w_dw_, const at::Tensor& b_dw_,
+                          const at::Tensor& stash_) {
   check_gated_dwconv(x_, w_in_, b_in_, w_dw_, b_dw_);
   check_tensor(gh_, "grad_h", 4, x_);
   const int64_t N = x_.size(0), C = x_.size(1), H = x_.size(2), W = x_.size(3), hid = w_in_.size(0) / 2;
   check_shape(gh_, "grad_h", {N, hid, H, W});
+  at::Tensor stash;
+  if (stash_.defined()) {
+    check_tensor(stash_, "stash", 1, x_);
+    check_shape(stash_, "stash", {gated_stash_numel(N, hid, H * W)});
+    stash = stash_.contiguous();
+  }
   auto gh = gh_.contiguous(), x = x_.contiguous(), w_in = w_in_.contiguous(), b_in = b_in_.contiguous(),
        w_dw = w_dw_.contiguous(), b_dw = b_dw_.contiguous();
-  auto gx = at::empty_like(x), gw_in = at::empty_like(w_in), gb_in = at::empty_like(b_in),
+  auto gx = pooled_empty(x.sizes(), x.options()), gw_in = at::empty_like(w_in), gb_in = at::empty_like(b_in),
        gw_dw = at::empty_like(w_dw), gb_dw = at::empty_like(b_dw);
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "gated_dwconv_backward", [&] {
-    gated_dwconv_bwd_kernel<scalar_t>(gh.data_ptr<scalar_t>(), x.data_ptr<scalar_t>(), w_in.data_ptr<scalar_t>(),
-                                      b_in.data_ptr<scalar_t>(), w_dw.data_ptr<scalar_t>(), b_dw.data_ptr<scalar_t>(),
-                                      gx.data_ptr<scalar_t>(), gw_in.data_ptr<scalar_t>(), gb_in.data_ptr<scalar_t>(),
-                                      gw_dw.data_ptr<scalar_t>(), gb_dw.data_ptr<scalar_t>(), N, int(C), int(hid), H,
-                                      W, int(w_dw.size(-1)));
+    using T = scalar_t;
+    gated_dwconv_bwd_kernel<T>(gh.data_ptr<T>(), x.data_ptr<T>(), w_in.data_ptr<T>(), b_in.data_ptr<T>(),
+                               w_dw.data_ptr<T>(), b_dw.data_ptr<T>(), gx.data_ptr<T>(), gw_in.data_ptr<T>(),
+                               gb_in.data_ptr<T>(), gw_dw.data_ptr<T>(), gb_dw.data_ptr<T>(), N, int(C), int(hid), H,
+                               W, int(w_dw.size(-1)), stash.defined() ? stash.data_ptr<T>() + kRowGuard : nullptr);
   });
   return {gx, gw_in, gb_in, gw_dw, gb_dw};
+}
+
+GatedGrads gated_dwconv_backward(const at::Tensor& gh, const at::Tensor& x, const at::Tensor& w_in,
+                                 const at::Tensor& b_in, const at::Tensor& w_dw, const at::Tensor& b_dw) {
+  return gated_backward(gh, x, w_in, b_in, w_dw, b_dw, at::Tensor());
+}
+
+// Backward from the stash of gated_dwconv_forward_stash.
+GatedGrads gated_dwconv_backward_stash(const at::Tensor& gh, const at::Tensor& x, const at::Tensor& w_in,
+                                       const at::Tensor& b_in, const at::Tensor& w_dw, const at::Tensor& b_dw,
+                                       const at::Tensor& stash) {
+  return gated_backward(gh, x, w_in, b_in, w_dw, b_dw, stash);
 }
 
 // ---------------------------------------------------------------------------------------- dffm_out
@@ -1072,8 +1124,8 @@ std::tuple<at::Tensor, at::Tensor> dffm_forward(const at::Tensor& h_, const std:
   auto ws = check_dffm(h_, ws_);
   auto h = h_.contiguous();
   const int64_t N = h.size(0), hid = h.size(1), H = h.size(2), W = h.size(3), C = ws[0].size(0), R = ws[4].size(0);
-  auto out = at::empty({N, C, H, W}, h.options());
-  auto stash = at::empty({keep ? DffmStash<float>::numel(N, C, R, H * W) : 0}, h.options());
+  auto out = pooled_empty({N, C, H, W}, h.options());
+  auto stash = pooled_empty({keep ? DffmStash<float>::numel(N, C, R, H * W) : 0}, h.options());
   AT_DISPATCH_FLOATING_TYPES(h.scalar_type(), "dffm_out_forward", [&] {
     using T = scalar_t;
     dffm_fwd_kernel<T>(dffm_weights<T>(ws, hid, eps), h.data_ptr<T>(), out.data_ptr<T>(), N, H * W,
@@ -1129,7 +1181,7 @@ at::Tensor sadffm_infer_forward(const at::Tensor& x_, const at::Tensor& w_in_, c
   auto x = x_.contiguous(), w_in = w_in_.contiguous(), b_in = b_in_.contiguous(), w_dw = w_dw_.contiguous(),
        b_dw = b_dw_.contiguous();
   const int64_t Co = ws[0].size(0);
-  auto out = at::empty({N, Co, H, W}, x.options());
+  auto out = pooled_empty({N, Co, H, W}, x.options());
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "sadffm_infer_forward", [&] {
     using T = scalar_t;
     sadffm_infer_kernel<T>(x.data_ptr<T>(), w_in.data_ptr<T>(), b_in.data_ptr<T>(), w_dw.data_ptr<T>(),
@@ -1158,7 +1210,7 @@ DffmGrads dffm_backward(const at::Tensor& go_, const at::Tensor& h_, const std::
     stash = stash_.contiguous();
   }
   auto h = h_.contiguous(), go = go_.contiguous();
-  auto gh = at::empty_like(h);
+  auto gh = pooled_empty(h.sizes(), h.options());
   std::vector<at::Tensor> g;
   for (auto& w : ws) g.push_back(at::empty_like(w));
   AT_DISPATCH_FLOATING_TYPES(h.scalar_type(), "dffm_out_backward", [&] {
@@ -1199,6 +1251,8 @@ DffmGrads dffm_out_backward_stash(const at::Tensor& go, const at::Tensor& h, con
 TORCH_LIBRARY_IMPL(eimn_C, CPU, m) {
   m.impl("gated_dwconv_forward", &eimn::sadffm::gated_dwconv_forward);
   m.impl("gated_dwconv_backward", &eimn::sadffm::gated_dwconv_backward);
+  m.impl("gated_dwconv_forward_stash", &eimn::sadffm::gated_dwconv_forward_stash);
+  m.impl("gated_dwconv_backward_stash", &eimn::sadffm::gated_dwconv_backward_stash);
   m.impl("dffm_out_forward", &eimn::sadffm::dffm_out_forward);
   m.impl("dffm_out_backward", &eimn::sadffm::dffm_out_backward);
   m.impl("dffm_out_forward_stash", &eimn::sadffm::dffm_out_forward_stash);

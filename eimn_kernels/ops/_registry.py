@@ -111,6 +111,9 @@ def register(spec: OpSpec) -> tuple[object, object]:
         saved = list(inputs[:n_in])
         if stash:
             ctx.mark_non_differentiable(output[-1])
+            # No zero-filled gradient of the stash (tens of MB) for the backward: missing output gradients stay
+            # None and backward() makes zeros only for real outputs.
+            ctx.set_materialize_grads(False)
             saved.append(output[-1])
         ctx.save_for_backward(*saved)
         ctx.scalars = tuple(inputs[n_in:n_in + n_scalar])

@@ -13,9 +13,18 @@ __all__ = ["gated_dwconv", "dffm_out", "sadffm_layer"]
 
 _T = torch.Tensor
 
+_ROW_GUARD = 8  # zeros before and after U in the cpu stash (kRowGuard of csrc/cpu/sadffm_cpu.cpp)
+
+
+def _gated_stash_fake(x: _T, w_in: _T, *rest) -> _T:
+    """The CPU backend's stash: U = W_in x + b_in (N, 2*hid, H, W) between two guards of zeros."""
+    return x.new_empty(x.shape[0] * w_in.shape[0] * x.shape[2] * x.shape[3] + 2 * _ROW_GUARD)
+
+
 _gated_dwconv_op, _ = register(OpSpec(
     "gated_dwconv", ("x", "w_in", "b_in", "w_dw", "b_dw"), (), ("h",),
-    fake=lambda x, w_in, *rest: x.new_empty(x.shape[0], w_in.shape[0] // 2, *x.shape[2:])))
+    fake=lambda x, w_in, *rest: x.new_empty(x.shape[0], w_in.shape[0] // 2, *x.shape[2:]),
+    stash=_gated_stash_fake))
 
 _DFFM_W = ("w_out", "b_out", "ln_w", "ln_b", "w_gr", "b_gr", "w_lr", "b_lr", "w_ce", "b_ce", "w_se", "b_se")
 
@@ -99,8 +108,11 @@ def gated_dwconv(x: _T, w_in: _T, b_in: _T, w_dw: _T, b_dw: _T, backend: str = "
     backend = resolve_backend(backend, x)
     if backend == "reference":
         return reference.gated_dwconv(x, w_in, b_in, w_dw, b_dw)
-    return _gated_dwconv_op(x.contiguous(), w_in.contiguous(), b_in.contiguous(), w_dw.contiguous(),
-                            b_dw.contiguous(), backend)
+    # keep: the backend may save forward intermediates for the backward (cpu: U = W_in x + b_in, so its backward
+    # skips that GEMM) when a gradient will be needed.
+    ts = (x, w_in, b_in, w_dw, b_dw)
+    keep = torch.is_grad_enabled() and any(t.requires_grad for t in ts)
+    return _gated_dwconv_op(*(t.contiguous() for t in ts), keep, backend)[0]
 
 
 def dffm_out(h: _T, w_out: _T, b_out: _T, ln_w: _T, ln_b: _T, w_gr: _T, b_gr: _T, w_lr: _T, b_lr: _T,
