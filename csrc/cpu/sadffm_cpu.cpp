@@ -115,6 +115,25 @@ inline vreg<T> dw_vec(const T* const* rp, int64_t w, const vreg<T>* wv, vreg<T> 
   return s;
 }
 
+// The same for two adjacent output rows at once (rp: their K + 1 input rows): every loaded vector feeds both rows'
+// sums (K + 1 instead of 2K loads per tap column) and the two sums are independent chains.
+template <typename T, int K, bool Edge>
+inline void dw_vec2(const T* const* rp, int64_t w, const vreg<T>* wv, vreg<T> bias, const vmask<T>* m, T* o0,
+                    T* o1) {
+  using V = vreg<T>;
+  constexpr int pad = K / 2;
+  V s0 = bias, s1 = bias;
+  for (int kx = 0; kx < K; ++kx)
+    for (int j = 0; j <= K; ++j) {
+      V v = vload(rp[j] + w + kx - pad);
+      if (Edge) v = m[kx] ? v : V{};
+      if (j < K) s0 += wv[j * K + kx] * v;
+      if (j > 0) s1 += wv[(j - 1) * K + kx] * v;
+    }
+  vstore(o0, s0);
+  vstore(o1, s1);
+}
+
 // Rows [r0, r1) of a KxK depthwise convolution ('same' zero padding) into out (row stride W):
 // out[r-r0, w] = bias + sum_{ky,kx} wk[ky*K+kx] * plane[r+ky-pad, w+kx-pad], where plane holds the image rows
 // [a, b) (row stride W) and every pixel outside the image is zero; zeros: a guarded row of W zeros (the stand-in
@@ -140,12 +159,28 @@ void dw_plane_k(const T* plane, int64_t a, int64_t b, int64_t r0, int64_t r1, in
     mf[kx] = (pf >= T(0)) & (pf < T(W));
     ml[kx] = (pl >= T(0)) & (pl < T(W));
   }
-  const T* rp[K];
-  for (int64_t r = r0; r < r1; ++r) {
-    for (int ky = 0; ky < K; ++ky) {
-      const int64_t rr = r + ky - pad;
-      rp[ky] = (rr < a || rr >= b) ? zeros : plane + (rr - a) * W;
-    }
+  const T* rp[K + 1];
+  auto row = [&](int64_t rr) { return (rr < a || rr >= b) ? zeros : plane + (rr - a) * W; };
+  int64_t r = r0;
+  for (; nv > 0 && r + 1 < r1; r += 2) {  // pairs of rows, whole vectors
+    for (int j = 0; j <= K; ++j) rp[j] = row(r + j - pad);
+    T* o = out + (r - r0) * W;
+    dw_vec2<T, K, true>(rp, 0, wv, bv, mf, o, o + W);
+    for (int64_t v = 1; v + 1 < nv; ++v) dw_vec2<T, K, false>(rp, v * L, wv, bv, nullptr, o + v * L, o + W + v * L);
+    if (nv > 1) dw_vec2<T, K, true>(rp, (nv - 1) * L, wv, bv, ml, o + (nv - 1) * L, o + W + (nv - 1) * L);
+    for (int64_t w = nv * L; w < W; ++w)  // the last W % L columns, bounds-checked
+      for (int i = 0; i < 2; ++i) {
+        T s = bias;
+        for (int ky = 0; ky < K; ++ky)
+          for (int kx = 0; kx < K; ++kx) {
+            const int64_t ww = w + kx - pad;
+            if (ww >= 0 && ww < W) s += wk[ky * K + kx] * rp[ky + i][ww];
+          }
+        o[i * W + w] = s;
+      }
+  }
+  for (; r < r1; ++r) {
+    for (int ky = 0; ky < K; ++ky) rp[ky] = row(r + ky - pad);
     T* o = out + (r - r0) * W;
     if (nv > 0) {
       vstore(o, dw_vec<T, K, true>(rp, 0, wv, bv, mf));
