@@ -666,17 +666,21 @@ void dffm_tile_front(const DffmW<T>& w, const T* h, int64_t HW, int64_t P, T* y,
   dffm_tile_stats(w, y, HW, P, mu, rstd, z, lpre, aloc, yhat_sum);
 }
 
+// Image-wide sum of channel c of the per-tile sums [ntiles][C], in tile order. The forward's stash, the backward's
+// recompute and dffm_global all sum through here, so a stashed sum equals the recomputed one bit for bit.
+template <typename T> inline T sum_tiles(const T* tiles, int64_t ntiles, int C, int c) {
+  T s = 0;
+  for (int64_t t = 0; t < ntiles; ++t) s += tiles[t * C + c];
+  return s;
+}
+
 // Per image: m = mean_HW z, gpre = W_gr m + b_gr, g = GELU(gpre), cc = sigmoid(W_ce g + b_ce),
 // k = w_se[R:] . g + b_se.  (exact scalar math; N*C work)
 template <typename T>
 void dffm_global(const DffmW<T>& w, const T* yhat_sum_tiles, int64_t ntiles, int64_t HW, T* m, T* gpre, T* g, T* cc,
                  T* k) {
   const int C = w.C, R = w.R;
-  for (int c = 0; c < C; ++c) {
-    T s = 0;
-    for (int64_t t = 0; t < ntiles; ++t) s += yhat_sum_tiles[t * C + c];
-    m[c] = w.ln_w[c] * (s / T(HW)) + w.ln_b[c];
-  }
+  for (int c = 0; c < C; ++c) m[c] = w.ln_w[c] * (sum_tiles(yhat_sum_tiles, ntiles, C, c) / T(HW)) + w.ln_b[c];
   T kk = w.b_se[0];
   for (int r = 0; r < R; ++r) {
     T s = w.b_gr[r];
@@ -756,23 +760,19 @@ void dffm_fwd_kernel(const DffmW<T>& w, const T* h, T* out, int64_t N, int64_t H
     T *z = buf.data(), *lpre = z + C * kPT, *mu = lpre + R * kPT, *rs = mu + kPT;
     for (int64_t it = i0; it < i1; ++it) {
       const int64_t n = it / nt, p0 = (it % nt) * kPT, P = std::min(kPT, HW - p0);
-      if (!stash) {
-        dffm_tile_front(w, h + n * w.hid * HW + p0, HW, P, out + n * C * HW + p0, mu, rs, z, lpre,
-                        aloc_own.data() + n * HW + p0, ysum.data() + it * C, hpack.data());
-        continue;
-      }
-      dffm_tile_front(w, h + n * w.hid * HW + p0, HW, P, st.y(n) + p0, st.mu(n) + p0, st.rstd(n) + p0, z, lpre,
-                      st.aloc(n) + p0, ysum.data() + it * C, hpack.data());
-      for (int r = 0; r < R; ++r) std::copy(lpre + r * kPT, lpre + r * kPT + P, st.lpre(n) + r * HW + p0);
+      // y, mu, rstd, a_loc: into the stash, or y into out and the statistics into tile buffers
+      T* y = stash ? st.y(n) + p0 : out + n * C * HW + p0;
+      T* m = stash ? st.mu(n) + p0 : mu;
+      T* rd = stash ? st.rstd(n) + p0 : rs;
+      T* al = stash ? st.aloc(n) + p0 : aloc_own.data() + n * HW + p0;
+      dffm_tile_front(w, h + n * w.hid * HW + p0, HW, P, y, m, rd, z, lpre, al, ysum.data() + it * C, hpack.data());
+      if (stash)
+        for (int r = 0; r < R; ++r) std::copy(lpre + r * kPT, lpre + r * kPT + P, st.lpre(n) + r * HW + p0);
     }
   });
   if (!stash) return dffm_apply_gate(w, ysum.data(), nt, aloc_own.data(), HW, out, int64_t(C) * HW, out, N, HW);
   for (int64_t n = 0; n < N; ++n)
-    for (int c = 0; c < C; ++c) {
-      T s = 0;
-      for (int64_t t = 0; t < nt; ++t) s += ysum[(n * nt + t) * C + c];
-      st.ysum(n)[c] = s;
-    }
+    for (int c = 0; c < C; ++c) st.ysum(n)[c] = sum_tiles(ysum.data() + n * nt * C, nt, C, c);
   dffm_apply_gate(w, ysum.data(), nt, st.aloc(0), st.stride(), st.y(0), st.stride(), out, N, HW);
 }
 
@@ -997,15 +997,13 @@ void dffm_bwd_kernel(const DffmW<T>& w, const T* go, const T* h, const T* stash,
   std::vector<T> U(size_t(N) * C), UM(N), dc(C), dg(R), dm(C), ys(C);
   for (int64_t n = 0; n < N; ++n) {
     std::fill(dc.begin(), dc.end(), T(0));
-    std::fill(ys.begin(), ys.end(), T(0));
     T dsls = 0;
     for (int64_t t = 0; t < nt; ++t) {
       const T* pt = part.data() + (n * nt + t) * PS;
       for (int c = 0; c < C; ++c) dc[c] += pt[c];
       dsls += pt[O_DSL];
     }
-    for (int64_t t = 0; t < nsum; ++t)
-      for (int c = 0; c < C; ++c) ys[c] += ysum[(n * nsum + t) * C + c];
+    for (int c = 0; c < C; ++c) ys[c] = sum_tiles(ysum + n * nsum * C, nsum, C, c);
     const T* g = G.data() + n * R;
     const T* cc = CC.data() + n * C;
     std::fill(dg.begin(), dg.end(), T(0));
