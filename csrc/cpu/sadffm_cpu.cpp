@@ -700,12 +700,12 @@ void dffm_global(const DffmW<T>& w, const T* yhat_sum_tiles, int64_t ntiles, int
 // The forward's intermediates kept for the backward (dffm_out_forward_stash), in one flat buffer: per image the
 // planes [y (C) | lpre (R) | mu | rstd | a_loc] (HW each), then per image the C sums of yhat = (y - mu) * rstd over
 // the image, summed over the tiles in tile order as the backward's own recompute of them would.
+inline int64_t dffm_stash_numel(int64_t N, int64_t C, int64_t R, int64_t HW) { return N * ((C + R + 3) * HW + C); }
 template <typename T> struct DffmStash {
   T* base;
   int64_t N, HW;
   int C, R;
   DffmStash(T* base_, int64_t N_, int C_, int R_, int64_t HW_) : base(base_), N(N_), HW(HW_), C(C_), R(R_) {}
-  static int64_t numel(int64_t N, int64_t C, int64_t R, int64_t HW) { return N * ((C + R + 3) * HW + C); }
   int64_t stride() const { return (int64_t(C) + R + 3) * HW; }  // elements per image of the planes
   T* y(int64_t n) const { return base + n * stride(); }
   T* lpre(int64_t n) const { return y(n) + int64_t(C) * HW; }
@@ -1151,14 +1151,14 @@ template <typename T> DffmW<T> dffm_weights(const std::vector<at::Tensor>& ws, i
 }
 
 // Forward: h (N, hid, H, W) + DFFM weights (shapes in check_dffm) -> out (N, C, H, W); with keep, also the
-// stash for dffm_out_backward_stash (1-d, DffmStash::numel elements), else stash is an empty tensor.
+// stash for dffm_out_backward_stash (1-d, dffm_stash_numel elements), else stash is an empty tensor.
 std::tuple<at::Tensor, at::Tensor> dffm_forward(const at::Tensor& h_, const std::vector<at::Tensor>& ws_, double eps,
                                                 bool keep) {
   auto ws = check_dffm(h_, ws_);
   auto h = h_.contiguous();
   const int64_t N = h.size(0), hid = h.size(1), H = h.size(2), W = h.size(3), C = ws[0].size(0), R = ws[4].size(0);
   auto out = pooled_empty({N, C, H, W}, h.options());
-  auto stash = pooled_empty({keep ? DffmStash<float>::numel(N, C, R, H * W) : 0}, h.options());
+  auto stash = pooled_empty({keep ? dffm_stash_numel(N, C, R, H * W) : 0}, h.options());
   AT_DISPATCH_FLOATING_TYPES(h.scalar_type(), "dffm_out_forward", [&] {
     using T = scalar_t;
     dffm_fwd_kernel<T>(dffm_weights<T>(ws, hid, eps), h.data_ptr<T>(), out.data_ptr<T>(), N, H * W,
@@ -1239,7 +1239,7 @@ DffmGrads dffm_backward(const at::Tensor& go_, const at::Tensor& h_, const std::
   at::Tensor stash;
   if (stash_.defined()) {
     check_tensor(stash_, "stash", 1, h_);
-    check_shape(stash_, "stash", {DffmStash<float>::numel(N, C, R, H * W)});
+    check_shape(stash_, "stash", {dffm_stash_numel(N, C, R, H * W)});
     stash = stash_.contiguous();
   }
   auto h = h_.contiguous(), go = go_.contiguous();

@@ -45,6 +45,11 @@ def _stashes(spec: OpSpec, backend: str) -> bool:
     return spec.stash is not None and spec.name in getattr(get_impl(backend), "STASH_OPS", ())
 
 
+def _as_tuple(out) -> tuple:
+    """A tensor or a sequence of tensors as a tuple."""
+    return (out,) if torch.is_tensor(out) else tuple(out)
+
+
 def _schema_out(n: int) -> str:
     return "Tensor" if n == 1 else "(" + ", ".join(["Tensor"] * n) + ")"
 
@@ -70,8 +75,7 @@ def register(spec: OpSpec) -> tuple[object, object]:
         a, keep_ = args[:-2], args[-2]
         if keep_ and _stashes(spec, backend):
             return tuple(getattr(impl, f"{spec.name}_forward_stash")(*a))
-        out = getattr(impl, f"{spec.name}_forward")(*a)
-        outs = (out,) if torch.is_tensor(out) else tuple(out)
+        outs = _as_tuple(getattr(impl, f"{spec.name}_forward")(*a))
         return (*outs, outs[0].new_empty(0))
 
     def backward_impl(*args):
@@ -92,8 +96,7 @@ def register(spec: OpSpec) -> tuple[object, object]:
         if not stash:
             return spec.fake(*args[:-1])
         a, keep_ = args[:-2], args[-2]
-        out = spec.fake(*a)
-        outs = (out,) if torch.is_tensor(out) else tuple(out)
+        outs = _as_tuple(spec.fake(*a))
         st = spec.stash(*a) if keep_ and _stashes(spec, backend) else outs[0].new_empty(0)
         return (*outs, st)
 
@@ -136,5 +139,4 @@ def register(spec: OpSpec) -> tuple[object, object]:
 
 def _fake_like_outputs(saved, ctx, spec: OpSpec):
     """Shapes of the forward outputs (for replacing None grads), from the fake impl."""
-    out = spec.fake(*saved, *ctx.scalars)
-    return (out,) if torch.is_tensor(out) else tuple(out)
+    return _as_tuple(spec.fake(*saved, *ctx.scalars))

@@ -29,7 +29,6 @@ _gated_dwconv_op, _ = register(OpSpec(
 _DFFM_W = ("w_out", "b_out", "ln_w", "ln_b", "w_gr", "b_gr", "w_lr", "b_lr", "w_ce", "b_ce", "w_se", "b_se")
 
 
-
 def _dffm_stash_fake(h: _T, w_out: _T, b_out: _T, ln_w: _T, ln_b: _T, w_gr: _T, *rest) -> _T:
     """The CPU backend's stash: per image y (C), lpre (R), mu, rstd, a_loc planes of H x W, then C sums."""
     N, C, R, HW = h.shape[0], w_out.shape[0], w_gr.shape[0], h.shape[2] * h.shape[3]
@@ -65,6 +64,11 @@ def _sadffm_infer_fake(x, w_in, b_in, w_dw, b_dw, w_out, *rest):
 
 
 _INFER_BACKENDS = ("cpu",)
+
+
+def _needs_grad(*ts: _T) -> bool:
+    """A gradient will be needed: grad mode on and some tensor requires grad."""
+    return torch.is_grad_enabled() and any(t.requires_grad for t in ts)
 
 
 def _check_gated_weights(x: _T, w_in: _T, b_in: _T, w_dw: _T, b_dw: _T) -> None:
@@ -111,8 +115,7 @@ def gated_dwconv(x: _T, w_in: _T, b_in: _T, w_dw: _T, b_dw: _T, backend: str = "
     # keep: the backend may save forward intermediates for the backward (cpu: U = W_in x + b_in, so its backward
     # skips that GEMM) when a gradient will be needed.
     ts = (x, w_in, b_in, w_dw, b_dw)
-    keep = torch.is_grad_enabled() and any(t.requires_grad for t in ts)
-    return _gated_dwconv_op(*(t.contiguous() for t in ts), keep, backend)[0]
+    return _gated_dwconv_op(*(t.contiguous() for t in ts), _needs_grad(*ts), backend)[0]
 
 
 def dffm_out(h: _T, w_out: _T, b_out: _T, ln_w: _T, ln_b: _T, w_gr: _T, b_gr: _T, w_lr: _T, b_lr: _T,
@@ -132,8 +135,7 @@ def dffm_out(h: _T, w_out: _T, b_out: _T, ln_w: _T, ln_b: _T, w_gr: _T, b_gr: _T
         return reference.dffm_out(h, *ws, eps)
     # keep: the backend may save forward intermediates for the backward (cpu: y and the LayerNorm statistics,
     # so its backward does not recompute y = W_out h) when a gradient will be needed.
-    keep = torch.is_grad_enabled() and (h.requires_grad or any(w.requires_grad for w in ws))
-    return _dffm_out_op(h.contiguous(), *(w.contiguous() for w in ws), float(eps), keep, backend)[0]
+    return _dffm_out_op(h.contiguous(), *(w.contiguous() for w in ws), float(eps), _needs_grad(h, *ws), backend)[0]
 
 
 def sadffm_layer(x: _T, w_in: _T, b_in: _T, w_dw: _T, b_dw: _T, w_out: _T, b_out: _T, ln_w: _T, ln_b: _T,
@@ -150,8 +152,7 @@ def sadffm_layer(x: _T, w_in: _T, b_in: _T, w_dw: _T, b_dw: _T, w_out: _T, b_out
     ts = (x, w_in, b_in, w_dw, b_dw, w_out, b_out, ln_w, ln_b, w_gr, b_gr, w_lr, b_lr, w_ce, b_ce, w_se, b_se)
     check_image("x", x)
     backend = resolve_backend(backend, x)
-    needs_grad = torch.is_grad_enabled() and any(t.requires_grad for t in ts)
-    if backend in _INFER_BACKENDS and not needs_grad:
+    if backend in _INFER_BACKENDS and not _needs_grad(*ts):
         # Same validation as the two ops (clear errors), then the single kernel.
         _check_gated_weights(x, w_in, b_in, w_dw, b_dw)
         _check_dffm_weights(x, w_in.shape[0] // 2, *ts[5:])
