@@ -141,6 +141,24 @@ def ab_compare(fa, fb, rounds: int) -> dict:
     return {"median": med, "q1": q1, "q3": q3, "min_a": min(ta), "min_b": min(tb), "mean": statistics.fmean(ratios)}
 
 
+def _flat(o) -> list:
+    """The tensors of a (nested) op result, in order."""
+    if torch.is_tensor(o):
+        return [o]
+    return [t for x in (o or ()) for t in _flat(x)] if isinstance(o, (tuple, list)) else []
+
+
+def ab_diff(fa, fb) -> str:
+    """How the results of one call of each build differ: 'bitwise equal' or the largest absolute difference."""
+    a, b = _flat(fa()), _flat(fb())
+    if len(a) != len(b) or any(x.shape != y.shape for x, y in zip(a, b)):
+        return "different result structure"
+    if all(torch.equal(x, y) for x, y in zip(a, b)):
+        return "bitwise equal"
+    d = max((x.double() - y.double()).abs().max().item() for x, y in zip(a, b))
+    return f"max abs diff {d:.3g}"
+
+
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("ref_a")
@@ -149,6 +167,7 @@ def main(argv=None) -> None:
     ap.add_argument("--shape", default="4x64x64x64", help="N x C x H x W (default 4x64x64x64)")
     ap.add_argument("--threads", type=int, default=1, help="torch threads (default 1: the steadiest)")
     ap.add_argument("--rounds", type=int, default=30)
+    ap.add_argument("--check", action="store_true", help="also compare the two builds' results (bitwise or max diff)")
     ap.add_argument("--verbose", action="store_true")
     a = ap.parse_args(argv)
     torch.set_num_threads(a.threads)
@@ -167,7 +186,8 @@ def main(argv=None) -> None:
             print(f"{name:24s} skipped: {str(e).splitlines()[0][:100]}")
             continue
         print(f"{name:24s} t_A/t_B {s['median']:.3f} ({s['q1']:.3f}-{s['q3']:.3f})   "
-              f"fastest A {s['min_a'] * 1e3:8.2f} ms  B {s['min_b'] * 1e3:8.2f} ms")
+              f"fastest A {s['min_a'] * 1e3:8.2f} ms  B {s['min_b'] * 1e3:8.2f} ms"
+              + (f"   {ab_diff(calls[0][name], calls[1][name])}" if a.check else ""))
 
 
 if __name__ == "__main__":

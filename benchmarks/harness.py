@@ -8,6 +8,9 @@
 * CUDA: ``triton.testing.do_bench`` (CUDA events, L2 flushed between calls, all samples kept), else a
   CUDA-event loop. Peak memory: ``torch.cuda.max_memory_allocated`` over one call minus the memory
   allocated before it.
+* CPU rows also carry the minor page faults per call (``faults_per_call``): eager PyTorch on CPU allocates its
+  large intermediates from the C library's malloc, and whether those come back as fresh (faulting) pages on
+  every call depends on the allocator's state; :func:`set_malloc_mode` can pin that state for a whole run.
 
 Every measurement reports median, quartiles and IQR of the per-call times in seconds.
 """
@@ -26,7 +29,8 @@ from typing import Callable, Iterable
 import torch
 
 __all__ = ["Timing", "time_fn", "paired_speedup", "tensor_list", "max_rel_err", "peak_memory", "measure",
-           "machine_info", "machine_tag", "measure_ceilings", "progress", "sync", "quantiles"]
+           "machine_info", "machine_tag", "measure_ceilings", "progress", "sync", "quantiles", "faults_per_call",
+           "set_malloc_mode", "add_malloc_arg", "MALLOC_MODES"]
 
 
 @dataclass
@@ -42,6 +46,7 @@ class Timing:
     method: str                  # how it was timed
     peak_mem_bytes: int | None = None
     mem_method: str | None = None
+    faults_per_call: float | None = None  # minor page faults per call (CPU)
     samples: list = field(default_factory=list)
 
     def to_dict(self, with_samples: bool = False) -> dict:
@@ -263,12 +268,70 @@ def peak_memory(fn: Callable, device: torch.device | str = "cpu") -> tuple[int |
     return max(0, hwm - base), "peak RSS delta (malloc_trim, then VmHWM after clear_refs)"
 
 
+def _minor_faults() -> int | None:
+    try:
+        import resource
+        return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    except (ImportError, OSError):
+        return None
+
+
+def faults_per_call(fn: Callable, calls: int = 3) -> float | None:
+    """Minor page faults (fresh pages the kernel had to map) per call of ``fn``, averaged over ``calls`` calls;
+    None where getrusage is unavailable."""
+    f0 = _minor_faults()
+    if f0 is None:
+        return None
+    for _ in range(calls):
+        fn()
+    return (_minor_faults() - f0) / calls
+
+
+M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # mallopt parameters of glibc's malloc.h
+MALLOC_MODES = {
+    "default": "glibc malloc as the process has it (large blocks mmap-ed and handed back; the threshold moves "
+               "with the process's history)",
+    "steady": "glibc mallopt(M_MMAP_THRESHOLD = 32 MiB, M_TRIM_THRESHOLD = 2 GiB): blocks up to 32 MiB come from "
+              "the heap and freed heap memory is kept, so repeated eager calls can reuse their pages (the page-fault "
+              "column shows whether they do)",
+}
+
+
+def set_malloc_mode(mode: str) -> str:
+    """Pin the C library allocator's behaviour for the rest of the process (``MALLOC_MODES``): ``default``
+    changes nothing; ``steady`` makes eager PyTorch's repeated large CPU allocations reuse pages instead of
+    page-faulting fresh ones on every call (its fastest state). Returns the description to record with the
+    results. Raises ValueError for an unknown mode, RuntimeError where ``steady`` cannot be set (no glibc)."""
+    if mode not in MALLOC_MODES:
+        raise ValueError(f"unknown malloc mode {mode!r}; choose from {sorted(MALLOC_MODES)}")
+    if mode == "steady":
+        import ctypes
+        try:
+            mallopt = ctypes.CDLL("libc.so.6").mallopt
+        except (OSError, AttributeError) as e:
+            raise RuntimeError(f"malloc mode 'steady' needs glibc's mallopt: {e}") from e
+        ok = mallopt(M_MMAP_THRESHOLD, 32 << 20) == 1 and mallopt(M_TRIM_THRESHOLD, (1 << 31) - 1) == 1
+        if not ok:
+            raise RuntimeError("glibc mallopt refused the 'steady' settings")
+    return f"malloc {mode}: {MALLOC_MODES[mode]}"
+
+
+def add_malloc_arg(ap) -> None:
+    """The ``--malloc`` option of the benchmark command lines (see :func:`set_malloc_mode`)."""
+    ap.add_argument("--malloc", default="default", choices=tuple(MALLOC_MODES),
+                    help="C allocator state for the whole run: default (as is) or steady (eager's large CPU "
+                         "allocations reuse pages instead of page-faulting every call: eager at its fastest)")
+
+
 def measure(fn: Callable, device: torch.device | str = "cpu", *, memory: bool = True, **kw) -> Timing:
-    """:func:`time_fn` plus, when ``memory``, :func:`peak_memory` of one more call."""
+    """:func:`time_fn` plus, on CPU, :func:`faults_per_call` over 3 more calls and, when ``memory``,
+    :func:`peak_memory` of one more call."""
     t = time_fn(fn, device, **kw)
-    if memory:
-        cpu_threads = kw.get("threads") if torch.device(device).type == "cpu" else None
-        with _threads(cpu_threads) if cpu_threads else contextlib.nullcontext():
+    cpu_threads = kw.get("threads") if torch.device(device).type == "cpu" else None
+    with _threads(cpu_threads) if cpu_threads else contextlib.nullcontext():
+        if torch.device(device).type == "cpu":
+            t.faults_per_call = faults_per_call(fn)
+        if memory:
             t.peak_mem_bytes, t.mem_method = peak_memory(fn, device)
     return t
 

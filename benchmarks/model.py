@@ -26,7 +26,7 @@ from eimn.model import EIMN_A, EIMN_L
 
 from .complexity import LR_SIZES, count_complexity
 from .report import print_result
-from .harness import error_text, machine_info, max_rel_err, measure, progress
+from .harness import add_malloc_arg, error_text, machine_info, max_rel_err, measure, progress, set_malloc_mode
 from .ops import kernel_backends
 
 __all__ = ["PUBLISHED", "inference_plan", "bench_inference", "bench_training", "format_rows", "main"]
@@ -159,7 +159,7 @@ def _timing_fields(t, row: dict, rows: list[dict]) -> dict:
     eager_row = next((r for r in rows if r["variant"] == "eager" and _same_case(r, row) and "median_ms" in r), None)
     ms = t.median_s * 1e3
     return {"median_ms": ms, "iqr_ms": t.iqr_s * 1e3, "n": t.n, "method": t.method,
-            "peak_mem_MB": _mb(t.peak_mem_bytes),
+            "peak_mem_MB": _mb(t.peak_mem_bytes), "faults_per_call": t.faults_per_call,
             "speedup_vs_eager": eager_row["median_ms"] / ms if eager_row else
             (1.0 if row["variant"] == "eager" else None)}
 
@@ -218,13 +218,14 @@ def bench_training(device: str = "cpu", quick: bool = False, threads: int | None
 
 def format_rows(rows: list[dict]) -> str:
     """Markdown table of model rows."""
-    lines = ["| case | precision | variant | median ms | IQR ms | FPS | speed-up | peak MB | max rel err | note |",
-             "|---|---|---|---:|---:|---:|---:|---:|---:|---|"]
+    lines = ["| case | precision | variant | median ms | IQR ms | FPS | speed-up | peak MB | page faults / call "
+             "| max rel err | note |",
+             "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---|"]
     for r in rows:
         case = (f"{r['model']} x{r['scale']} LR {r['lr']}" + (f" batch {r['batch']} train step"
                                                              if r["group"] == "training" else ""))
         if "error" in r:
-            lines.append(f"| {case} | {r['precision']} | {r['variant']} | error: {r['error']} | | | | | | |")
+            lines.append(f"| {case} | {r['precision']} | {r['variant']} | error: {r['error']} | | | | | | | |")
             continue
         note = f"published {r['published_fps']} FPS ({r['published_note']})" if "published_fps" in r else ""
         if "compile_s" in r:
@@ -234,7 +235,8 @@ def format_rows(rows: list[dict]) -> str:
             return "" if v is None else format(v, fmt)
         lines.append(f"| {case} | {r['precision']} | {r['variant']} | {r['median_ms']:.1f} | {r['iqr_ms']:.1f} "
                      f"| {1000 / r['median_ms']:.2f} | {f(r.get('speedup_vs_eager'), '.2f')} "
-                     f"| {f(r.get('peak_mem_MB'), '.0f')} | {f(r.get('max_rel_err'), '.1e')} | {note} |")
+                     f"| {f(r.get('peak_mem_MB'), '.0f')} | {f(r.get('faults_per_call'), '.0f')} "
+                     f"| {f(r.get('max_rel_err'), '.1e')} | {note} |")
     return "\n".join(lines)
 
 
@@ -247,15 +249,16 @@ def main(argv=None) -> dict:
     ap.add_argument("--no-train", action="store_true", help="skip the training-step rows")
     ap.add_argument("--cases", help="comma-separated inference cases to keep, e.g. EIMN_L_x4,EIMN_A_x4")
     ap.add_argument("--json", metavar="FILE", help="write machine info and rows as JSON")
+    add_malloc_arg(ap)
     a = ap.parse_args(argv)
     if a.device == "cpu":
         torch.set_num_threads(a.threads)
-    notes: list[str] = []
+    notes: list[str] = [set_malloc_mode(a.malloc)]
     rows = bench_inference(a.device, a.quick, a.threads, compile=not a.no_compile, notes=notes,
                            only=a.cases.split(",") if a.cases else None)
     if not a.no_train:
         rows += bench_training(a.device, a.quick, a.threads, notes=notes)
-    res = {"machine": machine_info(a.device), "model": rows, "notes": notes}
+    res = {"machine": machine_info(a.device), "model": rows, "notes": notes, "malloc": a.malloc}
     return print_result(res, format_rows(rows), a.json)
 
 

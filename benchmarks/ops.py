@@ -7,7 +7,8 @@ parameters), ``compile`` (torch.compile of the eager module). Sub-op rows time e
 Every row carries speed-up vs eager (same run), conv FLOPs, minimum bytes and the achieved fraction of the
 machine's measured copy bandwidth and sgemm rate (see benchmarks.roofline).
 
-    python -m benchmarks.ops molrcm|sadffm|all [--quick] [--device cpu|cuda] [--threads 2] [--json FILE]
+    python -m benchmarks.ops molrcm|sadffm|all [--quick] [--device cpu|cuda] [--threads 2] [--malloc default|steady]
+                             [--json FILE]
 """
 from __future__ import annotations
 
@@ -23,8 +24,8 @@ import eimn_kernels as ek
 from eimn_kernels import reference as ref
 
 from .report import print_result
-from .harness import (error_text, machine_info, max_rel_err, measure, measure_ceilings, paired_speedup, progress,
-                      tensor_list)
+from .harness import (add_malloc_arg, error_text, machine_info, max_rel_err, measure, measure_ceilings,
+                      paired_speedup, progress, set_malloc_mode, tensor_list)
 from .roofline import conv_flops, nbytes, roofline_fields
 
 __all__ = ["shape_plan", "kernel_backends", "bench_ops", "bench_subops", "format_rows", "main"]
@@ -145,7 +146,8 @@ def _run_group(group: str, op: str, shape, mode: str, variants: dict[str, _Case]
             continue
         row.update({"median_ms": t.median_s * 1e3, "iqr_ms": t.iqr_s * 1e3, "q1_ms": t.q1_s * 1e3,
                     "q3_ms": t.q3_s * 1e3, "n": t.n, "method": t.method,
-                    "peak_mem_MB": None if t.peak_mem_bytes is None else t.peak_mem_bytes / 2**20})
+                    "peak_mem_MB": None if t.peak_mem_bytes is None else t.peak_mem_bytes / 2**20,
+                    "faults_per_call": t.faults_per_call})
         if compile_s and name in compile_s:
             row["compile_s"] = compile_s[name]
         if name == "eager":
@@ -298,20 +300,20 @@ def _paired(r: dict) -> str:
 def format_rows(rows: list[dict]) -> str:
     """Markdown table of op / sub-op rows."""
     lines = ["| op | shape | mode | variant | median ms | IQR ms | speed-up | paired speed-up (IQR) | peak MB "
-             "| GFLOP/s | GB/s | % BW | % FLOP | max rel err |",
-             "|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+             "| page faults / call | GFLOP/s | GB/s | % BW | % FLOP | max rel err |",
+             "|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
 
     def f(v, fmt):
         return "" if v is None else format(v, fmt)
     for r in rows:
         if "error" in r:
             lines.append(f"| {r['op']} | {r['shape']} | {r['mode']} | {r['variant']} | error: {r['error']} "
-                         "| | | | | | | | | |")
+                         "| | | | | | | | | | |")
             continue
         lines.append(
             f"| {r['op']} | {r['shape']} | {r['mode']} | {r['variant']} | {r['median_ms']:.2f} | {r['iqr_ms']:.2f} "
             f"| {f(r.get('speedup_vs_eager'), '.2f')} | {_paired(r)} | {f(r.get('peak_mem_MB'), '.0f')} "
-            f"| {r['GFLOPs']:.1f} "
+            f"| {f(r.get('faults_per_call'), '.0f')} | {r['GFLOPs']:.1f} "
             f"| {r['GBps']:.1f} | {f(r.get('bw_frac') and 100 * r['bw_frac'], '.0f')} "
             f"| {f(r.get('flop_frac') and 100 * r['flop_frac'], '.0f')} | {f(r.get('max_rel_err'), '.1e')} |")
     return "\n".join(lines)
@@ -327,16 +329,17 @@ def main(argv=None) -> dict:
     ap.add_argument("--no-compile", action="store_true", help="skip the torch.compile rows")
     ap.add_argument("--no-subops", action="store_true", help="skip the per-sub-op rows")
     ap.add_argument("--json", metavar="FILE", help="write machine info, ceilings and rows as JSON")
+    add_malloc_arg(ap)
     a = ap.parse_args(argv)
     if a.device == "cpu":
         torch.set_num_threads(a.threads)
     ops = ("molrcm", "sadffm") if a.which == "all" else (a.which,)
-    notes: list[str] = []
+    notes: list[str] = [set_malloc_mode(a.malloc)]
     ceilings = measure_ceilings(a.device, quick=a.quick, threads=a.threads)
     rows = bench_ops(ops, a.device, a.quick, a.threads, a.dtype, ceilings, compile=not a.no_compile, notes=notes)
     if not a.no_subops:
         rows += bench_subops(ops, a.device, a.quick, a.threads, a.dtype, ceilings, notes=notes)
-    res = {"machine": machine_info(a.device), "ceilings": ceilings, "ops": rows, "notes": notes}
+    res = {"machine": machine_info(a.device), "ceilings": ceilings, "ops": rows, "notes": notes, "malloc": a.malloc}
     print(f"ceilings: copy {ceilings['copy_GBps']:.1f} GB/s, sgemm {ceilings['sgemm_GFLOPs']:.1f} GFLOP/s")
     return print_result(res, format_rows(rows), a.json)
 

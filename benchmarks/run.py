@@ -17,7 +17,7 @@ import traceback
 import torch
 
 from . import complexity, model, ops
-from .harness import machine_info, measure_ceilings
+from .harness import add_malloc_arg, machine_info, measure_ceilings, set_malloc_mode
 from .report import write_all
 
 __all__ = ["run_all", "main"]
@@ -38,13 +38,14 @@ def _section(name: str, notes: list, fn, /, *a, **kw):
 
 
 def run_all(device: str, quick: bool, threads: int, compile: bool = True, sections=("complexity", "ops", "subops",
-            "model", "train")) -> dict:
-    """Run the sections on ``device`` and return the results dict (see benchmarks.report)."""
+            "model", "train"), malloc: str = "default") -> dict:
+    """Run the sections on ``device`` and return the results dict (see benchmarks.report); ``malloc``: the
+    allocator mode of harness.set_malloc_mode (set for the rest of the process)."""
     t0 = time.perf_counter()
     if device == "cpu":
         torch.set_num_threads(threads)
-    notes: list[str] = []
-    res: dict = {"quick": quick, "machine": machine_info(device), "notes": notes}
+    notes: list[str] = [set_malloc_mode(malloc)]
+    res: dict = {"quick": quick, "machine": machine_info(device), "notes": notes, "malloc": malloc}
     la = res["machine"].get("loadavg")
     if device == "cpu" and la and la[0] > (os.cpu_count() or 1):
         notes.append(f"CPU load average {la[0]:.1f} exceeds the {os.cpu_count()} CPUs: timings are noisy")
@@ -83,6 +84,7 @@ def main(argv=None) -> dict:
                     help="CUDA: eager fp32 convolutions/matmuls without TF32 (like for like with the exact-fp32 "
                          "kernels; torch's default lets cuDNN use TF32)")
     ap.add_argument("--out-dir", default=DEFAULT_OUT, help=f"where to write results (default {DEFAULT_OUT})")
+    add_malloc_arg(ap)
     a = ap.parse_args(argv)
     has_cuda = torch.cuda.is_available()
     devices = {"auto": ["cuda" if has_cuda else "cpu"], "cpu": ["cpu"], "cuda": ["cuda"],
@@ -95,7 +97,7 @@ def main(argv=None) -> dict:
         torch.backends.cuda.matmul.allow_tf32 = False
     out = {}
     for dev in devices:
-        res = run_all(dev, a.quick, a.threads, compile=not a.no_compile, sections=sections)
+        res = run_all(dev, a.quick, a.threads, compile=not a.no_compile, sections=sections, malloc=a.malloc)
         paths = write_all(res, a.out_dir)
         out[dev] = {"results": res, "paths": paths}
         _summary(res)

@@ -1,11 +1,14 @@
 """Smoke tests of the benchmark harness and writers (seconds, tiny shapes, no real benchmark)."""
 import json
+import os
 
 import pytest
 import torch
 
 from benchmarks import harness, report
 from benchmarks.roofline import conv_flops, nbytes, roofline_fields
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 @pytest.fixture(autouse=True)
@@ -50,6 +53,52 @@ def test_peak_memory_sees_a_big_allocation():
     if n is None:
         pytest.skip(method)
     assert n >= 24 * 2**20, (n, method)
+
+
+def test_faults_per_call_sees_fresh_pages():
+    """A call that maps 64 MiB afresh (above glibc's largest mmap threshold) faults ~16k pages; measure() records
+    the count for CPU rows."""
+    def fresh():
+        return torch.ones(64 * 2**20 // 4).sum()
+    n = harness.faults_per_call(fresh, calls=2)
+    if n is None:
+        pytest.skip("getrusage is unavailable here")
+    assert n >= 8000, n
+    t = harness.measure(lambda: None, "cpu", memory=False, warmup=1, min_run_time=0.01, min_samples=2, max_time=1.0)
+    assert t.faults_per_call is not None and t.faults_per_call < 50
+
+
+_HEAP_GROWTH = """
+import ctypes, sys
+from benchmarks import harness
+print(harness.set_malloc_mode(sys.argv[1]))
+libc = ctypes.CDLL("libc.so.6")
+libc.sbrk.restype = libc.malloc.restype = ctypes.c_void_p
+libc.sbrk.argtypes, libc.malloc.argtypes = [ctypes.c_ssize_t], [ctypes.c_size_t]
+top = libc.sbrk(0)
+p = libc.malloc(24 << 20)
+print(libc.sbrk(0) - top)
+"""
+
+
+def test_set_malloc_mode():
+    """'steady' serves a 24 MiB block from the heap (it grows), 'default' maps it separately (the heap does not);
+    each in a child process, as the mode changes the process for good."""
+    import subprocess
+    import sys
+    with pytest.raises(ValueError, match="unknown malloc mode"):
+        harness.set_malloc_mode("fast")
+    growth = {}
+    for mode in ("default", "steady"):
+        r = subprocess.run([sys.executable, "-c", _HEAP_GROWTH, mode], capture_output=True, text=True, timeout=120,
+                           cwd=ROOT)
+        if r.returncode and ("mallopt" in r.stderr or "libc.so.6" in r.stderr):
+            pytest.skip(f"no glibc malloc here: {r.stderr.strip().splitlines()[-1]}")
+        assert r.returncode == 0, r.stderr
+        msg, grew = r.stdout.splitlines()
+        assert msg.startswith(f"malloc {mode}")
+        growth[mode] = int(grew)
+    assert growth["default"] < 1 << 20 and growth["steady"] >= 16 << 20, growth
 
 
 def test_machine_info_and_tag():
@@ -170,12 +219,13 @@ def test_ab_builds_op_calls_run_every_cpu_op():
     # every forward / backward op, the whole-layer inference op, and the training steps through the stashes
     assert len(calls) == 14 and {"gated_dwconv_train", "dffm_out_train", "sadffm_train"} <= set(calls)
 
-    def flat(o):
-        return [o] if torch.is_tensor(o) else [t for x in o for t in flat(x)]
     for name, f in calls.items():
-        assert all(torch.isfinite(t).all() for t in flat(f())), name
+        assert all(torch.isfinite(t).all() for t in ab_builds._flat(f())), name
     s = ab_builds.ab_compare(calls["proj_qv_forward"], calls["proj_qv_forward"], rounds=3)
     assert s["q1"] <= s["median"] <= s["q3"] and s["min_a"] > 0 and s["min_b"] > 0
+    assert ab_builds.ab_diff(calls["sadffm_train"], calls["sadffm_train"]) == "bitwise equal"
+    x = torch.ones(3)
+    assert ab_builds.ab_diff(lambda: (x, [x]), lambda: (x, [x + 0.5])) == "max abs diff 0.5"
 
 
 def test_dot_precision_experiment_runs_and_restores_the_setting():
