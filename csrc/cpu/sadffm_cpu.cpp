@@ -16,6 +16,9 @@
 #include "eimn_math.h"
 #include "cpu_gemm.h"
 #include "cpu_pool.h"
+#if defined(__AVX__)
+#include <immintrin.h>
+#endif
 #include "cpu_vmath.h"
 
 namespace eimn {
@@ -77,6 +80,30 @@ inline void scatter_to_panels(const T* src, int64_t n, int64_t p, int c, int ldc
     w += m;
     p += m;
   }
+}
+
+// dst[0:n] = src[0:n] with streaming (non-temporal) stores where the target allows: for data written once and
+// read much later (the forward's stash), so the write neither reads the target lines first nor evicts the
+// working set. Callers end their parallel region with stream_fence().
+template <typename T> inline void copy_streaming(const T* src, int64_t n, T* dst) {
+#if defined(__AVX__)
+  int64_t i = 0;
+  while (i < n && (reinterpret_cast<uintptr_t>(dst + i) & 31)) { dst[i] = src[i]; ++i; }
+  constexpr int L = kLanes<T>;
+  for (; i + L <= n; i += L) {
+    const vreg<T> v = vload(src + i);
+    if constexpr (sizeof(T) == 4) _mm256_stream_ps(reinterpret_cast<float*>(dst + i), reinterpret_cast<__m256>(v));
+    else _mm256_stream_pd(reinterpret_cast<double*>(dst + i), reinterpret_cast<__m256d>(v));
+  }
+  for (; i < n; ++i) dst[i] = src[i];
+#else
+  std::copy(src, src + n, dst);
+#endif
+}
+inline void stream_fence() {
+#if defined(__AVX__)
+  _mm_sfence();
+#endif
 }
 
 // ----------------------------------------------------------------------------- depthwise plane helper
@@ -311,8 +338,8 @@ void gated_dwconv_fwd_kernel(const T* x, const T* w_in, const T* b_in, const T* 
         if (ustash) {  // this band's rows of U (not the halo rows: those belong to the neighbouring bands)
           const T* u1 = t1 + j * P + (r0 - a) * W;
           const T* u2 = t2 + j * P + (r0 - a) * W;
-          std::copy(u1, u1 + Pb, ustash + (n * 2 * hid + c) * HW + r0 * W);
-          std::copy(u2, u2 + Pb, ustash + (n * 2 * hid + hid + c) * HW + r0 * W);
+          copy_streaming(u1, Pb, ustash + (n * 2 * hid + c) * HW + r0 * W);
+          copy_streaming(u2, Pb, ustash + (n * 2 * hid + hid + c) * HW + r0 * W);
         }
         dw_plane(t1 + j * P, a, b, r0, r1, W, K, w_dw + int64_t(c) * K * K, b_dw[c], a1, zeros.data());
         dw_plane(t2 + j * P, a, b, r0, r1, W, K, w_dw + int64_t(hid + c) * K * K, b_dw[hid + c], a2, zeros.data());
@@ -321,6 +348,7 @@ void gated_dwconv_fwd_kernel(const T* x, const T* w_in, const T* b_in, const T* 
         for (int64_t p = 0; p < Pb; ++p) out[p] = v_gelu(a1[p]) * a2[p];
       }
     }
+    if (ustash) stream_fence();
   });
 }
 
