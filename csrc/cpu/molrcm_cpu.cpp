@@ -10,6 +10,7 @@
 #include "molrcm_vec.h"
 #include "cpu_gemm.h"
 #include "molrcm_dwplane.h"
+#include "cpu_reduce.h"
 
 #include <ATen/Parallel.h>
 #include <torch/library.h>
@@ -49,14 +50,10 @@ int64_t pixel_tile(int64_t HW, int64_t N) {
   return std::min(P, HW);
 }
 
-// Sum per-task partials part[t][l] (t < T) into out[l], in task order (deterministic).
+// Sum per-task partials part[t][l] (t < T) into out[l], in task order, in double (deterministic).
 template <typename T, typename P>
 void reduce_tasks(const P* part, int64_t T_, int64_t L, T* out) {
-  for (int64_t l = 0; l < L; ++l) {
-    double s = 0;
-    for (int64_t t = 0; t < T_; ++t) s += double(part[t * L + l]);
-    out[l] = T(s);
-  }
+  sum_rows<double>(part, T_, L, L, out);
 }
 
 // Row sums of a (R x P) block (row stride ld) into double out[r] (+=).

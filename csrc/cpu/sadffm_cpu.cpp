@@ -16,6 +16,7 @@
 #include "eimn_math.h"
 #include "cpu_gemm.h"
 #include "cpu_pool.h"
+#include "cpu_reduce.h"
 #if defined(__AVX__)
 #include <immintrin.h>
 #endif
@@ -55,19 +56,6 @@ struct Chunks {
   int64_t begin(int64_t c) const { return c * items / n; }
   int64_t end(int64_t c) const { return (c + 1) * items / n; }
 };
-
-// out[e] = sum over rows k = 0, 1, ... of parts[k * stride + e] for e < n, each element summed in row order from
-// zero (the fixed order of the per-item / per-chunk weight-gradient partials); contiguous rows, split over threads.
-template <typename T> void sum_rows(const T* parts, int64_t rows, int64_t stride, int64_t n, T* out) {
-  at::parallel_for(0, n, 4096, [&](int64_t e0, int64_t e1) {
-    std::fill(out + e0, out + e1, T(0));
-    for (int64_t k = 0; k < rows; ++k) {
-      const T* src = parts + k * stride;
-#pragma omp simd
-      for (int64_t e = e0; e < e1; ++e) out[e] += src[e];
-    }
-  });
-}
 
 // Copies pixels [p, p+n) of channel c (contiguous in src) into packed GEMM panels dst[blk][ch][NR]
 // (blk = pixel / NR, ldc channels per panel): the layout pack_b produces, written without a second pass.
@@ -523,10 +511,10 @@ void gated_dwconv_bwd_kernel(const T* gh, const T* x, const T* w_in, const T* b_
       }
     }
   });
-  sum_rows(gwdw_part.data(), items, int64_t(C2) * KK, int64_t(C2) * KK, gw_dw);
-  sum_rows(gbdw_part.data(), items, C2, C2, gb_dw);
-  sum_rows(gw_part.data(), ch.n, int64_t(C2) * C, int64_t(C2) * C, gw_in);
-  sum_rows(gb_part.data(), ch.n, C2, C2, gb_in);
+  sum_rows<T>(gwdw_part.data(), items, int64_t(C2) * KK, int64_t(C2) * KK, gw_dw);
+  sum_rows<T>(gbdw_part.data(), items, C2, C2, gb_dw);
+  sum_rows<T>(gw_part.data(), ch.n, int64_t(C2) * C, int64_t(C2) * C, gw_in);
+  sum_rows<T>(gb_part.data(), ch.n, C2, C2, gb_in);
 }
 
 void check_gated_dwconv(const at::Tensor& x, const at::Tensor& w_in, const at::Tensor& b_in, const at::Tensor& w_dw,
@@ -1121,7 +1109,7 @@ void dffm_bwd_kernel(const DffmW<T>& w, const T* go, const T* h, const T* stash,
   // then dW_out transposed back.
   const int64_t PW = int64_t(C) * hid + C;
   std::vector<T> wsum(PW);
-  sum_rows(wpart.data(), ch.n, PW, PW, wsum.data());
+  sum_rows<T>(wpart.data(), ch.n, PW, PW, wsum.data());
   for (int c = 0; c < C; ++c) {
     for (int i = 0; i < hid; ++i) gw_out[int64_t(c) * hid + i] = wsum[int64_t(i) * C + c];
     gb_out[c] = wsum[int64_t(C) * hid + c];
