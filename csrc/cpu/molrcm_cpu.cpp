@@ -7,9 +7,11 @@
 //   the second (dilated) depthwise conv reads it from there; r is never written to memory.
 // * Backwards recompute intermediates (pre-activations, r) from the inputs. Weight/bias gradients are
 //   written per task (tile or plane) and summed over tasks in a fixed order: deterministic.
+// * Image-sized outputs come from the buffer cache of cpu_pool.h (no page faults on every call).
 #include "molrcm_vec.h"
 #include "cpu_gemm.h"
 #include "molrcm_dwplane.h"
+#include "cpu_pool.h"
 #include "cpu_reduce.h"
 
 #include <ATen/Parallel.h>
@@ -125,8 +127,8 @@ std::tuple<Tensor, Tensor> proj_qv_forward(const Tensor& x_, const Tensor& wq_, 
   const auto qv = check_proj_qv(x_, wq_, bq_, wv_, bv_);
   const int64_t C = x_.size(1), Cq = qv.first, Cv = qv.second;
   Tensor x = x_.contiguous();
-  Tensor q = at::empty({x.size(0), Cq, x.size(2), x.size(3)}, x.options());
-  Tensor v = at::empty({x.size(0), Cv, x.size(2), x.size(3)}, x.options());
+  Tensor q = pooled_empty({x.size(0), Cq, x.size(2), x.size(3)}, x.options());
+  Tensor v = pooled_empty({x.size(0), Cv, x.size(2), x.size(3)}, x.options());
   if (x.numel() == 0 || q.numel() + v.numel() == 0) {
     if (q.numel()) q.copy_(at::gelu(bq_.view({1, Cq, 1, 1}).expand_as(q)));
     if (v.numel()) v.copy_(bv_.view({1, Cv, 1, 1}).expand_as(v));
@@ -203,7 +205,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> proj_qv_backward(const Tensor
   check_like(gv_, "grad_v", x_, {N, Cv, H, W});
   Tensor x = x_.contiguous(), gq = gq_.contiguous(), gv = gv_.contiguous();
   Tensor wq = wq_.contiguous(), wv = wv_.contiguous(), bq = bq_.contiguous();
-  Tensor dx = at::empty_like(x), dwq = at::zeros_like(wq), dbq = at::zeros_like(bq_);
+  Tensor dx = pooled_empty(x.sizes(), x.options()), dwq = at::zeros_like(wq), dbq = at::zeros_like(bq_);
   Tensor dwv = at::zeros_like(wv), dbv = at::zeros_like(bv_);
   if (x.numel() == 0) {
     dx.zero_();
@@ -275,7 +277,7 @@ Tensor gate_out_forward(const Tensor& y_, const Tensor& v_, const Tensor& wf_, c
                         const Tensor& wo_, const Tensor& bo_) {
   const int64_t Co = check_gate_out(y_, v_, wf_, bf_, wo_, bo_);
   const int64_t N = y_.size(0), C = y_.size(1), H = y_.size(2), W = y_.size(3);
-  Tensor out = at::empty({N, Co, H, W}, y_.options());
+  Tensor out = pooled_empty({N, Co, H, W}, y_.options());
   if (out.numel() == 0) return out;
   if (C == 0) return out.copy_(bo_.view({1, Co, 1, 1}).expand_as(out));
   Tensor y = y_.contiguous(), v = v_.contiguous();
@@ -362,7 +364,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> gate_out_backward(
   Tensor y = y_.contiguous(), v = v_.contiguous(), g = g_.contiguous();
   Tensor wf = wf_.contiguous(), wo = wo_.contiguous();
   // dy and dv are written in full by the kernel (no zero fill of image-sized outputs).
-  Tensor dy = at::empty_like(y), dv = at::empty_like(v), dwf = at::zeros_like(wf), dbf = at::zeros_like(bf_);
+  Tensor dy = pooled_empty(y.sizes(), y.options()), dv = pooled_empty(v.sizes(), v.options()), dwf = at::zeros_like(wf), dbf = at::zeros_like(bf_);
   Tensor dwo = at::zeros_like(wo), dbo = at::zeros_like(bo_);
   if (y.numel() == 0) {
     if (g.numel()) dbo.copy_(g.sum({0, 2, 3}));
@@ -453,7 +455,7 @@ Tensor dw_mix_forward(const Tensor& q_, const Tensor& w0, const Tensor& b0, cons
                       int64_t d2) {
   DwMixGeom g = dw_mix_check(q_, w0, b0, w1, b1, w2, b2, c1, c2, d0, d1, d2);
   Tensor q = q_.contiguous();
-  Tensor out = at::empty_like(q);
+  Tensor out = pooled_empty(q.sizes(), q.options());
   if (q.numel() == 0) return out;
   AT_DISPATCH_FLOATING_TYPES(q.scalar_type(), "dw_mix_forward", [&] {
     dw_mix_fwd_impl<scalar_t>(g, q, w0.contiguous(), b0.contiguous(), w1.contiguous(), b1.contiguous(),
@@ -543,7 +545,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> dw_mix_backwa
   DwMixGeom g = dw_mix_check(q_, w0, b0, w1, b1, w2, b2, c1, c2, d0, d1, d2);
   check_like(gy_, "grad_y", q_, q_.sizes());
   Tensor q = q_.contiguous(), gy = gy_.contiguous();
-  Tensor dq = at::empty_like(q), dw0 = at::zeros_like(w0), db0 = at::zeros_like(b0);  // dq: written in full
+  Tensor dq = pooled_empty(q.sizes(), q.options()), dw0 = at::zeros_like(w0), db0 = at::zeros_like(b0);  // dq: written in full
   Tensor dw1 = at::zeros_like(w1), db1 = at::zeros_like(b1), dw2 = at::zeros_like(w2), db2 = at::zeros_like(b2);
   if (q.numel() == 0) return {dq, dw0, db0, dw1, db1, dw2, db2};
   AT_DISPATCH_FLOATING_TYPES(q.scalar_type(), "dw_mix_backward", [&] {
