@@ -85,6 +85,33 @@ def test_optimize_for_inference_reference_backend_exact_algebra():
     assert any(isinstance(m, torch.nn.BatchNorm2d) for m in ref.modules())
 
 
+@pytest.mark.parametrize("backend", ["reference", "cpu"])
+def test_folded_block_without_autograd_sums_in_place(backend):
+    """Without autograd the folded block adds both residuals into attn's output: bitwise the result of the
+    grad-mode path, and the block's input (e.g. the model's global skip) is left untouched."""
+    if backend == "cpu":
+        backend = cpu_backend()
+    torch.manual_seed(0)
+    ref = eimn.EIMN(embed_dims=16, scale=2, num_stages=2).eval()
+    for n, p in ref.named_parameters():
+        if "layer_scale" in n:
+            p.data.uniform_(0.1, 1.0)
+    folded = ek.optimize_for_inference(ref, backend=backend)
+    block = folded.block1[0]
+    x = torch.rand(1, 16, 9, 10)
+    x0 = x.clone()
+    with torch.enable_grad():
+        want = block(x).detach()
+    with torch.no_grad():
+        got = block(x)
+    assert torch.equal(got, want) and torch.equal(x, x0)
+    img = torch.rand(1, 3, 9, 10)
+    with torch.enable_grad():
+        want = folded(img).detach()
+    with torch.inference_mode():  # the whole model: its global skip is the first block's input
+        assert torch.equal(folded(img), want)
+
+
 def test_fused_training_matches_reference_loss_curve():
     backend = cpu_backend()
     torch.manual_seed(0)
