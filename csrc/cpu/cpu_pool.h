@@ -115,6 +115,9 @@ inline at::Tensor pooled_empty(at::IntArrayRef sizes, const at::TensorOptions& o
   return at::from_blob(p, sizes, [bytes](void* q) { pool().put(q, bytes); }, opts.device(at::kCPU));
 }
 
+// at::empty_like(t) for a contiguous CPU tensor of t's sizes and options, through pooled_empty.
+inline at::Tensor pooled_empty_like(const at::Tensor& t) { return pooled_empty(t.sizes(), t.options()); }
+
 // Uninitialised scratch of n elements of T from the pool (large) or the heap (small), returned on destruction.
 template <typename T> class PoolBuf {
  public:

@@ -52,12 +52,6 @@ int64_t pixel_tile(int64_t HW, int64_t N) {
   return std::min(P, HW);
 }
 
-// Sum per-task partials part[t][l] (t < T) into out[l], in task order, in double (deterministic).
-template <typename T, typename P>
-void reduce_tasks(const P* part, int64_t T_, int64_t L, T* out) {
-  sum_rows<double>(part, T_, L, L, out);
-}
-
 // Row sums of a (R x P) block (row stride ld) into double out[r] (+=).
 template <typename T>
 void row_sums(const T* a, int64_t R, int64_t P, int64_t ld, double* out) {
@@ -186,11 +180,11 @@ void proj_qv_bwd_impl(const Tensor& gq, const Tensor& gv, const Tensor& x, const
       gemm_apix<T>(C, np, Cv, wvT_k.data(), gvt, HW, dxt, HW, true);
     }
   });
-  reduce_tasks<T, T>(wpart.data(), ntask, LW, wpart.data());  // in place: row 0 holds the sums
+  sum_rows<double>(wpart.data(), ntask, LW, LW, wpart.data());  // in place: row 0 holds the sums
   std::copy(wpart.data(), wpart.data() + Cq * C, dwq.data_ptr<T>());
   std::copy(wpart.data() + Cq * C, wpart.data() + LW, dwv.data_ptr<T>());
   std::vector<T> bs(LB);
-  reduce_tasks<T, double>(bpart.data(), ntask, LB, bs.data());
+  sum_rows<double>(bpart.data(), ntask, LB, LB, bs.data());
   std::copy(bs.begin(), bs.begin() + Cq, dbq.data_ptr<T>());
   std::copy(bs.begin() + Cq, bs.end(), dbv.data_ptr<T>());
 }
@@ -205,7 +199,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> proj_qv_backward(const Tensor
   check_like(gv_, "grad_v", x_, {N, Cv, H, W});
   Tensor x = x_.contiguous(), gq = gq_.contiguous(), gv = gv_.contiguous();
   Tensor wq = wq_.contiguous(), wv = wv_.contiguous(), bq = bq_.contiguous();
-  Tensor dx = pooled_empty(x.sizes(), x.options()), dwq = at::zeros_like(wq), dbq = at::zeros_like(bq_);
+  Tensor dx = pooled_empty_like(x), dwq = at::zeros_like(wq), dbq = at::zeros_like(bq_);
   Tensor dwv = at::zeros_like(wv), dbv = at::zeros_like(bv_);
   if (x.numel() == 0) {
     dx.zero_();
@@ -346,11 +340,11 @@ void gate_out_bwd_impl(const Tensor& g, const Tensor& y, const Tensor& v, const 
       gemm_apix<T>(C, np, C, wfT_k.data(), dm.data(), P, dyp + n * C * HW + p0, HW, false);
     }
   });
-  reduce_tasks<T, T>(wpart.data(), ntask, LW, wpart.data());
+  sum_rows<double>(wpart.data(), ntask, LW, LW, wpart.data());
   std::copy(wpart.data(), wpart.data() + Co * C, dwo.data_ptr<T>());
   std::copy(wpart.data() + Co * C, wpart.data() + LW, dwf.data_ptr<T>());
   std::vector<T> bs(LB);
-  reduce_tasks<T, double>(bpart.data(), ntask, LB, bs.data());
+  sum_rows<double>(bpart.data(), ntask, LB, LB, bs.data());
   std::copy(bs.begin(), bs.begin() + Co, dbo.data_ptr<T>());
   std::copy(bs.begin() + Co, bs.end(), dbf.data_ptr<T>());
 }
@@ -364,7 +358,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> gate_out_backward(
   Tensor y = y_.contiguous(), v = v_.contiguous(), g = g_.contiguous();
   Tensor wf = wf_.contiguous(), wo = wo_.contiguous();
   // dy and dv are written in full by the kernel (no zero fill of image-sized outputs).
-  Tensor dy = pooled_empty(y.sizes(), y.options()), dv = pooled_empty(v.sizes(), v.options()), dwf = at::zeros_like(wf), dbf = at::zeros_like(bf_);
+  Tensor dy = pooled_empty_like(y), dv = pooled_empty_like(v), dwf = at::zeros_like(wf), dbf = at::zeros_like(bf_);
   Tensor dwo = at::zeros_like(wo), dbo = at::zeros_like(bo_);
   if (y.numel() == 0) {
     if (g.numel()) dbo.copy_(g.sum({0, 2, 3}));
@@ -455,7 +449,7 @@ Tensor dw_mix_forward(const Tensor& q_, const Tensor& w0, const Tensor& b0, cons
                       int64_t d2) {
   DwMixGeom g = dw_mix_check(q_, w0, b0, w1, b1, w2, b2, c1, c2, d0, d1, d2);
   Tensor q = q_.contiguous();
-  Tensor out = pooled_empty(q.sizes(), q.options());
+  Tensor out = pooled_empty_like(q);
   if (q.numel() == 0) return out;
   AT_DISPATCH_FLOATING_TYPES(q.scalar_type(), "dw_mix_forward", [&] {
     dw_mix_fwd_impl<scalar_t>(g, q, w0.contiguous(), b0.contiguous(), w1.contiguous(), b1.contiguous(),
@@ -545,7 +539,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> dw_mix_backwa
   DwMixGeom g = dw_mix_check(q_, w0, b0, w1, b1, w2, b2, c1, c2, d0, d1, d2);
   check_like(gy_, "grad_y", q_, q_.sizes());
   Tensor q = q_.contiguous(), gy = gy_.contiguous();
-  Tensor dq = pooled_empty(q.sizes(), q.options()), dw0 = at::zeros_like(w0), db0 = at::zeros_like(b0);  // dq: written in full
+  Tensor dq = pooled_empty_like(q), dw0 = at::zeros_like(w0), db0 = at::zeros_like(b0);  // dq: written in full
   Tensor dw1 = at::zeros_like(w1), db1 = at::zeros_like(b1), dw2 = at::zeros_like(w2), db2 = at::zeros_like(b2);
   if (q.numel() == 0) return {dq, dw0, db0, dw1, db1, dw2, db2};
   AT_DISPATCH_FLOATING_TYPES(q.scalar_type(), "dw_mix_backward", [&] {

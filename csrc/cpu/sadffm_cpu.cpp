@@ -590,7 +590,7 @@ GatedGrads gated_backward(const at::Tensor& gh_, const at::Tensor& x_, const at:
   }
   auto gh = gh_.contiguous(), x = x_.contiguous(), w_in = w_in_.contiguous(), b_in = b_in_.contiguous(),
        w_dw = w_dw_.contiguous(), b_dw = b_dw_.contiguous();
-  auto gx = pooled_empty(x.sizes(), x.options()), gw_in = at::empty_like(w_in), gb_in = at::empty_like(b_in),
+  auto gx = pooled_empty_like(x), gw_in = at::empty_like(w_in), gb_in = at::empty_like(b_in),
        gw_dw = at::empty_like(w_dw), gb_dw = at::empty_like(b_dw);
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "gated_dwconv_backward", [&] {
     using T = scalar_t;
@@ -1254,7 +1254,7 @@ DffmGrads dffm_backward(const at::Tensor& go_, const at::Tensor& h_, const std::
     stash = stash_.contiguous();
   }
   auto h = h_.contiguous(), go = go_.contiguous();
-  auto gh = pooled_empty(h.sizes(), h.options());
+  auto gh = pooled_empty_like(h);
   std::vector<at::Tensor> g;
   for (auto& w : ws) g.push_back(at::empty_like(w));
   AT_DISPATCH_FLOATING_TYPES(h.scalar_type(), "dffm_out_backward", [&] {
