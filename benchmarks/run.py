@@ -18,7 +18,7 @@ import torch
 
 from . import complexity, model, ops
 from .harness import add_malloc_arg, machine_info, measure_ceilings, set_malloc_mode
-from .report import write_all
+from .report import result_paths, write_all, write_json
 
 __all__ = ["run_all", "main"]
 
@@ -38,9 +38,11 @@ def _section(name: str, notes: list, fn, /, *a, **kw):
 
 
 def run_all(device: str, quick: bool, threads: int, compile: bool = True, sections=("complexity", "ops", "subops",
-            "model", "train"), malloc: str = "default") -> dict:
+            "model", "train"), malloc: str = "default", checkpoint_dir: str | None = None) -> dict:
     """Run the sections on ``device`` and return the results dict (see benchmarks.report); ``malloc``: the
-    allocator mode of harness.set_malloc_mode (set for the rest of the process)."""
+    allocator mode of harness.set_malloc_mode (set for the rest of the process). With ``checkpoint_dir`` the
+    results so far are written there as JSON (``"partial": true``) after every section, so a run killed at a
+    time limit (a lent GPU's call) keeps its finished sections."""
     t0 = time.perf_counter()
     if device == "cpu":
         torch.set_num_threads(threads)
@@ -49,24 +51,31 @@ def run_all(device: str, quick: bool, threads: int, compile: bool = True, sectio
     la = res["machine"].get("loadavg")
     if device == "cpu" and la and la[0] > (os.cpu_count() or 1):
         notes.append(f"CPU load average {la[0]:.1f} exceeds the {os.cpu_count()} CPUs: timings are noisy")
+    res["ops"], res["model"] = [], []
+
+    def checkpoint():
+        if checkpoint_dir:
+            write_json({**res, "partial": True, "wall_s": time.perf_counter() - t0},
+                       result_paths(res, checkpoint_dir)["json"])
+
     res["ceilings"] = _section("ceilings", notes, measure_ceilings, device, quick, threads)
     if "complexity" in sections:
         res["complexity"] = _section("complexity", notes, complexity.complexity_table)
-    op_rows = []
+        checkpoint()
     if "ops" in sections:
-        op_rows += _section("ops", notes, ops.bench_ops, ("molrcm", "sadffm"), device, quick, threads,
-                            ceilings=res["ceilings"], compile=compile, notes=notes) or []
+        res["ops"] += _section("ops", notes, ops.bench_ops, ("molrcm", "sadffm"), device, quick, threads,
+                               ceilings=res["ceilings"], compile=compile, notes=notes) or []
+        checkpoint()
     if "subops" in sections:
-        op_rows += _section("subops", notes, ops.bench_subops, ("molrcm", "sadffm"), device, quick, threads,
-                            ceilings=res["ceilings"], notes=notes) or []
-    res["ops"] = op_rows
-    model_rows = []
+        res["ops"] += _section("subops", notes, ops.bench_subops, ("molrcm", "sadffm"), device, quick, threads,
+                               ceilings=res["ceilings"], notes=notes) or []
+        checkpoint()
     if "model" in sections:
-        model_rows += _section("model", notes, model.bench_inference, device, quick, threads, compile=compile,
-                               notes=notes) or []
+        res["model"] += _section("model", notes, model.bench_inference, device, quick, threads, compile=compile,
+                                 notes=notes) or []
+        checkpoint()
     if "train" in sections:
-        model_rows += _section("train", notes, model.bench_training, device, quick, threads, notes=notes) or []
-    res["model"] = model_rows
+        res["model"] += _section("train", notes, model.bench_training, device, quick, threads, notes=notes) or []
     res["wall_s"] = time.perf_counter() - t0
     return res
 
@@ -97,7 +106,8 @@ def main(argv=None) -> dict:
         torch.backends.cuda.matmul.allow_tf32 = False
     out = {}
     for dev in devices:
-        res = run_all(dev, a.quick, a.threads, compile=not a.no_compile, sections=sections, malloc=a.malloc)
+        res = run_all(dev, a.quick, a.threads, compile=not a.no_compile, sections=sections, malloc=a.malloc,
+                      checkpoint_dir=a.out_dir)
         paths = write_all(res, a.out_dir)
         out[dev] = {"results": res, "paths": paths}
         _summary(res)

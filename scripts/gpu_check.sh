@@ -18,7 +18,8 @@
 #   (default 9.0), MAX_JOBS (default: number of CPUs), PYTEST_ARGS (extra args for the test stage),
 #   SANITIZER_PYTEST_ARGS (extra pytest args under compute-sanitizer), SANITIZER_K (a pytest -k expression for
 #   the tests run under the sanitizer, e.g. "float32 and not gradcheck"; default: all),
-#   SANITIZER_TIMEOUT (seconds per tool, default 240), BENCH_ARGS (default: --quick; "" for the full run),
+#   SANITIZER_TIMEOUT (seconds per tool, default 240), TEST_TIMEOUT (seconds per test where pytest-timeout is
+#   installed, default 300), BENCH_ARGS (default: --quick; "" for the full run),
 #   STAGE_TIMEOUT (seconds for each of build/kernels/test/bench/model, default 0 = none; the device call is
 #   limited to 10 minutes and a stage that runs over loses its log's tail only, not the call's other files).
 # Exit status: non-zero when any stage failed (all requested stages still run).
@@ -91,8 +92,12 @@ print('backends on cuda:', ek.available_backends('cuda'), '| on cpu:', ek.availa
 }
 
 tests() {
-  # The whole suite with the GPU visible: CUDA and Triton backends run on CUDA tensors.
-  timeout "$TO" "$PY" -m pytest -q -rfEs --durations=15 ${PYTEST_ARGS:-}
+  # The whole suite with the GPU visible: CUDA and Triton backends run on CUDA tensors. -v: one line per test in
+  # the log, so a run stopped at STAGE_TIMEOUT still names its failures (2026-11-25: three runs cut off at 90-95%
+  # printed an F and no name); pytest-timeout, where installed, stops a single hung test after 300 s.
+  local tmo=()
+  "$PY" -c "import pytest_timeout" 2>/dev/null && tmo=(--timeout "${TEST_TIMEOUT:-300}")
+  timeout "$TO" "$PY" -m pytest -v -rfEs --durations=15 "${tmo[@]}" ${PYTEST_ARGS:-}
 }
 
 gpu_test_files() {  # the given test files without the CPU emulations of the CUDA kernels (*_emu.py)

@@ -200,6 +200,12 @@ def test_fused_rows_and_run_sections(monkeypatch, tmp_path):
     assert res["ops"] == [] and res["model"] == [] and res["machine"]["torch_threads"] == 1
     paths = report.write_all(res, str(tmp_path))
     assert all(open(p, "rb").read() for p in paths.values())
+    # checkpoints: the finished sections are on disk before the run ends (a killed GPU call keeps them)
+    monkeypatch.setattr(run.complexity, "complexity_table", lambda: [{"model": "stand-in"}])
+    ckpt = tmp_path / "ckpt"
+    res = run.run_all("cpu", True, 1, compile=False, sections=("complexity",), checkpoint_dir=str(ckpt))
+    saved = json.loads(open(report.result_paths(res, str(ckpt))["json"]).read())
+    assert saved["partial"] is True and saved["complexity"] == [{"model": "stand-in"}] and "partial" not in res
 
 
 def test_paired_speedup_orders_a_slow_and_a_fast_call():
