@@ -64,6 +64,14 @@ TORCH_LIBRARY(eimn_C, m) {
         "Tensor w_gr, Tensor b_gr, Tensor w_lr, Tensor b_lr, Tensor w_ce, Tensor b_ce, Tensor w_se, Tensor b_se, "
         "Tensor stash, float eps) -> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, "
         "Tensor, Tensor, Tensor, Tensor)");
+  // Channel LayerNorm of an NCHW image (EIMN's LayerNorm between blocks): y = (x - mean_C x) * rstd * w + b,
+  // the statistics over the channels of each pixel. The _stash variants keep mean and rstd (N x H x W each).
+  m.def("channel_layer_norm_forward(Tensor x, Tensor w, Tensor b, float eps) -> Tensor");
+  m.def("channel_layer_norm_forward_stash(Tensor x, Tensor w, Tensor b, float eps) -> (Tensor, Tensor)");
+  m.def("channel_layer_norm_backward(Tensor grad_y, Tensor x, Tensor w, Tensor b, float eps) "
+        "-> (Tensor, Tensor, Tensor)");
+  m.def("channel_layer_norm_backward_stash(Tensor grad_y, Tensor x, Tensor w, Tensor b, Tensor stash, float eps) "
+        "-> (Tensor, Tensor, Tensor)");
   // Whole SADFFM layer, forward only (inference; CPU): dffm_out(gated_dwconv(x)) without writing h.
   m.def("sadffm_infer_forward(Tensor x, Tensor w_in, Tensor b_in, Tensor w_dw, Tensor b_dw, Tensor w_out, "
         "Tensor b_out, Tensor ln_w, Tensor ln_b, Tensor w_gr, Tensor b_gr, Tensor w_lr, Tensor b_lr, Tensor w_ce, "

@@ -150,8 +150,17 @@ class EIMN(nn.Module):
         identity = x
         for i in range(1, self.num_stages + 1):
             x = getattr(self, f"block{i}")(x)
-            x = getattr(self, f"norm{i}")(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+            norm = getattr(self, f"norm{i}")
+            if getattr(norm, "channels_first", False):  # eimn_kernels.ChannelLayerNorm: NCHW in, NCHW out
+                x = norm(x)
+            else:
+                x = norm(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
         return self.upsample(self.tail(identity + x))
+
+    def channel_norm_names(self) -> list[str]:
+        """Children that are LayerNorms over the channels of NCHW features (eimn_kernels.fuse swaps them for the
+        fused ChannelLayerNorm)."""
+        return [f"norm{i}" for i in range(1, self.num_stages + 1)]
 
 
 def EIMN_L(scale: int = 2, **kw) -> EIMN:

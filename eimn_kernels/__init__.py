@@ -2,8 +2,9 @@
 
 Functional ops (NCHW tensors, ``backend='auto'|'reference'|'cpu'|'triton'|'cuda'``):
 ``dw_mix``, ``proj_qv``, ``gate_out`` (MOLRCM) and ``gated_dwconv``, ``dffm_out`` (SADFFM); ``sadffm_layer``
-(the whole SADFFM layer: one kernel that never writes the hidden tensor when no gradient is needed).
-Modules: ``MOLRCM``, ``SADFFM``. Model surgery: ``fuse``, ``optimize_for_inference``. The CPU kernels' buffer
+(the whole SADFFM layer: one kernel that never writes the hidden tensor when no gradient is needed);
+``channel_layer_norm`` (EIMN's LayerNorm between blocks, on NCHW). Modules: ``MOLRCM``, ``SADFFM``,
+``ChannelLayerNorm``. Model surgery: ``fuse``, ``optimize_for_inference``. The CPU kernels' buffer
 cache: ``cpu_cache_info``, ``empty_cpu_cache``.
 """
 from . import _ext, reference
@@ -11,11 +12,11 @@ from ._ext import cpu_cache_info, empty_cpu_cache
 from .backends import BACKENDS, available_backends, backend_status, resolve_backend
 from .fuse import fuse
 from .inference import optimize_for_inference
-from .modules import MOLRCM, SADFFM
-from .ops import dffm_out, dw_mix, gate_out, gated_dwconv, proj_qv, sadffm_layer
+from .modules import MOLRCM, SADFFM, ChannelLayerNorm
+from .ops import channel_layer_norm, dffm_out, dw_mix, gate_out, gated_dwconv, proj_qv, sadffm_layer
 
 __version__ = "0.1.0"
 
 __all__ = ["BACKENDS", "available_backends", "backend_status", "resolve_backend", "fuse", "optimize_for_inference",
-           "MOLRCM", "SADFFM", "dw_mix", "proj_qv", "gate_out", "gated_dwconv", "dffm_out", "sadffm_layer",
+           "MOLRCM", "SADFFM", "ChannelLayerNorm", "channel_layer_norm", "dw_mix", "proj_qv", "gate_out", "gated_dwconv", "dffm_out", "sadffm_layer",
            "reference", "cpu_cache_info", "empty_cpu_cache"]

@@ -1,9 +1,10 @@
-"""Swap EIMN's MOLRCM / SADFFM layers for the fused modules, in any nn.Module tree."""
+"""Swap EIMN's MOLRCM / SADFFM layers (and its LayerNorms between blocks) for the fused modules, in any nn.Module
+tree."""
 from __future__ import annotations
 
 import torch.nn as nn
 
-from .modules import MOLRCM, SADFFM
+from .modules import MOLRCM, SADFFM, ChannelLayerNorm
 
 __all__ = ["fuse", "is_molrcm", "is_sadffm"]
 
@@ -22,15 +23,21 @@ def is_sadffm(m: nn.Module) -> bool:
 
 
 def fuse(model: nn.Module, backend: str = "auto") -> nn.Module:
-    """Replace, in place, every MOLRCM and SADFFM in ``model`` by fused modules holding the same
-    parameters (state_dict keys and values unchanged). Returns ``model``. Fused modules already
+    """Replace, in place, every MOLRCM and SADFFM in ``model`` (and the channel LayerNorms a model names through
+    ``channel_norm_names()``, as EIMN does) by fused modules holding the same parameters (state_dict keys and
+    values unchanged). Returns ``model``. Fused modules already
     present get ``backend`` set."""
-    if isinstance(model, (MOLRCM, SADFFM)):
+    if isinstance(model, (MOLRCM, SADFFM, ChannelLayerNorm)):
         model.backend = backend
         return model
+    # A model that names its channel LayerNorms (eimn.model.EIMN: norm1..normN, applied to NCHW features) gets
+    # the fused ChannelLayerNorm there; other LayerNorms are left alone (they may normalise a last dimension).
+    channel_norms = set(model.channel_norm_names()) if hasattr(model, "channel_norm_names") else set()
     for name, child in list(model.named_children()):
-        if isinstance(child, (MOLRCM, SADFFM)):
+        if isinstance(child, (MOLRCM, SADFFM, ChannelLayerNorm)):
             child.backend = backend
+        elif name in channel_norms and isinstance(child, nn.LayerNorm):
+            setattr(model, name, ChannelLayerNorm.from_module(child, backend))
         elif is_molrcm(child):
             setattr(model, name, MOLRCM.from_module(child, backend))
         elif is_sadffm(child):

@@ -4,9 +4,9 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from .ops import dw_mix, gate_out, proj_qv, sadffm_layer
+from .ops import channel_layer_norm, dw_mix, gate_out, proj_qv, sadffm_layer
 
-__all__ = ["MOLRCM", "SADFFM"]
+__all__ = ["MOLRCM", "SADFFM", "ChannelLayerNorm"]
 
 
 def _autocast_args(x: torch.Tensor, *params: torch.Tensor) -> tuple[torch.Tensor, ...]:
@@ -132,3 +132,38 @@ class SADFFM(nn.Module):
 
     def extra_repr(self) -> str:
         return f"dim={self.dim}, hidden={self.hidden}, backend={self.backend!r}"
+
+
+class ChannelLayerNorm(nn.Module):
+    """LayerNorm over the channels of an NCHW image, fused. x: (N, dim, H, W) -> (N, dim, H, W) contiguous.
+
+    Parameters and state_dict keys (``weight``, ``bias``) of ``nn.LayerNorm(dim)``; applied to NCHW directly
+    (``channels_first``), where the original model permutes to NHWC, normalises and permutes back.
+    """
+
+    channels_first = True  # eimn.model.EIMN calls it on NCHW without the permutes
+
+    def __init__(self, dim: int, eps: float = 1e-5, backend: str = "auto"):
+        super().__init__()
+        self.dim, self.eps, self.backend = dim, eps, backend
+        self.weight = nn.Parameter(torch.ones(dim))
+        self.bias = nn.Parameter(torch.zeros(dim))
+
+    @classmethod
+    def from_module(cls, m: nn.LayerNorm, backend: str = "auto") -> "ChannelLayerNorm":
+        """Fused module sharing the parameters of ``m``, an ``nn.LayerNorm(dim)`` with an elementwise affine."""
+        if len(m.normalized_shape) != 1 or m.weight is None or m.bias is None:
+            raise ValueError(f"ChannelLayerNorm.from_module needs nn.LayerNorm(dim) with weight and bias, got {m}")
+        new = cls.__new__(cls)
+        nn.Module.__init__(new)
+        new.dim, new.eps, new.backend = m.normalized_shape[0], m.eps, backend
+        new.weight, new.bias = m.weight, m.bias
+        return new.train(m.training)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x, w, b = _autocast_args(x, self.weight, self.bias)
+        with torch.autocast(x.device.type, enabled=False):
+            return channel_layer_norm(x, w, b, self.eps, backend=self.backend)
+
+    def extra_repr(self) -> str:
+        return f"dim={self.dim}, eps={self.eps}, backend={self.backend!r}"

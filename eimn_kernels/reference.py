@@ -8,7 +8,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-__all__ = ["dw_mix", "proj_qv", "gate_out", "gated_dwconv", "dffm_out", "molrcm", "sadffm"]
+__all__ = ["dw_mix", "proj_qv", "gate_out", "gated_dwconv", "dffm_out", "channel_layer_norm", "molrcm", "sadffm"]
 
 
 def _dw(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor, dilation: int) -> torch.Tensor:
@@ -67,6 +67,15 @@ def dffm_out(h, w_out, b_out, ln_w, ln_b, w_gr, b_gr, w_lr, b_lr, w_ce, b_ce, w_
     c = torch.sigmoid(F.conv2d(g, w_ce, b_ce))
     s = torch.sigmoid(F.conv2d(torch.cat([loc, g.expand(-1, -1, *loc.shape[2:])], 1), w_se, b_se))
     return y * c * s
+
+
+def channel_layer_norm(x, weight, bias, eps: float = 1e-5):
+    """LayerNorm over the channels of every pixel. x: (N, C, H, W), weight, bias: (C,) -> (N, C, H, W).
+
+    EIMN's LayerNorm between blocks: ``nn.LayerNorm(C)`` on the NHWC view, permuted back (a channels_last-strided
+    result, as the model has it).
+    """
+    return F.layer_norm(x.permute(0, 2, 3, 1), (x.shape[1],), weight, bias, eps).permute(0, 3, 1, 2)
 
 
 def molrcm(x, p: dict, c1: int, c2: int):

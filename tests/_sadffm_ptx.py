@@ -1,4 +1,4 @@
-"""Compile every SADFFM Triton kernel to PTX for sm_90 (H100) without a GPU; run as a script by
+"""Compile every SADFFM Triton kernel (and the channel LayerNorm's, which shares the DFFM LayerNorm) to PTX for sm_90 (H100) without a GPU; run as a script by
 tests/test_triton_sadffm.py (in a subprocess, without TRITON_INTERPRET). Prints one line per kernel;
 with EIMN_PTX_CUBIN=1 it also runs ptxas and prints registers and spill stack per kernel."""
 import os
@@ -12,12 +12,13 @@ import triton.language as tl  # noqa: E402
 from triton.backends.compiler import GPUTarget  # noqa: E402
 from triton.compiler import ASTSource  # noqa: E402
 
+from eimn_kernels.triton_kernels import channel_norm as cn  # noqa: E402
 from eimn_kernels.triton_kernels import sadffm_common as cm  # noqa: E402
 from eimn_kernels.triton_kernels import sadffm_config as cfg  # noqa: E402
 from eimn_kernels.triton_kernels import sadffm_dffm as df  # noqa: E402
 from eimn_kernels.triton_kernels import sadffm_gated as gd  # noqa: E402
 
-_INTS = {"CIN", "COUT", "P", "sw_o", "sw_c", "M", "K", "NT", "PER", "NITEMS", "HID", "H", "W", "C2", "C", "R"}
+_INTS = {"HW", "CIN", "COUT", "P", "sw_o", "sw_c", "M", "K", "NT", "PER", "NITEMS", "HID", "H", "W", "C2", "C", "R"}
 _PTR = {tl.float32: "*fp32", tl.float16: "*fp16", tl.bfloat16: "*bf16", tl.float64: "*fp64"}
 
 
@@ -91,6 +92,8 @@ def cases():
         ("dffm_gate_fp16", df.dffm_gate_kernel, tl.float16, dict(**b16tf, **dq)),
         ("dffm_bwd_b_fp64", df.dffm_bwd_b_kernel, tl.float64, dict(**f64, **dq)),
         ("dffm_bwd_c_fp32", df.dffm_bwd_c_kernel, tl.float32, dict(**f32, **dq)),
+        ("cln_fwd_bf16", cn._cln_fwd_kernel, tl.bfloat16, dict(ACC=tl.float32, BC=64, BP=cn.BLOCK_P)),
+        ("cln_bwd_fp32", cn._cln_bwd_kernel, tl.float32, dict(ACC=tl.float32, BC=64, BP=cn.BLOCK_P)),
     ]
 
 
@@ -98,7 +101,7 @@ if __name__ == "__main__":
     import time
     ok = True
     warps = {"conv1x1": cfg.GEMM_WARPS, "wgrad": cfg.WG_WARPS, "gated": cfg.DW_WARPS, "dw": cfg.DW_WARPS,
-             "dffm": cfg.DFFM_WARPS}
+             "dffm": cfg.DFFM_WARPS, "cln": 4}
     for name, kernel, dt, cx in cases():
         t = time.time()
         try:

@@ -17,6 +17,7 @@
 #include "cpu_gemm.h"
 #include "cpu_pool.h"
 #include "cpu_reduce.h"
+#include "channel_norm.h"
 #if defined(__AVX__)
 #include <immintrin.h>
 #endif
@@ -630,23 +631,7 @@ template <typename T>
 void dffm_tile_stats(const DffmW<T>& w, const T* y, int64_t HW, int64_t P, T* mu, T* rstd, T* z, T* lpre, T* aloc,
                      T* yhat_sum) {
   const int C = w.C, R = w.R;
-#pragma omp simd
-  for (int64_t p = 0; p < P; ++p) mu[p] = 0;
-  for (int c = 0; c < C; ++c) {
-    const T* yc = y + c * HW;
-#pragma omp simd
-    for (int64_t p = 0; p < P; ++p) mu[p] += yc[p];
-  }
-  const T invC = T(1) / T(C);
-#pragma omp simd
-  for (int64_t p = 0; p < P; ++p) { mu[p] *= invC; rstd[p] = 0; }
-  for (int c = 0; c < C; ++c) {
-    const T* yc = y + c * HW;
-#pragma omp simd
-    for (int64_t p = 0; p < P; ++p) { const T d = yc[p] - mu[p]; rstd[p] += d * d; }
-  }
-#pragma omp simd
-  for (int64_t p = 0; p < P; ++p) rstd[p] = T(1) / std::sqrt(rstd[p] * invC + w.eps);
+  channel_stats(y, HW, C, P, w.eps, mu, rstd);
   for (int c = 0; c < C; ++c) {
     const T* yc = y + c * HW;
     T* zc = z + c * kPT;

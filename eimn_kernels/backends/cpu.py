@@ -7,7 +7,7 @@ from .. import _ext
 
 SUPPORTED_DTYPES = (torch.float32, torch.float64)
 # Ops whose forward can keep intermediates for the backward (NAME_forward_stash / NAME_backward_stash).
-STASH_OPS = ("gated_dwconv", "dffm_out")
+STASH_OPS = ("gated_dwconv", "dffm_out", "channel_layer_norm")
 
 
 def available(device: torch.device) -> tuple[bool, str]:

@@ -19,7 +19,15 @@ def available(device: torch.device) -> tuple[bool, str]:
     return True, "CUDA kernels"
 
 
+# Ops without a CUDA C++ kernel: the cuda backend runs their Triton kernels (eimn_kernels.ops.norm falls back to
+# the reference when Triton is not installed).
+_TRITON_OPS = ("channel_layer_norm",)
+
+
 def __getattr__(name: str):
+    if name.rsplit("_", 1)[0] in _TRITON_OPS:
+        from . import triton as _triton
+        return getattr(_triton, name)
     if name.endswith("_forward") or name.endswith("_backward"):
         return getattr(torch.ops.eimn_C, name)
     raise AttributeError(name)

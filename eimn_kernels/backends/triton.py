@@ -26,11 +26,11 @@ def available(device: torch.device) -> tuple[bool, str]:
 
 
 _KERNEL_MODULE = {"dw_mix": "molrcm", "proj_qv": "molrcm", "gate_out": "molrcm",
-                  "gated_dwconv": "sadffm", "dffm_out": "sadffm"}
+                  "gated_dwconv": "sadffm", "dffm_out": "sadffm", "channel_layer_norm": "channel_norm"}
 
 
 def __getattr__(name: str):
-    op = name.rsplit("_", 1)[0]
+    op = name.rsplit("_", 1)[0]  # NAME_forward / NAME_backward
     if op in _KERNEL_MODULE and name.rsplit("_", 1)[1] in ("forward", "backward"):
         import importlib
         mod = importlib.import_module(f"eimn_kernels.triton_kernels.{_KERNEL_MODULE[op]}")

@@ -45,3 +45,8 @@ def odd_kernel(name: str, w: torch.Tensor) -> int:
     if w.shape[-2] != k or k % 2 == 0:
         raise ValueError(f"{name} must be a square odd-sized kernel, got {tuple(w.shape[-2:])}")
     return k
+
+
+def needs_grad(*ts: torch.Tensor) -> bool:
+    """A gradient will be needed: grad mode on and some tensor requires grad."""
+    return torch.is_grad_enabled() and any(t.requires_grad for t in ts)

@@ -7,7 +7,7 @@ import torch
 from .. import reference
 from ..backends import resolve_backend
 from ._registry import LIB, OpSpec, register
-from .checks import check_image, check_weight, odd_kernel
+from .checks import check_image, check_weight, needs_grad as _needs_grad, odd_kernel
 
 __all__ = ["gated_dwconv", "dffm_out", "sadffm_layer"]
 
@@ -64,11 +64,6 @@ def _sadffm_infer_fake(x, w_in, b_in, w_dw, b_dw, w_out, *rest):
 
 
 _INFER_BACKENDS = ("cpu",)
-
-
-def _needs_grad(*ts: _T) -> bool:
-    """A gradient will be needed: grad mode on and some tensor requires grad."""
-    return torch.is_grad_enabled() and any(t.requires_grad for t in ts)
 
 
 def _check_gated_weights(x: _T, w_in: _T, b_in: _T, w_dw: _T, b_dw: _T) -> None:
