@@ -3,11 +3,12 @@
 For each op, shape and mode (fwd = no-grad forward, bwd = backward only, fwd+bwd) one row per variant:
 ``eager`` (eimn.model.MOLRCM / SADFFM), ``fused[<backend>]`` (eimn_kernels.MOLRCM / SADFFM sharing the same
 parameters), ``compile`` (torch.compile of the eager module). Sub-op rows time each fused low-level op
-(proj_qv, dw_mix, gate_out, gated_dwconv, dffm_out) against its function in eimn_kernels.reference.
+(proj_qv, dw_mix, gate_out, gated_dwconv, dffm_out, and channel_layer_norm: EIMN's LayerNorm between blocks,
+``norm``) against its function in eimn_kernels.reference.
 Every row carries speed-up vs eager (same run), conv FLOPs, minimum bytes and the achieved fraction of the
 machine's measured copy bandwidth and sgemm rate (see benchmarks.roofline).
 
-    python -m benchmarks.ops molrcm|sadffm|all [--quick] [--device cpu|cuda] [--threads 2] [--malloc default|steady]
+    python -m benchmarks.ops molrcm|sadffm|norm|all [--quick] [--device cpu|cuda] [--threads 2] [--malloc default|steady]
                              [--json FILE]
 """
 from __future__ import annotations
@@ -30,7 +31,8 @@ from .roofline import conv_flops, nbytes, roofline_fields
 
 __all__ = ["shape_plan", "kernel_backends", "bench_ops", "bench_subops", "format_rows", "main"]
 
-SUBOPS = {"molrcm": ("proj_qv", "dw_mix", "gate_out"), "sadffm": ("gated_dwconv", "dffm_out")}
+SUBOPS = {"molrcm": ("proj_qv", "dw_mix", "gate_out"), "sadffm": ("gated_dwconv", "dffm_out"),
+          "norm": ("channel_layer_norm",)}
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16, "fp64": torch.float64}
 
 
@@ -173,10 +175,10 @@ def _ceilings_for(ceilings: dict | None, dtype: str) -> dict | None:
 def _modules(op: str, device: str, dtype: torch.dtype) -> torch.nn.Module:
     """Eager reference module with seeded random weights (non-trivial biases and norm parameters)."""
     torch.manual_seed(0)
-    m = (em.MOLRCM(64) if op == "molrcm" else em.SADFFM(64)).to(device, dtype)
+    m = {"molrcm": em.MOLRCM, "sadffm": em.SADFFM, "norm": torch.nn.LayerNorm}[op](64).to(device, dtype)
     with torch.no_grad():
         for name, p in m.named_parameters():
-            if name.endswith("norm.weight"):
+            if name.endswith("norm.weight") or op == "norm" and name == "weight":
                 p.uniform_(0.5, 1.5)
             elif p.dim() == 1:
                 p.uniform_(-0.2, 0.2)
@@ -264,6 +266,10 @@ def _subop_case(name: str, m: torch.nn.Module, shape, device, dt, grad: bool):
         eps = d.norm.eps
         return ((lambda *a: ref.dffm_out(*a, eps)), lambda b: (lambda *a: ek.dffm_out(*a, eps, backend=b)),
                 [rnd(m.hidden)], p)
+    if name == "channel_layer_norm":  # m: the nn.LayerNorm(C) EIMN applies to the channels of NCHW features
+        return ((lambda x, w, b: ref.channel_layer_norm(x, w, b, m.eps)),
+                lambda b: (lambda x, w, bb: ek.channel_layer_norm(x, w, bb, m.eps, backend=b)), [rnd(c)],
+                [m.weight, m.bias])
     raise ValueError(f"unknown sub-op {name!r}")
 
 
@@ -321,7 +327,8 @@ def format_rows(rows: list[dict]) -> str:
 
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("which", choices=("molrcm", "sadffm", "all"))
+    ap.add_argument("which", choices=("molrcm", "sadffm", "norm", "all"),
+                    help="norm: channel_layer_norm sub-op rows only (no whole-layer module)")
     ap.add_argument("--quick", action="store_true", help="fewer shapes and repeats")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", choices=("cpu", "cuda"))
     ap.add_argument("--threads", type=int, default=2, help="torch threads on CPU (default 2)")
@@ -333,11 +340,13 @@ def main(argv=None) -> dict:
     a = ap.parse_args(argv)
     if a.device == "cpu":
         torch.set_num_threads(a.threads)
-    ops = ("molrcm", "sadffm") if a.which == "all" else (a.which,)
+    ops = ("molrcm", "sadffm", "norm") if a.which == "all" else (a.which,)
+    layers = tuple(o for o in ops if o != "norm")  # ops with a whole-layer module
     notes: list[str] = [set_malloc_mode(a.malloc)]
     ceilings = measure_ceilings(a.device, quick=a.quick, threads=a.threads)
-    rows = bench_ops(ops, a.device, a.quick, a.threads, a.dtype, ceilings, compile=not a.no_compile, notes=notes)
-    if not a.no_subops:
+    rows = bench_ops(layers, a.device, a.quick, a.threads, a.dtype, ceilings, compile=not a.no_compile,
+                     notes=notes) if layers else []
+    if not a.no_subops or not layers:
         rows += bench_subops(ops, a.device, a.quick, a.threads, a.dtype, ceilings, notes=notes)
     res = {"machine": machine_info(a.device), "ceilings": ceilings, "ops": rows, "notes": notes, "malloc": a.malloc}
     print(f"ceilings: copy {ceilings['copy_GBps']:.1f} GB/s, sgemm {ceilings['sgemm_GFLOPs']:.1f} GFLOP/s")

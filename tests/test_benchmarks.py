@@ -178,6 +178,11 @@ def test_ops_rows_on_tiny_shape():
         assert r["median_ms"] > 0 and r["flops"] > 0 and r["min_bytes"] > 0
         if r["variant"] != "eager":
             assert r["max_rel_err"] < 1e-4
+    # the channel LayerNorm rows (no convolution: 0 FLOPs)
+    rows = bench_subops(("norm",), plan=[((1, 64, 6, 7), ("fwd+bwd",))], tkw=tkw,
+                        ceilings={"copy_GBps": 10.0, "sgemm_GFLOPs": 50.0})
+    assert {r["op"] for r in rows} == {"channel_layer_norm"} and all("error" not in r for r in rows), rows
+    assert all(r["max_rel_err"] < 1e-5 for r in rows if r["variant"] != "eager")
 
 
 def test_fused_rows_and_run_sections(monkeypatch, tmp_path):

@@ -22,7 +22,8 @@ _cln_op, _ = register(OpSpec(
 
 def channel_layer_norm(x: _T, weight: _T, bias: _T, eps: float = 1e-5, backend: str = "auto") -> _T:
     """LayerNorm over the channels of every pixel. x: (N, C, H, W) float; weight, bias: (C,) of x's dtype
-    -> (N, C, H, W) contiguous, x's dtype: ``(x - mean_C x) / sqrt(var_C x + eps) * weight + bias`` (biased
+    -> (N, C, H, W), x's dtype (contiguous from the kernel backends; the reference returns the permuted view, as
+    the model computes it): ``(x - mean_C x) / sqrt(var_C x + eps) * weight + bias`` (biased
     variance), the same as ``nn.LayerNorm(C)`` applied to ``x.permute(0, 2, 3, 1)`` and permuted back.
 
     Backends: ``cpu`` (C++), ``triton``; ``cuda`` has no C++ kernel for this op and runs the Triton kernel when
