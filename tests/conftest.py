@@ -36,6 +36,17 @@ def shared():
     return shared_path
 
 
+def skip_unless_backend(name: str, device: str) -> None:
+    """Skip the calling test, with the backend's own reason, when backend ``name`` cannot run on ``device`` here."""
+    import torch
+    import eimn_kernels as ek
+    if device == "cuda" and not torch.cuda.is_available():
+        pytest.skip(f"backend {name!r}: no CUDA device here")
+    ok, why = ek.backend_status(name, device)
+    if not ok:
+        pytest.skip(f"backend {name!r} unavailable: {why}")
+
+
 def kernel_backends(device: str = "cpu"):
     """Kernel backends ('cpu', 'triton', 'cuda') runnable here for ``device``."""
     import eimn_kernels as ek

@@ -2,7 +2,6 @@
 interpreter on CPU, tiny shapes) and 'cuda', against nn.LayerNorm on the permuted view; the model swap. Each
 backend is skipped, with its reason, where it cannot run here."""
 import copy
-import os
 
 import pytest
 import torch
@@ -10,6 +9,8 @@ import torch.nn.functional as F
 
 import eimn_kernels as ek
 from eimn.model import EIMN
+
+from conftest import skip_unless_backend
 
 DEV = {"cpu": "cpu", "triton": "cuda" if torch.cuda.is_available() else "cpu", "cuda": "cuda"}
 INTERP = not torch.cuda.is_available()  # triton runs in the interpreter: keep its shapes tiny
@@ -19,13 +20,8 @@ INTERP = not torch.cuda.is_available()  # triton runs in the interpreter: keep i
 def backend(request):
     """(backend, device), skipped with the backend's own reason when it cannot run here."""
     name = request.param
-    dev = DEV[name]
-    if dev == "cuda" and not torch.cuda.is_available():
-        pytest.skip(f"backend {name!r}: no CUDA device here")
-    ok, why = ek.backend_status(name, dev)
-    if not ok:
-        pytest.skip(f"backend {name!r} unavailable: {why}")
-    return name, torch.device(dev)
+    skip_unless_backend(name, DEV[name])
+    return name, torch.device(DEV[name])
 
 
 def inputs(N, C, H, W, dtype, device, seed=0):

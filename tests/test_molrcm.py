@@ -9,7 +9,7 @@ import torch
 import eimn_kernels as ek
 from eimn_kernels import reference as R
 
-from conftest import shared_path
+from conftest import shared_path, skip_unless_backend
 
 DEVICES = {"cpu": "cpu", "cuda": "cuda"}
 
@@ -18,13 +18,8 @@ DEVICES = {"cpu": "cpu", "cuda": "cuda"}
 def backend(request):
     """(backend name, device) for each kernel backend, skipped with the reason when unavailable."""
     name = request.param
-    dev = DEVICES[name]
-    if dev == "cuda" and not torch.cuda.is_available():
-        pytest.skip("cuda backend: no CUDA device here")
-    ok, why = ek.backend_status(name, dev)
-    if not ok:
-        pytest.skip(f"{name} backend unavailable: {why}")
-    return name, dev
+    skip_unless_backend(name, DEVICES[name])
+    return name, DEVICES[name]
 
 
 def _rel(a, b):

@@ -7,7 +7,7 @@ import torch
 import eimn_kernels as ek
 from eimn_kernels import reference
 
-from conftest import shared_path
+from conftest import shared_path, skip_unless_backend
 
 BACKENDS = ["cpu", "cuda"]
 _DEVICE = {"cpu": "cpu", "cuda": "cuda"}
@@ -17,13 +17,8 @@ _DEVICE = {"cpu": "cpu", "cuda": "cuda"}
 def backend(request):
     """(backend, device), skipped with the backend's own reason when it cannot run here."""
     name = request.param
-    dev = _DEVICE[name]
-    if dev == "cuda" and not torch.cuda.is_available():
-        pytest.skip(f"backend {name!r}: no CUDA device here")
-    ok, why = ek.backend_status(name, dev)
-    if not ok:
-        pytest.skip(f"backend {name!r} unavailable: {why}")
-    return name, torch.device(dev)
+    skip_unless_backend(name, _DEVICE[name])
+    return name, torch.device(_DEVICE[name])
 
 
 def gdw_inputs(N, C, hid, H, W, K, dtype, device, seed=0):

@@ -21,13 +21,20 @@ BLOCK_P = 64  # pixels per program
 
 
 @triton.jit
-def _cln_fwd_kernel(X, LNW, LNB, Y, HW, C, eps, BC: tl.constexpr, BP: tl.constexpr, ACC: tl.constexpr):
+def _tile(HW, C, BC: tl.constexpr, BP: tl.constexpr):
+    """This program's [BC, BP] block of image program_id(1): (element offsets, mask, channel offsets, channel
+    mask)."""
     n = tl.program_id(1).to(tl.int64)
     offs_p = tl.program_id(0) * BP + tl.arange(0, BP)
     offs_c = tl.arange(0, BC)
     mc = offs_c < C
     m = mc[:, None] & (offs_p < HW)[None, :]
-    ptr = n * C * HW + offs_c[:, None] * HW + offs_p[None, :]
+    return n * C * HW + offs_c[:, None] * HW + offs_p[None, :], m, offs_c, mc
+
+
+@triton.jit
+def _cln_fwd_kernel(X, LNW, LNB, Y, HW, C, eps, BC: tl.constexpr, BP: tl.constexpr, ACC: tl.constexpr):
+    ptr, m, offs_c, mc = _tile(HW, C, BC, BP)
     x = tl.load(X + ptr, mask=m, other=0.0).to(ACC)
     y, _, _ = _layernorm(x, mc, LNW, LNB, offs_c, C, eps, ACC)
     tl.store(Y + ptr, y.to(Y.dtype.element_ty), mask=m)
@@ -35,12 +42,7 @@ def _cln_fwd_kernel(X, LNW, LNB, Y, HW, C, eps, BC: tl.constexpr, BP: tl.constex
 
 @triton.jit
 def _cln_bwd_kernel(GY, X, LNW, GX, PART, HW, C, eps, BC: tl.constexpr, BP: tl.constexpr, ACC: tl.constexpr):
-    n = tl.program_id(1).to(tl.int64)
-    offs_p = tl.program_id(0) * BP + tl.arange(0, BP)
-    offs_c = tl.arange(0, BC)
-    mc = offs_c < C
-    m = mc[:, None] & (offs_p < HW)[None, :]
-    ptr = n * C * HW + offs_c[:, None] * HW + offs_p[None, :]
+    ptr, m, offs_c, mc = _tile(HW, C, BC, BP)
     x = tl.load(X + ptr, mask=m, other=0.0).to(ACC)
     _, xhat, rstd = _layernorm(x, mc, LNW, LNW, offs_c, C, eps, ACC)
     gy = tl.load(GY + ptr, mask=m, other=0.0).to(ACC)
@@ -50,7 +52,7 @@ def _cln_bwd_kernel(GY, X, LNW, GX, PART, HW, C, eps, BC: tl.constexpr, BP: tl.c
     mb = tl.sum(g * xhat, axis=0) / C
     gx = rstd[None, :] * (g - ma[None, :] - xhat * mb[None, :])
     tl.store(GX + ptr, gx.to(GX.dtype.element_ty), mask=m)
-    part = PART + (n * tl.num_programs(0) + tl.program_id(0)) * 2 * C
+    part = PART + (tl.program_id(1).to(tl.int64) * tl.num_programs(0) + tl.program_id(0)) * 2 * C
     tl.store(part + offs_c, tl.sum(gy * xhat, axis=1), mask=mc)
     tl.store(part + C + offs_c, tl.sum(gy, axis=1), mask=mc)
 
