@@ -165,13 +165,18 @@ def _check_backend(args, device, dtype) -> str:
 
 
 def _load(path: str, fused: bool, backend: str, device, dtype):
+    """The model of weight file ``path`` on ``device`` / ``dtype``, eval mode. ``fused``: the inference form of the
+    fused model (eimn_kernels.optimize_for_inference: BatchNorm and layer scales folded, fused layers and channel
+    LayerNorms; the CLI only runs inference), else the eager port."""
     from .load import load_model
     if fused:
-        _import_kernels()
+        ek = _import_kernels()
     try:
         model = load_model(path, fused=fused, backend=backend)
     except (FileNotFoundError, ValueError) as e:
         raise CLIError(_weights_error(path, e)) from None
+    if fused:
+        model = ek.optimize_for_inference(model, backend=backend, inplace=True)
     return model.to(device=device, dtype=dtype)
 
 
