@@ -121,6 +121,9 @@ def op_calls(ns: str, shape: tuple[int, int, int, int]) -> dict:
         "gated_dwconv_train": lambda: train("gated_dwconv", gh, (x, *gw)),
         "dffm_out_train": lambda: train("dffm_out", gy, (h, *fw), (1e-6,)),
         "sadffm_train": sadffm_train,
+        "channel_layer_norm_forward": lambda: o.channel_layer_norm_forward(x, 1 + fw[2], fw[3], 1e-5),
+        "channel_layer_norm_backward": lambda: o.channel_layer_norm_backward(gy, x, 1 + fw[2], fw[3], 1e-5),
+        "channel_layer_norm_train": lambda: train("channel_layer_norm", gy, (x, 1 + fw[2], fw[3]), (1e-5,)),
     }
 
 
