@@ -161,7 +161,14 @@ class ChannelLayerNorm(nn.Module):
         return new.train(m.training)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x, w, b = _autocast_args(x, self.weight, self.bias)
+        w, b = self.weight, self.bias
+        dev = x.device.type
+        if torch.is_autocast_enabled(dev):
+            # As autocast runs layer_norm: CUDA casts it to float32 (float32 out: EIMN's residual stream stays
+            # float32); CPU autocast leaves it in the input's dtype.
+            if dev == "cuda":
+                x = x.float()
+            w, b = w.to(x.dtype), b.to(x.dtype)
         with torch.autocast(x.device.type, enabled=False):
             return channel_layer_norm(x, w, b, self.eps, backend=self.backend)
 

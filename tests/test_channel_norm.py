@@ -198,3 +198,20 @@ def test_optimize_for_inference_uses_the_fused_norm():
     img = torch.rand(1, 3, 8, 10)
     with torch.no_grad():
         assert _relerr(opt(img), m(img)) < 1e-5
+
+
+def test_autocast_dtype_like_layer_norm():
+    """Under autocast ChannelLayerNorm returns the dtype nn.LayerNorm returns there: float32 on CUDA (autocast's
+    float32 list: EIMN's residual stream stays float32), the input's dtype on CPU."""
+    devs = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+    for dev in devs:
+        ln = torch.nn.LayerNorm(8).to(dev)
+        m = ek.ChannelLayerNorm.from_module(ln)  # backend auto: a kernel where the dtype has one, else reference
+        for dt in (torch.float32, torch.bfloat16):
+            x = torch.randn(1, 8, 3, 4, device=dev).to(dt)
+            with torch.autocast(dev, dtype=torch.bfloat16):
+                ref = ln(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+                out = m(x)
+            assert out.dtype == ref.dtype, (dev, dt)
+            torch.testing.assert_close(out, ref.contiguous(), rtol=2e-2 if ref.dtype == torch.bfloat16 else 1e-5,
+                                       atol=2e-2 if ref.dtype == torch.bfloat16 else 1e-5)
