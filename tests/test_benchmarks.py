@@ -254,3 +254,18 @@ def test_dot_precision_experiment_runs_and_restores_the_setting():
     assert cfg.FP32_DOT_PRECISION == before
     assert [r["case"] for r in rows] == ["proj_qv", "gate_out", "molrcm"]
     assert all(r["fwd_err"] <= 1e-5 and r["grad_err"] <= 1e-4 for r in rows), rows
+
+
+def test_norm_swap_runs_and_puts_layer_norms_back():
+    """benchmarks.norm_swap: the A side really has nn.LayerNorm, the B side the fused norm; one tiny round runs."""
+    import eimn_kernels as ek
+    from benchmarks import norm_swap
+    from eimn.model import EIMN
+    if not ek.backend_status("cpu")[0]:
+        pytest.skip("cpu backend unavailable")
+    m = ek.optimize_for_inference(EIMN(embed_dims=16, scale=2, num_stages=2).eval(), backend="cpu")
+    old = norm_swap.with_layer_norms(m)
+    assert type(old.norm1) is torch.nn.LayerNorm and isinstance(m.norm1, ek.ChannelLayerNorm)
+    assert old.norm1.weight is not m.norm1.weight and torch.equal(old.norm1.weight, m.norm1.weight)
+    rounds = norm_swap.main(["--scale", "2", "--lr", "6x7", "--rounds", "1", "--threads", "1"])
+    assert len(rounds) == 1 and all(t > 0 for t in rounds[0])
