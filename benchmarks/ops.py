@@ -8,8 +8,8 @@ parameters), ``compile`` (torch.compile of the eager module). Sub-op rows time e
 Every row carries speed-up vs eager (same run), conv FLOPs, minimum bytes and the achieved fraction of the
 machine's measured copy bandwidth and sgemm rate (see benchmarks.roofline).
 
-    python -m benchmarks.ops molrcm|sadffm|norm|all [--quick] [--device cpu|cuda] [--threads 2] [--malloc default|steady]
-                             [--json FILE]
+    python -m benchmarks.ops molrcm|sadffm|norm|all [--quick] [--device cpu|cuda] [--threads 2]
+                             [--malloc default|steady] [--json FILE]
 """
 from __future__ import annotations
 
@@ -340,7 +340,7 @@ def main(argv=None) -> dict:
     a = ap.parse_args(argv)
     if a.device == "cpu":
         torch.set_num_threads(a.threads)
-    ops = ("molrcm", "sadffm", "norm") if a.which == "all" else (a.which,)
+    ops = tuple(SUBOPS) if a.which == "all" else (a.which,)
     layers = tuple(o for o in ops if o != "norm")  # ops with a whole-layer module
     notes: list[str] = [set_malloc_mode(a.malloc)]
     ceilings = measure_ceilings(a.device, quick=a.quick, threads=a.threads)

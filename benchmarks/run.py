@@ -67,7 +67,7 @@ def run_all(device: str, quick: bool, threads: int, compile: bool = True, sectio
                                ceilings=res["ceilings"], compile=compile, notes=notes) or []
         checkpoint()
     if "subops" in sections:
-        res["ops"] += _section("subops", notes, ops.bench_subops, ("molrcm", "sadffm", "norm"), device, quick, threads,
+        res["ops"] += _section("subops", notes, ops.bench_subops, tuple(ops.SUBOPS), device, quick, threads,
                                ceilings=res["ceilings"], notes=notes) or []
         checkpoint()
     if "model" in sections:

@@ -18,5 +18,6 @@ from .ops import channel_layer_norm, dffm_out, dw_mix, gate_out, gated_dwconv, p
 __version__ = "0.1.0"
 
 __all__ = ["BACKENDS", "available_backends", "backend_status", "resolve_backend", "fuse", "optimize_for_inference",
-           "MOLRCM", "SADFFM", "ChannelLayerNorm", "channel_layer_norm", "dw_mix", "proj_qv", "gate_out", "gated_dwconv", "dffm_out", "sadffm_layer",
+           "MOLRCM", "SADFFM", "ChannelLayerNorm", "channel_layer_norm", "dw_mix", "proj_qv", "gate_out",
+           "gated_dwconv", "dffm_out", "sadffm_layer",
            "reference", "cpu_cache_info", "empty_cpu_cache"]

@@ -169,7 +169,7 @@ class ChannelLayerNorm(nn.Module):
             if dev == "cuda":
                 x = x.float()
             w, b = w.to(x.dtype), b.to(x.dtype)
-        with torch.autocast(x.device.type, enabled=False):
+        with torch.autocast(dev, enabled=False):
             return channel_layer_norm(x, w, b, self.eps, backend=self.backend)
 
     def extra_repr(self) -> str:

@@ -1,4 +1,5 @@
-"""Compile every SADFFM Triton kernel (and the channel LayerNorm's, which shares the DFFM LayerNorm) to PTX for sm_90 (H100) without a GPU; run as a script by
+"""Compile every SADFFM Triton kernel (and the channel LayerNorm's, which shares the DFFM LayerNorm) to PTX for
+sm_90 (H100) without a GPU; run as a script by
 tests/test_triton_sadffm.py (in a subprocess, without TRITON_INTERPRET). Prints one line per kernel;
 with EIMN_PTX_CUBIN=1 it also runs ptxas and prints registers and spill stack per kernel."""
 import os
