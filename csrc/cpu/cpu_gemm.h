@@ -105,21 +105,31 @@ template <typename T> inline void pack_b(int64_t K, int64_t P, const T* B, int64
 // The micro-kernel: rows i < MR of A times one packed panel bp (K x NR); hands each finished row to
 // st(i, c0, c1) (its two vectors of NR pixels). A's element (i, k) is a[k * ld + i] when KMajor (weights packed
 // by pack_a) and a[i * ld + k] otherwise (row-major): one stride is known at compile time in both cases.
+// With kb > 0, A is stored in blocks of kb columns, abs elements apart (block j holds columns [j*kb, (j+1)*kb)
+// in the layout above): how the packed panels of pack_b read as a row-major A (kb = NR, ld = NR) without a copy.
 template <typename T, int MR, bool KMajor, typename St>
-inline void mk_rows(int64_t K, const T* a, int64_t ld, const T* bp, St&& st) {
+inline void mk_rows(int64_t K, const T* a, int64_t ld, const T* bp, St&& st, int64_t kb = 0, int64_t abs = 0) {
   using V = vreg<T>;
   constexpr int64_t L = kLanes<T>;
   V c0[MR], c1[MR];
 #pragma GCC unroll 8
   for (int i = 0; i < MR; ++i) c0[i] = c1[i] = V{};
-  for (int64_t k = 0; k < K; ++k) {
-    const V b0 = vload(bp + k * 2 * L), b1 = vload(bp + k * 2 * L + L);
+  auto run = [&](int64_t k0, int64_t k1, const T* ak) {  // columns [k0, k1); ak: A's column k0
+    for (int64_t k = k0; k < k1; ++k) {
+      const V b0 = vload(bp + k * 2 * L), b1 = vload(bp + k * 2 * L + L);
+      const int64_t kk = k - k0;
 #pragma GCC unroll 8
-    for (int i = 0; i < MR; ++i) {
-      const T w = KMajor ? a[k * ld + i] : a[i * ld + k];
-      c0[i] += w * b0;
-      c1[i] += w * b1;
+      for (int i = 0; i < MR; ++i) {
+        const T w = KMajor ? ak[kk * ld + i] : ak[i * ld + kk];
+        c0[i] += w * b0;
+        c1[i] += w * b1;
+      }
     }
+  };
+  if (kb <= 0) {
+    run(0, K, a);
+  } else {
+    for (int64_t k0 = 0, j = 0; k0 < K; k0 += kb, ++j) run(k0, k0 + kb < K ? k0 + kb : K, a + j * abs);
   }
 #pragma GCC unroll 8
   for (int i = 0; i < MR; ++i) st(i, c0[i], c1[i]);
@@ -127,18 +137,20 @@ inline void mk_rows(int64_t K, const T* a, int64_t ld, const T* bp, St&& st) {
 
 // Rows [mb, me) of A (layout as in mk_rows) times one panel, 6 rows per micro-kernel; st(m, c0, c1) gets the
 // absolute row index m.
+// kb, abs: A's column blocks as in mk_rows.
 template <typename T, bool KMajor, typename St>
-inline void rows_panel(int64_t mb, int64_t me, int64_t K, const T* A, int64_t ld, const T* bp, St& st) {
+inline void rows_panel(int64_t mb, int64_t me, int64_t K, const T* A, int64_t ld, const T* bp, St& st,
+                       int64_t kb = 0, int64_t abs = 0) {
   int64_t m = mb;
   auto at = [&](int64_t m0) { return [&st, m0](int i, vreg<T> c0, vreg<T> c1) { st(m0 + i, c0, c1); }; };
   auto row = [&](int64_t m0) { return KMajor ? A + m0 : A + m0 * ld; };
-  for (; m + 6 <= me; m += 6) mk_rows<T, 6, KMajor>(K, row(m), ld, bp, at(m));
+  for (; m + 6 <= me; m += 6) mk_rows<T, 6, KMajor>(K, row(m), ld, bp, at(m), kb, abs);
   switch (me - m) {
-    case 1: mk_rows<T, 1, KMajor>(K, row(m), ld, bp, at(m)); break;
-    case 2: mk_rows<T, 2, KMajor>(K, row(m), ld, bp, at(m)); break;
-    case 3: mk_rows<T, 3, KMajor>(K, row(m), ld, bp, at(m)); break;
-    case 4: mk_rows<T, 4, KMajor>(K, row(m), ld, bp, at(m)); break;
-    case 5: mk_rows<T, 5, KMajor>(K, row(m), ld, bp, at(m)); break;
+    case 1: mk_rows<T, 1, KMajor>(K, row(m), ld, bp, at(m), kb, abs); break;
+    case 2: mk_rows<T, 2, KMajor>(K, row(m), ld, bp, at(m), kb, abs); break;
+    case 3: mk_rows<T, 3, KMajor>(K, row(m), ld, bp, at(m), kb, abs); break;
+    case 4: mk_rows<T, 4, KMajor>(K, row(m), ld, bp, at(m), kb, abs); break;
+    case 5: mk_rows<T, 5, KMajor>(K, row(m), ld, bp, at(m), kb, abs); break;
     default: break;
   }
 }
@@ -237,12 +249,20 @@ inline void gemm_apix(int64_t M, int64_t np, int64_t K, const T* ap, const T* B,
   gemm_b<T, true>(M, K, np, ap, M, B, ldb, C, ldc, nullptr, acc);
 }
 
+// Rows [m0, m0+mr) x pixels [p0, p0+np) of gemm_nt's A as the micro-kernel reads it (mk_rows, row-major):
+// element (i, q) at a[(q / kb) * abs + i * ld + q % kb] (kb = 0: a[i * ld + q]).
+template <typename T> struct NtABlock {
+  const T* a;
+  int64_t ld, kb, abs;
+};
+
 // C[M x N] += A[M x P] * B[N x P]^T, computed as A * (B^T) with B^T packed into column panels per pixel block
-// (register accumulation over the whole block, no horizontal sums). load_a(m0, mr, p0, np, abuf) copies rows
-// [m0, m0+mr) x pixels [p0, p0+np) of A into abuf (row stride kNtBlock).
+// (register accumulation over the whole block, no horizontal sums). view_a(m0, mr, p0, np, abuf) returns
+// rows [m0, m0+mr) x pixels [p0, p0+np) of A as an NtABlock, either in place or copied into abuf (6 rows,
+// row stride kNtBlock).
 constexpr int64_t kNtBlock = 256;
-template <typename T, typename LoadA>
-inline void gemm_nt_impl(int64_t M, int64_t N, int64_t P, const LoadA& load_a, const T* B, int64_t ldb, T* C,
+template <typename T, typename ViewA>
+inline void gemm_nt_impl(int64_t M, int64_t N, int64_t P, const ViewA& view_a, const T* B, int64_t ldb, T* C,
                          int64_t ldc) {
   constexpr int NR = panel_width<T>();
   constexpr int64_t PB = kNtBlock;
@@ -276,11 +296,11 @@ inline void gemm_nt_impl(int64_t M, int64_t N, int64_t P, const LoadA& load_a, c
     }
     for (int64_t m0 = 0; m0 < M; m0 += 6) {
       const int64_t mr = M - m0 < 6 ? M - m0 : 6;
-      load_a(m0, mr, p0, np, abuf.data());
+      const NtABlock<T> av = view_a(m0, mr, p0, np, abuf.data());
       for (int64_t pn = 0; pn < npanels; ++pn) {
         const int64_t nj = N - pn * NR < NR ? N - pn * NR : NR;
         auto st = [&](int64_t i, vreg<T> c0, vreg<T> c1) { store_row<T>(C + (m0 + i) * ldc + pn * NR, c0, c1, nj, true); };
-        rows_panel<T, false>(0, mr, np, abuf.data(), PB, bt.data() + pn * PB * NR, st);
+        rows_panel<T, false>(0, mr, np, av.a, av.ld, bt.data() + pn * PB * NR, st, av.kb, av.abs);
       }
     }
   }
@@ -293,20 +313,18 @@ inline void gemm_nt(int64_t M, int64_t N, int64_t P, const T* A, int64_t lda, co
                     int64_t ldc) {
   gemm_nt_impl<T>(M, N, P, [&](int64_t m0, int64_t mr, int64_t p0, int64_t np, T* abuf) {
     for (int64_t i = 0; i < mr; ++i) std::memcpy(abuf + i * kNtBlock, A + (m0 + i) * lda + p0, sizeof(T) * np);
+    return NtABlock<T>{abuf, kNtBlock, 0, 0};
   }, B, ldb, C, ldc);
 }
 
-// gemm_nt with A in the packed-panel layout of pack_b (Ap[blk][m][NR], blk = pixel / NR).
+// gemm_nt with A in the packed-panel layout of pack_b (Ap[blk][m][NR], blk = pixel / NR), read in place.
 template <typename T>
 inline void gemm_nt_apacked(int64_t M, int64_t N, int64_t P, const T* Ap, const T* B, int64_t ldb, T* C,
                             int64_t ldc) {
   constexpr int NR = panel_width<T>();
   static_assert(kNtBlock % NR == 0, "pixel blocks must hold whole panels");
-  gemm_nt_impl<T>(M, N, P, [&](int64_t m0, int64_t mr, int64_t p0, int64_t np, T* abuf) {
-    for (int64_t q = 0; q < np; q += NR) {
-      const T* src = Ap + ((p0 + q) / NR) * M * NR + m0 * NR;
-      for (int64_t i = 0; i < mr; ++i) std::memcpy(abuf + i * kNtBlock + q, src + i * NR, sizeof(T) * NR);
-    }
+  gemm_nt_impl<T>(M, N, P, [&](int64_t m0, int64_t, int64_t p0, int64_t, T*) {
+    return NtABlock<T>{Ap + (p0 / NR) * M * NR + m0 * NR, NR, NR, M * NR};
   }, B, ldb, C, ldc);
 }
 

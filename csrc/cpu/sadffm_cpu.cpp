@@ -11,6 +11,7 @@
 #include <algorithm>
 #include <cstdlib>
 #include <memory>
+#include <type_traits>
 #include <vector>
 
 #include "eimn_math.h"
@@ -163,6 +164,23 @@ inline void dw_vec2(const T* const* rp, int64_t w, const vreg<T>* wv, vreg<T> bi
   vstore(o1, s1);
 }
 
+// Tap masks of the first (mf) and the last (ml) whole vector of a row of W columns, the only vectors whose taps
+// reach past an edge: lane l of m[kx] is set where column (vector start) + l + kx - K/2 lies inside [0, W).
+template <typename T, int K> inline void edge_masks(int64_t W, vmask<T>* mf, vmask<T>* ml) {
+  using V = vreg<T>;
+  constexpr int L = kLanes<T>, pad = K / 2;
+  const int64_t nv = W / L;
+  for (int kx = 0; kx < K; ++kx) {
+    V pf{}, pl{};
+    for (int l = 0; l < L; ++l) {
+      pf[l] = T(l + kx - pad);
+      pl[l] = T((nv - 1) * L + l + kx - pad);
+    }
+    mf[kx] = (pf >= T(0)) & (pf < T(W));
+    ml[kx] = (pl >= T(0)) & (pl < T(W));
+  }
+}
+
 // Rows [r0, r1) of a KxK depthwise convolution ('same' zero padding) into out (row stride W):
 // out[r-r0, w] = bias + sum_{ky,kx} wk[ky*K+kx] * plane[r+ky-pad, w+kx-pad], where plane holds the image rows
 // [a, b) (row stride W) and every pixel outside the image is zero; zeros: a guarded row of W zeros (the stand-in
@@ -177,17 +195,8 @@ void dw_plane_k(const T* plane, int64_t a, int64_t b, int64_t r0, int64_t r1, in
   for (int i = 0; i < K * K; ++i) wv[i] = vsplat(wk[i]);
   const V bv = vsplat(bias);
   const int64_t nv = W / L;  // whole vectors per row
-  // Tap masks of the first and the last whole vector of a row (the only ones that reach past an edge).
   vmask<T> mf[K], ml[K];
-  for (int kx = 0; kx < K; ++kx) {
-    V pf{}, pl{};
-    for (int l = 0; l < L; ++l) {
-      pf[l] = T(l + kx - pad);
-      pl[l] = T((nv - 1) * L + l + kx - pad);
-    }
-    mf[kx] = (pf >= T(0)) & (pf < T(W));
-    ml[kx] = (pl >= T(0)) & (pl < T(W));
-  }
+  edge_masks<T, K>(W, mf, ml);
   const T* rp[K + 1];
   auto row = [&](int64_t rr) { return (rr < a || rr >= b) ? zeros : plane + (rr - a) * W; };
   int64_t r = r0;
@@ -342,32 +351,51 @@ void gated_dwconv_fwd_kernel(const T* x, const T* w_in, const T* b_in, const T* 
 }
 
 // ----------------------------------------------------------------------------- gated_dwconv backward
-// Depthwise weight and bias gradient of one row band: gw[ky*K+kx] = sum_{r<H,w<W} d[r,w] * up[r+ky, w+kx] and
-// gb = sum d, up = the input rows of the band plus K/2 halo rows, zero-padded by K/2 columns (row stride
-// Wp = W + 2*(K/2)). Register accumulators per tap (vectors over w, scalar tail) for K = 3, 5, 7, per-tap loops
-// otherwise; fixed order.
+// Depthwise weight and bias gradient of rows [r0, r1): gw[ky*K+kx] = sum_{r0<=r<r1, w<W} d[r-r0, w] *
+// plane[r+ky-pad, w+kx-pad] and gb = sum d, where plane holds the image rows [a, b) (row stride W; guarded as for
+// dw_plane) and every pixel outside the image is zero; zeros: a guarded row of W zeros. Read in place: the taps
+// of the first and last whole vector of a row that fall outside it are masked to zero in the register. Register
+// accumulators per tap (vectors over w, scalar tail) for K = 3, 5, 7, per-tap loops otherwise; fixed order.
 template <typename T, int K>
-void dw_wgrad_k(const T* d, const T* up, int64_t H, int64_t W, int64_t Wp, T* gw, T* gb) {
+void dw_wgrad_k(const T* d, const T* plane, int64_t a, int64_t b, int64_t r0, int64_t r1, int64_t W,
+                const T* zeros, T* gw, T* gb) {
   using V = vreg<T>;
-  constexpr int L = kLanes<T>;
+  constexpr int L = kLanes<T>, pad = K / 2;
+  const int64_t nv = W / L;
+  vmask<T> mf[K], ml[K];
+  edge_masks<T, K>(W, mf, ml);
   V acc[K * K], dsum{};
   T sacc[K * K], ssum = 0;
   for (int k = 0; k < K * K; ++k) { acc[k] = V{}; sacc[k] = T(0); }
-  for (int64_t r = 0; r < H; ++r) {
-    const T* dr = d + r * W;
-    int64_t w = 0;
-    for (; w + L <= W; w += L) {
-      const V dv = vload(dr + w);
-      dsum += dv;
-      for (int ky = 0; ky < K; ++ky) {
-        const T* ur = up + (r + ky) * Wp + w;
-        for (int kx = 0; kx < K; ++kx) acc[ky * K + kx] += dv * vload(ur + kx);
+  const T* rp[K];
+  auto step = [&](auto edge, const T* dr, int64_t w, const vmask<T>* m) {
+    const V dv = vload(dr + w);
+    dsum += dv;
+    for (int ky = 0; ky < K; ++ky)
+      for (int kx = 0; kx < K; ++kx) {
+        V u = vload(rp[ky] + w + kx - pad);
+        if constexpr (decltype(edge)::value) u = m[kx] ? u : V{};
+        acc[ky * K + kx] += dv * u;
       }
+  };
+  const std::true_type edge;
+  const std::false_type inner;
+  for (int64_t r = r0; r < r1; ++r) {
+    const T* dr = d + (r - r0) * W;
+    for (int ky = 0; ky < K; ++ky) {
+      const int64_t rr = r + ky - pad;
+      rp[ky] = (rr < a || rr >= b) ? zeros : plane + (rr - a) * W;
     }
-    for (; w < W; ++w) {
+    if (nv > 0) step(edge, dr, 0, mf);
+    for (int64_t v = 1; v + 1 < nv; ++v) step(inner, dr, v * L, nullptr);
+    if (nv > 1) step(edge, dr, (nv - 1) * L, ml);
+    for (int64_t w = nv * L; w < W; ++w) {  // the last W % L columns, bounds-checked
       ssum += dr[w];
       for (int ky = 0; ky < K; ++ky)
-        for (int kx = 0; kx < K; ++kx) sacc[ky * K + kx] += dr[w] * up[(r + ky) * Wp + w + kx];
+        for (int kx = 0; kx < K; ++kx) {
+          const int64_t ww = w + kx - pad;
+          if (ww >= 0 && ww < W) sacc[ky * K + kx] += dr[w] * rp[ky][ww];
+        }
     }
   }
   for (int k = 0; k < K * K; ++k) {
@@ -386,28 +414,34 @@ inline size_t dw_wgrad_colacc_size(int K, int64_t W) {
 }
 
 template <typename T>
-void dw_wgrad(const T* d, const T* up, int64_t H, int64_t W, int64_t Wp, int K, T* gw, T* gb, T* colacc) {
+void dw_wgrad(const T* d, const T* plane, int64_t a, int64_t b, int64_t r0, int64_t r1, int64_t W, int K,
+              const T* zeros, T* gw, T* gb, T* colacc) {
   switch (K) {
-    case 1: return dw_wgrad_k<T, 1>(d, up, H, W, Wp, gw, gb);
-    case 3: return dw_wgrad_k<T, 3>(d, up, H, W, Wp, gw, gb);
-    case 5: return dw_wgrad_k<T, 5>(d, up, H, W, Wp, gw, gb);
-    case 7: return dw_wgrad_k<T, 7>(d, up, H, W, Wp, gw, gb);
+    case 1: return dw_wgrad_k<T, 1>(d, plane, a, b, r0, r1, W, zeros, gw, gb);
+    case 3: return dw_wgrad_k<T, 3>(d, plane, a, b, r0, r1, W, zeros, gw, gb);
+    case 5: return dw_wgrad_k<T, 5>(d, plane, a, b, r0, r1, W, zeros, gw, gb);
+    case 7: return dw_wgrad_k<T, 7>(d, plane, a, b, r0, r1, W, zeros, gw, gb);
     default: break;
   }
+  const int pad = K / 2;
   T sb = 0;
-  for (int64_t p = 0; p < H * W; ++p) sb += d[p];
+  for (int64_t p = 0; p < (r1 - r0) * W; ++p) sb += d[p];
   *gb = sb;
   // Generic odd K: per-tap column accumulators colacc[K*K][W] (dw_wgrad_colacc_size), one sum per tap at the end.
   std::fill(colacc, colacc + int64_t(K) * K * W, T(0));
-  for (int64_t r = 0; r < H; ++r)
-    for (int ky = 0; ky < K; ++ky)
+  for (int64_t r = r0; r < r1; ++r)
+    for (int ky = 0; ky < K; ++ky) {
+      const int64_t rr = r + ky - pad;
+      if (rr < a || rr >= b) continue;  // zero rows add nothing
+      const T* dr = d + (r - r0) * W;
+      const T* ur = plane + (rr - a) * W;
       for (int kx = 0; kx < K; ++kx) {
-        const T* dr = d + r * W;
-        const T* ur = up + (r + ky) * Wp + kx;
+        const int64_t off = kx - pad, lo = std::max<int64_t>(0, -off), hi = std::min<int64_t>(W, W - off);
         T* ca = colacc + int64_t(ky * K + kx) * W;
 #pragma omp simd
-        for (int64_t w = 0; w < W; ++w) ca[w] += dr[w] * ur[w];
+        for (int64_t w = lo; w < hi; ++w) ca[w] += dr[w] * ur[w + off];
       }
+    }
   for (int k = 0; k < K * K; ++k) {
     T s = 0;
     for (int64_t w = 0; w < W; ++w) s += colacc[int64_t(k) * W + w];
@@ -430,7 +464,7 @@ void gated_dwconv_bwd_kernel(const T* gh, const T* x, const T* w_in, const T* b_
                              T* gx, T* gw_in, T* gb_in, T* gw_dw, T* gb_dw, int64_t N, int C, int hid, int64_t H,
                              int64_t W, int K, const T* ustash) {
   const int C2 = 2 * hid, KK = K * K, pad = K / 2;
-  const int64_t HW = H * W, Wp = W + 2 * pad;
+  const int64_t HW = H * W;
   // Band height: about 4096 pixels, and at least 8 items in all where the images allow (thread-count independent,
   // so the reduction order, and thus the result, does not depend on the number of threads).
   const int64_t min_bands = (8 + N - 1) / N;
@@ -452,7 +486,6 @@ void gated_dwconv_bwd_kernel(const T* gh, const T* x, const T* w_in, const T* b_
     const int64_t maxPu = std::min(H, band + 4 * pad) * W, maxPt = std::min(H, band + 2 * pad) * W;
     std::vector<T> xpack(ustash ? 0 : size_t(C) * ((maxPu + NR - 1) / NR) * NR);
     GuardedBuf<T> ubuf(ustash ? 0 : size_t(2 * kGroup) * maxPu), dt(2 * size_t(maxPt)), zeros(W);
-    std::vector<T> upad(size_t(band + 2 * pad) * Wp, T(0));
     std::vector<T> dub(size_t(C2) * ((band * W + NR - 1) / NR) * NR, T(0)), duband(size_t(band) * W);
     std::vector<T> colacc(dw_wgrad_colacc_size(K, W));
     for (int64_t k = k0; k < k1; ++k) {
@@ -491,14 +524,7 @@ void gated_dwconv_bwd_kernel(const T* gh, const T* x, const T* w_in, const T* b_
               const T* u = s ? u2 : u1;
               const T* d = s ? d2 : d1;
               const T* dband = d + (r0 - ta) * W;
-              // Rows [r0-p, r1+p) of U, zero outside the image, into the column-padded buffer.
-              for (int64_t i = 0; i < r1 - r0 + 2 * pad; ++i) {
-                const int64_t rr = r0 - pad + i;
-                T* dst = upad.data() + i * Wp + pad;
-                if (rr < 0 || rr >= H) std::fill(dst, dst + W, T(0));
-                else std::copy(u + (rr - ua) * W, u + (rr - ua + 1) * W, dst);
-              }
-              dw_wgrad<T>(dband, upad.data(), r1 - r0, W, Wp, K, gwdw_part.data() + (it * C2 + c) * KK,
+              dw_wgrad<T>(dband, u, ua, ub, r0, r1, W, K, zeros.data(), gwdw_part.data() + (it * C2 + c) * KK,
                           gbdw_part.data() + it * C2 + c, colacc.data());
               // dU on the band, scattered into the packed panels of dub; its sum is db_in's share of this band.
               dw_plane(d, ta, tb, r0, r1, W, K, wflip.data() + int64_t(c) * KK, T(0), duband.data(), zeros.data());
