@@ -59,17 +59,31 @@ struct Chunks {
   int64_t end(int64_t c) const { return (c + 1) * items / n; }
 };
 
-// Copies pixels [p, p+n) of channel c (contiguous in src) into packed GEMM panels dst[blk][ch][NR]
-// (blk = pixel / NR, ldc channels per panel): the layout pack_b produces, written without a second pass.
-template <typename T>
-inline void scatter_to_panels(const T* src, int64_t n, int64_t p, int c, int ldc, T* dst) {
-  constexpr int NR = panel_width<T>();
-  for (int64_t w = 0; w < n;) {
-    const int64_t q = p % NR, m = std::min<int64_t>(NR - q, n - w);
-    std::copy(src + w, src + w + m, dst + (p / NR) * ldc * NR + int64_t(c) * NR + q);
-    w += m;
-    p += m;
+// Copies pixels [0, n) of channel c (contiguous in src) into packed GEMM panels dst[blk][ch][NR] (blk = pixel /
+// NR, ldc channels per panel): the layout pack_b produces, written without a second pass, in whole-panel vector
+// moves. Returns the sum of src[0:n] (fixed order: two vector partial sums, their lanes, then the tail), taken
+// from the same loads (callers that do not need it let the compiler drop it).
+template <typename T> inline T scatter_to_panels(const T* src, int64_t n, int c, int ldc, T* dst) {
+  using V = vreg<T>;
+  constexpr int NR = panel_width<T>(), L = kLanes<T>;
+  V s0{}, s1{};
+  int64_t blk = 0;
+  for (; (blk + 1) * NR <= n; ++blk) {
+    const V v0 = vload(src + blk * NR), v1 = vload(src + blk * NR + L);
+    T* d = dst + (blk * ldc + c) * NR;
+    vstore(d, v0);
+    vstore(d + L, v1);
+    s0 += v0;
+    s1 += v1;
   }
+  const V v = s0 + s1;
+  T s = 0;
+  for (int l = 0; l < L; ++l) s += v[l];
+  for (int64_t w = blk * NR; w < n; ++w) {
+    s += src[w];
+    dst[(blk * ldc + c) * NR + (w - blk * NR)] = src[w];
+  }
+  return s;
 }
 
 // dst[0:n] = src[0:n] with streaming (non-temporal) stores where the target allows: for data written once and
@@ -108,26 +122,6 @@ template <typename T> struct GuardedBuf {
 };
 
 template <typename T> using vmask = decltype(vreg<T>{} < vreg<T>{});
-
-// sum of p[0:n] in a fixed order (four vector partial sums, then the lanes, then the tail).
-template <typename T> inline T sum_n(const T* p, int64_t n) {
-  using V = vreg<T>;
-  constexpr int L = kLanes<T>;
-  V s0{}, s1{}, s2{}, s3{};
-  int64_t i = 0;
-  for (; i + 4 * L <= n; i += 4 * L) {
-    s0 += vload(p + i);
-    s1 += vload(p + i + L);
-    s2 += vload(p + i + 2 * L);
-    s3 += vload(p + i + 3 * L);
-  }
-  for (; i + L <= n; i += L) s0 += vload(p + i);
-  const V v = (s0 + s1) + (s2 + s3);
-  T s = 0;
-  for (int l = 0; l < L; ++l) s += v[l];
-  for (; i < n; ++i) s += p[i];
-  return s;
-}
 
 // Columns [w, w+L) of one output row: bias + sum_{ky,kx} wv[ky*K+kx] * rp[ky][w+kx-pad]; Edge: taps masked by
 // m[kx] (lanes whose column falls outside the row read zero).
@@ -528,8 +522,7 @@ void gated_dwconv_bwd_kernel(const T* gh, const T* x, const T* w_in, const T* b_
                           gbdw_part.data() + it * C2 + c, colacc.data());
               // dU on the band, scattered into the packed panels of dub; its sum is db_in's share of this band.
               dw_plane(d, ta, tb, r0, r1, W, K, wflip.data() + int64_t(c) * KK, T(0), duband.data(), zeros.data());
-              gbp[c] += sum_n(duband.data(), Pb);
-              scatter_to_panels(duband.data(), Pb, 0, c, C2, dub.data());
+              gbp[c] += scatter_to_panels(duband.data(), Pb, c, C2, dub.data());
             }
           }
         }
@@ -846,7 +839,7 @@ void sadffm_infer_kernel(const T* x, const T* w_in, const T* b_in, const T* w_dw
           dw_plane(u2, ua, ub, r0, r1, W, K, w_dw + int64_t(hid + c) * K * K, b_dw[hid + c], a2, zeros.data());
 #pragma omp simd
           for (int64_t q = 0; q < Pb; ++q) a2[q] = v_gelu(a1[q]) * a2[q];
-          scatter_to_panels(a2, Pb, 0, c, hid, hpack.data());
+          scatter_to_panels(a2, Pb, c, hid, hpack.data());
         }
       }
       T* y = out + n * Co * HW + r0 * W;
