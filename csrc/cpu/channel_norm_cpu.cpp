@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "channel_norm.h"
+#include "cpu_checks.h"
 #include "cpu_pool.h"
 #include "cpu_reduce.h"
 
@@ -24,20 +25,12 @@ namespace {
 
 constexpr int64_t kTile = 256;  // pixels per tile (C = 64: a 64 KB block of the image)
 
+constexpr const char* kOp = "channel_layer_norm cpu";  // the prefix of this file's error messages
+
 void check_inputs(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b) {
-  TORCH_CHECK(x.dim() == 4, "channel_layer_norm cpu: x must be 4-d (N, C, H, W), got shape ", x.sizes());
-  TORCH_CHECK(x.device().is_cpu(), "channel_layer_norm cpu: x must be a CPU tensor, got ", x.device());
-  TORCH_CHECK(x.scalar_type() == at::kFloat || x.scalar_type() == at::kDouble,
-              "channel_layer_norm cpu: x must be float32 or float64, got ", x.scalar_type());
-  TORCH_CHECK(x.numel() > 0, "channel_layer_norm cpu: x is empty (shape ", x.sizes(), ")");
-  for (const at::Tensor* t : {&w, &b}) {
-    const char* name = t == &w ? "weight" : "bias";
-    TORCH_CHECK(t->device().is_cpu() && t->scalar_type() == x.scalar_type(), "channel_layer_norm cpu: ", name,
-                " must be a CPU tensor of x's dtype ", x.scalar_type(), ", got ", t->scalar_type(), " on ",
-                t->device());
-    TORCH_CHECK(t->dim() == 1 && t->size(0) == x.size(1), "channel_layer_norm cpu: ", name, " must have shape (",
-                x.size(1), ",), got ", t->sizes());
-  }
+  check_image(x, kOp, "x");
+  check_like(w, kOp, "weight", x, {x.size(1)});
+  check_like(b, kOp, "bias", x, {x.size(1)});
 }
 
 // y = LayerNorm over channels; mean / rstd (N x HW each) written when not null (the stash for the backward).
@@ -140,15 +133,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> cln_backward(const at::Tensor& gy
                                                             const at::Tensor& w_, const at::Tensor& b_,
                                                             const at::Tensor* stash, double eps) {
   check_inputs(x_, w_, b_);
-  TORCH_CHECK(gy_.sizes() == x_.sizes() && gy_.scalar_type() == x_.scalar_type() && gy_.device().is_cpu(),
-              "channel_layer_norm cpu: grad_y must be a CPU tensor of x's shape ", x_.sizes(), " and dtype ",
-              x_.scalar_type(), ", got ", gy_.sizes(), " ", gy_.scalar_type(), " on ", gy_.device());
+  check_like(gy_, kOp, "grad_y", x_, x_.sizes());
   auto x = x_.contiguous(), w = w_.contiguous(), gy = gy_.contiguous();
   const int64_t N = x.size(0), C = x.size(1), HW = x.size(2) * x.size(3);
   if (stash)
     TORCH_CHECK(stash->dim() == 1 && stash->numel() == 2 * N * HW && stash->scalar_type() == x.scalar_type() &&
                     stash->is_contiguous(),
-                "channel_layer_norm cpu: the stash must be the forward's (", 2 * N * HW, " elements of ",
+                kOp, ": the stash must be the forward's (", 2 * N * HW, " elements of ",
                 x.scalar_type(), "), got ", stash->sizes(), " ", stash->scalar_type());
   const int64_t tiles = N * ((HW + kTile - 1) / kTile);
   auto gx = pooled_empty_like(x);

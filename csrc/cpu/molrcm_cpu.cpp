@@ -10,6 +10,7 @@
 // * Image-sized outputs come from the buffer cache of cpu_pool.h (no page faults on every call).
 #include "molrcm_vec.h"
 #include "cpu_gemm.h"
+#include "cpu_checks.h"
 #include "molrcm_dwplane.h"
 #include "cpu_pool.h"
 #include "cpu_reduce.h"
@@ -27,20 +28,7 @@ namespace {
 using at::Tensor;
 
 // ---------------------------------------------------------------- input checks
-void check_image(const Tensor& t, const char* name) {
-  TORCH_CHECK(t.dim() == 4, "eimn_C (cpu): ", name, " must be 4-d (N, C, H, W), got shape ", t.sizes());
-  TORCH_CHECK(t.device().is_cpu(), "eimn_C (cpu): ", name, " must be a CPU tensor, got ", t.device());
-  TORCH_CHECK(t.scalar_type() == at::kFloat || t.scalar_type() == at::kDouble, "eimn_C (cpu): ", name,
-              " must be float32 or float64, got ", t.scalar_type());
-}
-
-void check_like(const Tensor& t, const char* name, const Tensor& ref, at::IntArrayRef shape) {
-  TORCH_CHECK(t.device() == ref.device(), "eimn_C (cpu): ", name, " is on ", t.device(), ", the input on ",
-              ref.device());
-  TORCH_CHECK(t.scalar_type() == ref.scalar_type(), "eimn_C (cpu): ", name, " has dtype ", t.scalar_type(),
-              ", the input has ", ref.scalar_type());
-  TORCH_CHECK(t.sizes() == shape, "eimn_C (cpu): ", name, " must have shape ", shape, ", got ", t.sizes());
-}
+constexpr const char* kOp = "eimn_C (cpu)";  // the prefix of this file's error messages
 
 // Pixels per tile for the 1x1-conv ops: <= 512 (tile buffers stay in L2), smaller for small inputs so
 // that there are ~16 tasks. Independent of the thread count, so the per-task weight-gradient partials,
@@ -104,15 +92,15 @@ void proj_qv_fwd_impl(const Tensor& x, const Tensor& wqv, const Tensor& bq, cons
 // Checks x and the proj_qv weights (wq: (Cq, C, 1, 1), bq: (Cq), wv: (Cv, C, 1, 1), bv: (Cv)); returns {Cq, Cv}.
 std::pair<int64_t, int64_t> check_proj_qv(const Tensor& x, const Tensor& wq, const Tensor& bq, const Tensor& wv,
                                           const Tensor& bv) {
-  check_image(x, "x");
+  check_image(x, kOp, "x");
   const int64_t C = x.size(1);
   TORCH_CHECK(wq.dim() == 4, "eimn_C (cpu): wq must be (Cq, C, 1, 1), got ", wq.sizes());
   TORCH_CHECK(wv.dim() == 4, "eimn_C (cpu): wv must be (Cv, C, 1, 1), got ", wv.sizes());
   const int64_t Cq = wq.size(0), Cv = wv.size(0);
-  check_like(wq, "wq", x, {Cq, C, 1, 1});
-  check_like(bq, "bq", x, {Cq});
-  check_like(wv, "wv", x, {Cv, C, 1, 1});
-  check_like(bv, "bv", x, {Cv});
+  check_like(wq, kOp, "wq", x, {Cq, C, 1, 1});
+  check_like(bq, kOp, "bq", x, {Cq});
+  check_like(wv, kOp, "wv", x, {Cv, C, 1, 1});
+  check_like(bv, kOp, "bv", x, {Cv});
   return {Cq, Cv};
 }
 
@@ -195,8 +183,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> proj_qv_backward(const Tensor
                                                                     const Tensor& bv_) {
   const auto qv = check_proj_qv(x_, wq_, bq_, wv_, bv_);
   const int64_t N = x_.size(0), H = x_.size(2), W = x_.size(3), Cq = qv.first, Cv = qv.second;
-  check_like(gq_, "grad_q", x_, {N, Cq, H, W});
-  check_like(gv_, "grad_v", x_, {N, Cv, H, W});
+  check_like(gq_, kOp, "grad_q", x_, {N, Cq, H, W});
+  check_like(gv_, kOp, "grad_v", x_, {N, Cv, H, W});
   Tensor x = x_.contiguous(), gq = gq_.contiguous(), gv = gv_.contiguous();
   Tensor wq = wq_.contiguous(), wv = wv_.contiguous(), bq = bq_.contiguous();
   Tensor dx = pooled_empty_like(x), dwq = at::zeros_like(wq), dbq = at::zeros_like(bq_);
@@ -255,15 +243,15 @@ void gate_out_fwd_impl(const Tensor& y, const Tensor& v, const Tensor& wf, const
 // Checks y, v and the gate_out weights (wf: (C, C, 1, 1), bf: (C), wo: (Co, C, 1, 1), bo: (Co)); returns Co.
 int64_t check_gate_out(const Tensor& y, const Tensor& v, const Tensor& wf, const Tensor& bf, const Tensor& wo,
                        const Tensor& bo) {
-  check_image(y, "y");
+  check_image(y, kOp, "y");
   const int64_t C = y.size(1);
-  check_like(v, "v", y, y.sizes());
-  check_like(wf, "wf", y, {C, C, 1, 1});
-  check_like(bf, "bf", y, {C});
+  check_like(v, kOp, "v", y, y.sizes());
+  check_like(wf, kOp, "wf", y, {C, C, 1, 1});
+  check_like(bf, kOp, "bf", y, {C});
   TORCH_CHECK(wo.dim() == 4, "eimn_C (cpu): wo must be (Co, C, 1, 1), got ", wo.sizes());
   const int64_t Co = wo.size(0);
-  check_like(wo, "wo", y, {Co, C, 1, 1});
-  check_like(bo, "bo", y, {Co});
+  check_like(wo, kOp, "wo", y, {Co, C, 1, 1});
+  check_like(bo, kOp, "bo", y, {Co});
   return Co;
 }
 
@@ -354,7 +342,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> gate_out_backward(
     const Tensor& bo_) {
   const int64_t Co = check_gate_out(y_, v_, wf_, bf_, wo_, bo_);
   const int64_t N = y_.size(0), H = y_.size(2), W = y_.size(3);
-  check_like(g_, "grad_out", y_, {N, Co, H, W});
+  check_like(g_, kOp, "grad_out", y_, {N, Co, H, W});
   Tensor y = y_.contiguous(), v = v_.contiguous(), g = g_.contiguous();
   Tensor wf = wf_.contiguous(), wo = wo_.contiguous();
   // dy and dv are written in full by the kernel (no zero fill of image-sized outputs).
@@ -383,7 +371,7 @@ struct DwMixGeom {
 DwMixGeom dw_mix_check(const Tensor& q, const Tensor& w0, const Tensor& b0, const Tensor& w1, const Tensor& b1,
                        const Tensor& w2, const Tensor& b2, int64_t c1, int64_t c2, int64_t d0, int64_t d1,
                        int64_t d2) {
-  check_image(q, "q");
+  check_image(q, kOp, "q");
   DwMixGeom g{};
   g.N = q.size(0), g.C = q.size(1), g.H = q.size(2), g.W = q.size(3);
   TORCH_CHECK(c1 >= 0 && c2 >= 0 && c1 + c2 <= g.C, "eimn_C (cpu): channel split c1=", c1, ", c2=", c2,
@@ -394,15 +382,15 @@ DwMixGeom dw_mix_check(const Tensor& q, const Tensor& w0, const Tensor& b0, cons
   auto ksize = [&](const Tensor& w, const char* name, int64_t ch) {
     TORCH_CHECK(w.dim() == 4 && w.size(2) == w.size(3) && w.size(2) % 2 == 1, "eimn_C (cpu): ", name,
                 " must be (", ch, ", 1, K, K) with odd K, got ", w.sizes());
-    check_like(w, name, q, {ch, 1, w.size(2), w.size(2)});
+    check_like(w, kOp, name, q, {ch, 1, w.size(2), w.size(2)});
     return int(w.size(2));
   };
   g.K0 = ksize(w0, "w0", g.C);
   g.K1 = ksize(w1, "w1", g.c1);
   g.K2 = ksize(w2, "w2", g.c3);
-  check_like(b0, "b0", q, {g.C});
-  check_like(b1, "b1", q, {g.c1});
-  check_like(b2, "b2", q, {g.c3});
+  check_like(b0, kOp, "b0", q, {g.C});
+  check_like(b1, kOp, "b1", q, {g.c1});
+  check_like(b2, kOp, "b2", q, {g.c3});
   g.d0 = d0, g.d1 = d1, g.d2 = d2;
   g.P0 = d0 * (g.K0 - 1) / 2, g.P1 = d1 * (g.K1 - 1) / 2, g.P2 = d2 * (g.K2 - 1) / 2;
   g.Pm = std::max(g.P0, std::max(g.c1 > 0 ? g.P1 : 0, g.c3 > 0 ? g.P2 : 0));
@@ -537,7 +525,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> dw_mix_backwa
     const Tensor& gy_, const Tensor& q_, const Tensor& w0, const Tensor& b0, const Tensor& w1, const Tensor& b1,
     const Tensor& w2, const Tensor& b2, int64_t c1, int64_t c2, int64_t d0, int64_t d1, int64_t d2) {
   DwMixGeom g = dw_mix_check(q_, w0, b0, w1, b1, w2, b2, c1, c2, d0, d1, d2);
-  check_like(gy_, "grad_y", q_, q_.sizes());
+  check_like(gy_, kOp, "grad_y", q_, q_.sizes());
   Tensor q = q_.contiguous(), gy = gy_.contiguous();
   Tensor dq = pooled_empty_like(q), dw0 = at::zeros_like(w0), db0 = at::zeros_like(b0);  // dq: written in full
   Tensor dw1 = at::zeros_like(w1), db1 = at::zeros_like(b1), dw2 = at::zeros_like(w2), db2 = at::zeros_like(b2);

@@ -16,6 +16,7 @@
 
 #include "eimn_math.h"
 #include "cpu_gemm.h"
+#include "cpu_checks.h"
 #include "cpu_pool.h"
 #include "cpu_reduce.h"
 #include "channel_norm.h"
@@ -39,15 +40,6 @@ void check_tensor(const at::Tensor& t, const char* name, int64_t dim, const at::
 void check_shape(const at::Tensor& t, const char* name, at::IntArrayRef shape) {
   TORCH_CHECK(t.sizes() == shape, "sadffm cpu: ", name, " must have shape ", shape, ", got ", t.sizes());
 }
-void check_image(const at::Tensor& x, const char* name) {
-  TORCH_CHECK(x.dim() == 4, "sadffm cpu: ", name, " must be 4-d (N, C, H, W), got shape ", x.sizes());
-  TORCH_CHECK(x.device().is_cpu(), "sadffm cpu: ", name, " must be a CPU tensor, got ", x.device());
-  TORCH_CHECK(x.scalar_type() == at::kFloat || x.scalar_type() == at::kDouble,
-              "sadffm cpu: ", name, " must be float32 or float64, got ", x.scalar_type());
-  TORCH_CHECK(x.size(0) > 0 && x.size(2) > 0 && x.size(3) > 0, "sadffm cpu: ", name,
-              " is empty (shape ", x.sizes(), "): N, H and W must be >= 1");
-}
-
 // Uninitialised scratch array (no zero fill of large buffers; large ones from the buffer pool of cpu_pool.h).
 template <typename T> using Scratch = PoolBuf<T>;
 
@@ -539,7 +531,7 @@ void gated_dwconv_bwd_kernel(const T* gh, const T* x, const T* w_in, const T* b_
 
 void check_gated_dwconv(const at::Tensor& x, const at::Tensor& w_in, const at::Tensor& b_in, const at::Tensor& w_dw,
                         const at::Tensor& b_dw) {
-  check_image(x, "x");
+  check_image(x, "sadffm cpu", "x");
   check_tensor(w_in, "w_in", 4, x);
   check_tensor(b_in, "b_in", 1, x);
   check_tensor(w_dw, "w_dw", 4, x);
@@ -1149,7 +1141,7 @@ std::vector<at::Tensor> check_dffm_weights(int64_t hid, const at::Tensor& ref, c
 
 // Validates h and the 12 DFFM weights; returns the weights contiguous.
 std::vector<at::Tensor> check_dffm(const at::Tensor& h, const std::vector<at::Tensor>& ws) {
-  check_image(h, "h");
+  check_image(h, "sadffm cpu", "h");
   return check_dffm_weights(h.size(1), h, ws);
 }
 
