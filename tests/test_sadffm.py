@@ -330,8 +330,10 @@ def test_cpu_backward_same_for_1_and_2_threads():
         assert torch.equal(u, v)
 
 
-# (N, C, hid, H, W, K): several row bands, H or W = 1, K = 5 and generic 9.
-LAYER_SHAPES = [(2, 8, 13, 37, 11, 5), (1, 8, 6, 1, 1, 3), (3, 4, 5, 5, 300, 9), (1, 64, 170, 40, 24, 3)]
+# (N, C, hid, H, W, K): several row bands, H or W = 1, K = 5 and generic 9; 70x100: the forward's second row band
+# starts in the middle of a 16-pixel panel of h's panel layout (6200 % 16 = 8).
+LAYER_SHAPES = [(2, 8, 13, 37, 11, 5), (1, 8, 6, 1, 1, 3), (3, 4, 5, 5, 300, 9), (1, 64, 170, 40, 24, 3),
+                (2, 4, 7, 70, 100, 3)]
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)

@@ -51,11 +51,23 @@ struct Chunks {
   int64_t end(int64_t c) const { return (c + 1) * items / n; }
 };
 
+// Non-temporal store of one vector to a 32-byte aligned address (a plain store without AVX).
+template <typename T> inline void stream_store(T* d, vreg<T> v) {
+#if defined(__AVX__)
+  if constexpr (sizeof(T) == 4) _mm256_stream_ps(reinterpret_cast<float*>(d), reinterpret_cast<__m256>(v));
+  else _mm256_stream_pd(reinterpret_cast<double*>(d), reinterpret_cast<__m256d>(v));
+#else
+  vstore(d, v);
+#endif
+}
+
 // Copies pixels [0, n) of channel c (contiguous in src) into packed GEMM panels dst[blk][ch][NR] (blk = pixel /
 // NR, ldc channels per panel): the layout pack_b produces, written without a second pass, in whole-panel vector
 // moves. Returns the sum of src[0:n] (fixed order: two vector partial sums, their lanes, then the tail), taken
 // from the same loads (callers that do not need it let the compiler drop it).
-template <typename T> inline T scatter_to_panels(const T* src, int64_t n, int c, int ldc, T* dst) {
+// Stream: whole panels with non-temporal stores (dst 32-byte aligned; the caller ends its parallel region with
+// stream_fence()).
+template <bool Stream = false, typename T> inline T scatter_to_panels(const T* src, int64_t n, int c, int ldc, T* dst) {
   using V = vreg<T>;
   constexpr int NR = panel_width<T>(), L = kLanes<T>;
   V s0{}, s1{};
@@ -63,8 +75,13 @@ template <typename T> inline T scatter_to_panels(const T* src, int64_t n, int c,
   for (; (blk + 1) * NR <= n; ++blk) {
     const V v0 = vload(src + blk * NR), v1 = vload(src + blk * NR + L);
     T* d = dst + (blk * ldc + c) * NR;
-    vstore(d, v0);
-    vstore(d + L, v1);
+    if constexpr (Stream) {
+      stream_store(d, v0);
+      stream_store(d + L, v1);
+    } else {
+      vstore(d, v0);
+      vstore(d + L, v1);
+    }
     s0 += v0;
     s1 += v1;
   }
@@ -78,6 +95,20 @@ template <typename T> inline T scatter_to_panels(const T* src, int64_t n, int c,
   return s;
 }
 
+// As scatter_to_panels<Stream> for pixels [p0, p0 + n) of an image in the panel layout (p0 need not start a panel).
+template <bool Stream, typename T>
+inline void scatter_to_panels_at(const T* src, int64_t n, int64_t p0, int c, int ldc, T* dst) {
+  constexpr int NR = panel_width<T>();
+  int64_t i = 0;
+  for (; i < n && (p0 + i) % NR != 0; ++i) dst[((p0 + i) / NR * ldc + c) * NR + (p0 + i) % NR] = src[i];
+  scatter_to_panels<Stream>(src + i, n - i, c, ldc, dst + (p0 + i) / NR * ldc * NR);
+}
+
+// Elements of one image of `channels` planes of HW pixels in the packed panel layout ([blk][channel][NR]).
+template <typename T> constexpr int64_t panel_image_numel(int64_t channels, int64_t HW) {
+  return channels * ((HW + panel_width<T>() - 1) / panel_width<T>()) * panel_width<T>();
+}
+
 // dst[0:n] = src[0:n] with streaming (non-temporal) stores where the target allows: for data written once and
 // read much later (the forward's stash), so the write neither reads the target lines first nor evicts the
 // working set. Callers end their parallel region with stream_fence().
@@ -86,11 +117,7 @@ template <typename T> inline void copy_streaming(const T* src, int64_t n, T* dst
   int64_t i = 0;
   while (i < n && (reinterpret_cast<uintptr_t>(dst + i) & 31)) { dst[i] = src[i]; ++i; }
   constexpr int L = kLanes<T>;
-  for (; i + L <= n; i += L) {
-    const vreg<T> v = vload(src + i);
-    if constexpr (sizeof(T) == 4) _mm256_stream_ps(reinterpret_cast<float*>(dst + i), reinterpret_cast<__m256>(v));
-    else _mm256_stream_pd(reinterpret_cast<double*>(dst + i), reinterpret_cast<__m256d>(v));
-  }
+  for (; i + L <= n; i += L) stream_store(dst + i, vload(src + i));
   for (; i < n; ++i) dst[i] = src[i];
 #else
   std::copy(src, src + n, dst);
@@ -280,10 +307,13 @@ template <typename T> struct PairGroupWeights {
 // (dw_plane reads it in place).
 inline int64_t gated_stash_numel(int64_t N, int64_t hid, int64_t HW) { return N * 2 * hid * HW + 2 * kRowGuard; }
 
-// Forward. ustash: the stash's first element of U (past its leading guard), or nullptr.
+// Forward. ustash: the stash's first element of U (past its leading guard), or nullptr. h_panels: h is written in
+// the packed panel layout of pack_b, per image panel_image_numel(hid, H*W) elements (for dffm_fwd_kernel's GEMM to
+// read in place), instead of (N, hid, H, W); lanes past H*W of the last panel are left as they are.
 template <typename T>
 void gated_dwconv_fwd_kernel(const T* x, const T* w_in, const T* b_in, const T* w_dw, const T* b_dw, T* h,
-                             int64_t N, int C, int hid, int64_t H, int64_t W, int K, T* ustash) {
+                             int64_t N, int C, int hid, int64_t H, int64_t W, int K, T* ustash,
+                             bool h_panels = false) {
   const int pad = K / 2;
   const int64_t HW = H * W;
   const int ngroups = (hid + kGroup - 1) / kGroup;
@@ -296,8 +326,7 @@ void gated_dwconv_fwd_kernel(const T* x, const T* w_in, const T* b_in, const T* 
   at::parallel_for(0, items, 1, [&](int64_t i0, int64_t i1) {
     const int64_t maxP = (band + 2 * pad) * W;
     GuardedBuf<T> tbuf(size_t(2 * kGroup) * maxP), zeros(W);
-    std::vector<T> xpack(size_t(C) * ((maxP + NR - 1) / NR) * NR);
-    std::vector<T> acc(2 * size_t(band) * W);
+    Scratch<T> xpack(size_t(C) * ((maxP + NR - 1) / NR) * NR), acc(2 * size_t(band) * W);  // written before read
     int64_t packed = -1;  // (n, band) index whose x band is in xpack
     for (int64_t it = i0; it < i1; ++it) {
       const int g = int(it % ngroups);
@@ -327,12 +356,18 @@ void gated_dwconv_fwd_kernel(const T* x, const T* w_in, const T* b_in, const T* 
         }
         dw_plane(t1 + j * P, a, b, r0, r1, W, K, w_dw + int64_t(c) * K * K, b_dw[c], a1, zeros.data());
         dw_plane(t2 + j * P, a, b, r0, r1, W, K, w_dw + int64_t(hid + c) * K * K, b_dw[hid + c], a2, zeros.data());
+        if (h_panels) {
+#pragma omp simd
+          for (int64_t p = 0; p < Pb; ++p) a2[p] = v_gelu(a1[p]) * a2[p];
+          scatter_to_panels_at<true>(a2, Pb, r0 * W, c, hid, h + n * panel_image_numel<T>(hid, HW));
+          continue;
+        }
         T* out = h + (n * hid + c) * HW + r0 * W;
 #pragma omp simd
         for (int64_t p = 0; p < Pb; ++p) out[p] = v_gelu(a1[p]) * a2[p];
       }
     }
-    if (ustash) stream_fence();
+    if (ustash || h_panels) stream_fence();
   });
 }
 
@@ -470,7 +505,7 @@ void gated_dwconv_bwd_kernel(const T* gh, const T* x, const T* w_in, const T* b_
   constexpr int NR = panel_width<T>();
   at::parallel_for(0, ch.n, 1, [&](int64_t k0, int64_t k1) {
     const int64_t maxPu = std::min(H, band + 4 * pad) * W, maxPt = std::min(H, band + 2 * pad) * W;
-    std::vector<T> xpack(ustash ? 0 : size_t(C) * ((maxPu + NR - 1) / NR) * NR);
+    Scratch<T> xpack(ustash ? 0 : size_t(C) * ((maxPu + NR - 1) / NR) * NR);  // pack_b writes every element
     GuardedBuf<T> ubuf(ustash ? 0 : size_t(2 * kGroup) * maxPu), dt(2 * size_t(maxPt)), zeros(W);
     std::vector<T> dub(size_t(C2) * ((band * W + NR - 1) / NR) * NR, T(0)), duband(size_t(band) * W);
     std::vector<T> colacc(dw_wgrad_colacc_size(K, W));
@@ -667,10 +702,12 @@ void dffm_tile_stats(const DffmW<T>& w, const T* y, int64_t HW, int64_t P, T* mu
   }
 }
 
+// h: the tile of (N, hid, H, W) h, packed into hpack here; or, with h_panels, the tile's panels (read in place).
 template <typename T>
 void dffm_tile_front(const DffmW<T>& w, const T* h, int64_t HW, int64_t P, T* y, T* mu, T* rstd, T* z, T* lpre,
-                     T* aloc, T* yhat_sum, T* hpack) {
-  pack_b<T>(w.hid, P, h, HW, hpack);  // the whole tile at once: row-sequential reads of h
+                     T* aloc, T* yhat_sum, T* hpack, bool h_panels = false) {
+  if (h_panels) hpack = const_cast<T*>(h);
+  else pack_b<T>(w.hid, P, h, HW, hpack);  // the whole tile at once: row-sequential reads of h
   gemm_nn_packed<T>(w.C, w.hid, P, w.w_out, w.hid, hpack, y, HW, w.b_out, false);
   dffm_tile_stats(w, y, HW, P, mu, rstd, z, lpre, aloc, yhat_sum);
 }
@@ -757,15 +794,16 @@ void dffm_apply_gate(const DffmW<T>& w, const T* ysum, int64_t ntiles, const T* 
 
 // DFFM forward. With a stash (DffmStash layout, else nullptr) y and the per-pixel statistics go there for the
 // backward, and out is written once by the gate pass; without, y is written to out and gated in place.
+// h_panels: h is in the panel layout of gated_dwconv_fwd_kernel's h_panels output.
 template <typename T>
-void dffm_fwd_kernel(const DffmW<T>& w, const T* h, T* out, int64_t N, int64_t HW, T* stash) {
+void dffm_fwd_kernel(const DffmW<T>& w, const T* h, T* out, int64_t N, int64_t HW, T* stash, bool h_panels = false) {
   const int C = w.C, R = w.R;
   const int64_t nt = (HW + kPT - 1) / kPT, items = N * nt;
   const DffmStash<T> st(stash, N, C, R, HW);
   Scratch<T> aloc_own(stash ? 0 : size_t(N) * HW);
   std::vector<T> ysum(size_t(items) * C);
   at::parallel_for(0, items, 1, [&](int64_t i0, int64_t i1) {
-    std::vector<T> buf(size_t(C + R + 2) * kPT), hpack(size_t(w.hid) * kPT);
+    std::vector<T> buf(size_t(C + R + 2) * kPT), hpack(h_panels ? 0 : size_t(w.hid) * kPT);
     T *z = buf.data(), *lpre = z + C * kPT, *mu = lpre + R * kPT, *rs = mu + kPT;
     for (int64_t it = i0; it < i1; ++it) {
       const int64_t n = it / nt, p0 = (it % nt) * kPT, P = std::min(kPT, HW - p0);
@@ -774,7 +812,9 @@ void dffm_fwd_kernel(const DffmW<T>& w, const T* h, T* out, int64_t N, int64_t H
       T* m = stash ? st.mu(n) + p0 : mu;
       T* rd = stash ? st.rstd(n) + p0 : rs;
       T* al = stash ? st.aloc(n) + p0 : aloc_own.data() + n * HW + p0;
-      dffm_tile_front(w, h + n * w.hid * HW + p0, HW, P, y, m, rd, z, lpre, al, ysum.data() + it * C, hpack.data());
+      static_assert(kPT % panel_width<T>() == 0, "dffm tiles must start on a panel");
+      const T* ht = h_panels ? h + n * panel_image_numel<T>(w.hid, HW) + p0 * w.hid : h + n * w.hid * HW + p0;
+      dffm_tile_front(w, ht, HW, P, y, m, rd, z, lpre, al, ysum.data() + it * C, hpack.data(), h_panels);
       if (stash)
         for (int r = 0; r < R; ++r) std::copy(lpre + r * kPT, lpre + r * kPT + P, st.lpre(n) + r * HW + p0);
     }
@@ -807,9 +847,11 @@ void sadffm_infer_kernel(const T* x, const T* w_in, const T* b_in, const T* w_dw
   std::vector<T> ysum(size_t(items) * tpb * Co, T(0));
   at::parallel_for(0, items, 1, [&](int64_t i0, int64_t i1) {
     const int64_t maxPu = std::min(H, band + 2 * pad) * W;
-    std::vector<T> xpack(size_t(C) * ((maxPu + NR - 1) / NR) * NR);
+    Scratch<T> xpack(size_t(C) * ((maxPu + NR - 1) / NR) * NR), acc(2 * size_t(band) * W);  // written before read
     GuardedBuf<T> ubuf(size_t(2 * kGroup) * maxPu), zeros(W);
-    std::vector<T> hpack(size_t(hid) * ((band * W + NR - 1) / NR) * NR, T(0)), acc(2 * size_t(band) * W);
+    // hpack: 64-byte aligned for the streaming stores; lanes past the band's last pixel are never read into a
+    // stored column (GEMM columns are independent), so it is not cleared.
+    Scratch<T> hpack(size_t(hid) * ((band * W + NR - 1) / NR) * NR);
     std::vector<T> buf(size_t(Co + R + 2) * kPT);
     T *z = buf.data(), *lpre = z + Co * kPT, *mu = lpre + R * kPT, *rs = mu + kPT;
     for (int64_t it = i0; it < i1; ++it) {
@@ -831,9 +873,10 @@ void sadffm_infer_kernel(const T* x, const T* w_in, const T* b_in, const T* w_dw
           dw_plane(u2, ua, ub, r0, r1, W, K, w_dw + int64_t(hid + c) * K * K, b_dw[hid + c], a2, zeros.data());
 #pragma omp simd
           for (int64_t q = 0; q < Pb; ++q) a2[q] = v_gelu(a1[q]) * a2[q];
-          scatter_to_panels(a2, Pb, c, hid, hpack.data());
+          scatter_to_panels<true>(a2, Pb, c, hid, hpack.data());
         }
       }
+      stream_fence();
       T* y = out + n * Co * HW + r0 * W;
       gemm_nn_packed<T>(Co, hid, Pb, w.w_out, hid, hpack.data(), y, HW, w.b_out, false);
       for (int64_t s = 0; s * kPT < Pb; ++s)
@@ -1213,20 +1256,27 @@ at::Tensor sadffm_infer_forward(const at::Tensor& x_, const at::Tensor& w_in_, c
   check_gated_dwconv(x_, w_in_, b_in_, w_dw_, b_dw_);
   const int64_t N = x_.size(0), C = x_.size(1), H = x_.size(2), W = x_.size(3), hid = w_in_.size(0) / 2;
   auto ws = check_dffm_weights(hid, x_, {w_out, b_out, ln_w, ln_b, w_gr, b_gr, w_lr, b_lr, w_ce, b_ce, w_se, b_se});
-  // While h would stay in the last-level cache anyway, the two separate kernels are faster (measured, 2 threads:
-  // 4x64x64x64, h = 11 MB: 13% faster; 1x64x180x320, h = 39 MB: the single kernel is 20-27% faster).
-  if (N * hid * H * W * int64_t(x_.element_size()) < infer_min_hidden_bytes())
-    return dffm_out_forward(gated_dwconv_forward(x_, w_in_, b_in_, w_dw_, b_dw_), w_out, b_out, ln_w, ln_b, w_gr,
-                            b_gr, w_lr, b_lr, w_ce, b_ce, w_se, b_se, eps);
+  // Below the threshold the two kernels run back to back, h passed between them in the packed panel layout that
+  // the second one's GEMM reads in place (streaming stores; no strided re-read of h per tile). Measured, 2 threads:
+  // that is 2-5% faster than the single kernel at 4x64x64x64 (h = 11 MB) and ~4% faster at 1x64x180x320 and
+  // 1x64x360x640 (h = 39 and 157 MB), where the single kernel is kept as it never holds h in memory.
+  const bool single = N * hid * H * W * int64_t(x_.element_size()) >= infer_min_hidden_bytes();
   auto x = x_.contiguous(), w_in = w_in_.contiguous(), b_in = b_in_.contiguous(), w_dw = w_dw_.contiguous(),
        b_dw = b_dw_.contiguous();
-  const int64_t Co = ws[0].size(0);
+  const int64_t Co = ws[0].size(0), K = w_dw.size(-1);
   auto out = pooled_empty({N, Co, H, W}, x.options());
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "sadffm_infer_forward", [&] {
     using T = scalar_t;
-    sadffm_infer_kernel<T>(x.data_ptr<T>(), w_in.data_ptr<T>(), b_in.data_ptr<T>(), w_dw.data_ptr<T>(),
-                           b_dw.data_ptr<T>(), dffm_weights<T>(ws, hid, eps), out.data_ptr<T>(), N, int(C), H, W,
-                           int(w_dw.size(-1)));
+    const DffmW<T> dw = dffm_weights<T>(ws, hid, eps);
+    if (single) {
+      sadffm_infer_kernel<T>(x.data_ptr<T>(), w_in.data_ptr<T>(), b_in.data_ptr<T>(), w_dw.data_ptr<T>(),
+                             b_dw.data_ptr<T>(), dw, out.data_ptr<T>(), N, int(C), H, W, int(K));
+      return;
+    }
+    auto hp = pooled_empty({N * panel_image_numel<T>(hid, H * W)}, x.options());
+    gated_dwconv_fwd_kernel<T>(x.data_ptr<T>(), w_in.data_ptr<T>(), b_in.data_ptr<T>(), w_dw.data_ptr<T>(),
+                               b_dw.data_ptr<T>(), hp.data_ptr<T>(), N, int(C), int(hid), H, W, int(K), nullptr, true);
+    dffm_fwd_kernel<T>(dw, hp.data_ptr<T>(), out.data_ptr<T>(), N, H * W, nullptr, true);
   });
   return out;
 }
