@@ -507,7 +507,10 @@ void gated_dwconv_bwd_kernel(const T* gh, const T* x, const T* w_in, const T* b_
     const int64_t maxPu = std::min(H, band + 4 * pad) * W, maxPt = std::min(H, band + 2 * pad) * W;
     Scratch<T> xpack(ustash ? 0 : size_t(C) * ((maxPu + NR - 1) / NR) * NR);  // pack_b writes every element
     GuardedBuf<T> ubuf(ustash ? 0 : size_t(2 * kGroup) * maxPu), dt(2 * size_t(maxPt)), zeros(W);
-    std::vector<T> dub(size_t(C2) * ((band * W + NR - 1) / NR) * NR, T(0)), duband(size_t(band) * W);
+    // dub: every panel lane of the band's pixels is written before the GEMMs read it; lanes past the band's last
+    // pixel are never read into a stored column (gemm_nn) or into the pixel reduction (gemm_nt), so no clearing.
+    Scratch<T> dub(size_t(C2) * ((band * W + NR - 1) / NR) * NR);
+    std::vector<T> duband(size_t(band) * W);
     std::vector<T> colacc(dw_wgrad_colacc_size(K, W));
     for (int64_t k = k0; k < k1; ++k) {
       T* gwp = gw_part.data() + k * C2 * C;
