@@ -76,6 +76,14 @@ TORCH_LIBRARY(eimn_C, m) {
   m.def("sadffm_infer_forward(Tensor x, Tensor w_in, Tensor b_in, Tensor w_dw, Tensor b_dw, Tensor w_out, "
         "Tensor b_out, Tensor ln_w, Tensor ln_b, Tensor w_gr, Tensor b_gr, Tensor w_lr, Tensor b_lr, Tensor w_ce, "
         "Tensor b_ce, Tensor w_se, Tensor b_se, float eps) -> Tensor");
+  // Whole SADFFM layer for training (CPU): (out, stash) with h kept only in the GEMM's packed layout inside the
+  // stash; the backward returns the gradients of x and of the 16 weights, in argument order.
+  m.def("sadffm_forward_stash(Tensor x, Tensor w_in, Tensor b_in, Tensor w_dw, Tensor b_dw, Tensor w_out, "
+        "Tensor b_out, Tensor ln_w, Tensor ln_b, Tensor w_gr, Tensor b_gr, Tensor w_lr, Tensor b_lr, Tensor w_ce, "
+        "Tensor b_ce, Tensor w_se, Tensor b_se, float eps) -> (Tensor, Tensor)");
+  m.def("sadffm_backward_stash(Tensor grad_out, Tensor x, Tensor w_in, Tensor b_in, Tensor w_dw, Tensor b_dw, "
+        "Tensor w_out, Tensor b_out, Tensor ln_w, Tensor ln_b, Tensor w_gr, Tensor b_gr, Tensor w_lr, Tensor b_lr, "
+        "Tensor w_ce, Tensor b_ce, Tensor w_se, Tensor b_se, Tensor stash, float eps) -> Tensor[]");
 }
 
 // Importable as eimn_kernels._C (registration happens at load time).

@@ -363,6 +363,50 @@ def test_sadffm_layer_with_grad_is_the_two_ops(backend):
     assert torch.autograd.gradcheck(lambda *a: ek.sadffm_layer(*a, 1e-6, backend=name), ins, fast_mode=True)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+@pytest.mark.parametrize("shape", LAYER_SHAPES, ids=lambda s: "x".join(map(str, s)))
+def test_sadffm_train_op_equals_the_two_ops(backend, shape, dtype):
+    """cpu: with a gradient needed sadffm_layer runs the whole-layer autograd op (h only inside its stash, in the
+    GEMM's packed layout): output and every gradient bitwise equal to gated_dwconv + dffm_out."""
+    name, dev = backend
+    if name != "cpu":
+        pytest.skip("the whole-layer training op exists for the cpu backend only")
+    N, C, hid, H, W, K = shape
+    x, *gw = gdw_inputs(N, C, hid, H, W, K, dtype, dev)
+    _, *dw = dffm_inputs(1, hid, C, 1, 1, dtype, dev)
+    ins = [t.requires_grad_() for t in [x, *gw, *dw]]
+    got = ek.sadffm_layer(*ins, 1e-6, backend=name)
+    assert "Sadffm" in type(got.grad_fn).__name__ or "sadffm" in str(got.grad_fn).lower()
+    want = ek.dffm_out(ek.gated_dwconv(*ins[:5], backend=name), *ins[5:], 1e-6, backend=name)
+    assert torch.equal(got, want)
+    go = torch.randn_like(got)
+    for u, v in zip(torch.autograd.grad(got, ins, go), torch.autograd.grad(want, ins, go)):
+        assert torch.equal(u, v)
+
+
+def test_sadffm_train_op_opcheck_and_stash():
+    """The whole-layer op: schema, fake impl (the stash's size included) and autograd registration; the backward
+    without a stash recomputes it (same gradients); a stash of the wrong size is rejected."""
+    if not ek.backend_status("cpu", "cpu")[0]:
+        pytest.skip("cpu backend unavailable")
+    for dtype in (torch.float32, torch.float64):
+        x, *gw = gdw_inputs(2, 8, 5, 9, 7, 3, dtype, "cpu")
+        _, *dw = dffm_inputs(1, 5, 8, 1, 1, dtype, "cpu")
+        for keep in (False, True):
+            torch.library.opcheck(torch.ops.eimn_kernels.sadffm, (x, *gw, *dw, 1e-6, keep, "cpu"))
+        out, stash = torch.ops.eimn_kernels.sadffm(x, *gw, *dw, 1e-6, True, "cpu")
+        go = torch.randn_like(out)
+        a = torch.ops.eimn_kernels.sadffm_backward(go, x, *gw, *dw, stash, 1e-6, "cpu")
+        b = torch.ops.eimn_kernels.sadffm_backward(go, x, *gw, *dw, torch.empty(0, dtype=dtype), 1e-6, "cpu")
+        assert len(a) == 17
+        for u, v in zip(a, b):
+            assert torch.equal(u, v)
+        with pytest.raises(RuntimeError, match="stash must have shape"):
+            torch.ops.eimn_C.sadffm_backward_stash(go, x, *gw, *dw, stash[1:], 1e-6)
+        with pytest.raises(RuntimeError, match="grad_out must have shape"):
+            torch.ops.eimn_C.sadffm_backward_stash(go[:, :3], x, *gw, *dw, stash, 1e-6)
+
+
 def test_sadffm_infer_opcheck_and_compile(backend):
     name, dev = backend
     if name != "cpu":

@@ -101,7 +101,9 @@ inline void scatter_to_panels_at(const T* src, int64_t n, int64_t p0, int c, int
   constexpr int NR = panel_width<T>();
   int64_t i = 0;
   for (; i < n && (p0 + i) % NR != 0; ++i) dst[((p0 + i) / NR * ldc + c) * NR + (p0 + i) % NR] = src[i];
-  scatter_to_panels<Stream>(src + i, n - i, c, ldc, dst + (p0 + i) / NR * ldc * NR);
+  T* d = dst + (p0 + i) / NR * ldc * NR;
+  if (Stream && reinterpret_cast<uintptr_t>(d) % 32 == 0) scatter_to_panels<true>(src + i, n - i, c, ldc, d);
+  else scatter_to_panels<false>(src + i, n - i, c, ldc, d);
 }
 
 // Elements of one image of `channels` planes of HW pixels in the packed panel layout ([blk][channel][NR]).
@@ -893,7 +895,7 @@ void sadffm_infer_kernel(const T* x, const T* w_in, const T* b_in, const T* w_dw
 template <typename T>
 void dffm_bwd_kernel(const DffmW<T>& w, const T* go, const T* h, const T* stash, int64_t N, int64_t HW, T* gh,
                      T* gw_out, T* gb_out, T* gln_w, T* gln_b, T* gw_gr, T* gb_gr, T* gw_lr, T* gb_lr, T* gw_ce,
-                     T* gb_ce, T* gw_se, T* gb_se) {
+                     T* gb_ce, T* gw_se, T* gb_se, bool h_panels = false) {
   const int C = w.C, R = w.R, hid = w.hid;
   const int64_t nt = (HW + kPT - 1) / kPT, items = N * nt;
   // Per-pixel intermediates, per image n: y (C planes), lpre (R), mu, rstd, a_loc (the forward front) and the
@@ -920,14 +922,18 @@ void dffm_bwd_kernel(const DffmW<T>& w, const T* go, const T* h, const T* stash,
   const int64_t nsum = stash ? 1 : nt;
   std::vector<T> ysum_own(stash ? 0 : size_t(items) * C);
   const T* ysum = stash ? DffmStash<T>(const_cast<T*>(stash), N, C, R, HW).ysum(0) : ysum_own.data();
+  // h's tile of pixels [p0, ...) of image n: (N, hid, H, W) (row stride HW), or its panels (h_panels).
+  auto htile = [&](int64_t n, int64_t p0) {
+    return h_panels ? h + n * panel_image_numel<T>(hid, HW) + p0 * hid : h + n * hid * HW + p0;
+  };
   // Pass A: recompute the forward front, keeping y, mu, rstd, lpre, a_loc.
   if (!stash)
     at::parallel_for(0, items, 1, [&](int64_t i0, int64_t i1) {
       std::vector<T> z(size_t(C) * kPT), lpre(size_t(R) * kPT), hpack(size_t(hid) * kPT);
       for (int64_t it = i0; it < i1; ++it) {
         const int64_t n = it / nt, p0 = (it % nt) * kPT, P = std::min(kPT, HW - p0);
-        dffm_tile_front(w, h + n * hid * HW + p0, HW, P, Yp(n) + p0, MUp(n) + p0, RSp(n) + p0, z.data(),
-                        lpre.data(), ALp(n) + p0, ysum_own.data() + it * C, hpack.data());
+        dffm_tile_front(w, htile(n, p0), HW, P, Yp(n) + p0, MUp(n) + p0, RSp(n) + p0, z.data(), lpre.data(),
+                        ALp(n) + p0, ysum_own.data() + it * C, hpack.data(), h_panels);
         for (int r = 0; r < R; ++r)
           std::copy(lpre.data() + r * kPT, lpre.data() + r * kPT + P, LPp(n) + r * HW + p0);
       }
@@ -1143,7 +1149,9 @@ void dffm_bwd_kernel(const DffmW<T>& w, const T* go, const T* h, const T* stash,
           gbp[c] += sb;
         }
         gemm_nn<T>(hid, C, P, w_outT.data(), C, dy, kPT, gh + n * hid * HW + p0, HW, nullptr, false);
-        gemm_nt<T>(hid, C, P, h + n * hid * HW + p0, HW, dy, kPT, gwp, C);  // dW_out^T: the 64-row dy is packed
+        // dW_out^T (the 64-row dy is packed); h's panels are read in place
+        if (h_panels) gemm_nt_apacked<T>(hid, C, P, htile(n, p0), dy, kPT, gwp, C);
+        else gemm_nt<T>(hid, C, P, htile(n, p0), HW, dy, kPT, gwp, C);
       }
     }
   });
@@ -1337,6 +1345,93 @@ DffmGrads dffm_out_backward_stash(const at::Tensor& go, const at::Tensor& h, con
                        stash);
 }
 
+
+// ----------------------------------------------------------------------------- whole layer, training
+// sadffm_forward_stash: the whole SADFFM layer keeping what its backward needs, in one flat stash
+// [h in the packed panel layout (per image panel_image_numel; first, so its panels are 64-byte aligned for the
+// streaming stores) | gated_dwconv stash (U between guards) | dffm_out stash]. h never exists as (N, hid, H, W): the front writes it as GEMM panels (streaming stores) that the
+// DFFM forward's GEMM and the backward's dW_out read in place. Same values as the two ops, bit for bit.
+template <typename T> int64_t sadffm_stash_numel(int64_t N, int64_t hid, int64_t C, int64_t R, int64_t HW) {
+  return gated_stash_numel(N, hid, HW) + N * panel_image_numel<T>(hid, HW) + dffm_stash_numel(N, C, R, HW);
+}
+int64_t sadffm_stash_numel(at::ScalarType st, int64_t N, int64_t hid, int64_t C, int64_t R, int64_t HW) {
+  int64_t n = 0;
+  AT_DISPATCH_FLOATING_TYPES(st, "sadffm_stash_numel", [&] { n = sadffm_stash_numel<scalar_t>(N, hid, C, R, HW); });
+  return n;
+}
+
+std::tuple<at::Tensor, at::Tensor> sadffm_forward_stash(
+    const at::Tensor& x_, const at::Tensor& w_in_, const at::Tensor& b_in_, const at::Tensor& w_dw_,
+    const at::Tensor& b_dw_, const at::Tensor& w_out, const at::Tensor& b_out, const at::Tensor& ln_w,
+    const at::Tensor& ln_b, const at::Tensor& w_gr, const at::Tensor& b_gr, const at::Tensor& w_lr,
+    const at::Tensor& b_lr, const at::Tensor& w_ce, const at::Tensor& b_ce, const at::Tensor& w_se,
+    const at::Tensor& b_se, double eps) {
+  check_gated_dwconv(x_, w_in_, b_in_, w_dw_, b_dw_);
+  const int64_t N = x_.size(0), C = x_.size(1), H = x_.size(2), W = x_.size(3), hid = w_in_.size(0) / 2, HW = H * W;
+  auto ws = check_dffm_weights(hid, x_, {w_out, b_out, ln_w, ln_b, w_gr, b_gr, w_lr, b_lr, w_ce, b_ce, w_se, b_se});
+  auto x = x_.contiguous(), w_in = w_in_.contiguous(), b_in = b_in_.contiguous(), w_dw = w_dw_.contiguous(),
+       b_dw = b_dw_.contiguous();
+  const int64_t Co = ws[0].size(0), R = ws[4].size(0), gsn = gated_stash_numel(N, hid, HW);
+  auto out = pooled_empty({N, Co, H, W}, x.options());
+  auto stash = pooled_empty({sadffm_stash_numel(x.scalar_type(), N, hid, Co, R, HW)}, x.options());
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "sadffm_forward_stash", [&] {
+    using T = scalar_t;
+    T* hp = stash.data_ptr<T>();
+    T* u = hp + N * panel_image_numel<T>(hid, HW);
+    constexpr int64_t NR = panel_width<T>();
+    if (HW % NR != 0)  // the lanes past the last pixel (never read into a result; zero, so the stash is defined)
+      for (int64_t n = 0; n < N; ++n)
+        for (int64_t c = 0; c < hid; ++c) {
+          T* last = hp + n * panel_image_numel<T>(hid, HW) + ((HW / NR) * hid + c) * NR;
+          std::fill(last + HW % NR, last + NR, T(0));
+        }
+    std::fill(u, u + kRowGuard, T(0));  // U's guards
+    std::fill(u + gsn - kRowGuard, u + gsn, T(0));
+    gated_dwconv_fwd_kernel<T>(x.data_ptr<T>(), w_in.data_ptr<T>(), b_in.data_ptr<T>(), w_dw.data_ptr<T>(),
+                               b_dw.data_ptr<T>(), hp, N, int(C), int(hid), H, W, int(w_dw.size(-1)), u + kRowGuard,
+                               true);
+    dffm_fwd_kernel<T>(dffm_weights<T>(ws, hid, eps), hp, out.data_ptr<T>(), N, HW, u + gsn, true);
+  });
+  return {out, stash};
+}
+
+// Gradients of (x, w_in, b_in, w_dw, b_dw, w_out, b_out, ln_w, ln_b, w_gr, b_gr, w_lr, b_lr, w_ce, b_ce, w_se,
+// b_se) from grad_out (N, C_out, H, W) and sadffm_forward_stash's stash.
+std::vector<at::Tensor> sadffm_backward_stash(
+    const at::Tensor& go_, const at::Tensor& x, const at::Tensor& w_in, const at::Tensor& b_in,
+    const at::Tensor& w_dw, const at::Tensor& b_dw, const at::Tensor& w_out, const at::Tensor& b_out,
+    const at::Tensor& ln_w, const at::Tensor& ln_b, const at::Tensor& w_gr, const at::Tensor& b_gr,
+    const at::Tensor& w_lr, const at::Tensor& b_lr, const at::Tensor& w_ce, const at::Tensor& b_ce,
+    const at::Tensor& w_se, const at::Tensor& b_se, const at::Tensor& stash_, double eps) {
+  check_gated_dwconv(x, w_in, b_in, w_dw, b_dw);
+  const int64_t N = x.size(0), H = x.size(2), W = x.size(3), hid = w_in.size(0) / 2, HW = H * W;
+  auto ws = check_dffm_weights(hid, x, {w_out, b_out, ln_w, ln_b, w_gr, b_gr, w_lr, b_lr, w_ce, b_ce, w_se, b_se});
+  const int64_t Co = ws[0].size(0), R = ws[4].size(0), gsn = gated_stash_numel(N, hid, HW);
+  check_tensor(go_, "grad_out", 4, x);
+  check_shape(go_, "grad_out", {N, Co, H, W});
+  check_tensor(stash_, "stash", 1, x);
+  check_shape(stash_, "stash", {sadffm_stash_numel(x.scalar_type(), N, hid, Co, R, HW)});
+  auto go = go_.contiguous(), stash = stash_.contiguous();
+  auto gh = pooled_empty({N, hid, H, W}, x.options());
+  std::vector<at::Tensor> g;
+  for (auto& w : ws) g.push_back(at::empty_like(w));
+  int64_t hpn = 0;  // elements of h's panels, before the gated_dwconv stash
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "sadffm_backward_stash", [&] {
+    using T = scalar_t;
+    const T* hp = stash.data_ptr<T>();
+    hpn = N * panel_image_numel<T>(hid, HW);
+    dffm_bwd_kernel<T>(dffm_weights<T>(ws, hid, eps), go.data_ptr<T>(), hp, hp + hpn + gsn, N, HW, gh.data_ptr<T>(), g[0].data_ptr<T>(), g[1].data_ptr<T>(), g[2].data_ptr<T>(),
+                       g[3].data_ptr<T>(), g[4].data_ptr<T>(), g[5].data_ptr<T>(), g[6].data_ptr<T>(),
+                       g[7].data_ptr<T>(), g[8].data_ptr<T>(), g[9].data_ptr<T>(), g[10].data_ptr<T>(),
+                       g[11].data_ptr<T>(), true);
+  });
+  auto gg = gated_backward(gh, x, w_in, b_in, w_dw, b_dw, stash.narrow(0, hpn, gsn));
+  std::vector<at::Tensor> all = {std::get<0>(gg), std::get<1>(gg), std::get<2>(gg), std::get<3>(gg),
+                                 std::get<4>(gg)};
+  all.insert(all.end(), g.begin(), g.end());
+  return all;
+}
+
 }  // namespace
 }  // namespace sadffm
 }  // namespace eimn
@@ -1351,4 +1446,6 @@ TORCH_LIBRARY_IMPL(eimn_C, CPU, m) {
   m.impl("dffm_out_forward_stash", &eimn::sadffm::dffm_out_forward_stash);
   m.impl("dffm_out_backward_stash", &eimn::sadffm::dffm_out_backward_stash);
   m.impl("sadffm_infer_forward", &eimn::sadffm::sadffm_infer_forward);
+  m.impl("sadffm_forward_stash", &eimn::sadffm::sadffm_forward_stash);
+  m.impl("sadffm_backward_stash", &eimn::sadffm::sadffm_backward_stash);
 }

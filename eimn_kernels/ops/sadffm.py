@@ -66,6 +66,26 @@ def _sadffm_infer_fake(x, w_in, b_in, w_dw, b_dw, w_out, *rest):
 _INFER_BACKENDS = ("cpu",)
 
 
+def _sadffm_stash_fake(x: _T, w_in: _T, b_in: _T, w_dw: _T, b_dw: _T, w_out: _T, b_out: _T, ln_w: _T, ln_b: _T,
+                       w_gr: _T, *rest) -> _T:
+    """The CPU backend's whole-layer stash: the gated_dwconv stash, h in the GEMM's packed panel layout (panels of
+    two 32-byte vectors of pixels: 16 floats / 8 doubles), then the dffm_out stash."""
+    N, hid, HW = x.shape[0], w_in.shape[0] // 2, x.shape[2] * x.shape[3]
+    nr = 64 // x.element_size()
+    panels = N * hid * ((HW + nr - 1) // nr) * nr
+    gated = _gated_stash_fake(x, w_in).shape[0]
+    dffm = N * ((w_out.shape[0] + w_gr.shape[0] + 3) * HW + w_out.shape[0])
+    return x.new_empty(gated + panels + dffm)
+
+
+# Whole layer with autograd, for backends that stash it (cpu): h is passed between the two halves only inside the
+# stash, in the packed layout their GEMMs read in place. :func:`sadffm_layer` uses it when a gradient is needed.
+_sadffm_op, _ = register(OpSpec(
+    "sadffm", ("x", "w_in", "b_in", "w_dw", "b_dw") + _DFFM_W, (("eps", "float"),), ("out",),
+    fake=lambda x, w_in, b_in, w_dw, b_dw, w_out, *rest: x.new_empty(x.shape[0], w_out.shape[0], *x.shape[2:]),
+    stash=_sadffm_stash_fake))
+
+
 def _check_gated_weights(x: _T, w_in: _T, b_in: _T, w_dw: _T, b_dw: _T) -> None:
     C = x.shape[1]
     check_weight("w_in", w_in, (None, C, 1, 1), x)
@@ -139,8 +159,9 @@ def sadffm_layer(x: _T, w_in: _T, b_in: _T, w_dw: _T, b_dw: _T, w_out: _T, b_out
     """Whole SADFFM layer: ``dffm_out(gated_dwconv(x, w_in, b_in, w_dw, b_dw), w_out, ..., b_se, eps)``.
     x: (N, C, H, W) -> (N, C_out, H, W); weights as in :func:`gated_dwconv` and :func:`dffm_out`.
 
-    When no gradient is needed (grad mode off, or no tensor requires grad) and the backend has a whole-layer
-    kernel (cpu), that kernel runs: for a hidden tensor h (N, hid, H, W) of 16 MiB or more (environment variable
+    With a gradient needed and the cpu backend, one autograd op (``eimn_kernels::sadffm``) runs the same two
+    kernels, passing h between them in the GEMM's packed layout inside its stash. When no gradient is needed (grad
+    mode off, or no tensor requires grad) and the backend has a whole-layer kernel (cpu), that kernel runs: for a hidden tensor h (N, hid, H, W) of 16 MiB or more (environment variable
     EIMN_SADFFM_FUSED_MIN_BYTES) h is never held in memory (about 4% slower than the two kernels, for the memory);
     below, the two kernels pass h in the GEMM's packed layout. Otherwise this is exactly the two differentiable
     ops; every path gives the same values up to rounding.
@@ -153,5 +174,9 @@ def sadffm_layer(x: _T, w_in: _T, b_in: _T, w_dw: _T, b_dw: _T, w_out: _T, b_out
         _check_gated_weights(x, w_in, b_in, w_dw, b_dw)
         _check_dffm_weights(x, w_in.shape[0] // 2, *ts[5:])
         return torch.ops.eimn_kernels.sadffm_infer(*(t.contiguous() for t in ts), float(eps), backend)
+    if backend in _INFER_BACKENDS:
+        _check_gated_weights(x, w_in, b_in, w_dw, b_dw)
+        _check_dffm_weights(x, w_in.shape[0] // 2, *ts[5:])
+        return _sadffm_op(*(t.contiguous() for t in ts), float(eps), True, backend)[0]
     h = gated_dwconv(x, w_in, b_in, w_dw, b_dw, backend=backend)
     return dffm_out(h, *ts[5:], eps, backend=backend)
