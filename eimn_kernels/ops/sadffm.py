@@ -29,10 +29,15 @@ _gated_dwconv_op, _ = register(OpSpec(
 _DFFM_W = ("w_out", "b_out", "ln_w", "ln_b", "w_gr", "b_gr", "w_lr", "b_lr", "w_ce", "b_ce", "w_se", "b_se")
 
 
+def _dffm_stash_numel(N: int, C: int, R: int, HW: int) -> int:
+    """Elements of the CPU backend's dffm_out stash: per image y (C), lpre (R), mu, rstd, a_loc planes of HW pixels,
+    then C sums (dffm_stash_numel of csrc/cpu/sadffm_cpu.cpp)."""
+    return N * ((C + R + 3) * HW + C)
+
+
 def _dffm_stash_fake(h: _T, w_out: _T, b_out: _T, ln_w: _T, ln_b: _T, w_gr: _T, *rest) -> _T:
-    """The CPU backend's stash: per image y (C), lpre (R), mu, rstd, a_loc planes of H x W, then C sums."""
-    N, C, R, HW = h.shape[0], w_out.shape[0], w_gr.shape[0], h.shape[2] * h.shape[3]
-    return h.new_empty(N * ((C + R + 3) * HW + C))
+    """The CPU backend's stash of dffm_out (see _dffm_stash_numel)."""
+    return h.new_empty(_dffm_stash_numel(h.shape[0], w_out.shape[0], w_gr.shape[0], h.shape[2] * h.shape[3]))
 
 
 _dffm_out_op, _ = register(OpSpec(
@@ -68,14 +73,13 @@ _INFER_BACKENDS = ("cpu",)
 
 def _sadffm_stash_fake(x: _T, w_in: _T, b_in: _T, w_dw: _T, b_dw: _T, w_out: _T, b_out: _T, ln_w: _T, ln_b: _T,
                        w_gr: _T, *rest) -> _T:
-    """The CPU backend's whole-layer stash: the gated_dwconv stash, h in the GEMM's packed panel layout (panels of
-    two 32-byte vectors of pixels: 16 floats / 8 doubles), then the dffm_out stash."""
+    """The CPU backend's whole-layer stash: h in the GEMM's packed panel layout (panels of two 32-byte vectors of
+    pixels: 16 floats / 8 doubles), the gated_dwconv stash, then the dffm_out stash."""
     N, hid, HW = x.shape[0], w_in.shape[0] // 2, x.shape[2] * x.shape[3]
     nr = 64 // x.element_size()
     panels = N * hid * ((HW + nr - 1) // nr) * nr
     gated = _gated_stash_fake(x, w_in).shape[0]
-    dffm = N * ((w_out.shape[0] + w_gr.shape[0] + 3) * HW + w_out.shape[0])
-    return x.new_empty(gated + panels + dffm)
+    return x.new_empty(panels + gated + _dffm_stash_numel(N, w_out.shape[0], w_gr.shape[0], HW))
 
 
 # Whole layer with autograd, for backends that stash it (cpu): h is passed between the two halves only inside the
@@ -169,14 +173,13 @@ def sadffm_layer(x: _T, w_in: _T, b_in: _T, w_dw: _T, b_dw: _T, w_out: _T, b_out
     ts = (x, w_in, b_in, w_dw, b_dw, w_out, b_out, ln_w, ln_b, w_gr, b_gr, w_lr, b_lr, w_ce, b_ce, w_se, b_se)
     check_image("x", x)
     backend = resolve_backend(backend, x)
-    if backend in _INFER_BACKENDS and not _needs_grad(*ts):
-        # Same validation as the two ops (clear errors), then the single kernel.
-        _check_gated_weights(x, w_in, b_in, w_dw, b_dw)
-        _check_dffm_weights(x, w_in.shape[0] // 2, *ts[5:])
-        return torch.ops.eimn_kernels.sadffm_infer(*(t.contiguous() for t in ts), float(eps), backend)
     if backend in _INFER_BACKENDS:
+        # Same validation as the two ops (clear errors), then the whole-layer path.
         _check_gated_weights(x, w_in, b_in, w_dw, b_dw)
         _check_dffm_weights(x, w_in.shape[0] // 2, *ts[5:])
-        return _sadffm_op(*(t.contiguous() for t in ts), float(eps), True, backend)[0]
+        args = tuple(t.contiguous() for t in ts)
+        if not _needs_grad(*ts):
+            return torch.ops.eimn_kernels.sadffm_infer(*args, float(eps), backend)
+        return _sadffm_op(*args, float(eps), True, backend)[0]
     h = gated_dwconv(x, w_in, b_in, w_dw, b_dw, backend=backend)
     return dffm_out(h, *ts[5:], eps, backend=backend)
