@@ -106,7 +106,7 @@ inline void scatter_to_panels_at(const T* src, int64_t n, int64_t p0, int c, int
   else scatter_to_panels<false>(src + i, n - i, c, ldc, d);
 }
 
-// Elements of one image of `channels` planes of HW pixels in the packed panel layout ([blk][channel][NR]).
+// Elements of `channels` planes of HW pixels in the packed panel layout ([blk][channel][NR]) of pack_b.
 template <typename T> constexpr int64_t panel_image_numel(int64_t channels, int64_t HW) {
   return channels * ((HW + panel_width<T>() - 1) / panel_width<T>()) * panel_width<T>();
 }
@@ -324,11 +324,10 @@ void gated_dwconv_fwd_kernel(const T* x, const T* w_in, const T* b_in, const T* 
   const int64_t nbands = (H + band - 1) / band;
   const int64_t items = N * nbands * ngroups;
   const PairGroupWeights<T> pw(w_in, b_in, C, hid);
-  constexpr int NR = panel_width<T>();
   at::parallel_for(0, items, 1, [&](int64_t i0, int64_t i1) {
     const int64_t maxP = (band + 2 * pad) * W;
     GuardedBuf<T> tbuf(size_t(2 * kGroup) * maxP), zeros(W);
-    Scratch<T> xpack(size_t(C) * ((maxP + NR - 1) / NR) * NR), acc(2 * size_t(band) * W);  // written before read
+    Scratch<T> xpack(panel_image_numel<T>(C, maxP)), acc(2 * size_t(band) * W);  // written before read
     int64_t packed = -1;  // (n, band) index whose x band is in xpack
     for (int64_t it = i0; it < i1; ++it) {
       const int g = int(it % ngroups);
@@ -504,14 +503,13 @@ void gated_dwconv_bwd_kernel(const T* gh, const T* x, const T* w_in, const T* b_
   std::vector<T> gwdw_part(size_t(items) * C2 * KK), gbdw_part(size_t(items) * C2);
   const Chunks ch(items, 32);
   std::vector<T> gw_part(size_t(ch.n) * C2 * C, T(0)), gb_part(size_t(ch.n) * C2, T(0));
-  constexpr int NR = panel_width<T>();
   at::parallel_for(0, ch.n, 1, [&](int64_t k0, int64_t k1) {
     const int64_t maxPu = std::min(H, band + 4 * pad) * W, maxPt = std::min(H, band + 2 * pad) * W;
-    Scratch<T> xpack(ustash ? 0 : size_t(C) * ((maxPu + NR - 1) / NR) * NR);  // pack_b writes every element
+    Scratch<T> xpack(ustash ? 0 : panel_image_numel<T>(C, maxPu));  // pack_b writes every element
     GuardedBuf<T> ubuf(ustash ? 0 : size_t(2 * kGroup) * maxPu), dt(2 * size_t(maxPt)), zeros(W);
     // dub: every panel lane of the band's pixels is written before the GEMMs read it; lanes past the band's last
     // pixel are never read into a stored column (gemm_nn) or into the pixel reduction (gemm_nt), so no clearing.
-    Scratch<T> dub(size_t(C2) * ((band * W + NR - 1) / NR) * NR);
+    Scratch<T> dub(panel_image_numel<T>(C2, band * W));
     std::vector<T> duband(size_t(band) * W);
     std::vector<T> colacc(dw_wgrad_colacc_size(K, W));
     for (int64_t k = k0; k < k1; ++k) {
@@ -847,16 +845,15 @@ void sadffm_infer_kernel(const T* x, const T* w_in, const T* b_in, const T* w_dw
   const int64_t tpb = (band * W + kPT - 1) / kPT;  // LayerNorm-sum slots per band (the last band may use fewer)
   const int ngroups = (hid + kGroup - 1) / kGroup;
   const PairGroupWeights<T> pw(w_in, b_in, C, hid);
-  constexpr int NR = panel_width<T>();
   Scratch<T> aloc(size_t(N) * HW);
   std::vector<T> ysum(size_t(items) * tpb * Co, T(0));
   at::parallel_for(0, items, 1, [&](int64_t i0, int64_t i1) {
     const int64_t maxPu = std::min(H, band + 2 * pad) * W;
-    Scratch<T> xpack(size_t(C) * ((maxPu + NR - 1) / NR) * NR), acc(2 * size_t(band) * W);  // written before read
+    Scratch<T> xpack(panel_image_numel<T>(C, maxPu)), acc(2 * size_t(band) * W);  // written before read
     GuardedBuf<T> ubuf(size_t(2 * kGroup) * maxPu), zeros(W);
     // hpack: 64-byte aligned for the streaming stores; lanes past the band's last pixel are never read into a
     // stored column (GEMM columns are independent), so it is not cleared.
-    Scratch<T> hpack(size_t(hid) * ((band * W + NR - 1) / NR) * NR);
+    Scratch<T> hpack(panel_image_numel<T>(hid, band * W));
     std::vector<T> buf(size_t(Co + R + 2) * kPT);
     T *z = buf.data(), *lpre = z + Co * kPT, *mu = lpre + R * kPT, *rs = mu + kPT;
     for (int64_t it = i0; it < i1; ++it) {
@@ -1256,6 +1253,26 @@ int64_t infer_min_hidden_bytes() {
   return e && *e ? std::strtoll(e, nullptr, 10) : (int64_t(16) << 20);
 }
 
+// The layer's two kernels back to back with h in the packed panel layout at hp (N * panel_image_numel(hid, H*W)
+// elements, 64-byte aligned for the streaming stores): the front scatters h there, the DFFM forward's GEMM reads it
+// in place. ustash / dstash: the two halves' stashes (sadffm_forward_stash), or nullptr. The lanes past the last
+// pixel of each image's last panel are never read into a result; they are zeroed so that hp is fully defined.
+template <typename T>
+void sadffm_panels_fwd(const at::Tensor& x, const at::Tensor& w_in, const at::Tensor& b_in, const at::Tensor& w_dw,
+                       const at::Tensor& b_dw, const DffmW<T>& dw, T* hp, T* out, T* ustash, T* dstash) {
+  const int64_t N = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3), HW = H * W, hid = dw.hid;
+  constexpr int64_t NR = panel_width<T>();
+  if (HW % NR != 0)
+    for (int64_t n = 0; n < N; ++n)
+      for (int64_t c = 0; c < hid; ++c) {
+        T* last = hp + n * panel_image_numel<T>(hid, HW) + ((HW / NR) * hid + c) * NR;
+        std::fill(last + HW % NR, last + NR, T(0));
+      }
+  gated_dwconv_fwd_kernel<T>(x.data_ptr<T>(), w_in.data_ptr<T>(), b_in.data_ptr<T>(), w_dw.data_ptr<T>(),
+                             b_dw.data_ptr<T>(), hp, N, int(C), int(hid), H, W, int(w_dw.size(-1)), ustash, true);
+  dffm_fwd_kernel<T>(dw, hp, out, N, HW, dstash, true);
+}
+
 // Whole layer, no autograd: x (N, C, H, W) + gated_dwconv weights + DFFM weights -> out (N, C_out, H, W);
 // equals dffm_out_forward(gated_dwconv_forward(x, ...), ...).
 at::Tensor sadffm_infer_forward(const at::Tensor& x_, const at::Tensor& w_in_, const at::Tensor& b_in_,
@@ -1285,9 +1302,7 @@ at::Tensor sadffm_infer_forward(const at::Tensor& x_, const at::Tensor& w_in_, c
       return;
     }
     auto hp = pooled_empty({N * panel_image_numel<T>(hid, H * W)}, x.options());
-    gated_dwconv_fwd_kernel<T>(x.data_ptr<T>(), w_in.data_ptr<T>(), b_in.data_ptr<T>(), w_dw.data_ptr<T>(),
-                               b_dw.data_ptr<T>(), hp.data_ptr<T>(), N, int(C), int(hid), H, W, int(K), nullptr, true);
-    dffm_fwd_kernel<T>(dw, hp.data_ptr<T>(), out.data_ptr<T>(), N, H * W, nullptr, true);
+    sadffm_panels_fwd<T>(x, w_in, b_in, w_dw, b_dw, dw, hp.data_ptr<T>(), out.data_ptr<T>(), nullptr, nullptr);
   });
   return out;
 }
@@ -1348,16 +1363,18 @@ DffmGrads dffm_out_backward_stash(const at::Tensor& go, const at::Tensor& h, con
 
 // ----------------------------------------------------------------------------- whole layer, training
 // sadffm_forward_stash: the whole SADFFM layer keeping what its backward needs, in one flat stash
-// [h in the packed panel layout (per image panel_image_numel; first, so its panels are 64-byte aligned for the
-// streaming stores) | gated_dwconv stash (U between guards) | dffm_out stash]. h never exists as (N, hid, H, W): the front writes it as GEMM panels (streaming stores) that the
-// DFFM forward's GEMM and the backward's dW_out read in place. Same values as the two ops, bit for bit.
-template <typename T> int64_t sadffm_stash_numel(int64_t N, int64_t hid, int64_t C, int64_t R, int64_t HW) {
-  return gated_stash_numel(N, hid, HW) + N * panel_image_numel<T>(hid, HW) + dffm_stash_numel(N, C, R, HW);
-}
-int64_t sadffm_stash_numel(at::ScalarType st, int64_t N, int64_t hid, int64_t C, int64_t R, int64_t HW) {
-  int64_t n = 0;
-  AT_DISPATCH_FLOATING_TYPES(st, "sadffm_stash_numel", [&] { n = sadffm_stash_numel<scalar_t>(N, hid, C, R, HW); });
-  return n;
+// [h in the packed panel layout (first, so its panels are 64-byte aligned for the streaming stores) |
+// gated_dwconv stash (U between guards) | dffm_out stash]. h never exists as (N, hid, H, W): the front writes it as
+// GEMM panels that the DFFM forward's GEMM and the backward's dW_out read in place. Same values as the two ops,
+// bit for bit. SadffmStash: the three parts' sizes in elements (h's depends on the dtype's panel width).
+struct SadffmStash {
+  int64_t h, gated, dffm;
+  int64_t numel() const { return h + gated + dffm; }
+};
+SadffmStash sadffm_stash(at::ScalarType st, int64_t N, int64_t hid, int64_t C, int64_t R, int64_t HW) {
+  SadffmStash s{0, gated_stash_numel(N, hid, HW), dffm_stash_numel(N, C, R, HW)};
+  AT_DISPATCH_FLOATING_TYPES(st, "sadffm_stash", [&] { s.h = N * panel_image_numel<scalar_t>(hid, HW); });
+  return s;
 }
 
 std::tuple<at::Tensor, at::Tensor> sadffm_forward_stash(
@@ -1367,30 +1384,21 @@ std::tuple<at::Tensor, at::Tensor> sadffm_forward_stash(
     const at::Tensor& b_lr, const at::Tensor& w_ce, const at::Tensor& b_ce, const at::Tensor& w_se,
     const at::Tensor& b_se, double eps) {
   check_gated_dwconv(x_, w_in_, b_in_, w_dw_, b_dw_);
-  const int64_t N = x_.size(0), C = x_.size(1), H = x_.size(2), W = x_.size(3), hid = w_in_.size(0) / 2, HW = H * W;
+  const int64_t N = x_.size(0), H = x_.size(2), W = x_.size(3), hid = w_in_.size(0) / 2, HW = H * W;
   auto ws = check_dffm_weights(hid, x_, {w_out, b_out, ln_w, ln_b, w_gr, b_gr, w_lr, b_lr, w_ce, b_ce, w_se, b_se});
   auto x = x_.contiguous(), w_in = w_in_.contiguous(), b_in = b_in_.contiguous(), w_dw = w_dw_.contiguous(),
        b_dw = b_dw_.contiguous();
-  const int64_t Co = ws[0].size(0), R = ws[4].size(0), gsn = gated_stash_numel(N, hid, HW);
-  auto out = pooled_empty({N, Co, H, W}, x.options());
-  auto stash = pooled_empty({sadffm_stash_numel(x.scalar_type(), N, hid, Co, R, HW)}, x.options());
+  const SadffmStash sl = sadffm_stash(x.scalar_type(), N, hid, ws[0].size(0), ws[4].size(0), HW);
+  auto out = pooled_empty({N, ws[0].size(0), H, W}, x.options());
+  auto stash = pooled_empty({sl.numel()}, x.options());
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "sadffm_forward_stash", [&] {
     using T = scalar_t;
     T* hp = stash.data_ptr<T>();
-    T* u = hp + N * panel_image_numel<T>(hid, HW);
-    constexpr int64_t NR = panel_width<T>();
-    if (HW % NR != 0)  // the lanes past the last pixel (never read into a result; zero, so the stash is defined)
-      for (int64_t n = 0; n < N; ++n)
-        for (int64_t c = 0; c < hid; ++c) {
-          T* last = hp + n * panel_image_numel<T>(hid, HW) + ((HW / NR) * hid + c) * NR;
-          std::fill(last + HW % NR, last + NR, T(0));
-        }
+    T* u = hp + sl.h;
     std::fill(u, u + kRowGuard, T(0));  // U's guards
-    std::fill(u + gsn - kRowGuard, u + gsn, T(0));
-    gated_dwconv_fwd_kernel<T>(x.data_ptr<T>(), w_in.data_ptr<T>(), b_in.data_ptr<T>(), w_dw.data_ptr<T>(),
-                               b_dw.data_ptr<T>(), hp, N, int(C), int(hid), H, W, int(w_dw.size(-1)), u + kRowGuard,
-                               true);
-    dffm_fwd_kernel<T>(dffm_weights<T>(ws, hid, eps), hp, out.data_ptr<T>(), N, HW, u + gsn, true);
+    std::fill(u + sl.gated - kRowGuard, u + sl.gated, T(0));
+    sadffm_panels_fwd<T>(x, w_in, b_in, w_dw, b_dw, dffm_weights<T>(ws, hid, eps), hp, out.data_ptr<T>(),
+                         u + kRowGuard, u + sl.gated);
   });
   return {out, stash};
 }
@@ -1406,26 +1414,26 @@ std::vector<at::Tensor> sadffm_backward_stash(
   check_gated_dwconv(x, w_in, b_in, w_dw, b_dw);
   const int64_t N = x.size(0), H = x.size(2), W = x.size(3), hid = w_in.size(0) / 2, HW = H * W;
   auto ws = check_dffm_weights(hid, x, {w_out, b_out, ln_w, ln_b, w_gr, b_gr, w_lr, b_lr, w_ce, b_ce, w_se, b_se});
-  const int64_t Co = ws[0].size(0), R = ws[4].size(0), gsn = gated_stash_numel(N, hid, HW);
+  const int64_t Co = ws[0].size(0);
+  const SadffmStash sl = sadffm_stash(x.scalar_type(), N, hid, Co, ws[4].size(0), HW);
   check_tensor(go_, "grad_out", 4, x);
   check_shape(go_, "grad_out", {N, Co, H, W});
   check_tensor(stash_, "stash", 1, x);
-  check_shape(stash_, "stash", {sadffm_stash_numel(x.scalar_type(), N, hid, Co, R, HW)});
+  check_shape(stash_, "stash", {sl.numel()});
   auto go = go_.contiguous(), stash = stash_.contiguous();
   auto gh = pooled_empty({N, hid, H, W}, x.options());
   std::vector<at::Tensor> g;
   for (auto& w : ws) g.push_back(at::empty_like(w));
-  int64_t hpn = 0;  // elements of h's panels, before the gated_dwconv stash
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "sadffm_backward_stash", [&] {
     using T = scalar_t;
     const T* hp = stash.data_ptr<T>();
-    hpn = N * panel_image_numel<T>(hid, HW);
-    dffm_bwd_kernel<T>(dffm_weights<T>(ws, hid, eps), go.data_ptr<T>(), hp, hp + hpn + gsn, N, HW, gh.data_ptr<T>(), g[0].data_ptr<T>(), g[1].data_ptr<T>(), g[2].data_ptr<T>(),
+    dffm_bwd_kernel<T>(dffm_weights<T>(ws, hid, eps), go.data_ptr<T>(), hp, hp + sl.h + sl.gated, N, HW,
+                       gh.data_ptr<T>(), g[0].data_ptr<T>(), g[1].data_ptr<T>(), g[2].data_ptr<T>(),
                        g[3].data_ptr<T>(), g[4].data_ptr<T>(), g[5].data_ptr<T>(), g[6].data_ptr<T>(),
                        g[7].data_ptr<T>(), g[8].data_ptr<T>(), g[9].data_ptr<T>(), g[10].data_ptr<T>(),
                        g[11].data_ptr<T>(), true);
   });
-  auto gg = gated_backward(gh, x, w_in, b_in, w_dw, b_dw, stash.narrow(0, hpn, gsn));
+  auto gg = gated_backward(gh, x, w_in, b_in, w_dw, b_dw, stash.narrow(0, sl.h, sl.gated));
   std::vector<at::Tensor> all = {std::get<0>(gg), std::get<1>(gg), std::get<2>(gg), std::get<3>(gg),
                                  std::get<4>(gg)};
   all.insert(all.end(), g.begin(), g.end());
