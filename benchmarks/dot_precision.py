@@ -67,8 +67,8 @@ def run(shape=(16, 64, 64, 64), precisions=("ieee", "tf32x3", "tf32"), device=No
                        "fwd_err": max_rel_err(outs, ref_outs), "grad_err": max_rel_err(grads, ref_grads)}
                 if timing:
                     with torch.no_grad():
-                        row["fwd_ms"] = time_fn(lambda: fn("triton", *ts), device).median * 1e3
-                    row["fwd_bwd_ms"] = time_fn(lambda: _fwd_bwd(fn, "triton", ts), device).median * 1e3
+                        row["fwd_ms"] = time_fn(lambda: fn("triton", *ts), device).median_s * 1e3
+                    row["fwd_bwd_ms"] = time_fn(lambda: _fwd_bwd(fn, "triton", ts), device).median_s * 1e3
                 rows.append(row)
     finally:
         cfg.FP32_DOT_PRECISION = saved

@@ -16,9 +16,22 @@ def test_model_matches_golden(name):
     assert model.variant == name.split("_x")[0] and model.scale == int(name[-1])
     with torch.no_grad():
         out = model(g["input"])
+        out64 = model.double()(g["input"].double())
     assert out.shape == g["output"].shape
-    err = (out - g["output"]).abs().max().item() / g["output"].abs().max().item()
-    assert err <= 1e-5, f"{name}: max abs error relative to output magnitude {err:.3g}"
+    ref = g["output"].double()
+
+    def err(x):  # max abs error relative to the output's magnitude
+        return ((x.double() - ref).abs().max() / ref.abs().max()).item()
+
+    # The golden tensors are fp32 results themselves: their own rounding error (the fp64 evaluation of the same
+    # weights against them) is 5e-7..1.7e-5 (EIMN_A_x4, whose tail amplifies it most). The fp64 port must land
+    # within that (a wrong layer is off by 1e-2 or more); the fp32 port within 1e-5, or within twice the golden's
+    # own error where that is larger: fp32 results differ from machine to machine with the summation order of
+    # the convolutions (an AVX-512 Xeon gave 1.6e-5 on EIMN_A_x4, this project's AVX2 EPYC 7.2e-6).
+    golden_err = err(out64)
+    assert golden_err <= 5e-5, f"{name}: fp64 port vs golden {golden_err:.3g}"
+    assert err(out) <= max(1e-5, 2 * golden_err), (
+        f"{name}: fp32 max abs error relative to output magnitude {err(out):.3g} (golden's own {golden_err:.3g})")
 
 
 def _layer_case(name, cls):

@@ -37,8 +37,10 @@ PROGRAMS_PER_SM = 8
 # Fixed-order reduction of per-program weight-gradient partials: columns per program.
 BLOCK_RED = 256
 
-# fp32 tl.dot precision: 'ieee' keeps the 1e-5 fp32 accuracy bar ('tf32x3' is faster, ~1e-6..1e-5).
-FP32_DOT_PRECISION = "ieee"
+# fp32 tl.dot precision. 'tf32x3' (three tf32 tensor-core products, error ~1e-6) keeps the 1e-5 fp32 bar and
+# on an H100 ran the MOLRCM 1x1 kernels' forward+backward 3-5x faster than 'ieee' (FMA loops), 2026-11-25
+# (benchmarks/results/nvidia-h100-80gb-hbm3-20261125-1646-dot-precision.json); 'tf32' alone misses the bar (~1e-3).
+FP32_DOT_PRECISION = "tf32x3"
 
 
 def gemm_config(dtype, backward: bool) -> tuple[int, int]:
