@@ -166,3 +166,30 @@ def test_fused_model_under_autocast_matches_eager_autocast():
         o_ref, o_fused = ref(x), fused(x)
     assert o_fused.dtype == o_ref.dtype
     assert (o_fused.float() - o_ref.float()).abs().max().item() <= 5e-2
+
+
+def test_autocast_inference_reuses_parameter_casts_until_they_change():
+    """Inference under autocast casts a fused layer's parameters once and reuses the casts (only x is cast per
+    call); an in-place parameter update makes new casts; with a gradient needed the casts are per call and the
+    parameters get gradients through them."""
+    torch.manual_seed(0)
+    ref = eimn.EIMN(embed_dims=16, scale=2, num_stages=1).eval()
+    fused = ek.fuse(copy.deepcopy(ref), backend="reference")
+    layer = next(m for m in fused.modules() if isinstance(m, ek.SADFFM))
+    ref_layer = next(m for m in ref.modules() if type(m).__name__ == "SADFFM")
+    x = torch.rand(1, 3, 9, 8)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        o1 = fused(x)
+        casts = layer._autocast_cache[1]
+        o2 = fused(x)
+        assert layer._autocast_cache[1] is casts and torch.equal(o1, o2)
+        assert all(c.dtype == torch.bfloat16 for c in casts)
+        layer.linear_in.weight.mul_(0.5)  # in place: bumps the version
+        ref_layer.linear_in.weight.mul_(0.5)
+        o3, o_ref = fused(x), ref(x)
+        assert layer._autocast_cache[1] is not casts and not torch.equal(o3, o1)
+        assert (o3.float() - o_ref.float()).abs().max().item() <= 5e-2
+    fused.train()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        fused(x).float().sum().backward()
+    assert layer.linear_in.weight.grad is not None and layer.linear_in.weight.grad.abs().sum() > 0
