@@ -46,6 +46,18 @@ def _autocast_args(owner: nn.Module, x: torch.Tensor, *params: torch.Tensor) -> 
     return (x.to(dt), *cache[1])
 
 
+def _forward(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """A fused layer's forward: ``layer._run(x, *params)`` with the parameters at ``layer._PARAMS``; under autocast
+    with x and the parameters in the autocast dtype and autocast off inside (the fused ops take one dtype)."""
+    params = _params(layer, layer._PARAMS)
+    dev = x.device.type
+    if not torch.is_autocast_enabled(dev):
+        return layer._run(x, *params)
+    args = _autocast_args(layer, x, *params)
+    with torch.autocast(dev, enabled=False):
+        return layer._run(*args)
+
+
 class _Norm(nn.Module):
     """Holder of a channel LayerNorm's weight and bias (keys ``weight``, ``bias``)."""
 
@@ -114,11 +126,7 @@ class MOLRCM(nn.Module):
                ("fusion", "bias"), ("out", "weight"), ("out", "bias"))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not torch.is_autocast_enabled(x.device.type):
-            return self._run(x, *_params(self, self._PARAMS))
-        args = _autocast_args(self, x, *_params(self, self._PARAMS))
-        with torch.autocast(x.device.type, enabled=False):
-            return self._run(*args)
+        return _forward(self, x)
 
     def _run(self, x, wq, bq, wv, bv, w0, b0, w1, b1, w2, b2, wf, bf, wo, bo):
         c1, c2, _ = self.split
@@ -160,12 +168,10 @@ class SADFFM(nn.Module):
                ("DFFM", "spatial_expand", "weight"), ("DFFM", "spatial_expand", "bias"))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        eps = getattr(self.DFFM.norm, "eps", 1e-6)
-        if not torch.is_autocast_enabled(x.device.type):
-            return sadffm_layer(x, *_params(self, self._PARAMS), eps, backend=self.backend)
-        args = _autocast_args(self, x, *_params(self, self._PARAMS))
-        with torch.autocast(x.device.type, enabled=False):
-            return sadffm_layer(*args, eps, backend=self.backend)
+        return _forward(self, x)
+
+    def _run(self, x: torch.Tensor, *params: torch.Tensor) -> torch.Tensor:
+        return sadffm_layer(x, *params, getattr(self.DFFM.norm, "eps", 1e-6), backend=self.backend)
 
     def extra_repr(self) -> str:
         return f"dim={self.dim}, hidden={self.hidden}, backend={self.backend!r}"
