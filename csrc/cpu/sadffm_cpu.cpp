@@ -31,14 +31,17 @@ using namespace ::eimn::cpu;  // the shared GEMM kernels and vector registers (c
 namespace {
 
 // ---------------------------------------------------------------------------------------------- checks
+constexpr const char* kOp = "sadffm cpu";
+// Weights, in two steps where later shapes depend on earlier sizes: rank, device and dtype first (check_tensor),
+// the exact shape once the sizes are known (check_shape). Tensors of a known shape: check_like (cpu_checks.h).
 void check_tensor(const at::Tensor& t, const char* name, int64_t dim, const at::Tensor& ref) {
-  TORCH_CHECK(t.dim() == dim, "sadffm cpu: ", name, " must be ", dim, "-d, got shape ", t.sizes());
-  TORCH_CHECK(t.device().is_cpu(), "sadffm cpu: ", name, " must be a CPU tensor, got ", t.device());
-  TORCH_CHECK(t.scalar_type() == ref.scalar_type(), "sadffm cpu: ", name, " has dtype ", t.scalar_type(),
+  TORCH_CHECK(t.dim() == dim, kOp, ": ", name, " must be ", dim, "-d, got shape ", t.sizes());
+  TORCH_CHECK(t.device().is_cpu(), kOp, ": ", name, " must be a CPU tensor, got ", t.device());
+  TORCH_CHECK(t.scalar_type() == ref.scalar_type(), kOp, ": ", name, " has dtype ", t.scalar_type(),
               ", the input has ", ref.scalar_type());
 }
 void check_shape(const at::Tensor& t, const char* name, at::IntArrayRef shape) {
-  TORCH_CHECK(t.sizes() == shape, "sadffm cpu: ", name, " must have shape ", shape, ", got ", t.sizes());
+  TORCH_CHECK(t.sizes() == shape, kOp, ": ", name, " must have shape ", shape, ", got ", t.sizes());
 }
 // Uninitialised scratch array (no zero fill of large buffers; large ones from the buffer pool of cpu_pool.h).
 template <typename T> using Scratch = PoolBuf<T>;
@@ -109,6 +112,13 @@ inline void scatter_to_panels_at(const T* src, int64_t n, int64_t p0, int c, int
 // Elements of `channels` planes of HW pixels in the packed panel layout ([blk][channel][NR]) of pack_b.
 template <typename T> constexpr int64_t panel_image_numel(int64_t channels, int64_t HW) {
   return channels * ((HW + panel_width<T>() - 1) / panel_width<T>()) * panel_width<T>();
+}
+
+// Pixels [p0, ...) of image n of a `channels`-channel tensor h of HW pixels per image: (N, channels, H, W) (row
+// stride HW), or, with panels, its packed panel layout (p0 a multiple of the panel width).
+template <typename T> inline const T* image_tile(const T* h, bool panels, int64_t n, int64_t p0, int64_t channels,
+                                                 int64_t HW) {
+  return panels ? h + n * panel_image_numel<T>(channels, HW) + p0 * channels : h + (n * channels) * HW + p0;
 }
 
 // dst[0:n] = src[0:n] with streaming (non-temporal) stores where the target allows: for data written once and
@@ -629,13 +639,11 @@ GatedGrads gated_backward(const at::Tensor& gh_, const at::Tensor& x_, const at:
                           const at::Tensor& b_in_, const at::Tensor& w_dw_, const at::Tensor& b_dw_,
                           const at::Tensor& stash_) {
   check_gated_dwconv(x_, w_in_, b_in_, w_dw_, b_dw_);
-  check_tensor(gh_, "grad_h", 4, x_);
   const int64_t N = x_.size(0), C = x_.size(1), H = x_.size(2), W = x_.size(3), hid = w_in_.size(0) / 2;
-  check_shape(gh_, "grad_h", {N, hid, H, W});
+  check_like(gh_, kOp, "grad_h", x_, {N, hid, H, W});
   at::Tensor stash;
   if (stash_.defined()) {
-    check_tensor(stash_, "stash", 1, x_);
-    check_shape(stash_, "stash", {gated_stash_numel(N, hid, H * W)});
+    check_like(stash_, kOp, "stash", x_, {gated_stash_numel(N, hid, H * W)});
     stash = stash_.contiguous();
   }
   auto gh = gh_.contiguous(), x = x_.contiguous(), w_in = w_in_.contiguous(), b_in = b_in_.contiguous(),
@@ -816,8 +824,7 @@ void dffm_fwd_kernel(const DffmW<T>& w, const T* h, T* out, int64_t N, int64_t H
       T* rd = stash ? st.rstd(n) + p0 : rs;
       T* al = stash ? st.aloc(n) + p0 : aloc_own.data() + n * HW + p0;
       static_assert(kPT % panel_width<T>() == 0, "dffm tiles must start on a panel");
-      const T* ht = h_panels ? h + n * panel_image_numel<T>(w.hid, HW) + p0 * w.hid : h + n * w.hid * HW + p0;
-      dffm_tile_front(w, ht, HW, P, y, m, rd, z, lpre, al, ysum.data() + it * C, hpack.data(), h_panels);
+      dffm_tile_front(w, image_tile(h, h_panels, n, p0, w.hid, HW), HW, P, y, m, rd, z, lpre, al, ysum.data() + it * C, hpack.data(), h_panels);
       if (stash)
         for (int r = 0; r < R; ++r) std::copy(lpre + r * kPT, lpre + r * kPT + P, st.lpre(n) + r * HW + p0);
     }
@@ -919,10 +926,7 @@ void dffm_bwd_kernel(const DffmW<T>& w, const T* go, const T* h, const T* stash,
   const int64_t nsum = stash ? 1 : nt;
   std::vector<T> ysum_own(stash ? 0 : size_t(items) * C);
   const T* ysum = stash ? DffmStash<T>(const_cast<T*>(stash), N, C, R, HW).ysum(0) : ysum_own.data();
-  // h's tile of pixels [p0, ...) of image n: (N, hid, H, W) (row stride HW), or its panels (h_panels).
-  auto htile = [&](int64_t n, int64_t p0) {
-    return h_panels ? h + n * panel_image_numel<T>(hid, HW) + p0 * hid : h + n * hid * HW + p0;
-  };
+  auto htile = [&](int64_t n, int64_t p0) { return image_tile(h, h_panels, n, p0, hid, HW); };
   // Pass A: recompute the forward front, keeping y, mu, rstd, lpre, a_loc.
   if (!stash)
     at::parallel_for(0, items, 1, [&](int64_t i0, int64_t i1) {
@@ -1315,14 +1319,12 @@ using DffmGrads = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at:
 DffmGrads dffm_backward(const at::Tensor& go_, const at::Tensor& h_, const std::vector<at::Tensor>& ws_, double eps,
                         const at::Tensor& stash_) {
   auto ws = check_dffm(h_, ws_);
-  check_tensor(go_, "grad_out", 4, h_);
   const int64_t N = h_.size(0), hid = h_.size(1), H = h_.size(2), W = h_.size(3), C = ws[0].size(0),
                 R = ws[4].size(0);
-  check_shape(go_, "grad_out", {N, C, H, W});
+  check_like(go_, kOp, "grad_out", h_, {N, C, H, W});
   at::Tensor stash;
   if (stash_.defined()) {
-    check_tensor(stash_, "stash", 1, h_);
-    check_shape(stash_, "stash", {dffm_stash_numel(N, C, R, H * W)});
+    check_like(stash_, kOp, "stash", h_, {dffm_stash_numel(N, C, R, H * W)});
     stash = stash_.contiguous();
   }
   auto h = h_.contiguous(), go = go_.contiguous();
@@ -1416,10 +1418,8 @@ std::vector<at::Tensor> sadffm_backward_stash(
   auto ws = check_dffm_weights(hid, x, {w_out, b_out, ln_w, ln_b, w_gr, b_gr, w_lr, b_lr, w_ce, b_ce, w_se, b_se});
   const int64_t Co = ws[0].size(0);
   const SadffmStash sl = sadffm_stash(x.scalar_type(), N, hid, Co, ws[4].size(0), HW);
-  check_tensor(go_, "grad_out", 4, x);
-  check_shape(go_, "grad_out", {N, Co, H, W});
-  check_tensor(stash_, "stash", 1, x);
-  check_shape(stash_, "stash", {sl.numel()});
+  check_like(go_, kOp, "grad_out", x, {N, Co, H, W});
+  check_like(stash_, kOp, "stash", x, {sl.numel()});
   auto go = go_.contiguous(), stash = stash_.contiguous();
   auto gh = pooled_empty({N, hid, H, W}, x.options());
   std::vector<at::Tensor> g;
