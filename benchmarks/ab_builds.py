@@ -44,18 +44,22 @@ def _sources(ref: str, dest: str) -> None:
             t.extractall(dest, filter="data")
 
 
-def build_variant(ref: str, namespace: str, verbose: bool = False) -> str:
-    """Compile the CPU ops of ``ref`` with the op namespace ``namespace``; returns the loaded library's ns."""
+def build_variant(ref: str, namespace: str, verbose: bool = False, extra_cflags: tuple[str, ...] = ()) -> str:
+    """Compile the CPU ops of ``ref`` with the op namespace ``namespace`` (and ``extra_cflags`` after the
+    project's flags); returns the loaded library's ns."""
     from torch.utils.cpp_extension import load
     work = tempfile.mkdtemp(prefix="eimn_ab_")
     _sources(ref, work)
     csrc = os.path.join(work, "csrc")
     srcs = sorted([os.path.join(csrc, "eimn_ops.cpp")] +
                   [os.path.join(csrc, "cpu", f) for f in os.listdir(os.path.join(csrc, "cpu")) if f.endswith(".cpp")])
-    digest = hashlib.sha1(b"".join(open(s, "rb").read() for s in srcs)).hexdigest()[:10]
+    headers = sorted(os.path.join(d, f) for d in (os.path.join(csrc, "cpu"), os.path.join(csrc, "common"))
+                     for f in os.listdir(d) if f.endswith(".h"))
+    digest = hashlib.sha1(b"".join(open(s, "rb").read() for s in srcs + headers) +
+                          " ".join(extra_cflags).encode()).hexdigest()[:10]
     tv = tuple(int(p) for p in torch.__version__.split("+")[0].split(".")[:2])
     flags = ["-O3", "-std=c++20" if tv >= (2, 14) else "-std=c++17", "-fno-math-errno", "-fno-trapping-math",
-             "-ffp-contract=fast", "-fopenmp", "-march=native", f"-Deimn_C={namespace}", "-w"]
+             "-ffp-contract=fast", "-fopenmp", "-march=native", f"-Deimn_C={namespace}", "-w", *extra_cflags]
     bdir = os.path.join(ROOT, "build", "ab", f"{namespace}-{digest}")
     os.makedirs(bdir, exist_ok=True)
     load(name=f"{namespace}_{digest}", sources=srcs, extra_cflags=flags, extra_include_paths=[csrc,
@@ -171,14 +175,16 @@ def main(argv=None) -> None:
     ap.add_argument("--threads", type=int, default=1, help="torch threads (default 1: the steadiest)")
     ap.add_argument("--rounds", type=int, default=30)
     ap.add_argument("--check", action="store_true", help="also compare the two builds' results (bitwise or max diff)")
+    ap.add_argument("--cflags-a", default="", help="extra compiler flags for A (e.g. to A/B a flag on one ref)")
+    ap.add_argument("--cflags-b", default="", help="extra compiler flags for B")
     ap.add_argument("--verbose", action="store_true")
     a = ap.parse_args(argv)
     torch.set_num_threads(a.threads)
     shape = tuple(int(s) for s in a.shape.split("x"))
     calls = []
-    for ref, ns in ((a.ref_a, "eimn_ab0"), (a.ref_b, "eimn_ab1")):
-        print(f"building {ref} as torch.ops.{ns} ...", flush=True)
-        calls.append(op_calls(build_variant(ref, ns, a.verbose), shape))
+    for ref, ns, fl in ((a.ref_a, "eimn_ab0", a.cflags_a), (a.ref_b, "eimn_ab1", a.cflags_b)):
+        print(f"building {ref} as torch.ops.{ns}{' with ' + fl if fl else ''} ...", flush=True)
+        calls.append(op_calls(build_variant(ref, ns, a.verbose, tuple(fl.split())), shape))
     names = a.ops.split(",") if a.ops else list(calls[0])
     print(f"A = {a.ref_a}, B = {a.ref_b}; shape {a.shape}, {a.threads} thread(s), {a.rounds} rounds; "
           "t_A / t_B > 1 means B is faster")

@@ -2,6 +2,9 @@
 // weight gradients): small channel counts, many pixels. Written with GCC/Clang vector extensions (32-byte
 // vectors: AVX2 FMAs with -march=native), float and double; no torch dependency. Single-threaded: callers
 // parallelise over pixel tiles. MKL's sgemm is slow on non-Intel CPUs and costs a call overhead per tile.
+// Where the compiler targets AVX-512 (-march=native on such a CPU) the micro-kernel holds a whole panel row in
+// one 64-byte register and computes kMR = 16 rows at a time (twice the FMA width of AVX2); the panel layout, the
+// epilogues (two 32-byte halves per row) and every result bit stay the same.
 //
 // Layouts. Images are row-major [channel][pixel] with a leading dimension (often H*W). B operands are copied
 // into packed panels of NR = 2 vectors of pixels: Bp[blk][k][NR] (pack_b). A (weights) is read either
@@ -30,6 +33,23 @@ template <typename T> constexpr int kLanes = int(32 / sizeof(T));
 template <typename T> inline vreg<T> vload(const T* p) { return *reinterpret_cast<const typename vreg_t<T>::utype*>(p); }
 template <typename T> inline void vstore(T* p, vreg<T> v) { *reinterpret_cast<typename vreg_t<T>::utype*>(p) = v; }
 template <typename T> inline vreg<T> vsplat(T x) { return vreg<T>{} + x; }
+
+// The widest SIMD register of T the compiler targets: 64 bytes with AVX-512, else vreg's 32 (element-wise loops
+// and depthwise planes, whose results do not depend on the width; the packed panels keep vreg's layout).
+#if defined(__AVX512F__)
+constexpr int kXBytes = 64;
+#else
+constexpr int kXBytes = 32;
+#endif
+template <typename T> struct xreg_t {
+  typedef T type __attribute__((vector_size(kXBytes)));
+  typedef T utype __attribute__((vector_size(kXBytes), aligned(alignof(T))));
+};
+template <typename T> using xreg = typename xreg_t<T>::type;
+template <typename T> constexpr int kXLanes = int(kXBytes / sizeof(T));
+template <typename T> inline xreg<T> xload(const T* p) { return *reinterpret_cast<const typename xreg_t<T>::utype*>(p); }
+template <typename T> inline void xstore(T* p, xreg<T> v) { *reinterpret_cast<typename xreg_t<T>::utype*>(p) = v; }
+template <typename T> inline xreg<T> xsplat(T x) { return xreg<T>{} + x; }
 
 // In-register transpose of an L x L block (L = kLanes): r[i] holds row i on entry, column i on exit.
 // EIMN_SHUFFLE(a, b, i...): lanes of the concatenation a|b (GCC: __builtin_shuffle, Clang: __builtin_shufflevector).
@@ -107,6 +127,48 @@ template <typename T> inline void pack_b(int64_t K, int64_t P, const T* B, int64
 // by pack_a) and a[i * ld + k] otherwise (row-major): one stride is known at compile time in both cases.
 // With kb > 0, A is stored in blocks of kb columns, abs elements apart (block j holds columns [j*kb, (j+1)*kb)
 // in the layout above): how the packed panels of pack_b read as a row-major A (kb = NR, ld = NR) without a copy.
+#if defined(__AVX512F__)
+// Rows per micro-kernel call: 16 accumulators of one 64-byte register each (AVX-512 has 32 registers).
+constexpr int kMR = 16;
+// xreg<T> (64 bytes) holds one whole panel row; split into the two 32-byte halves the epilogues take.
+inline void split_halves(xreg<float> w, vreg<float>& lo, vreg<float>& hi) {  // register moves, no memory
+  lo = __builtin_shufflevector(w, w, 0, 1, 2, 3, 4, 5, 6, 7);
+  hi = __builtin_shufflevector(w, w, 8, 9, 10, 11, 12, 13, 14, 15);
+}
+inline void split_halves(xreg<double> w, vreg<double>& lo, vreg<double>& hi) {
+  lo = __builtin_shufflevector(w, w, 0, 1, 2, 3);
+  hi = __builtin_shufflevector(w, w, 4, 5, 6, 7);
+}
+template <typename T, int MR, bool KMajor, typename St>
+inline void mk_rows(int64_t K, const T* a, int64_t ld, const T* bp, St&& st, int64_t kb = 0, int64_t abs = 0) {
+  using W = xreg<T>;
+  constexpr int64_t NR = 2 * kLanes<T>;
+  W c[MR];
+#pragma GCC unroll 16
+  for (int i = 0; i < MR; ++i) c[i] = W{};
+  auto run = [&](int64_t k0, int64_t k1, const T* ak) {  // columns [k0, k1); ak: A's column k0
+    for (int64_t k = k0; k < k1; ++k) {
+      const W b = xload(bp + k * NR);
+      const int64_t kk = k - k0;
+#pragma GCC unroll 16
+      for (int i = 0; i < MR; ++i) c[i] += (KMajor ? ak[kk * ld + i] : ak[i * ld + kk]) * b;
+    }
+  };
+  if (kb <= 0) {
+    run(0, K, a);
+  } else {
+    for (int64_t k0 = 0, j = 0; k0 < K; k0 += kb, ++j) run(k0, k0 + kb < K ? k0 + kb : K, a + j * abs);
+  }
+#pragma GCC unroll 16
+  for (int i = 0; i < MR; ++i) {
+    vreg<T> lo, hi;
+    split_halves(c[i], lo, hi);
+    st(i, lo, hi);
+  }
+}
+#else
+// Rows per micro-kernel call: 6 rows x 2 vectors = 12 accumulators (AVX2 has 16 registers).
+constexpr int kMR = 6;
 template <typename T, int MR, bool KMajor, typename St>
 inline void mk_rows(int64_t K, const T* a, int64_t ld, const T* bp, St&& st, int64_t kb = 0, int64_t abs = 0) {
   using V = vreg<T>;
@@ -134,8 +196,18 @@ inline void mk_rows(int64_t K, const T* a, int64_t ld, const T* bp, St&& st, int
 #pragma GCC unroll 8
   for (int i = 0; i < MR; ++i) st(i, c0[i], c1[i]);
 }
+#endif
 
-// Rows [mb, me) of A (layout as in mk_rows) times one panel, 6 rows per micro-kernel; st(m, c0, c1) gets the
+// mk_rows with MR = mr (1 <= mr <= kMR) chosen at run time.
+template <typename T, bool KMajor, int MR = kMR, typename St>
+inline void mk_rows_n(int mr, int64_t K, const T* a, int64_t ld, const T* bp, St&& st, int64_t kb, int64_t abs) {
+  if constexpr (MR >= 1) {
+    if (mr == MR) return mk_rows<T, MR, KMajor>(K, a, ld, bp, st, kb, abs);
+    return mk_rows_n<T, KMajor, MR - 1>(mr, K, a, ld, bp, st, kb, abs);
+  }
+}
+
+// Rows [mb, me) of A (layout as in mk_rows) times one panel, kMR rows per micro-kernel; st(m, c0, c1) gets the
 // absolute row index m.
 // kb, abs: A's column blocks as in mk_rows.
 template <typename T, bool KMajor, typename St>
@@ -144,15 +216,8 @@ inline void rows_panel(int64_t mb, int64_t me, int64_t K, const T* A, int64_t ld
   int64_t m = mb;
   auto at = [&](int64_t m0) { return [&st, m0](int i, vreg<T> c0, vreg<T> c1) { st(m0 + i, c0, c1); }; };
   auto row = [&](int64_t m0) { return KMajor ? A + m0 : A + m0 * ld; };
-  for (; m + 6 <= me; m += 6) mk_rows<T, 6, KMajor>(K, row(m), ld, bp, at(m), kb, abs);
-  switch (me - m) {
-    case 1: mk_rows<T, 1, KMajor>(K, row(m), ld, bp, at(m), kb, abs); break;
-    case 2: mk_rows<T, 2, KMajor>(K, row(m), ld, bp, at(m), kb, abs); break;
-    case 3: mk_rows<T, 3, KMajor>(K, row(m), ld, bp, at(m), kb, abs); break;
-    case 4: mk_rows<T, 4, KMajor>(K, row(m), ld, bp, at(m), kb, abs); break;
-    case 5: mk_rows<T, 5, KMajor>(K, row(m), ld, bp, at(m), kb, abs); break;
-    default: break;
-  }
+  for (; m + kMR <= me; m += kMR) mk_rows<T, kMR, KMajor>(K, row(m), ld, bp, at(m), kb, abs);
+  if (m < me) mk_rows_n<T, KMajor>(int(me - m), K, row(m), ld, bp, at(m), kb, abs);
 }
 
 // Rows [mb, me) of A packed by pack_a (M rows) times one packed panel; st as in rows_panel.
@@ -258,7 +323,7 @@ template <typename T> struct NtABlock {
 
 // C[M x N] += A[M x P] * B[N x P]^T, computed as A * (B^T) with B^T packed into column panels per pixel block
 // (register accumulation over the whole block, no horizontal sums). view_a(m0, mr, p0, np, abuf) returns
-// rows [m0, m0+mr) x pixels [p0, p0+np) of A as an NtABlock, either in place or copied into abuf (6 rows,
+// rows [m0, m0+mr) x pixels [p0, p0+np) of A as an NtABlock, either in place or copied into abuf (kMR rows,
 // row stride kNtBlock).
 constexpr int64_t kNtBlock = 256;
 template <typename T, typename ViewA>
@@ -267,7 +332,7 @@ inline void gemm_nt_impl(int64_t M, int64_t N, int64_t P, const ViewA& view_a, c
   constexpr int NR = panel_width<T>();
   constexpr int64_t PB = kNtBlock;
   const int64_t npanels = (N + NR - 1) / NR;
-  std::vector<T> bt(size_t(npanels) * PB * NR), abuf(size_t(6) * PB);
+  std::vector<T> bt(size_t(npanels) * PB * NR), abuf(size_t(kMR) * PB);
   for (int64_t p0 = 0; p0 < P; p0 += PB) {
     const int64_t np = P - p0 < PB ? P - p0 : PB;
     // bt[panel][q][j] = B[panel*NR + j][p0 + q] (zero for j >= N): whole L x L blocks through registers.
@@ -294,8 +359,8 @@ inline void gemm_nt_impl(int64_t M, int64_t N, int64_t P, const ViewA& view_a, c
         }
       }
     }
-    for (int64_t m0 = 0; m0 < M; m0 += 6) {
-      const int64_t mr = M - m0 < 6 ? M - m0 : 6;
+    for (int64_t m0 = 0; m0 < M; m0 += kMR) {
+      const int64_t mr = M - m0 < kMR ? M - m0 : kMR;
       const NtABlock<T> av = view_a(m0, mr, p0, np, abuf.data());
       for (int64_t pn = 0; pn < npanels; ++pn) {
         const int64_t nj = N - pn * NR < NR ? N - pn * NR : NR;
@@ -306,7 +371,7 @@ inline void gemm_nt_impl(int64_t M, int64_t N, int64_t P, const ViewA& view_a, c
   }
 }
 
-// gemm_nt with A row-major (row stride lda). A rows are copied 6 at a time into a contiguous buffer: image
+// gemm_nt with A row-major (row stride lda). A rows are copied kMR at a time into a contiguous buffer: image
 // planes are often a power of two apart and would thrash the L1 sets.
 template <typename T>
 inline void gemm_nt(int64_t M, int64_t N, int64_t P, const T* A, int64_t lda, const T* B, int64_t ldb, T* C,
