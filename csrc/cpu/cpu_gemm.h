@@ -285,6 +285,15 @@ inline void gemm_nn_packed(int64_t M, int64_t K, int64_t P, const T* A, int64_t 
   gemm_packed<T, false>(M, K, P, A, lda, Bp, C, ldc, bias, accumulate);
 }
 
+// C[M x P] (ldc) (=|+=) A * Bp + bias, A k-major (ap[k * M + m]: packed by pack_a, or a (K, M) row-major weight
+// such as W^T of a (M, K) weight W stored (K, M)): one pointer and M contiguous values per k for the micro-kernel,
+// where a row-major A costs one pointer per row (spilled to the stack beyond a few rows).
+template <typename T>
+inline void gemm_kn_packed(int64_t M, int64_t K, int64_t P, const T* ap, const T* Bp, T* C, int64_t ldc,
+                           const T* bias, bool accumulate) {
+  gemm_packed<T, true>(M, K, P, ap, M, Bp, C, ldc, bias, accumulate);
+}
+
 // As gemm_packed with B[K x P] (row stride ldb) unpacked: packs one panel at a time into a thread-local
 // buffer (reading K rows a large power-of-two-ish stride apart directly would thrash the L1 sets).
 template <typename T, bool KMajor>
@@ -305,6 +314,13 @@ template <typename T>
 inline void gemm_nn(int64_t M, int64_t K, int64_t P, const T* A, int64_t lda, const T* B, int64_t ldb, T* C,
                     int64_t ldc, const T* bias, bool accumulate) {
   gemm_b<T, false>(M, K, P, A, lda, B, ldb, C, ldc, bias, accumulate);
+}
+
+// C[M x P] (ldc) (=|+=) A * B + bias, A k-major as in gemm_kn_packed, B[K x P] (row stride ldb) unpacked.
+template <typename T>
+inline void gemm_kn(int64_t M, int64_t K, int64_t P, const T* ap, const T* B, int64_t ldb, T* C, int64_t ldc,
+                    const T* bias, bool accumulate) {
+  gemm_b<T, true>(M, K, P, ap, M, B, ldb, C, ldc, bias, accumulate);
 }
 
 // C (M x np, ldc) (=|+=) A B, A packed by pack_a (M x K), B: K x np pixels (row stride ldb).
