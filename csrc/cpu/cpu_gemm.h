@@ -140,7 +140,8 @@ inline void split_halves(xreg<double> w, vreg<double>& lo, vreg<double>& hi) {
   hi = __builtin_shufflevector(w, w, 4, 5, 6, 7);
 }
 template <typename T, int MR, bool KMajor, typename St>
-inline void mk_rows(int64_t K, const T* a, int64_t ld, const T* bp, St&& st, int64_t kb = 0, int64_t abs = 0) {
+inline void mk_rows(int64_t K, const T* a, int64_t ld, const T* bp, St&& st, int64_t kb = 0, int64_t abs = 0,
+                    const T* pf = nullptr) {
   using W = xreg<T>;
   constexpr int64_t NR = 2 * kLanes<T>;
   W c[MR];
@@ -149,6 +150,7 @@ inline void mk_rows(int64_t K, const T* a, int64_t ld, const T* bp, St&& st, int
   auto run = [&](int64_t k0, int64_t k1, const T* ak) {  // columns [k0, k1); ak: A's column k0
     for (int64_t k = k0; k < k1; ++k) {
       const W b = xload(bp + k * NR);
+      if (pf) __builtin_prefetch(pf + k * NR);
       const int64_t kk = k - k0;
 #pragma GCC unroll 16
       for (int i = 0; i < MR; ++i) c[i] += (KMajor ? ak[kk * ld + i] : ak[i * ld + kk]) * b;
@@ -170,7 +172,8 @@ inline void mk_rows(int64_t K, const T* a, int64_t ld, const T* bp, St&& st, int
 // Rows per micro-kernel call: 6 rows x 2 vectors = 12 accumulators (AVX2 has 16 registers).
 constexpr int kMR = 6;
 template <typename T, int MR, bool KMajor, typename St>
-inline void mk_rows(int64_t K, const T* a, int64_t ld, const T* bp, St&& st, int64_t kb = 0, int64_t abs = 0) {
+inline void mk_rows(int64_t K, const T* a, int64_t ld, const T* bp, St&& st, int64_t kb = 0, int64_t abs = 0,
+                    const T* pf = nullptr) {
   using V = vreg<T>;
   constexpr int64_t L = kLanes<T>;
   V c0[MR], c1[MR];
@@ -179,6 +182,7 @@ inline void mk_rows(int64_t K, const T* a, int64_t ld, const T* bp, St&& st, int
   auto run = [&](int64_t k0, int64_t k1, const T* ak) {  // columns [k0, k1); ak: A's column k0
     for (int64_t k = k0; k < k1; ++k) {
       const V b0 = vload(bp + k * 2 * L), b1 = vload(bp + k * 2 * L + L);
+      if (pf) __builtin_prefetch(pf + k * 2 * L);
       const int64_t kk = k - k0;
 #pragma GCC unroll 8
       for (int i = 0; i < MR; ++i) {
@@ -200,24 +204,27 @@ inline void mk_rows(int64_t K, const T* a, int64_t ld, const T* bp, St&& st, int
 
 // mk_rows with MR = mr (1 <= mr <= kMR) chosen at run time.
 template <typename T, bool KMajor, int MR = kMR, typename St>
-inline void mk_rows_n(int mr, int64_t K, const T* a, int64_t ld, const T* bp, St&& st, int64_t kb, int64_t abs) {
+inline void mk_rows_n(int mr, int64_t K, const T* a, int64_t ld, const T* bp, St&& st, int64_t kb, int64_t abs,
+                      const T* pf) {
   if constexpr (MR >= 1) {
-    if (mr == MR) return mk_rows<T, MR, KMajor>(K, a, ld, bp, st, kb, abs);
-    return mk_rows_n<T, KMajor, MR - 1>(mr, K, a, ld, bp, st, kb, abs);
+    if (mr == MR) return mk_rows<T, MR, KMajor>(K, a, ld, bp, st, kb, abs, pf);
+    return mk_rows_n<T, KMajor, MR - 1>(mr, K, a, ld, bp, st, kb, abs, pf);
   }
 }
 
 // Rows [mb, me) of A (layout as in mk_rows) times one panel, kMR rows per micro-kernel; st(m, c0, c1) gets the
 // absolute row index m.
 // kb, abs: A's column blocks as in mk_rows.
+// pf: a panel (K x NR) to prefetch into the cache while the first micro-kernel call streams this one (the next
+// panel of a GEMM, whose first read would otherwise wait on memory), or nullptr.
 template <typename T, bool KMajor, typename St>
 inline void rows_panel(int64_t mb, int64_t me, int64_t K, const T* A, int64_t ld, const T* bp, St& st,
-                       int64_t kb = 0, int64_t abs = 0) {
+                       int64_t kb = 0, int64_t abs = 0, const T* pf = nullptr) {
   int64_t m = mb;
   auto at = [&](int64_t m0) { return [&st, m0](int i, vreg<T> c0, vreg<T> c1) { st(m0 + i, c0, c1); }; };
   auto row = [&](int64_t m0) { return KMajor ? A + m0 : A + m0 * ld; };
-  for (; m + kMR <= me; m += kMR) mk_rows<T, kMR, KMajor>(K, row(m), ld, bp, at(m), kb, abs);
-  if (m < me) mk_rows_n<T, KMajor>(int(me - m), K, row(m), ld, bp, at(m), kb, abs);
+  for (; m + kMR <= me; m += kMR, pf = nullptr) mk_rows<T, kMR, KMajor>(K, row(m), ld, bp, at(m), kb, abs, pf);
+  if (m < me) mk_rows_n<T, KMajor>(int(me - m), K, row(m), ld, bp, at(m), kb, abs, pf);
 }
 
 // Rows [mb, me) of A packed by pack_a (M rows) times one packed panel; st as in rows_panel.
@@ -274,7 +281,7 @@ inline void gemm_packed(int64_t M, int64_t K, int64_t P, const T* A, int64_t ld,
       }
       store_row<T>(C + m * ldc + p0, c0, c1, np, accumulate);
     };
-    rows_panel<T, KMajor>(0, M, K, A, ld, Bp + blk * K * NR, st);
+    rows_panel<T, KMajor>(0, M, K, A, ld, Bp + blk * K * NR, st, 0, 0, p0 + NR < P ? Bp + (blk + 1) * K * NR : nullptr);
   }
 }
 
