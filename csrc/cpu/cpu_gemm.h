@@ -7,10 +7,11 @@
 // epilogues (two 32-byte halves per row) and every result bit stay the same.
 //
 // Layouts. Images are row-major [channel][pixel] with a leading dimension (often H*W). B operands are copied
-// into packed panels of NR = 2 vectors of pixels: Bp[blk][k][NR] (pack_b). A (weights) is read either
-// row-major (A[m*lda + k]) or packed k-major by pack_a (ap[k*M + m]); both through one micro-kernel
-// (mk_rows, the layout a template flag).
+// into packed panels of NR = 2 vectors of pixels: Bp[blk][k][NR] (pack_b). A (weights) is read row-major
+// (A[m*lda + k]), packed k-major by pack_a (ap[k*M + m]) or in k-major blocks of kMR rows by pack_a_blocks;
+// all through one micro-kernel (mk_rows, row- or k-major a template flag).
 //   gemm_nn / gemm_nn_packed : C[M x P] (=|+=) A[M x K] * B[K x P] (+ bias[M])
+//   gemm_blk / _packed       : the same with A packed by pack_a_blocks (the weights of the SADFFM ops)
 //   panel_rows               : rows of one packed panel, each handed to an epilogue functor (fused stores)
 //   gemm_nt / _apacked       : C[M x N] += A[M x P] * B[N x P]^T     (weight gradients: reduction over pixels)
 // Every reduction order depends only on the shapes (deterministic).
@@ -217,20 +218,39 @@ inline void mk_rows_n(int mr, int64_t K, const T* a, int64_t ld, const T* bp, St
 // kb, abs: A's column blocks as in mk_rows.
 // pf: a panel (K x NR) to prefetch into the cache while the first micro-kernel call streams this one (the next
 // panel of a GEMM, whose first read would otherwise wait on memory), or nullptr.
-template <typename T, bool KMajor, typename St>
+// A's layouts: row-major (A[m * ld + k]), k-major (A[k * ld + m]), or k-major blocks of kMR rows (pack_a_blocks:
+// block j, rows [j*kMR, min(M, (j+1)*kMR)), from element j*kMR*K on, [k][rows of the block]). Blocks give every
+// micro-kernel call one contiguous stream of A whatever M is; plain k-major reads kMR of every M values.
+enum class ALay { RowMajor, KMajor, Blocks };
+
+template <typename T, ALay Lay, typename St>
 inline void rows_panel(int64_t mb, int64_t me, int64_t K, const T* A, int64_t ld, const T* bp, St& st,
                        int64_t kb = 0, int64_t abs = 0, const T* pf = nullptr) {
-  int64_t m = mb;
+  constexpr bool KMajor = Lay != ALay::RowMajor;
+  int64_t m = mb;  // Blocks: mb is 0 (or a multiple of kMR), me is M
   auto at = [&](int64_t m0) { return [&st, m0](int i, vreg<T> c0, vreg<T> c1) { st(m0 + i, c0, c1); }; };
-  auto row = [&](int64_t m0) { return KMajor ? A + m0 : A + m0 * ld; };
-  for (; m + kMR <= me; m += kMR, pf = nullptr) mk_rows<T, kMR, KMajor>(K, row(m), ld, bp, at(m), kb, abs, pf);
-  if (m < me) mk_rows_n<T, KMajor>(int(me - m), K, row(m), ld, bp, at(m), kb, abs, pf);
+  auto row = [&](int64_t m0) { return Lay == ALay::Blocks ? A + m0 * K : Lay == ALay::KMajor ? A + m0 : A + m0 * ld; };
+  for (; m + kMR <= me; m += kMR, pf = nullptr)
+    mk_rows<T, kMR, KMajor>(K, row(m), Lay == ALay::Blocks ? kMR : ld, bp, at(m), kb, abs, pf);
+  if (m < me) mk_rows_n<T, KMajor>(int(me - m), K, row(m), Lay == ALay::Blocks ? me - m : ld, bp, at(m), kb, abs, pf);
 }
 
 // Rows [mb, me) of A packed by pack_a (M rows) times one packed panel; st as in rows_panel.
 template <typename T, typename St>
 inline void panel_rows(int64_t mb, int64_t me, int64_t K, const T* ap, int64_t M, const T* bp, St& st) {
-  rows_panel<T, true>(mb, me, K, ap, M, bp, st);
+  rows_panel<T, ALay::KMajor>(mb, me, K, ap, M, bp, st);
+}
+
+// Packs a small (M x K) matrix A, given by element strides, in k-major blocks of kMR rows (ALay::Blocks).
+template <typename T>
+inline std::vector<T> pack_a_blocks(const T* A, int64_t M, int64_t K, int64_t rs, int64_t cs) {
+  std::vector<T> ap(M * K);
+  for (int64_t m0 = 0; m0 < M; m0 += kMR) {
+    const int64_t mr = M - m0 < kMR ? M - m0 : kMR;
+    for (int64_t k = 0; k < K; ++k)
+      for (int64_t i = 0; i < mr; ++i) ap[m0 * K + k * mr + i] = A[(m0 + i) * rs + k * cs];
+  }
+  return ap;
 }
 
 // Stores the NR-pixel row (c0, c1) to dst (=, or += when acc), only its first n values when n < NR.
@@ -268,7 +288,7 @@ inline void load_row(const T* src, int64_t n, vreg<T>& c0, vreg<T>& c1) {
 }
 
 // C[M x P] (ldc) (=|+=) A * Bp + bias, A (M x K; layout as in mk_rows), Bp packed by pack_b(K, P).
-template <typename T, bool KMajor>
+template <typename T, ALay Lay>
 inline void gemm_packed(int64_t M, int64_t K, int64_t P, const T* A, int64_t ld, const T* Bp, T* C, int64_t ldc,
                         const T* bias, bool accumulate) {
   constexpr int NR = panel_width<T>();
@@ -281,7 +301,7 @@ inline void gemm_packed(int64_t M, int64_t K, int64_t P, const T* A, int64_t ld,
       }
       store_row<T>(C + m * ldc + p0, c0, c1, np, accumulate);
     };
-    rows_panel<T, KMajor>(0, M, K, A, ld, Bp + blk * K * NR, st, 0, 0, p0 + NR < P ? Bp + (blk + 1) * K * NR : nullptr);
+    rows_panel<T, Lay>(0, M, K, A, ld, Bp + blk * K * NR, st, 0, 0, p0 + NR < P ? Bp + (blk + 1) * K * NR : nullptr);
   }
 }
 
@@ -289,21 +309,20 @@ inline void gemm_packed(int64_t M, int64_t K, int64_t P, const T* A, int64_t ld,
 template <typename T>
 inline void gemm_nn_packed(int64_t M, int64_t K, int64_t P, const T* A, int64_t lda, const T* Bp, T* C, int64_t ldc,
                            const T* bias, bool accumulate) {
-  gemm_packed<T, false>(M, K, P, A, lda, Bp, C, ldc, bias, accumulate);
+  gemm_packed<T, ALay::RowMajor>(M, K, P, A, lda, Bp, C, ldc, bias, accumulate);
 }
 
-// C[M x P] (ldc) (=|+=) A * Bp + bias, A k-major (ap[k * M + m]: packed by pack_a, or a (K, M) row-major weight
-// such as W^T of a (M, K) weight W stored (K, M)): one pointer and M contiguous values per k for the micro-kernel,
-// where a row-major A costs one pointer per row (spilled to the stack beyond a few rows).
+// C[M x P] (ldc) (=|+=) A * Bp + bias, A packed by pack_a_blocks (M x K): one pointer and one contiguous stream of
+// A per micro-kernel call, where a row-major A costs one pointer per row (spilled to the stack beyond a few rows).
 template <typename T>
-inline void gemm_kn_packed(int64_t M, int64_t K, int64_t P, const T* ap, const T* Bp, T* C, int64_t ldc,
-                           const T* bias, bool accumulate) {
-  gemm_packed<T, true>(M, K, P, ap, M, Bp, C, ldc, bias, accumulate);
+inline void gemm_blk_packed(int64_t M, int64_t K, int64_t P, const T* ablk, const T* Bp, T* C, int64_t ldc,
+                            const T* bias, bool accumulate) {
+  gemm_packed<T, ALay::Blocks>(M, K, P, ablk, 0, Bp, C, ldc, bias, accumulate);
 }
 
 // As gemm_packed with B[K x P] (row stride ldb) unpacked: packs one panel at a time into a thread-local
 // buffer (reading K rows a large power-of-two-ish stride apart directly would thrash the L1 sets).
-template <typename T, bool KMajor>
+template <typename T, ALay Lay>
 inline void gemm_b(int64_t M, int64_t K, int64_t P, const T* A, int64_t ld, const T* B, int64_t ldb, T* C,
                    int64_t ldc, const T* bias, bool accumulate) {
   constexpr int NR = panel_width<T>();
@@ -312,7 +331,7 @@ inline void gemm_b(int64_t M, int64_t K, int64_t P, const T* A, int64_t ld, cons
   for (int64_t p0 = 0; p0 < P; p0 += NR) {
     const int64_t np = P - p0 < NR ? P - p0 : NR;
     pack_b<T>(K, np, B + p0, ldb, panel.data());
-    gemm_packed<T, KMajor>(M, K, np, A, ld, panel.data(), C + p0, ldc, bias, accumulate);
+    gemm_packed<T, Lay>(M, K, np, A, ld, panel.data(), C + p0, ldc, bias, accumulate);
   }
 }
 
@@ -320,21 +339,21 @@ inline void gemm_b(int64_t M, int64_t K, int64_t P, const T* A, int64_t ld, cons
 template <typename T>
 inline void gemm_nn(int64_t M, int64_t K, int64_t P, const T* A, int64_t lda, const T* B, int64_t ldb, T* C,
                     int64_t ldc, const T* bias, bool accumulate) {
-  gemm_b<T, false>(M, K, P, A, lda, B, ldb, C, ldc, bias, accumulate);
+  gemm_b<T, ALay::RowMajor>(M, K, P, A, lda, B, ldb, C, ldc, bias, accumulate);
 }
 
-// C[M x P] (ldc) (=|+=) A * B + bias, A k-major as in gemm_kn_packed, B[K x P] (row stride ldb) unpacked.
+// C[M x P] (ldc) (=|+=) A * B + bias, A packed by pack_a_blocks, B[K x P] (row stride ldb) unpacked.
 template <typename T>
-inline void gemm_kn(int64_t M, int64_t K, int64_t P, const T* ap, const T* B, int64_t ldb, T* C, int64_t ldc,
-                    const T* bias, bool accumulate) {
-  gemm_b<T, true>(M, K, P, ap, M, B, ldb, C, ldc, bias, accumulate);
+inline void gemm_blk(int64_t M, int64_t K, int64_t P, const T* ablk, const T* B, int64_t ldb, T* C, int64_t ldc,
+                     const T* bias, bool accumulate) {
+  gemm_b<T, ALay::Blocks>(M, K, P, ablk, 0, B, ldb, C, ldc, bias, accumulate);
 }
 
 // C (M x np, ldc) (=|+=) A B, A packed by pack_a (M x K), B: K x np pixels (row stride ldb).
 template <typename T>
 inline void gemm_apix(int64_t M, int64_t np, int64_t K, const T* ap, const T* B, int64_t ldb, T* C, int64_t ldc,
                       bool acc) {
-  gemm_b<T, true>(M, K, np, ap, M, B, ldb, C, ldc, nullptr, acc);
+  gemm_b<T, ALay::KMajor>(M, K, np, ap, M, B, ldb, C, ldc, nullptr, acc);
 }
 
 // Rows [m0, m0+mr) x pixels [p0, p0+np) of gemm_nt's A as the micro-kernel reads it (mk_rows, row-major):
@@ -388,7 +407,7 @@ inline void gemm_nt_impl(int64_t M, int64_t N, int64_t P, const ViewA& view_a, c
       for (int64_t pn = 0; pn < npanels; ++pn) {
         const int64_t nj = N - pn * NR < NR ? N - pn * NR : NR;
         auto st = [&](int64_t i, vreg<T> c0, vreg<T> c1) { store_row<T>(C + (m0 + i) * ldc + pn * NR, c0, c1, nj, true); };
-        rows_panel<T, false>(0, mr, np, av.a, av.ld, bt.data() + pn * PB * NR, st, av.kb, av.abs);
+        rows_panel<T, ALay::RowMajor>(0, mr, np, av.a, av.ld, bt.data() + pn * PB * NR, st, av.kb, av.abs);
       }
     }
   }

@@ -299,19 +299,21 @@ constexpr int kGroup = 6;  // channel pairs per tile (2*kGroup rows = two 6-row 
 
 // W_in (2h x C) and b_in with the rows reordered per group of kGroup channel pairs: rows [x1 channels of
 // group g, x2 channels of group g] are adjacent, so one GEMM gives both halves of a group. Each group's block of
-// W_in (2*gs rows, from element 2*c0*C on) is stored k-major for gemm_kn_packed: w[2*c0*C + k*2*gs + row].
+// W_in (2*gs rows, from element 2*c0*C on) is packed by pack_a_blocks for gemm_blk_packed.
 template <typename T> struct PairGroupWeights {
   std::vector<T> w, b;
   PairGroupWeights(const T* w_in, const T* b_in, int C, int hid) : w(size_t(2) * hid * C), b(size_t(2) * hid) {
+    std::vector<T> rows(size_t(2) * kGroup * C);
     for (int c0 = 0; c0 < hid; c0 += kGroup) {
       const int gs = std::min(kGroup, hid - c0);
-      T* wg = w.data() + int64_t(2 * c0) * C;
       for (int j = 0; j < gs; ++j)
         for (int s = 0; s < 2; ++s) {
           const int row = s * gs + j, src = s * hid + c0 + j;
-          for (int k = 0; k < C; ++k) wg[int64_t(k) * 2 * gs + row] = w_in[int64_t(src) * C + k];
+          std::copy(w_in + int64_t(src) * C, w_in + int64_t(src + 1) * C, rows.data() + int64_t(row) * C);
           b[2 * c0 + row] = b_in[src];
         }
+      const std::vector<T> blk = pack_a_blocks<T>(rows.data(), 2 * gs, C, C, 1);
+      std::copy(blk.begin(), blk.end(), w.data() + int64_t(2 * c0) * C);
     }
   }
 };
@@ -354,7 +356,7 @@ void gated_dwconv_fwd_kernel(const T* x, const T* w_in, const T* b_in, const T* 
       }
       T* t1 = tbuf.data();
       T* t2 = tbuf.data() + gs * P;
-      gemm_kn_packed<T>(2 * gs, C, P, pw.w.data() + int64_t(2 * c0) * C, xpack.data(), t1, P, pw.b.data() + 2 * c0,
+      gemm_blk_packed<T>(2 * gs, C, P, pw.w.data() + int64_t(2 * c0) * C, xpack.data(), t1, P, pw.b.data() + 2 * c0,
                         false);
       const int64_t Pb = (r1 - r0) * W;
       T* a1 = acc.data();
@@ -510,6 +512,7 @@ void gated_dwconv_bwd_kernel(const T* gh, const T* x, const T* w_in, const T* b_
   std::vector<T> wflip(size_t(C2) * KK);
   for (int c = 0; c < C2; ++c)
     for (int k = 0; k < KK; ++k) wflip[c * KK + k] = w_dw[c * KK + (KK - 1 - k)];
+  const std::vector<T> w_inT = pack_a_blocks<T>(w_in, C, C2, 1, C);  // W_in^T (C x C2), for dx = W_in^T dU
   std::vector<T> gwdw_part(size_t(items) * C2 * KK), gbdw_part(size_t(items) * C2);
   const Chunks ch(items, 32);
   std::vector<T> gw_part(size_t(ch.n) * C2 * C, T(0)), gb_part(size_t(ch.n) * C2, T(0));
@@ -535,7 +538,7 @@ void gated_dwconv_bwd_kernel(const T* gh, const T* x, const T* w_in, const T* b_
         for (int g = 0; g < ngroups; ++g) {
           const int c0 = g * kGroup, gs = std::min(kGroup, hid - c0);
           if (!ustash)
-            gemm_kn_packed<T>(2 * gs, C, Pu, pw.w.data() + int64_t(2 * c0) * C, xpack.data(), ubuf.data(), Pu,
+            gemm_blk_packed<T>(2 * gs, C, Pu, pw.w.data() + int64_t(2 * c0) * C, xpack.data(), ubuf.data(), Pu,
                               pw.b.data() + 2 * c0, false);
           for (int j = 0; j < gs; ++j) {
             const int c1 = c0 + j, c2 = hid + c0 + j;
@@ -566,8 +569,7 @@ void gated_dwconv_bwd_kernel(const T* gh, const T* x, const T* w_in, const T* b_
             }
           }
         }
-        // dx = W_in^T dU: W_in (C2, C) row-major is W_in^T k-major
-        gemm_kn_packed<T>(C, C2, Pb, w_in, dub.data(), gx + n * C * HW + r0 * W, HW, nullptr, false);
+        gemm_blk_packed<T>(C, C2, Pb, w_inT.data(), dub.data(), gx + n * C * HW + r0 * W, HW, nullptr, false);
         gemm_nt_apacked<T>(C2, C, Pb, dub.data(), xn + r0 * W, HW, gwp, C);
       }
     }
@@ -680,7 +682,8 @@ template <typename T> struct DffmW {
   const T *w_out, *b_out, *ln_w, *ln_b, *w_gr, *b_gr, *w_lr, *b_lr, *w_ce, *b_ce, *w_se, *b_se;
   int C, hid, R;
   T eps;
-  std::vector<T> w_out_k, w_lr_k;  // W_out (C, hid) and W_lr (R, C) k-major, for gemm_kn(_packed)
+  // W_out (C x hid), W_lr (R x C) and their transposes packed by pack_a_blocks, for gemm_blk(_packed)
+  std::vector<T> w_out_k, w_lr_k, w_outT_k, w_lrT_k;
 };
 
 // One tile of y = W_out h + b_out (written to y, ld HW), its LayerNorm stats, z (tile buffer [C][kPT]),
@@ -704,7 +707,7 @@ void dffm_tile_stats(const DffmW<T>& w, const T* y, int64_t HW, int64_t P, T* mu
     }
     yhat_sum[c] = s;
   }
-  gemm_kn<T>(R, C, P, w.w_lr_k.data(), z, kPT, lpre, kPT, w.b_lr, false);
+  gemm_blk<T>(R, C, P, w.w_lr_k.data(), z, kPT, lpre, kPT, w.b_lr, false);
 #pragma omp simd
   for (int64_t p = 0; p < P; ++p) aloc[p] = 0;
   for (int r = 0; r < R; ++r) {
@@ -721,7 +724,7 @@ void dffm_tile_front(const DffmW<T>& w, const T* h, int64_t HW, int64_t P, T* y,
                      T* aloc, T* yhat_sum, T* hpack, bool h_panels = false) {
   if (h_panels) hpack = const_cast<T*>(h);
   else pack_b<T>(w.hid, P, h, HW, hpack);  // the whole tile at once: row-sequential reads of h
-  gemm_kn_packed<T>(w.C, w.hid, P, w.w_out_k.data(), hpack, y, HW, w.b_out, false);
+  gemm_blk_packed<T>(w.C, w.hid, P, w.w_out_k.data(), hpack, y, HW, w.b_out, false);
   dffm_tile_stats(w, y, HW, P, mu, rstd, z, lpre, aloc, yhat_sum);
 }
 
@@ -872,7 +875,7 @@ void sadffm_infer_kernel(const T* x, const T* w_in, const T* b_in, const T* w_dw
       pack_b<T>(C, Pu, x + n * C * HW + ua * W, HW, xpack.data());
       for (int g = 0; g < ngroups; ++g) {
         const int c0 = g * kGroup, gs = std::min(kGroup, hid - c0);
-        gemm_kn_packed<T>(2 * gs, C, Pu, pw.w.data() + int64_t(2 * c0) * C, xpack.data(), ubuf.data(), Pu,
+        gemm_blk_packed<T>(2 * gs, C, Pu, pw.w.data() + int64_t(2 * c0) * C, xpack.data(), ubuf.data(), Pu,
                           pw.b.data() + 2 * c0, false);
         for (int j = 0; j < gs; ++j) {
           const int c = c0 + j;
@@ -889,7 +892,7 @@ void sadffm_infer_kernel(const T* x, const T* w_in, const T* b_in, const T* w_dw
       }
       stream_fence();
       T* y = out + n * Co * HW + r0 * W;
-      gemm_kn_packed<T>(Co, hid, Pb, w.w_out_k.data(), hpack.data(), y, HW, w.b_out, false);
+      gemm_blk_packed<T>(Co, hid, Pb, w.w_out_k.data(), hpack.data(), y, HW, w.b_out, false);
       for (int64_t s = 0; s * kPT < Pb; ++s)
         dffm_tile_stats(w, y + s * kPT, HW, std::min(kPT, Pb - s * kPT), mu, rs, z, lpre,
                         aloc.data() + n * HW + r0 * W + s * kPT, ysum.data() + (it * tpb + s) * Co);
@@ -1011,7 +1014,7 @@ void dffm_bwd_kernel(const DffmW<T>& w, const T* go, const T* h, const T* stash,
         for (int64_t p = 0; p < P; ++p) { yhc[p] = (yc[p] - mu[p]) * rs[p]; zc[p] = yhc[p] * lw + lb; }
       }
       gemm_nt<T>(R, C, P, dl, kPT, dz, kPT, p_wlr, C);
-      gemm_kn<T>(C, R, P, w.w_lr, dl, kPT, dz, kPT, nullptr, false);  // W_lr^T dl: W_lr is W_lr^T k-major
+      gemm_blk<T>(C, R, P, w.w_lrT_k.data(), dl, kPT, dz, kPT, nullptr, false);  // W_lr^T dl
 #pragma omp simd
       for (int64_t p = 0; p < P; ++p) { ma[p] = 0; mb[p] = 0; }
       for (int c = 0; c < C; ++c) {
@@ -1145,7 +1148,7 @@ void dffm_bwd_kernel(const DffmW<T>& w, const T* go, const T* h, const T* stash,
           }
           gbp[c] += sb;
         }
-        gemm_kn<T>(hid, C, P, w.w_out, dy, kPT, gh + n * hid * HW + p0, HW, nullptr, false);  // W_out^T dy
+        gemm_blk<T>(hid, C, P, w.w_outT_k.data(), dy, kPT, gh + n * hid * HW + p0, HW, nullptr, false);  // W_out^T dy
         // dW_out^T (the 64-row dy is packed); h's panels are read in place
         if (h_panels) gemm_nt_apacked<T>(hid, C, P, htile(n, p0), dy, kPT, gwp, C);
         else gemm_nt<T>(hid, C, P, htile(n, p0), HW, dy, kPT, gwp, C);
@@ -1205,8 +1208,10 @@ template <typename T> DffmW<T> dffm_weights(const std::vector<at::Tensor>& ws, i
   w.hid = int(hid);
   w.R = int(ws[4].size(0));
   w.eps = T(eps);
-  w.w_out_k = pack_a<T>(w.w_out, w.C, w.hid, w.hid, 1);
-  w.w_lr_k = pack_a<T>(w.w_lr, w.R, w.C, w.C, 1);
+  w.w_out_k = pack_a_blocks<T>(w.w_out, w.C, w.hid, w.hid, 1);
+  w.w_lr_k = pack_a_blocks<T>(w.w_lr, w.R, w.C, w.C, 1);
+  w.w_outT_k = pack_a_blocks<T>(w.w_out, w.hid, w.C, 1, w.hid);
+  w.w_lrT_k = pack_a_blocks<T>(w.w_lr, w.C, w.R, 1, w.C);
   return w;
 }
 
