@@ -213,16 +213,16 @@ inline void mk_rows_n(int mr, int64_t K, const T* a, int64_t ld, const T* bp, St
   }
 }
 
-// Rows [mb, me) of A (layout as in mk_rows) times one panel, kMR rows per micro-kernel; st(m, c0, c1) gets the
-// absolute row index m.
-// kb, abs: A's column blocks as in mk_rows.
-// pf: a panel (K x NR) to prefetch into the cache while the first micro-kernel call streams this one (the next
-// panel of a GEMM, whose first read would otherwise wait on memory), or nullptr.
 // A's layouts: row-major (A[m * ld + k]), k-major (A[k * ld + m]), or k-major blocks of kMR rows (pack_a_blocks:
 // block j, rows [j*kMR, min(M, (j+1)*kMR)), from element j*kMR*K on, [k][rows of the block]). Blocks give every
 // micro-kernel call one contiguous stream of A whatever M is; plain k-major reads kMR of every M values.
 enum class ALay { RowMajor, KMajor, Blocks };
 
+// Rows [mb, me) of A (layout Lay) times one panel, kMR rows per micro-kernel; st(m, c0, c1) gets the absolute row
+// index m.
+// kb, abs: A's column blocks as in mk_rows.
+// pf: a panel (K x NR) to prefetch into the cache while the first micro-kernel call streams this one (the next
+// panel of a GEMM, whose first read would otherwise wait on memory), or nullptr.
 template <typename T, ALay Lay, typename St>
 inline void rows_panel(int64_t mb, int64_t me, int64_t K, const T* A, int64_t ld, const T* bp, St& st,
                        int64_t kb = 0, int64_t abs = 0, const T* pf = nullptr) {
