@@ -34,4 +34,4 @@ def test_gemm_kernels_bitwise_equal_to_fma_loops(target, tmp_path):
     summary = r.stdout.strip().splitlines()[-1]
     assert ", 0 failures" in summary, summary
     if target == "avx2":
-        assert "kMR 6, kXBytes 32" in summary, summary  # the AVX2 path really was the one compiled
+        assert "kMR 6:" in summary, summary  # the AVX2 path really was the one compiled

@@ -10,8 +10,8 @@
 // into packed panels of NR = 2 vectors of pixels: Bp[blk][k][NR] (pack_b). A (weights) is read row-major
 // (A[m*lda + k]), packed k-major by pack_a (ap[k*M + m]) or in k-major blocks of kMR rows by pack_a_blocks;
 // all through one micro-kernel (mk_rows, row- or k-major a template flag).
-//   gemm_nn / gemm_nn_packed : C[M x P] (=|+=) A[M x K] * B[K x P] (+ bias[M])
-//   gemm_blk / _packed       : the same with A packed by pack_a_blocks (the weights of the SADFFM ops)
+//   gemm_blk / _packed       : C[M x P] (=|+=) A[M x K] * B[K x P] (+ bias[M]), A packed by pack_a_blocks
+//   gemm_apix                : the same without bias, A packed by pack_a, B unpacked
 //   panel_rows               : rows of one packed panel, each handed to an epilogue functor (fused stores)
 //   gemm_nt / _apacked       : C[M x N] += A[M x P] * B[N x P]^T     (weight gradients: reduction over pixels)
 // Every reduction order depends only on the shapes (deterministic).
@@ -34,23 +34,6 @@ template <typename T> constexpr int kLanes = int(32 / sizeof(T));
 template <typename T> inline vreg<T> vload(const T* p) { return *reinterpret_cast<const typename vreg_t<T>::utype*>(p); }
 template <typename T> inline void vstore(T* p, vreg<T> v) { *reinterpret_cast<typename vreg_t<T>::utype*>(p) = v; }
 template <typename T> inline vreg<T> vsplat(T x) { return vreg<T>{} + x; }
-
-// The widest SIMD register of T the compiler targets: 64 bytes with AVX-512, else vreg's 32 (element-wise loops
-// and depthwise planes, whose results do not depend on the width; the packed panels keep vreg's layout).
-#if defined(__AVX512F__)
-constexpr int kXBytes = 64;
-#else
-constexpr int kXBytes = 32;
-#endif
-template <typename T> struct xreg_t {
-  typedef T type __attribute__((vector_size(kXBytes)));
-  typedef T utype __attribute__((vector_size(kXBytes), aligned(alignof(T))));
-};
-template <typename T> using xreg = typename xreg_t<T>::type;
-template <typename T> constexpr int kXLanes = int(kXBytes / sizeof(T));
-template <typename T> inline xreg<T> xload(const T* p) { return *reinterpret_cast<const typename xreg_t<T>::utype*>(p); }
-template <typename T> inline void xstore(T* p, xreg<T> v) { *reinterpret_cast<typename xreg_t<T>::utype*>(p) = v; }
-template <typename T> inline xreg<T> xsplat(T x) { return xreg<T>{} + x; }
 
 // In-register transpose of an L x L block (L = kLanes): r[i] holds row i on entry, column i on exit.
 // EIMN_SHUFFLE(a, b, i...): lanes of the concatenation a|b (GCC: __builtin_shuffle, Clang: __builtin_shufflevector).
@@ -131,7 +114,13 @@ template <typename T> inline void pack_b(int64_t K, int64_t P, const T* B, int64
 #if defined(__AVX512F__)
 // Rows per micro-kernel call: 16 accumulators of one 64-byte register each (AVX-512 has 32 registers).
 constexpr int kMR = 16;
-// xreg<T> (64 bytes) holds one whole panel row; split into the two 32-byte halves the epilogues take.
+// A 64-byte register of T, xreg<T>: one whole panel row; split into the two 32-byte halves the epilogues take.
+template <typename T> struct xreg_t {
+  typedef T type __attribute__((vector_size(64)));
+  typedef T utype __attribute__((vector_size(64), aligned(alignof(T))));
+};
+template <typename T> using xreg = typename xreg_t<T>::type;
+template <typename T> inline xreg<T> xload(const T* p) { return *reinterpret_cast<const typename xreg_t<T>::utype*>(p); }
 inline void split_halves(xreg<float> w, vreg<float>& lo, vreg<float>& hi) {  // register moves, no memory
   lo = __builtin_shufflevector(w, w, 0, 1, 2, 3, 4, 5, 6, 7);
   hi = __builtin_shufflevector(w, w, 8, 9, 10, 11, 12, 13, 14, 15);
@@ -305,13 +294,6 @@ inline void gemm_packed(int64_t M, int64_t K, int64_t P, const T* A, int64_t ld,
   }
 }
 
-// C[M x P] (ldc) (=|+=) A[M x K] (row-major, lda) * Bp + bias, Bp packed by pack_b(K, P, ...).
-template <typename T>
-inline void gemm_nn_packed(int64_t M, int64_t K, int64_t P, const T* A, int64_t lda, const T* Bp, T* C, int64_t ldc,
-                           const T* bias, bool accumulate) {
-  gemm_packed<T, ALay::RowMajor>(M, K, P, A, lda, Bp, C, ldc, bias, accumulate);
-}
-
 // C[M x P] (ldc) (=|+=) A * Bp + bias, A packed by pack_a_blocks (M x K): one pointer and one contiguous stream of
 // A per micro-kernel call, where a row-major A costs one pointer per row (spilled to the stack beyond a few rows).
 template <typename T>
@@ -333,13 +315,6 @@ inline void gemm_b(int64_t M, int64_t K, int64_t P, const T* A, int64_t ld, cons
     pack_b<T>(K, np, B + p0, ldb, panel.data());
     gemm_packed<T, Lay>(M, K, np, A, ld, panel.data(), C + p0, ldc, bias, accumulate);
   }
-}
-
-// C[M x P] (ldc) (=|+=) A[M x K] (row-major, lda) * B[K x P] (ldb) + bias.
-template <typename T>
-inline void gemm_nn(int64_t M, int64_t K, int64_t P, const T* A, int64_t lda, const T* B, int64_t ldb, T* C,
-                    int64_t ldc, const T* bias, bool accumulate) {
-  gemm_b<T, ALay::RowMajor>(M, K, P, A, lda, B, ldb, C, ldc, bias, accumulate);
 }
 
 // C[M x P] (ldc) (=|+=) A * B + bias, A packed by pack_a_blocks, B[K x P] (row stride ldb) unpacked.

@@ -521,7 +521,7 @@ void gated_dwconv_bwd_kernel(const T* gh, const T* x, const T* w_in, const T* b_
     Scratch<T> xpack(ustash ? 0 : panel_image_numel<T>(C, maxPu));  // pack_b writes every element
     GuardedBuf<T> ubuf(ustash ? 0 : size_t(2 * kGroup) * maxPu), dt(2 * size_t(maxPt)), zeros(W);
     // dub: every panel lane of the band's pixels is written before the GEMMs read it; lanes past the band's last
-    // pixel are never read into a stored column (gemm_nn) or into the pixel reduction (gemm_nt), so no clearing.
+    // pixel are never read into a stored column (the dx GEMM) or into the pixel reduction (gemm_nt), so no clearing.
     Scratch<T> dub(panel_image_numel<T>(C2, band * W));
     std::vector<T> duband(size_t(band) * W);
     std::vector<T> colacc(dw_wgrad_colacc_size(K, W));
@@ -682,8 +682,7 @@ template <typename T> struct DffmW {
   const T *w_out, *b_out, *ln_w, *ln_b, *w_gr, *b_gr, *w_lr, *b_lr, *w_ce, *b_ce, *w_se, *b_se;
   int C, hid, R;
   T eps;
-  // W_out (C x hid), W_lr (R x C) and their transposes packed by pack_a_blocks, for gemm_blk(_packed)
-  std::vector<T> w_out_k, w_lr_k, w_outT_k, w_lrT_k;
+  std::vector<T> w_out_k, w_lr_k;  // W_out (C x hid) and W_lr (R x C) packed by pack_a_blocks, for gemm_blk(_packed)
 };
 
 // One tile of y = W_out h + b_out (written to y, ld HW), its LayerNorm stats, z (tile buffer [C][kPT]),
@@ -949,6 +948,7 @@ void dffm_bwd_kernel(const DffmW<T>& w, const T* go, const T* h, const T* stash,
     dffm_global(w, ysum + n * nsum * C, nsum, HW, M.data() + n * C, GP.data() + n * R, G.data() + n * R,
                 CC.data() + n * C, KN.data() + n);
   // Pass B: per tile partials (dc, sum dsl, dW_lr, db_lr, dw_se[:R], dln_w, dln_b) and the local part of dy.
+  const std::vector<T> w_lrT = pack_a_blocks<T>(w.w_lr, C, R, 1, C);  // W_lr^T (C x R), for W_lr^T dl
   // Per-tile partial layout: [dc C][dln_w C][dln_b C][db_lr R][dw_se[:R] R][dW_lr R*C][sum dsl 1].
   const int64_t O_LNW = C, O_LNB = 2 * C, O_BLR = 3 * C, O_WSE = 3 * C + R, O_WLR = 3 * C + 2 * R,
                 O_DSL = 3 * C + 2 * R + R * C, PS = O_DSL + 1;
@@ -1014,7 +1014,7 @@ void dffm_bwd_kernel(const DffmW<T>& w, const T* go, const T* h, const T* stash,
         for (int64_t p = 0; p < P; ++p) { yhc[p] = (yc[p] - mu[p]) * rs[p]; zc[p] = yhc[p] * lw + lb; }
       }
       gemm_nt<T>(R, C, P, dl, kPT, dz, kPT, p_wlr, C);
-      gemm_blk<T>(C, R, P, w.w_lrT_k.data(), dl, kPT, dz, kPT, nullptr, false);  // W_lr^T dl
+      gemm_blk<T>(C, R, P, w_lrT.data(), dl, kPT, dz, kPT, nullptr, false);
 #pragma omp simd
       for (int64_t p = 0; p < P; ++p) { ma[p] = 0; mb[p] = 0; }
       for (int c = 0; c < C; ++c) {
@@ -1111,6 +1111,7 @@ void dffm_bwd_kernel(const DffmW<T>& w, const T* go, const T* h, const T* stash,
   }
   // Pass C: dy = DY + LN-backward of the per-image constant dz term; dh = W_out^T dy; dW_out (per chunk,
   // transposed: hid x C), db_out.
+  const std::vector<T> w_outT = pack_a_blocks<T>(w.w_out, hid, C, 1, hid);  // W_out^T (hid x C)
   const Chunks ch(items, 32);
   std::vector<T> wpart(size_t(ch.n) * (C * hid + C), T(0));
   at::parallel_for(0, ch.n, 1, [&](int64_t k0, int64_t k1) {
@@ -1148,7 +1149,7 @@ void dffm_bwd_kernel(const DffmW<T>& w, const T* go, const T* h, const T* stash,
           }
           gbp[c] += sb;
         }
-        gemm_blk<T>(hid, C, P, w.w_outT_k.data(), dy, kPT, gh + n * hid * HW + p0, HW, nullptr, false);  // W_out^T dy
+        gemm_blk<T>(hid, C, P, w_outT.data(), dy, kPT, gh + n * hid * HW + p0, HW, nullptr, false);
         // dW_out^T (the 64-row dy is packed); h's panels are read in place
         if (h_panels) gemm_nt_apacked<T>(hid, C, P, htile(n, p0), dy, kPT, gwp, C);
         else gemm_nt<T>(hid, C, P, htile(n, p0), HW, dy, kPT, gwp, C);
@@ -1210,8 +1211,6 @@ template <typename T> DffmW<T> dffm_weights(const std::vector<at::Tensor>& ws, i
   w.eps = T(eps);
   w.w_out_k = pack_a_blocks<T>(w.w_out, w.C, w.hid, w.hid, 1);
   w.w_lr_k = pack_a_blocks<T>(w.w_lr, w.R, w.C, w.C, 1);
-  w.w_outT_k = pack_a_blocks<T>(w.w_out, w.hid, w.C, 1, w.hid);
-  w.w_lrT_k = pack_a_blocks<T>(w.w_lr, w.C, w.R, 1, w.C);
   return w;
 }
 
