@@ -109,6 +109,30 @@ inline void scatter_to_panels_at(const T* src, int64_t n, int64_t p0, int c, int
   else scatter_to_panels<false>(src + i, n - i, c, ldc, d);
 }
 
+// h = GELU(t1) * t2 on pixels [p0, p0 + n) of channel c, written straight into an image's packed panels (as
+// scatter_to_panels_at<Stream>, from t1 and t2 without an intermediate row of h). Each value is the same
+// expression as the plain loops' v_gelu(t1[p]) * t2[p], whole panels in vector registers.
+template <bool Stream, typename T>
+inline void gate_to_panels(const T* t1, const T* t2, int64_t n, int64_t p0, int c, int ldc, T* dst) {
+  using V = vreg<T>;
+  constexpr int NR = panel_width<T>(), L = kLanes<T>;
+  int64_t i = 0;
+  for (; i < n && (p0 + i) % NR != 0; ++i) dst[((p0 + i) / NR * ldc + c) * NR + (p0 + i) % NR] = v_gelu(t1[i]) * t2[i];
+  T* d = dst + ((p0 + i) / NR * ldc + c) * NR;
+  const bool stream = Stream && reinterpret_cast<uintptr_t>(d) % 32 == 0;
+  for (; i + NR <= n; i += NR, d += int64_t(ldc) * NR) {
+    const V h0 = v_gelu(vload(t1 + i)) * vload(t2 + i), h1 = v_gelu(vload(t1 + i + L)) * vload(t2 + i + L);
+    if (stream) {
+      stream_store(d, h0);
+      stream_store(d + L, h1);
+    } else {
+      vstore(d, h0);
+      vstore(d + L, h1);
+    }
+  }
+  for (int64_t j = 0; i < n; ++i, ++j) d[j] = v_gelu(t1[i]) * t2[i];
+}
+
 // Elements of `channels` planes of HW pixels in the packed panel layout ([blk][channel][NR]) of pack_b.
 template <typename T> constexpr int64_t panel_image_numel(int64_t channels, int64_t HW) {
   return channels * ((HW + panel_width<T>() - 1) / panel_width<T>()) * panel_width<T>();
@@ -173,11 +197,12 @@ inline vreg<T> dw_vec(const T* const* rp, int64_t w, const vreg<T>* wv, vreg<T> 
 // The same for two adjacent output rows at once (rp: their K + 1 input rows): every loaded vector feeds both rows'
 // sums (K + 1 instead of 2K loads per tap column) and the two sums are independent chains.
 template <typename T, int K, bool Edge>
-inline void dw_vec2(const T* const* rp, int64_t w, const vreg<T>* wv, vreg<T> bias, const vmask<T>* m, T* o0,
-                    T* o1) {
+inline void dw_vec2(const T* const* rp, int64_t w, const vreg<T>* wv, vreg<T> bias, const vmask<T>* m,
+                    vreg<T>& s0, vreg<T>& s1) {
   using V = vreg<T>;
   constexpr int pad = K / 2;
-  V s0 = bias, s1 = bias;
+  s0 = bias;
+  s1 = bias;
   for (int kx = 0; kx < K; ++kx)
     for (int j = 0; j <= K; ++j) {
       V v = vload(rp[j] + w + kx - pad);
@@ -185,8 +210,19 @@ inline void dw_vec2(const T* const* rp, int64_t w, const vreg<T>* wv, vreg<T> bi
       if (j < K) s0 += wv[j * K + kx] * v;
       if (j > 0) s1 += wv[(j - 1) * K + kx] * v;
     }
-  vstore(o0, s0);
-  vstore(o1, s1);
+}
+
+// One output pixel (column w of a row of W columns, input rows rp[0..K)) in scalar code: the columns the vectors
+// leave over. Out of line, with the taps outside the row skipped by the loop bounds, so every caller gets the
+// same bits.
+template <typename T, int K>
+__attribute__((noinline)) T dw_px(const T* const* rp, int64_t w, int64_t W, const T* wk, T bias) {
+  constexpr int pad = K / 2;
+  const int kx0 = int(std::max<int64_t>(0, pad - w)), kx1 = int(std::min<int64_t>(K, W - w + pad));
+  T s = bias;
+  for (int ky = 0; ky < K; ++ky)
+    for (int kx = kx0; kx < kx1; ++kx) s += wk[ky * K + kx] * rp[ky][w + kx - pad];
+  return s;
 }
 
 // Tap masks of the first (mf) and the last (ml) whole vector of a row of W columns, the only vectors whose taps
@@ -206,13 +242,22 @@ template <typename T, int K> inline void edge_masks(int64_t W, vmask<T>* mf, vma
   }
 }
 
-// Rows [r0, r1) of a KxK depthwise convolution ('same' zero padding) into out (row stride W):
-// out[r-r0, w] = bias + sum_{ky,kx} wk[ky*K+kx] * plane[r+ky-pad, w+kx-pad], where plane holds the image rows
-// [a, b) (row stride W) and every pixel outside the image is zero; zeros: a guarded row of W zeros (the stand-in
-// for rows outside [a, b)).
-template <typename T, int K>
-void dw_plane_k(const T* plane, int64_t a, int64_t b, int64_t r0, int64_t r1, int64_t W, const T* wk, T bias, T* out,
-                const T* zeros) {
+// Where dw_plane_k puts its results. Pixel q of the output band ((r - r0) * W + w) goes through st.vec(q, v) (L
+// values from q; q is a multiple of L whenever W is) and st.px(q, value) (one value).
+// RowStore: row-major rows of W (row stride W), the plain output.
+template <typename T> struct RowStore {
+  T* out;
+  void vec(int64_t q, vreg<T> v) const { vstore(out + q, v); }
+  void px(int64_t q, T v) const { out[q] = v; }
+};
+
+// Rows [r0, r1) of a KxK depthwise convolution ('same' zero padding), stored through st (RowStore: into out, row
+// stride W): out[r-r0, w] = bias + sum_{ky,kx} wk[ky*K+kx] * plane[r+ky-pad, w+kx-pad], where plane holds the
+// image rows [a, b) (row stride W) and every pixel outside the image is zero; zeros: a guarded row of W zeros (the
+// stand-in for rows outside [a, b)).
+template <typename T, int K, typename St>
+void dw_plane_k(const T* plane, int64_t a, int64_t b, int64_t r0, int64_t r1, int64_t W, const T* wk, T bias,
+                St& st, const T* zeros) {
   static_assert(K / 2 <= kRowGuard && K / 2 <= kLanes<T>, "kernel too large for the row guard / edge masks");
   using V = vreg<T>;
   constexpr int L = kLanes<T>, pad = K / 2;
@@ -227,49 +272,47 @@ void dw_plane_k(const T* plane, int64_t a, int64_t b, int64_t r0, int64_t r1, in
   int64_t r = r0;
   for (; nv > 0 && r + 1 < r1; r += 2) {  // pairs of rows, whole vectors
     for (int j = 0; j <= K; ++j) rp[j] = row(r + j - pad);
-    T* o = out + (r - r0) * W;
-    dw_vec2<T, K, true>(rp, 0, wv, bv, mf, o, o + W);
-    for (int64_t v = 1; v + 1 < nv; ++v) dw_vec2<T, K, false>(rp, v * L, wv, bv, nullptr, o + v * L, o + W + v * L);
-    if (nv > 1) dw_vec2<T, K, true>(rp, (nv - 1) * L, wv, bv, ml, o + (nv - 1) * L, o + W + (nv - 1) * L);
-    for (int64_t w = nv * L; w < W; ++w)  // the last W % L columns, bounds-checked
-      for (int i = 0; i < 2; ++i) {
-        T s = bias;
-        for (int ky = 0; ky < K; ++ky)
-          for (int kx = 0; kx < K; ++kx) {
-            const int64_t ww = w + kx - pad;
-            if (ww >= 0 && ww < W) s += wk[ky * K + kx] * rp[ky + i][ww];
-          }
-        o[i * W + w] = s;
-      }
+    const int64_t q = (r - r0) * W;
+    V s0, s1;
+    dw_vec2<T, K, true>(rp, 0, wv, bv, mf, s0, s1);
+    st.vec(q, s0);
+    st.vec(q + W, s1);
+    for (int64_t v = 1; v + 1 < nv; ++v) {
+      dw_vec2<T, K, false>(rp, v * L, wv, bv, nullptr, s0, s1);
+      st.vec(q + v * L, s0);
+      st.vec(q + W + v * L, s1);
+    }
+    if (nv > 1) {
+      dw_vec2<T, K, true>(rp, (nv - 1) * L, wv, bv, ml, s0, s1);
+      st.vec(q + (nv - 1) * L, s0);
+      st.vec(q + W + (nv - 1) * L, s1);
+    }
+    for (int64_t w = nv * L; w < W; ++w) {  // the last W % L columns
+      st.px(q + w, dw_px<T, K>(rp, w, W, wk, bias));
+      st.px(q + W + w, dw_px<T, K>(rp + 1, w, W, wk, bias));
+    }
   }
   for (; r < r1; ++r) {
     for (int ky = 0; ky < K; ++ky) rp[ky] = row(r + ky - pad);
-    T* o = out + (r - r0) * W;
+    const int64_t q = (r - r0) * W;
     if (nv > 0) {
-      vstore(o, dw_vec<T, K, true>(rp, 0, wv, bv, mf));
-      for (int64_t v = 1; v + 1 < nv; ++v) vstore(o + v * L, dw_vec<T, K, false>(rp, v * L, wv, bv, nullptr));
-      if (nv > 1) vstore(o + (nv - 1) * L, dw_vec<T, K, true>(rp, (nv - 1) * L, wv, bv, ml));
+      st.vec(q, dw_vec<T, K, true>(rp, 0, wv, bv, mf));
+      for (int64_t v = 1; v + 1 < nv; ++v) st.vec(q + v * L, dw_vec<T, K, false>(rp, v * L, wv, bv, nullptr));
+      if (nv > 1) st.vec(q + (nv - 1) * L, dw_vec<T, K, true>(rp, (nv - 1) * L, wv, bv, ml));
     }
-    for (int64_t w = nv * L; w < W; ++w) {  // the last W % L columns, bounds-checked
-      T s = bias;
-      for (int ky = 0; ky < K; ++ky)
-        for (int kx = 0; kx < K; ++kx) {
-          const int64_t ww = w + kx - pad;
-          if (ww >= 0 && ww < W) s += wk[ky * K + kx] * rp[ky][ww];
-        }
-      o[w] = s;
-    }
+    for (int64_t w = nv * L; w < W; ++w) st.px(q + w, dw_px<T, K>(rp, w, W, wk, bias));  // the last W % L columns
   }
 }
 
 template <typename T>
 void dw_plane(const T* plane, int64_t a, int64_t b, int64_t r0, int64_t r1, int64_t W, int K, const T* wk, T bias,
               T* out, const T* zeros) {
+  RowStore<T> st{out};
   switch (K) {
-    case 1: return dw_plane_k<T, 1>(plane, a, b, r0, r1, W, wk, bias, out, zeros);
-    case 3: return dw_plane_k<T, 3>(plane, a, b, r0, r1, W, wk, bias, out, zeros);
-    case 5: return dw_plane_k<T, 5>(plane, a, b, r0, r1, W, wk, bias, out, zeros);
-    case 7: return dw_plane_k<T, 7>(plane, a, b, r0, r1, W, wk, bias, out, zeros);
+    case 1: return dw_plane_k<T, 1>(plane, a, b, r0, r1, W, wk, bias, st, zeros);
+    case 3: return dw_plane_k<T, 3>(plane, a, b, r0, r1, W, wk, bias, st, zeros);
+    case 5: return dw_plane_k<T, 5>(plane, a, b, r0, r1, W, wk, bias, st, zeros);
+    case 7: return dw_plane_k<T, 7>(plane, a, b, r0, r1, W, wk, bias, st, zeros);
     default: break;
   }
   // Generic odd K: accumulate one tap at a time.
@@ -292,6 +335,89 @@ void dw_plane(const T* plane, int64_t a, int64_t b, int64_t r0, int64_t r1, int6
       }
     }
   }
+}
+
+// PanelSumStore: channel c of packed GEMM panels (dst[blk][ldc channels][NR], the band's pixel q at panel q / NR),
+// summing what it stores (vector lanes in one register, the scalar pixels apart); needs W % L == 0, so that every
+// vector of L pixels lies inside one panel.
+template <typename T> struct PanelSumStore {
+  T* dst;
+  int c, ldc;
+  vreg<T> acc{};
+  T sacc = 0;
+  T* at(int64_t q) const {
+    constexpr int NR = panel_width<T>();
+    return dst + ((q / NR) * ldc + c) * NR + q % NR;
+  }
+  void vec(int64_t q, vreg<T> v) {
+    vstore(at(q), v);
+    acc += v;
+  }
+  void px(int64_t q, T v) {
+    *at(q) = v;
+    sacc += v;
+  }
+  T sum() const {
+    T s = 0;
+    for (int l = 0; l < kLanes<T>; ++l) s += acc[l];
+    return s + sacc;
+  }
+};
+
+// dw_plane of rows [r0, r1) written straight into channel c of the packed panels dst (ldc channels per panel) of
+// the band; returns the sum of what it wrote. Where W is not a multiple of the vector width (or K is not 1, 3, 5,
+// 7) the rows go through rowbuf ((r1 - r0) * W) and scatter_to_panels.
+template <typename T>
+T dw_plane_to_panels(const T* plane, int64_t a, int64_t b, int64_t r0, int64_t r1, int64_t W, int K, const T* wk,
+                     T bias, const T* zeros, T* rowbuf, int c, int ldc, T* dst) {
+  if (W % kLanes<T> == 0 && (K == 1 || K == 3 || K == 5 || K == 7)) {
+    PanelSumStore<T> st{dst, c, ldc};
+    switch (K) {
+      case 1: dw_plane_k<T, 1>(plane, a, b, r0, r1, W, wk, bias, st, zeros); break;
+      case 3: dw_plane_k<T, 3>(plane, a, b, r0, r1, W, wk, bias, st, zeros); break;
+      case 5: dw_plane_k<T, 5>(plane, a, b, r0, r1, W, wk, bias, st, zeros); break;
+      default: dw_plane_k<T, 7>(plane, a, b, r0, r1, W, wk, bias, st, zeros); break;
+    }
+    return st.sum();
+  }
+  dw_plane(plane, a, b, r0, r1, W, K, wk, bias, rowbuf, zeros);
+  return scatter_to_panels(rowbuf, (r1 - r0) * W, c, ldc, dst);
+}
+
+// The gate's gradient as the depthwise conv of t2 produces it: t1 already in d1, grad_h in gr (row-major rows of
+// the band); d1 = gr * t2 * GELU'(t1), d2 = gr * GELU(t1), without writing t2 first.
+template <typename T> struct GateGradStore {
+  T *d1, *d2;
+  const T* gr;
+  __attribute__((always_inline)) void vec(int64_t q, vreg<T> t2) const {
+    const vreg<T> t1 = vload(d1 + q), g = vload(gr + q);
+    vstore(d1 + q, g * t2 * v_gelu_grad(t1));
+    vstore(d2 + q, g * v_gelu(t1));
+  }
+  void px(int64_t q, T t2) const {
+    const T t1 = d1[q], g = gr[q];
+    d1[q] = g * t2 * v_gelu_grad(t1);
+    d2[q] = g * v_gelu(t1);
+  }
+};
+
+// t = DW(u1), DW(u2) on rows [r0, r1) and the gate's gradient from it: d1 = gr * t2 * GELU'(t1), d2 = gr *
+// GELU(t1) (row-major, row stride W); w1, b1 / w2, b2: the two channels' taps and biases.
+template <typename T>
+void dw_gate_grad(const T* u1, const T* u2, int64_t a, int64_t b, int64_t r0, int64_t r1, int64_t W, int K,
+                  const T* w1, T b1, const T* w2, T b2, const T* gr, T* d1, T* d2, const T* zeros) {
+  dw_plane(u1, a, b, r0, r1, W, K, w1, b1, d1, zeros);
+  GateGradStore<T> st{d1, d2, gr};
+  switch (K) {
+    case 1: return dw_plane_k<T, 1>(u2, a, b, r0, r1, W, w2, b2, st, zeros);
+    case 3: return dw_plane_k<T, 3>(u2, a, b, r0, r1, W, w2, b2, st, zeros);
+    case 5: return dw_plane_k<T, 5>(u2, a, b, r0, r1, W, w2, b2, st, zeros);
+    case 7: return dw_plane_k<T, 7>(u2, a, b, r0, r1, W, w2, b2, st, zeros);
+    default: break;
+  }
+  dw_plane(u2, a, b, r0, r1, W, K, w2, b2, d2, zeros);
+  const int64_t n = (r1 - r0) * W;
+  for (int64_t p = 0; p < n; ++p) st.px(p, d2[p]);
 }
 
 // ------------------------------------------------------------------------------ gated_dwconv forward
@@ -372,9 +498,7 @@ void gated_dwconv_fwd_kernel(const T* x, const T* w_in, const T* b_in, const T* 
         dw_plane(t1 + j * P, a, b, r0, r1, W, K, w_dw + int64_t(c) * K * K, b_dw[c], a1, zeros.data());
         dw_plane(t2 + j * P, a, b, r0, r1, W, K, w_dw + int64_t(hid + c) * K * K, b_dw[hid + c], a2, zeros.data());
         if (h_panels) {
-#pragma omp simd
-          for (int64_t p = 0; p < Pb; ++p) a2[p] = v_gelu(a1[p]) * a2[p];
-          scatter_to_panels_at<true>(a2, Pb, r0 * W, c, hid, h + n * panel_image_numel<T>(hid, HW));
+          gate_to_panels<true>(a1, a2, Pb, r0 * W, c, hid, h + n * panel_image_numel<T>(hid, HW));
           continue;
         }
         T* out = h + (n * hid + c) * HW + r0 * W;
@@ -488,10 +612,11 @@ void dw_wgrad(const T* d, const T* plane, int64_t a, int64_t b, int64_t r0, int6
 // Fused, banded backward: one work item is (image n, row band [r0, r1)); nothing of size N x 2h x H x W is
 // materialised. Per item, for each group of kGroup channel pairs:
 //   U    = W_in x + b_in on rows [r0-2p, r1+2p)      (GEMM on the packed x band, stays in L2)
-//   t    = DW(U), dt = dh/dt on rows [r0-p, r1+p)    (GELU(t1) * t2 derivative)
+//   t    = DW(U), dt = dh/dt on rows [r0-p, r1+p)    (GELU(t1) * t2 derivative, as DW(U2) is produced)
 //   dW_dw, db_dw partials over rows [r0, r1)        (per item, summed in item order)
 //   dU   = DW^T(dt) on rows [r0, r1)                 (into the band buffer dUb: 2h x band pixels, stored as
-//                                                     the packed GEMM panels, so neither GEMM below repacks it)
+//                                                     the packed GEMM panels, so neither GEMM below repacks it;
+//                                                     written there by the depthwise conv itself)
 // then dx[band] = W_in^T dUb, and dW_in, db_in partials (per fixed chunk of items) += dUb x[band]^T, sum dUb.
 // U is recomputed over a 2p-row halo on each side; the band height trades that halo against the size of dUb.
 // With the forward's stash (ustash: its first element of U, else nullptr) U is read from it instead.
@@ -547,15 +672,19 @@ void gated_dwconv_bwd_kernel(const T* gh, const T* x, const T* w_in, const T* b_
             const T* u2 = ustash ? ustash + (n * C2 + c2) * HW + ua * W : ubuf.data() + int64_t(gs + j) * Pu;
             T* d1 = dt.data();
             T* d2 = dt.data() + maxPt;
-            dw_plane(u1, ua, ub, ta, tb, W, K, w_dw + int64_t(c1) * KK, b_dw[c1], d1, zeros.data());
-            dw_plane(u2, ua, ub, ta, tb, W, K, w_dw + int64_t(c2) * KK, b_dw[c2], d2, zeros.data());
-            const T* gr = gh + (n * hid + c1) * HW + ta * W;
-#pragma omp simd
-            for (int64_t p = 0; p < Pt; ++p) {
-              const T x1 = d1[p], x2 = d2[p];
-              d1[p] = gr[p] * x2 * v_gelu_grad(x1);
-              d2[p] = gr[p] * v_gelu(x1);
+            if (ustash && c1 + 1 < hid) {  // the next pair's rows of U and grad_h into L2 while this pair runs
+              const T* nu1 = ustash + (n * C2 + c1 + 1) * HW + ua * W;
+              const T* nu2 = ustash + (n * C2 + c2 + 1) * HW + ua * W;
+              const T* ng = gh + (n * hid + c1 + 1) * HW + ta * W;
+              constexpr int64_t kLine = 64 / sizeof(T);
+              for (int64_t p = 0; p < Pu; p += kLine) {
+                __builtin_prefetch(nu1 + p, 0, 2);
+                __builtin_prefetch(nu2 + p, 0, 2);
+                if (p < Pt) __builtin_prefetch(ng + p, 0, 2);
+              }
             }
+            dw_gate_grad(u1, u2, ua, ub, ta, tb, W, K, w_dw + int64_t(c1) * KK, b_dw[c1], w_dw + int64_t(c2) * KK,
+                         b_dw[c2], gh + (n * hid + c1) * HW + ta * W, d1, d2, zeros.data());
             for (int s = 0; s < 2; ++s) {
               const int c = s ? c2 : c1;
               const T* u = s ? u2 : u1;
@@ -563,9 +692,9 @@ void gated_dwconv_bwd_kernel(const T* gh, const T* x, const T* w_in, const T* b_
               const T* dband = d + (r0 - ta) * W;
               dw_wgrad<T>(dband, u, ua, ub, r0, r1, W, K, zeros.data(), gwdw_part.data() + (it * C2 + c) * KK,
                           gbdw_part.data() + it * C2 + c, colacc.data());
-              // dU on the band, scattered into the packed panels of dub; its sum is db_in's share of this band.
-              dw_plane(d, ta, tb, r0, r1, W, K, wflip.data() + int64_t(c) * KK, T(0), duband.data(), zeros.data());
-              gbp[c] += scatter_to_panels(duband.data(), Pb, c, C2, dub.data());
+              // dU on the band, into the packed panels of dub; its sum is db_in's share of this band.
+              gbp[c] += dw_plane_to_panels(d, ta, tb, r0, r1, W, K, wflip.data() + int64_t(c) * KK, T(0),
+                                           zeros.data(), duband.data(), c, C2, dub.data());
             }
           }
         }
@@ -884,9 +1013,7 @@ void sadffm_infer_kernel(const T* x, const T* w_in, const T* b_in, const T* w_dw
           T* a2 = acc.data() + Pb;
           dw_plane(u1, ua, ub, r0, r1, W, K, w_dw + int64_t(c) * K * K, b_dw[c], a1, zeros.data());
           dw_plane(u2, ua, ub, r0, r1, W, K, w_dw + int64_t(hid + c) * K * K, b_dw[hid + c], a2, zeros.data());
-#pragma omp simd
-          for (int64_t q = 0; q < Pb; ++q) a2[q] = v_gelu(a1[q]) * a2[q];
-          scatter_to_panels<true>(a2, Pb, c, hid, hpack.data());
+          gate_to_panels<true>(a1, a2, Pb, 0, c, hid, hpack.data());
         }
       }
       stream_fence();
