@@ -30,7 +30,7 @@ import torch
 
 __all__ = ["Timing", "time_fn", "paired_speedup", "tensor_list", "max_rel_err", "peak_memory", "measure",
            "machine_info", "machine_tag", "measure_ceilings", "progress", "sync", "quantiles", "faults_per_call",
-           "set_malloc_mode", "add_malloc_arg", "MALLOC_MODES"]
+           "set_malloc_mode", "malloc_mode", "add_malloc_arg", "MALLOC_MODES"]
 
 
 @dataclass
@@ -302,6 +302,7 @@ def set_malloc_mode(mode: str) -> str:
     changes nothing; ``steady`` makes eager PyTorch's repeated large CPU allocations reuse pages instead of
     page-faulting fresh ones on every call (its fastest state). Returns the description to record with the
     results. Raises ValueError for an unknown mode, RuntimeError where ``steady`` cannot be set (no glibc)."""
+    global _malloc_mode
     if mode not in MALLOC_MODES:
         raise ValueError(f"unknown malloc mode {mode!r}; choose from {sorted(MALLOC_MODES)}")
     if mode == "steady":
@@ -313,7 +314,17 @@ def set_malloc_mode(mode: str) -> str:
         ok = mallopt(M_MMAP_THRESHOLD, 32 << 20) == 1 and mallopt(M_TRIM_THRESHOLD, (1 << 31) - 1) == 1
         if not ok:
             raise RuntimeError("glibc mallopt refused the 'steady' settings")
+    if mode != "default":
+        _malloc_mode = mode
     return f"malloc {mode}: {MALLOC_MODES[mode]}"
+
+
+_malloc_mode = "default"
+
+
+def malloc_mode() -> str:
+    """The allocator mode this process was put in by :func:`set_malloc_mode` (``default`` if never)."""
+    return _malloc_mode
 
 
 def add_malloc_arg(ap) -> None:

@@ -9,11 +9,16 @@ Every row carries speed-up vs eager (same run), conv FLOPs, minimum bytes and th
 machine's measured copy bandwidth and sgemm rate (see benchmarks.roofline).
 
     python -m benchmarks.ops molrcm|sadffm|norm|all [--quick] [--device cpu|cuda] [--threads 2]
-                             [--malloc default|steady] [--json FILE]
+                             [--malloc default|steady] [--no-isolate] [--json FILE]
 """
 from __future__ import annotations
 
 import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
 import time
 from dataclasses import dataclass
 from typing import Callable
@@ -25,8 +30,8 @@ import eimn_kernels as ek
 from eimn_kernels import reference as ref
 
 from .report import print_result
-from .harness import (add_malloc_arg, error_text, machine_info, max_rel_err, measure, measure_ceilings,
-                      paired_speedup, progress, set_malloc_mode, tensor_list)
+from .harness import (add_malloc_arg, error_text, machine_info, malloc_mode, max_rel_err, measure,
+                      measure_ceilings, paired_speedup, progress, set_malloc_mode, tensor_list)
 from .roofline import conv_flops, nbytes, roofline_fields
 
 __all__ = ["shape_plan", "kernel_backends", "bench_ops", "bench_subops", "format_rows", "main"]
@@ -193,12 +198,92 @@ def _module_fn(m: torch.nn.Module) -> Callable:
     return f
 
 
+ISOLATE_NOTE = ("ops: each (op, shape) timed in a fresh process (isolate), so no row depends on what the "
+                "process timed before")
+OMP_WAIT = ("inherit", "passive", "active", "default")
+
+
+def _omp_note(omp_wait: str) -> str:
+    pol = os.environ.get("OMP_WAIT_POLICY", "unset (libgomp default)") if omp_wait == "inherit" else omp_wait
+    return (f"ops: OpenMP wait policy of the timed processes: {pol} (--omp-wait); eager PyTorch runs many short "
+            "parallel regions and is sensitive to it (SADFFM 4x64x64x64 eager fwd 17-21 ms passive, 14-16 ms "
+            "with libgomp's default on the 2-core Xeon), the fused ops much less")
+
+
+def _isolated_group(op: str, shape, modes, device: str, quick: bool, threads: int | None, dtype: str,
+                    ceilings: dict | None, compile: bool, tkw: dict | None,
+                    omp_wait: str = "inherit") -> tuple[list[dict], list[str]]:
+    """bench_ops for one (op, shape) in a child process (same allocator mode and threads; OpenMP wait policy:
+    inherited, or OMP_WAIT_POLICY=PASSIVE / ACTIVE, or unset for libgomp's default): (rows, notes)."""
+    spec = {"op": op, "shape": list(shape), "modes": list(modes), "device": device, "quick": quick,
+            "threads": threads, "dtype": dtype, "ceilings": ceilings, "compile": compile, "tkw": tkw,
+            "malloc": malloc_mode()}
+    with tempfile.TemporaryDirectory() as d:
+        spec_path, out_path = os.path.join(d, "spec.json"), os.path.join(d, "rows.json")
+        with open(spec_path, "w") as f:
+            json.dump(spec, f)
+        root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p))
+        if omp_wait in ("passive", "active"):
+            env["OMP_WAIT_POLICY"] = omp_wait.upper()
+        elif omp_wait == "default":
+            env.pop("OMP_WAIT_POLICY", None)
+            env["EIMN_BENCH_OMP_DEFAULT"] = "1"  # benchmarks/__init__ leaves the policy unset
+        cmd = [sys.executable, "-c", "import sys; from benchmarks.ops import _group_worker; "
+               "_group_worker(sys.argv[1], sys.argv[2])", spec_path, out_path]
+        r = subprocess.run(cmd, env=env, cwd=root, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        if r.returncode != 0:
+            raise RuntimeError(f"isolated benchmark of {op} {shape} failed (exit {r.returncode}): "
+                               f"{r.stderr.strip()[-800:]}")
+        with open(out_path) as f:
+            out = json.load(f)
+    return out["rows"], out["notes"]
+
+
+def _group_worker(spec_path: str, out_path: str) -> None:
+    """Child process of :func:`_isolated_group`: runs the spec's group, writes {"rows", "notes"} as JSON."""
+    with open(spec_path) as f:
+        s = json.load(f)
+    set_malloc_mode(s["malloc"])
+    if s["device"] == "cpu" and s["threads"]:
+        torch.set_num_threads(s["threads"])
+    notes: list[str] = []
+    rows = bench_ops((s["op"],), s["device"], s["quick"], s["threads"], s["dtype"], s["ceilings"],
+                     compile=s["compile"], notes=notes, plan=[(tuple(s["shape"]), tuple(s["modes"]))],
+                     tkw=s["tkw"], show_progress=False)
+    policy = os.environ.get("OMP_WAIT_POLICY", "unset (libgomp default)")
+    for r in rows:
+        r["omp_wait_policy"] = policy
+    with open(out_path, "w") as f:
+        json.dump({"rows": rows, "notes": notes}, f)
+
+
 def bench_ops(ops=("molrcm", "sadffm"), device: str = "cpu", quick: bool = False, threads: int | None = None,
               dtype: str = "fp32", ceilings: dict | None = None, compile: bool = True,
-              notes: list | None = None, plan: list | None = None, tkw: dict | None = None) -> list[dict]:
+              notes: list | None = None, plan: list | None = None, tkw: dict | None = None,
+              isolate: bool = False, show_progress: bool = True, omp_wait: str = "inherit") -> list[dict]:
     """Whole-op rows (eager, fused[backend], compile) for every shape and mode of ``plan``
-    (default :func:`shape_plan`); ``tkw`` overrides the timing arguments of :func:`harness.time_fn`."""
+    (default :func:`shape_plan`); ``tkw`` overrides the timing arguments of :func:`harness.time_fn`.
+    isolate: each (op, shape) group runs in its own child process (same allocator mode and threads), so no row
+    depends on what the process timed before; omp_wait (isolate only): the children's OpenMP wait policy
+    (OMP_WAIT)."""
     notes = notes if notes is not None else []
+    if omp_wait not in OMP_WAIT:
+        raise ValueError(f"omp_wait must be one of {OMP_WAIT}, got {omp_wait!r}")
+    if omp_wait != "inherit" and not isolate:
+        raise ValueError("omp_wait needs isolate=True: libgomp reads the policy once, when torch loads it")
+    if isolate:
+        for n in (ISOLATE_NOTE, _omp_note(omp_wait)):
+            if n not in notes:
+                notes.append(n)
+        rows = []
+        groups = [(op, shape, modes) for op in ops for shape, modes in (plan or shape_plan(device, quick))]
+        for op, shape, modes in progress(groups, "ops (isolated)"):
+            r, n = _isolated_group(op, shape, modes, device, quick, threads, dtype, ceilings, compile, tkw,
+                                   omp_wait)
+            rows += r
+            notes.extend(x for x in n if x not in notes)
+        return rows
     backends, skipped = kernel_backends(device)
     notes.extend(n for n in skipped if n not in notes)
     if not backends and "no fused backend available: fused rows skipped" not in notes:
@@ -208,7 +293,7 @@ def bench_ops(ops=("molrcm", "sadffm"), device: str = "cpu", quick: bool = False
     tkw = tkw or _timing_kw(quick, threads, device)
     rows = []
     cases = [(op, shape, mode) for op in ops for shape, modes in (plan or shape_plan(device, quick)) for mode in modes]
-    for op, shape, mode in progress(cases, "ops"):
+    for op, shape, mode in progress(cases, "ops", disable=not show_progress):
         m = _modules(op, device, dt)
         x = torch.randn(shape, device=device, dtype=dt, requires_grad=mode != "fwd")
         params = list(m.parameters())
@@ -336,6 +421,12 @@ def main(argv=None) -> dict:
     ap.add_argument("--no-compile", action="store_true", help="skip the torch.compile rows")
     ap.add_argument("--no-subops", action="store_true", help="skip the per-sub-op rows")
     ap.add_argument("--json", metavar="FILE", help="write machine info, ceilings and rows as JSON")
+    ap.add_argument("--no-isolate", action="store_true",
+                    help="time every op shape in this process (default on CPU: one fresh process per op and shape)")
+    ap.add_argument("--omp-wait", default="inherit", choices=OMP_WAIT,
+                    help="OpenMP wait policy of the per-shape processes: inherit (benchmarks sets PASSIVE unless "
+                         "OMP_WAIT_POLICY is set), passive, active, or default (unset: libgomp's own, spin then "
+                         "sleep; eager's fastest on an idle machine, harmful on an oversubscribed one)")
     add_malloc_arg(ap)
     a = ap.parse_args(argv)
     if a.device == "cpu":
@@ -345,7 +436,7 @@ def main(argv=None) -> dict:
     notes: list[str] = [set_malloc_mode(a.malloc)]
     ceilings = measure_ceilings(a.device, quick=a.quick, threads=a.threads)
     rows = bench_ops(layers, a.device, a.quick, a.threads, a.dtype, ceilings, compile=not a.no_compile,
-                     notes=notes) if layers else []
+                     notes=notes, isolate=a.device == "cpu" and not a.no_isolate, omp_wait=a.omp_wait) if layers else []
     if not a.no_subops or not layers:
         rows += bench_subops(ops, a.device, a.quick, a.threads, a.dtype, ceilings, notes=notes)
     res = {"machine": machine_info(a.device), "ceilings": ceilings, "ops": rows, "notes": notes, "malloc": a.malloc}

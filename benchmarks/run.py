@@ -38,9 +38,11 @@ def _section(name: str, notes: list, fn, /, *a, **kw):
 
 
 def run_all(device: str, quick: bool, threads: int, compile: bool = True, sections=("complexity", "ops", "subops",
-            "model", "train"), malloc: str = "default", checkpoint_dir: str | None = None) -> dict:
+            "model", "train"), malloc: str = "default", checkpoint_dir: str | None = None,
+            omp_wait: str = "inherit") -> dict:
     """Run the sections on ``device`` and return the results dict (see benchmarks.report); ``malloc``: the
-    allocator mode of harness.set_malloc_mode (set for the rest of the process). With ``checkpoint_dir`` the
+    allocator mode of harness.set_malloc_mode (set for the rest of the process); ``omp_wait``: the OpenMP wait
+    policy of the per-shape processes of the CPU op rows (benchmarks.ops.OMP_WAIT). With ``checkpoint_dir`` the
     results so far are written there as JSON (``"partial": true``) after every section, so a run killed at a
     time limit (a lent GPU's call) keeps its finished sections."""
     t0 = time.perf_counter()
@@ -64,7 +66,8 @@ def run_all(device: str, quick: bool, threads: int, compile: bool = True, sectio
         checkpoint()
     if "ops" in sections:
         res["ops"] += _section("ops", notes, ops.bench_ops, ("molrcm", "sadffm"), device, quick, threads,
-                               ceilings=res["ceilings"], compile=compile, notes=notes) or []
+                               ceilings=res["ceilings"], compile=compile, notes=notes,
+                               isolate=device == "cpu", omp_wait=omp_wait if device == "cpu" else "inherit") or []
         checkpoint()
     if "subops" in sections:
         res["ops"] += _section("subops", notes, ops.bench_subops, tuple(ops.SUBOPS), device, quick, threads,
@@ -94,6 +97,8 @@ def main(argv=None) -> dict:
                          "kernels; torch's default lets cuDNN use TF32)")
     ap.add_argument("--out-dir", default=DEFAULT_OUT, help=f"where to write results (default {DEFAULT_OUT})")
     add_malloc_arg(ap)
+    ap.add_argument("--omp-wait", default="inherit", choices=ops.OMP_WAIT,
+                    help="OpenMP wait policy of the CPU op rows' per-shape processes (see benchmarks.ops)")
     a = ap.parse_args(argv)
     has_cuda = torch.cuda.is_available()
     devices = {"auto": ["cuda" if has_cuda else "cpu"], "cpu": ["cpu"], "cuda": ["cuda"],
@@ -107,7 +112,7 @@ def main(argv=None) -> dict:
     out = {}
     for dev in devices:
         res = run_all(dev, a.quick, a.threads, compile=not a.no_compile, sections=sections, malloc=a.malloc,
-                      checkpoint_dir=a.out_dir)
+                      checkpoint_dir=a.out_dir, omp_wait=a.omp_wait)
         paths = write_all(res, a.out_dir)
         out[dev] = {"results": res, "paths": paths}
         _summary(res)

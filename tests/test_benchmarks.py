@@ -269,3 +269,23 @@ def test_norm_swap_runs_and_puts_layer_norms_back():
     assert old.norm1.weight is not m.norm1.weight and torch.equal(old.norm1.weight, m.norm1.weight)
     rounds = norm_swap.main(["--scale", "2", "--lr", "6x7", "--rounds", "1", "--threads", "1"])
     assert len(rounds) == 1 and all(t > 0 for t in rounds[0])
+
+
+def test_isolated_op_groups_carry_the_omp_policy():
+    """isolate=True: each (op, shape) runs in a child process with the requested OpenMP wait policy (libgomp
+    reads it once, at load), and its rows come back with the policy recorded; the policy cannot be changed
+    in-process."""
+    from benchmarks import ops
+    tkw = dict(warmup=1, min_run_time=0.01, min_samples=2, max_time=1.0, threads=1)
+    for policy, want in (("passive", "PASSIVE"), ("default", "unset (libgomp default)")):
+        notes = []
+        rows = ops.bench_ops(("molrcm",), plan=[((1, 64, 5, 6), ("fwd",))], tkw=tkw, compile=False, notes=notes,
+                             isolate=True, omp_wait=policy)
+        assert rows and rows[0]["variant"] == "eager" and rows[0]["shape"] == "1x64x5x6"
+        assert {r["omp_wait_policy"] for r in rows} == {want}
+        assert any("fresh process" in n for n in notes) and any(f"policy of the timed processes: {policy}" in n
+                                                                 for n in notes)
+    with pytest.raises(ValueError, match="isolate"):
+        ops.bench_ops(("molrcm",), plan=[((1, 64, 5, 6), ("fwd",))], tkw=tkw, omp_wait="active")
+    with pytest.raises(ValueError, match="omp_wait"):
+        ops.bench_ops(("molrcm",), plan=[((1, 64, 5, 6), ("fwd",))], tkw=tkw, isolate=True, omp_wait="spin")
