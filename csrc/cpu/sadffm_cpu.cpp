@@ -304,17 +304,24 @@ void dw_plane_k(const T* plane, int64_t a, int64_t b, int64_t r0, int64_t r1, in
   }
 }
 
+// dw_plane_k for a run-time K of 1, 3, 5 or 7; false (nothing done) for any other K.
+template <typename T, typename St>
+bool dw_plane_fixed(int K, const T* plane, int64_t a, int64_t b, int64_t r0, int64_t r1, int64_t W, const T* wk,
+                    T bias, St& st, const T* zeros) {
+  switch (K) {
+    case 1: dw_plane_k<T, 1>(plane, a, b, r0, r1, W, wk, bias, st, zeros); return true;
+    case 3: dw_plane_k<T, 3>(plane, a, b, r0, r1, W, wk, bias, st, zeros); return true;
+    case 5: dw_plane_k<T, 5>(plane, a, b, r0, r1, W, wk, bias, st, zeros); return true;
+    case 7: dw_plane_k<T, 7>(plane, a, b, r0, r1, W, wk, bias, st, zeros); return true;
+    default: return false;
+  }
+}
+
 template <typename T>
 void dw_plane(const T* plane, int64_t a, int64_t b, int64_t r0, int64_t r1, int64_t W, int K, const T* wk, T bias,
               T* out, const T* zeros) {
   RowStore<T> st{out};
-  switch (K) {
-    case 1: return dw_plane_k<T, 1>(plane, a, b, r0, r1, W, wk, bias, st, zeros);
-    case 3: return dw_plane_k<T, 3>(plane, a, b, r0, r1, W, wk, bias, st, zeros);
-    case 5: return dw_plane_k<T, 5>(plane, a, b, r0, r1, W, wk, bias, st, zeros);
-    case 7: return dw_plane_k<T, 7>(plane, a, b, r0, r1, W, wk, bias, st, zeros);
-    default: break;
-  }
+  if (dw_plane_fixed(K, plane, a, b, r0, r1, W, wk, bias, st, zeros)) return;
   // Generic odd K: accumulate one tap at a time.
   const int pad = K / 2;
   for (int64_t r = r0; r < r1; ++r) {
@@ -370,15 +377,9 @@ template <typename T> struct PanelSumStore {
 template <typename T>
 T dw_plane_to_panels(const T* plane, int64_t a, int64_t b, int64_t r0, int64_t r1, int64_t W, int K, const T* wk,
                      T bias, const T* zeros, T* rowbuf, int c, int ldc, T* dst) {
-  if (W % kLanes<T> == 0 && (K == 1 || K == 3 || K == 5 || K == 7)) {
+  if (W % kLanes<T> == 0) {
     PanelSumStore<T> st{dst, c, ldc};
-    switch (K) {
-      case 1: dw_plane_k<T, 1>(plane, a, b, r0, r1, W, wk, bias, st, zeros); break;
-      case 3: dw_plane_k<T, 3>(plane, a, b, r0, r1, W, wk, bias, st, zeros); break;
-      case 5: dw_plane_k<T, 5>(plane, a, b, r0, r1, W, wk, bias, st, zeros); break;
-      default: dw_plane_k<T, 7>(plane, a, b, r0, r1, W, wk, bias, st, zeros); break;
-    }
-    return st.sum();
+    if (dw_plane_fixed(K, plane, a, b, r0, r1, W, wk, bias, st, zeros)) return st.sum();
   }
   dw_plane(plane, a, b, r0, r1, W, K, wk, bias, rowbuf, zeros);
   return scatter_to_panels(rowbuf, (r1 - r0) * W, c, ldc, dst);
@@ -408,13 +409,7 @@ void dw_gate_grad(const T* u1, const T* u2, int64_t a, int64_t b, int64_t r0, in
                   const T* w1, T b1, const T* w2, T b2, const T* gr, T* d1, T* d2, const T* zeros) {
   dw_plane(u1, a, b, r0, r1, W, K, w1, b1, d1, zeros);
   GateGradStore<T> st{d1, d2, gr};
-  switch (K) {
-    case 1: return dw_plane_k<T, 1>(u2, a, b, r0, r1, W, w2, b2, st, zeros);
-    case 3: return dw_plane_k<T, 3>(u2, a, b, r0, r1, W, w2, b2, st, zeros);
-    case 5: return dw_plane_k<T, 5>(u2, a, b, r0, r1, W, w2, b2, st, zeros);
-    case 7: return dw_plane_k<T, 7>(u2, a, b, r0, r1, W, w2, b2, st, zeros);
-    default: break;
-  }
+  if (dw_plane_fixed(K, u2, a, b, r0, r1, W, w2, b2, st, zeros)) return;
   dw_plane(u2, a, b, r0, r1, W, K, w2, b2, d2, zeros);
   const int64_t n = (r1 - r0) * W;
   for (int64_t p = 0; p < n; ++p) st.px(p, d2[p]);
