@@ -15,6 +15,6 @@ import sys as _sys
 # the policy when torch loads it, so it is set here, before torch is imported, unless the user chose one.
 # Recorded in every result's machine info (harness.machine_info). EIMN_BENCH_OMP_DEFAULT=1 leaves it unset
 # (libgomp's default: spin, then sleep), as benchmarks.ops --omp-wait default does for its per-shape processes: on
-# an idle machine eager PyTorch (many short parallel regions) is 15-20% faster that way.
+# an idle machine eager PyTorch (many short parallel regions) is 15-30% faster that way.
 if "torch" not in _sys.modules and not _os.environ.get("EIMN_BENCH_OMP_DEFAULT"):
     _os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")

@@ -67,10 +67,8 @@ template <typename T> inline void stream_store(T* d, vreg<T> v) {
 // Copies pixels [0, n) of channel c (contiguous in src) into packed GEMM panels dst[blk][ch][NR] (blk = pixel /
 // NR, ldc channels per panel): the layout pack_b produces, written without a second pass, in whole-panel vector
 // moves. Returns the sum of src[0:n] (fixed order: two vector partial sums, their lanes, then the tail), taken
-// from the same loads (callers that do not need it let the compiler drop it).
-// Stream: whole panels with non-temporal stores (dst 32-byte aligned; the caller ends its parallel region with
-// stream_fence()).
-template <bool Stream = false, typename T> inline T scatter_to_panels(const T* src, int64_t n, int c, int ldc, T* dst) {
+// from the same loads.
+template <typename T> inline T scatter_to_panels(const T* src, int64_t n, int c, int ldc, T* dst) {
   using V = vreg<T>;
   constexpr int NR = panel_width<T>(), L = kLanes<T>;
   V s0{}, s1{};
@@ -78,13 +76,8 @@ template <bool Stream = false, typename T> inline T scatter_to_panels(const T* s
   for (; (blk + 1) * NR <= n; ++blk) {
     const V v0 = vload(src + blk * NR), v1 = vload(src + blk * NR + L);
     T* d = dst + (blk * ldc + c) * NR;
-    if constexpr (Stream) {
-      stream_store(d, v0);
-      stream_store(d + L, v1);
-    } else {
-      vstore(d, v0);
-      vstore(d + L, v1);
-    }
+    vstore(d, v0);
+    vstore(d + L, v1);
     s0 += v0;
     s1 += v1;
   }
@@ -98,20 +91,10 @@ template <bool Stream = false, typename T> inline T scatter_to_panels(const T* s
   return s;
 }
 
-// As scatter_to_panels<Stream> for pixels [p0, p0 + n) of an image in the panel layout (p0 need not start a panel).
-template <bool Stream, typename T>
-inline void scatter_to_panels_at(const T* src, int64_t n, int64_t p0, int c, int ldc, T* dst) {
-  constexpr int NR = panel_width<T>();
-  int64_t i = 0;
-  for (; i < n && (p0 + i) % NR != 0; ++i) dst[((p0 + i) / NR * ldc + c) * NR + (p0 + i) % NR] = src[i];
-  T* d = dst + (p0 + i) / NR * ldc * NR;
-  if (Stream && reinterpret_cast<uintptr_t>(d) % 32 == 0) scatter_to_panels<true>(src + i, n - i, c, ldc, d);
-  else scatter_to_panels<false>(src + i, n - i, c, ldc, d);
-}
-
-// h = GELU(t1) * t2 on pixels [p0, p0 + n) of channel c, written straight into an image's packed panels (as
-// scatter_to_panels_at<Stream>, from t1 and t2 without an intermediate row of h). Each value is the same
-// expression as the plain loops' v_gelu(t1[p]) * t2[p], whole panels in vector registers.
+// h = GELU(t1) * t2 on pixels [p0, p0 + n) of channel c, written straight into an image's packed panels
+// dst[blk][ldc channels][NR] (p0 need not start a panel; no intermediate row of h). Stream: whole panels with
+// non-temporal stores where dst is 32-byte aligned (the caller ends its parallel region with stream_fence()).
+// Each value is the same expression as the plain loops' v_gelu(t1[p]) * t2[p], whole panels in vector registers.
 template <bool Stream, typename T>
 inline void gate_to_panels(const T* t1, const T* t2, int64_t n, int64_t p0, int c, int ldc, T* dst) {
   using V = vreg<T>;
