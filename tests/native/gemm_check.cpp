@@ -97,7 +97,7 @@ template <typename T> void check_shape(int64_t M, int64_t K, int64_t P, std::mt1
 int main() {
   std::mt19937 g(7);
   int shapes = 0;
-  for (int64_t M : {1, 3, 6, 7, 12, 15, 16, 17, 31, 33, 64, 170})
+  for (int64_t M : {1, 3, 6, 7, 12, 14, 15, 16, 17, 28, 29, 31, 33, 64, 170})
     for (int64_t K : {1, 5, 16, 64, 170})
       for (int64_t P : {1, 7, 16, 17, 40, 300}) {
         check_shape<float>(M, K, P, g);
