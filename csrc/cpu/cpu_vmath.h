@@ -36,6 +36,20 @@ inline vreg<float> pow2_f(vreg<float> n) {
   return s;
 }
 
+#if defined(__AVX512F__)
+typedef int32_t xint32 __attribute__((vector_size(64)));
+inline xreg<float> floor_f(xreg<float> x) {  // |x| < 2^31
+  const xreg<float> t = __builtin_convertvector(__builtin_convertvector(x, xint32), xreg<float>);
+  return t > x ? t - 1.f : t;
+}
+inline xreg<float> pow2_f(xreg<float> n) {
+  const xint32 bits = (__builtin_convertvector(n, xint32) + 127) << 23;
+  xreg<float> s;
+  std::memcpy(&s, &bits, sizeof(s));
+  return s;
+}
+#endif
+
 // ---- float algorithms, V = float or vreg<float> (V{} + c broadcasts a constant in both)
 template <typename V> inline V clamp_f(V x, float lo, float hi) {
   const V l = V{} + lo, h = V{} + hi;
@@ -90,6 +104,13 @@ inline vreg<float> v_gelu(vreg<float> x) { return gelu_fast(x); }
 inline vreg<float> v_gelu_grad(vreg<float> x) { return gelu_grad_fast(x); }
 inline vreg<float> v_sigmoid(vreg<float> x) { return sigmoid_fast(x); }
 
+#if defined(__AVX512F__)
+// The 64-byte registers xreg<T> of AVX-512 (the depthwise and elementwise loops of the SADFFM kernels): the same
+// expressions lane by lane, so every lane has the bits of the scalar and 32-byte forms.
+inline xreg<float> v_gelu(xreg<float> x) { return gelu_fast(x); }
+inline xreg<float> v_gelu_grad(xreg<float> x) { return gelu_grad_fast(x); }
+inline xreg<float> v_sigmoid(xreg<float> x) { return sigmoid_fast(x); }
+#endif
 inline double v_gelu(double x) { return gelu(x); }
 inline double v_gelu_grad(double x) { return gelu_grad(x); }
 inline double v_sigmoid(double x) { return sigmoid(x); }
@@ -100,6 +121,15 @@ template <typename F> inline vreg<double> lanes_d(vreg<double> x, F f) {
 inline vreg<double> v_gelu(vreg<double> x) { return lanes_d(x, [](double v) { return gelu(v); }); }
 inline vreg<double> v_gelu_grad(vreg<double> x) { return lanes_d(x, [](double v) { return gelu_grad(v); }); }
 inline vreg<double> v_sigmoid(vreg<double> x) { return lanes_d(x, [](double v) { return sigmoid(v); }); }
+#if defined(__AVX512F__)
+template <typename F> inline xreg<double> lanes_d(xreg<double> x, F f) {
+  for (int i = 0; i < 8; ++i) x[i] = f(x[i]);
+  return x;
+}
+inline xreg<double> v_gelu(xreg<double> x) { return lanes_d(x, [](double v) { return gelu(v); }); }
+inline xreg<double> v_gelu_grad(xreg<double> x) { return lanes_d(x, [](double v) { return gelu_grad(v); }); }
+inline xreg<double> v_sigmoid(xreg<double> x) { return lanes_d(x, [](double v) { return sigmoid(v); }); }
+#endif
 
 }  // namespace cpu
 }  // namespace eimn

@@ -54,6 +54,35 @@ struct Chunks {
   int64_t end(int64_t c) const { return (c + 1) * items / n; }
 };
 
+// Vectors of the depthwise convolutions and the gate: one 64-byte register where the compiler targets AVX-512 (the
+// xreg of cpu_gemm.h, a whole panel row of floats), else the 32-byte vreg. Lane by lane the same expressions (the
+// same bits) at either width; the GEMM epilogues keep vreg halves.
+#if defined(__AVX512F__)
+template <typename T> using dvec = xreg<T>;
+template <typename T> inline dvec<T> dload(const T* p) { return xload(p); }
+template <typename T> inline void dstore(T* p, dvec<T> v) { *reinterpret_cast<typename xreg_t<T>::utype*>(p) = v; }
+#else
+template <typename T> using dvec = vreg<T>;
+template <typename T> inline dvec<T> dload(const T* p) { return vload(p); }
+template <typename T> inline void dstore(T* p, dvec<T> v) { vstore(p, v); }
+#endif
+template <typename T> constexpr int kDLanes = int(sizeof(dvec<T>) / sizeof(T));
+template <typename T> inline dvec<T> dsplat(T x) { return dvec<T>{} + x; }
+template <typename T> using dmask = decltype(dvec<T>{} < dvec<T>{});
+
+// Non-temporal store of one dvec to an address aligned to its size (a plain store without AVX).
+template <typename T> inline void stream_dstore(T* d, dvec<T> v) {
+#if defined(__AVX512F__)
+  if constexpr (sizeof(T) == 4) _mm512_stream_ps(reinterpret_cast<float*>(d), reinterpret_cast<__m512>(v));
+  else _mm512_stream_pd(reinterpret_cast<double*>(d), reinterpret_cast<__m512d>(v));
+#elif defined(__AVX__)
+  if constexpr (sizeof(T) == 4) _mm256_stream_ps(reinterpret_cast<float*>(d), reinterpret_cast<__m256>(v));
+  else _mm256_stream_pd(reinterpret_cast<double*>(d), reinterpret_cast<__m256d>(v));
+#else
+  dstore(d, v);
+#endif
+}
+
 // Non-temporal store of one vector to a 32-byte aligned address (a plain store without AVX).
 template <typename T> inline void stream_store(T* d, vreg<T> v) {
 #if defined(__AVX__)
@@ -97,22 +126,19 @@ template <typename T> inline T scatter_to_panels(const T* src, int64_t n, int c,
 // Each value is the same expression as the plain loops' v_gelu(t1[p]) * t2[p], whole panels in vector registers.
 template <bool Stream, typename T>
 inline void gate_to_panels(const T* t1, const T* t2, int64_t n, int64_t p0, int c, int ldc, T* dst) {
-  using V = vreg<T>;
-  constexpr int NR = panel_width<T>(), L = kLanes<T>;
+  using V = dvec<T>;
+  constexpr int NR = panel_width<T>(), L = kDLanes<T>;
+  static_assert(NR % L == 0, "whole vectors per panel row");
   int64_t i = 0;
   for (; i < n && (p0 + i) % NR != 0; ++i) dst[((p0 + i) / NR * ldc + c) * NR + (p0 + i) % NR] = v_gelu(t1[i]) * t2[i];
   T* d = dst + ((p0 + i) / NR * ldc + c) * NR;
-  const bool stream = Stream && reinterpret_cast<uintptr_t>(d) % 32 == 0;
-  for (; i + NR <= n; i += NR, d += int64_t(ldc) * NR) {
-    const V h0 = v_gelu(vload(t1 + i)) * vload(t2 + i), h1 = v_gelu(vload(t1 + i + L)) * vload(t2 + i + L);
-    if (stream) {
-      stream_store(d, h0);
-      stream_store(d + L, h1);
-    } else {
-      vstore(d, h0);
-      vstore(d + L, h1);
+  const bool stream = Stream && reinterpret_cast<uintptr_t>(d) % sizeof(V) == 0;
+  for (; i + NR <= n; i += NR, d += int64_t(ldc) * NR)
+    for (int j = 0; j < NR; j += L) {
+      const V h = v_gelu(dload(t1 + i + j)) * dload(t2 + i + j);
+      if (stream) stream_dstore(d + j, h);
+      else dstore(d + j, h);
     }
-  }
   for (int64_t j = 0; i < n; ++i, ++j) d[j] = v_gelu(t1[i]) * t2[i];
 }
 
@@ -159,18 +185,16 @@ template <typename T> struct GuardedBuf {
   T* data() { return v.data() + kRowGuard; }
 };
 
-template <typename T> using vmask = decltype(vreg<T>{} < vreg<T>{});
-
 // Columns [w, w+L) of one output row: bias + sum_{ky,kx} wv[ky*K+kx] * rp[ky][w+kx-pad]; Edge: taps masked by
 // m[kx] (lanes whose column falls outside the row read zero).
 template <typename T, int K, bool Edge>
-inline vreg<T> dw_vec(const T* const* rp, int64_t w, const vreg<T>* wv, vreg<T> bias, const vmask<T>* m) {
-  using V = vreg<T>;
+inline dvec<T> dw_vec(const T* const* rp, int64_t w, const dvec<T>* wv, dvec<T> bias, const dmask<T>* m) {
+  using V = dvec<T>;
   constexpr int pad = K / 2;
   V s = bias;
   for (int kx = 0; kx < K; ++kx)
     for (int ky = 0; ky < K; ++ky) {
-      V v = vload(rp[ky] + w + kx - pad);
+      V v = dload(rp[ky] + w + kx - pad);
       if (Edge) v = m[kx] ? v : V{};
       s += wv[ky * K + kx] * v;
     }
@@ -180,15 +204,15 @@ inline vreg<T> dw_vec(const T* const* rp, int64_t w, const vreg<T>* wv, vreg<T> 
 // The same for two adjacent output rows at once (rp: their K + 1 input rows): every loaded vector feeds both rows'
 // sums (K + 1 instead of 2K loads per tap column) and the two sums are independent chains.
 template <typename T, int K, bool Edge>
-inline void dw_vec2(const T* const* rp, int64_t w, const vreg<T>* wv, vreg<T> bias, const vmask<T>* m,
-                    vreg<T>& s0, vreg<T>& s1) {
-  using V = vreg<T>;
+inline void dw_vec2(const T* const* rp, int64_t w, const dvec<T>* wv, dvec<T> bias, const dmask<T>* m,
+                    dvec<T>& s0, dvec<T>& s1) {
+  using V = dvec<T>;
   constexpr int pad = K / 2;
   s0 = bias;
   s1 = bias;
   for (int kx = 0; kx < K; ++kx)
     for (int j = 0; j <= K; ++j) {
-      V v = vload(rp[j] + w + kx - pad);
+      V v = dload(rp[j] + w + kx - pad);
       if (Edge) v = m[kx] ? v : V{};
       if (j < K) s0 += wv[j * K + kx] * v;
       if (j > 0) s1 += wv[(j - 1) * K + kx] * v;
@@ -210,9 +234,9 @@ __attribute__((noinline)) T dw_px(const T* const* rp, int64_t w, int64_t W, cons
 
 // Tap masks of the first (mf) and the last (ml) whole vector of a row of W columns, the only vectors whose taps
 // reach past an edge: lane l of m[kx] is set where column (vector start) + l + kx - K/2 lies inside [0, W).
-template <typename T, int K> inline void edge_masks(int64_t W, vmask<T>* mf, vmask<T>* ml) {
-  using V = vreg<T>;
-  constexpr int L = kLanes<T>, pad = K / 2;
+template <typename T, int K> inline void edge_masks(int64_t W, dmask<T>* mf, dmask<T>* ml) {
+  using V = dvec<T>;
+  constexpr int L = kDLanes<T>, pad = K / 2;
   const int64_t nv = W / L;
   for (int kx = 0; kx < K; ++kx) {
     V pf{}, pl{};
@@ -230,7 +254,7 @@ template <typename T, int K> inline void edge_masks(int64_t W, vmask<T>* mf, vma
 // RowStore: row-major rows of W (row stride W), the plain output.
 template <typename T> struct RowStore {
   T* out;
-  void vec(int64_t q, vreg<T> v) const { vstore(out + q, v); }
+  void vec(int64_t q, dvec<T> v) const { dstore(out + q, v); }
   void px(int64_t q, T v) const { out[q] = v; }
 };
 
@@ -241,14 +265,14 @@ template <typename T> struct RowStore {
 template <typename T, int K, typename St>
 void dw_plane_k(const T* plane, int64_t a, int64_t b, int64_t r0, int64_t r1, int64_t W, const T* wk, T bias,
                 St& st, const T* zeros) {
-  static_assert(K / 2 <= kRowGuard && K / 2 <= kLanes<T>, "kernel too large for the row guard / edge masks");
-  using V = vreg<T>;
-  constexpr int L = kLanes<T>, pad = K / 2;
+  static_assert(K / 2 <= kRowGuard && K / 2 <= kDLanes<T>, "kernel too large for the row guard / edge masks");
+  using V = dvec<T>;
+  constexpr int L = kDLanes<T>, pad = K / 2;
   V wv[K * K];
-  for (int i = 0; i < K * K; ++i) wv[i] = vsplat(wk[i]);
-  const V bv = vsplat(bias);
+  for (int i = 0; i < K * K; ++i) wv[i] = dsplat(wk[i]);
+  const V bv = dsplat(bias);
   const int64_t nv = W / L;  // whole vectors per row
-  vmask<T> mf[K], ml[K];
+  dmask<T> mf[K], ml[K];
   edge_masks<T, K>(W, mf, ml);
   const T* rp[K + 1];
   auto row = [&](int64_t rr) { return (rr < a || rr >= b) ? zeros : plane + (rr - a) * W; };
@@ -333,14 +357,14 @@ void dw_plane(const T* plane, int64_t a, int64_t b, int64_t r0, int64_t r1, int6
 template <typename T> struct PanelSumStore {
   T* dst;
   int c, ldc;
-  vreg<T> acc{};
+  dvec<T> acc{};
   T sacc = 0;
   T* at(int64_t q) const {
     constexpr int NR = panel_width<T>();
     return dst + ((q / NR) * ldc + c) * NR + q % NR;
   }
-  void vec(int64_t q, vreg<T> v) {
-    vstore(at(q), v);
+  void vec(int64_t q, dvec<T> v) {
+    dstore(at(q), v);
     acc += v;
   }
   void px(int64_t q, T v) {
@@ -349,7 +373,7 @@ template <typename T> struct PanelSumStore {
   }
   T sum() const {
     T s = 0;
-    for (int l = 0; l < kLanes<T>; ++l) s += acc[l];
+    for (int l = 0; l < kDLanes<T>; ++l) s += acc[l];
     return s + sacc;
   }
 };
@@ -360,7 +384,7 @@ template <typename T> struct PanelSumStore {
 template <typename T>
 T dw_plane_to_panels(const T* plane, int64_t a, int64_t b, int64_t r0, int64_t r1, int64_t W, int K, const T* wk,
                      T bias, const T* zeros, T* rowbuf, int c, int ldc, T* dst) {
-  if (W % kLanes<T> == 0) {
+  if (W % kDLanes<T> == 0) {
     PanelSumStore<T> st{dst, c, ldc};
     if (dw_plane_fixed(K, plane, a, b, r0, r1, W, wk, bias, st, zeros)) return st.sum();
   }
@@ -373,10 +397,10 @@ T dw_plane_to_panels(const T* plane, int64_t a, int64_t b, int64_t r0, int64_t r
 template <typename T> struct GateGradStore {
   T *d1, *d2;
   const T* gr;
-  __attribute__((always_inline)) void vec(int64_t q, vreg<T> t2) const {
-    const vreg<T> t1 = vload(d1 + q), g = vload(gr + q);
-    vstore(d1 + q, g * t2 * v_gelu_grad(t1));
-    vstore(d2 + q, g * v_gelu(t1));
+  __attribute__((always_inline)) void vec(int64_t q, dvec<T> t2) const {
+    const dvec<T> t1 = dload(d1 + q), g = dload(gr + q);
+    dstore(d1 + q, g * t2 * v_gelu_grad(t1));
+    dstore(d2 + q, g * v_gelu(t1));
   }
   void px(int64_t q, T t2) const {
     const T t1 = d1[q], g = gr[q];
@@ -497,21 +521,21 @@ void gated_dwconv_fwd_kernel(const T* x, const T* w_in, const T* b_in, const T* 
 template <typename T, int K>
 void dw_wgrad_k(const T* d, const T* plane, int64_t a, int64_t b, int64_t r0, int64_t r1, int64_t W,
                 const T* zeros, T* gw, T* gb) {
-  using V = vreg<T>;
-  constexpr int L = kLanes<T>, pad = K / 2;
+  using V = dvec<T>;
+  constexpr int L = kDLanes<T>, pad = K / 2;
   const int64_t nv = W / L;
-  vmask<T> mf[K], ml[K];
+  dmask<T> mf[K], ml[K];
   edge_masks<T, K>(W, mf, ml);
   V acc[K * K], dsum{};
   T sacc[K * K], ssum = 0;
   for (int k = 0; k < K * K; ++k) { acc[k] = V{}; sacc[k] = T(0); }
   const T* rp[K];
-  auto step = [&](auto edge, const T* dr, int64_t w, const vmask<T>* m) {
-    const V dv = vload(dr + w);
+  auto step = [&](auto edge, const T* dr, int64_t w, const dmask<T>* m) {
+    const V dv = dload(dr + w);
     dsum += dv;
     for (int ky = 0; ky < K; ++ky)
       for (int kx = 0; kx < K; ++kx) {
-        V u = vload(rp[ky] + w + kx - pad);
+        V u = dload(rp[ky] + w + kx - pad);
         if constexpr (decltype(edge)::value) u = m[kx] ? u : V{};
         acc[ky * K + kx] += dv * u;
       }
