@@ -32,7 +32,9 @@ def ext_modules():
     if os.environ.get("EIMN_PORTABLE", "0") == "1":
         cxx += ["-mavx2", "-mfma"]
     elif os.uname().machine in ("x86_64", "AMD64"):
-        cxx.append("-march=native")
+        # 64-byte vectors in the auto-vectorised loops too where the CPU has AVX-512 (GCC prefers 32 bytes there;
+        # no effect without AVX-512): SADFFM forward / training step 4-5% faster at 4x64x64x64 (benchmarks.ab_builds).
+        cxx += ["-march=native", "-mprefer-vector-width=512"]
     include_dirs = [os.path.join(ROOT, "csrc"), os.path.join(ROOT, "csrc", "common")]
     if with_cuda and cuda_sources:
         if not os.environ.get("TORCH_CUDA_ARCH_LIST") and not torch.cuda.is_available():

@@ -55,11 +55,13 @@ def build_variant(ref: str, namespace: str, verbose: bool = False, extra_cflags:
                   [os.path.join(csrc, "cpu", f) for f in os.listdir(os.path.join(csrc, "cpu")) if f.endswith(".cpp")])
     headers = sorted(os.path.join(d, f) for d in (os.path.join(csrc, "cpu"), os.path.join(csrc, "common"))
                      for f in os.listdir(d) if f.endswith(".h"))
-    digest = hashlib.sha1(b"".join(open(s, "rb").read() for s in srcs + headers) +
-                          " ".join(extra_cflags).encode()).hexdigest()[:10]
     tv = tuple(int(p) for p in torch.__version__.split("+")[0].split(".")[:2])
     flags = ["-O3", "-std=c++20" if tv >= (2, 14) else "-std=c++17", "-fno-math-errno", "-fno-trapping-math",
-             "-ffp-contract=fast", "-fopenmp", "-march=native", f"-Deimn_C={namespace}", "-w", *extra_cflags]
+             "-ffp-contract=fast", "-fopenmp", "-march=native", "-mprefer-vector-width=512", f"-Deimn_C={namespace}",
+             "-w", *extra_cflags]
+    # the cache key: sources, headers and every flag (the base flags change with setup.py's)
+    digest = hashlib.sha1(b"".join(open(s, "rb").read() for s in srcs + headers) +
+                          " ".join(flags).encode()).hexdigest()[:10]
     bdir = os.path.join(ROOT, "build", "ab", f"{namespace}-{digest}")
     os.makedirs(bdir, exist_ok=True)
     load(name=f"{namespace}_{digest}", sources=srcs, extra_cflags=flags, extra_include_paths=[csrc,
