@@ -250,10 +250,12 @@ template <typename T, int K> inline void edge_masks(int64_t W, dmask<T>* mf, dma
 }
 
 // Where dw_plane_k puts its results. Pixel q of the output band ((r - r0) * W + w) goes through st.vec(q, v) (L
-// values from q; q is a multiple of L whenever W is) and st.px(q, value) (one value).
+// values from q; q is a multiple of L whenever W is) and st.px(q, value) (one value); st.row_hook() is called
+// before each row (pair of rows) is computed.
 // RowStore: row-major rows of W (row stride W), the plain output.
 template <typename T> struct RowStore {
   T* out;
+  void row_hook() const {}
   void vec(int64_t q, dvec<T> v) const { dstore(out + q, v); }
   void px(int64_t q, T v) const { out[q] = v; }
 };
@@ -278,6 +280,7 @@ void dw_plane_k(const T* plane, int64_t a, int64_t b, int64_t r0, int64_t r1, in
   auto row = [&](int64_t rr) { return (rr < a || rr >= b) ? zeros : plane + (rr - a) * W; };
   int64_t r = r0;
   for (; nv > 0 && r + 1 < r1; r += 2) {  // pairs of rows, whole vectors
+    st.row_hook();
     for (int j = 0; j <= K; ++j) rp[j] = row(r + j - pad);
     const int64_t q = (r - r0) * W;
     V s0, s1;
@@ -300,6 +303,7 @@ void dw_plane_k(const T* plane, int64_t a, int64_t b, int64_t r0, int64_t r1, in
     }
   }
   for (; r < r1; ++r) {
+    st.row_hook();
     for (int ky = 0; ky < K; ++ky) rp[ky] = row(r + ky - pad);
     const int64_t q = (r - r0) * W;
     if (nv > 0) {
@@ -357,6 +361,7 @@ void dw_plane(const T* plane, int64_t a, int64_t b, int64_t r0, int64_t r1, int6
 template <typename T> struct PanelSumStore {
   T* dst;
   int c, ldc;
+  void row_hook() const {}
   dvec<T> acc{};
   T sacc = 0;
   T* at(int64_t q) const {
@@ -397,6 +402,7 @@ T dw_plane_to_panels(const T* plane, int64_t a, int64_t b, int64_t r0, int64_t r
 template <typename T> struct GateGradStore {
   T *d1, *d2;
   const T* gr;
+  void row_hook() const {}
   __attribute__((always_inline)) void vec(int64_t q, dvec<T> t2) const {
     const dvec<T> t1 = dload(d1 + q), g = dload(gr + q);
     dstore(d1 + q, g * t2 * v_gelu_grad(t1));
@@ -409,17 +415,58 @@ template <typename T> struct GateGradStore {
   }
 };
 
+// Prefetches lines of up to three arrays into L2 a few at a time (step()), so that a loop that calls step() once
+// per row spreads them over its work: a burst of hundreds of prefetches stalls on the line fill buffers with no
+// work to overlap.
+struct LinePrefetcher {
+  const char* base[3] = {};
+  int64_t nlines[3] = {}, cur = 0, end = 0, per_step = 1;
+  void add(const void* p, int64_t bytes) {
+    for (int i = 0; i < 3; ++i)
+      if (!base[i]) {
+        base[i] = static_cast<const char*>(p);
+        nlines[i] = (bytes + 63) / 64;
+        end = std::max(end, nlines[i]);
+        return;
+      }
+  }
+  void spread_over(int64_t steps) { per_step = steps > 0 ? (end + steps - 1) / steps : end; }
+  void step() {
+    for (const int64_t e = std::min(end, cur + per_step); cur < e; ++cur)
+      for (int i = 0; i < 3; ++i)
+        if (cur < nlines[i]) __builtin_prefetch(base[i] + cur * 64, 0, 2);
+  }
+  void finish() { per_step = end, step(); }
+};
+// A dw_plane_k store that advances a LinePrefetcher once per row (pair).
+template <typename St> struct PrefetchingStore : St {
+  LinePrefetcher* pf;
+  PrefetchingStore(const St& st, LinePrefetcher* p) : St(st), pf(p) {}
+  void row_hook() const { pf->step(); }
+};
+
 // t = DW(u1), DW(u2) on rows [r0, r1) and the gate's gradient from it: d1 = gr * t2 * GELU'(t1), d2 = gr *
-// GELU(t1) (row-major, row stride W); w1, b1 / w2, b2: the two channels' taps and biases.
+// GELU(t1) (row-major, row stride W); w1, b1 / w2, b2: the two channels' taps and biases. pf (or nullptr): lines
+// to prefetch while it runs, spread over its rows.
 template <typename T>
 void dw_gate_grad(const T* u1, const T* u2, int64_t a, int64_t b, int64_t r0, int64_t r1, int64_t W, int K,
-                  const T* w1, T b1, const T* w2, T b2, const T* gr, T* d1, T* d2, const T* zeros) {
-  dw_plane(u1, a, b, r0, r1, W, K, w1, b1, d1, zeros);
+                  const T* w1, T b1, const T* w2, T b2, const T* gr, T* d1, T* d2, const T* zeros,
+                  LinePrefetcher* pf = nullptr) {
+  auto run = [&](auto& st1, auto& st) {
+    if (!dw_plane_fixed(K, u1, a, b, r0, r1, W, w1, b1, st1, zeros)) dw_plane(u1, a, b, r0, r1, W, K, w1, b1, d1, zeros);
+    if (dw_plane_fixed(K, u2, a, b, r0, r1, W, w2, b2, st, zeros)) return;
+    dw_plane(u2, a, b, r0, r1, W, K, w2, b2, d2, zeros);
+    const int64_t n = (r1 - r0) * W;
+    for (int64_t p = 0; p < n; ++p) st.px(p, d2[p]);
+  };
+  RowStore<T> st1{d1};
   GateGradStore<T> st{d1, d2, gr};
-  if (dw_plane_fixed(K, u2, a, b, r0, r1, W, w2, b2, st, zeros)) return;
-  dw_plane(u2, a, b, r0, r1, W, K, w2, b2, d2, zeros);
-  const int64_t n = (r1 - r0) * W;
-  for (int64_t p = 0; p < n; ++p) st.px(p, d2[p]);
+  if (!pf) return run(st1, st);
+  pf->spread_over(r1 - r0 + 2);  // two planes of (r1 - r0) / 2 row pairs
+  PrefetchingStore<RowStore<T>> pst1(st1, pf);
+  PrefetchingStore<GateGradStore<T>> pst(st, pf);
+  run(pst1, pst);
+  pf->finish();
 }
 
 // ------------------------------------------------------------------------------ gated_dwconv forward
@@ -674,19 +721,16 @@ void gated_dwconv_bwd_kernel(const T* gh, const T* x, const T* w_in, const T* b_
             const T* u2 = ustash ? ustash + (n * C2 + c2) * HW + ua * W : ubuf.data() + int64_t(gs + j) * Pu;
             T* d1 = dt.data();
             T* d2 = dt.data() + maxPt;
-            if (ustash && c1 + 1 < hid) {  // the next pair's rows of U and grad_h into L2 while this pair runs
-              const T* nu1 = ustash + (n * C2 + c1 + 1) * HW + ua * W;
-              const T* nu2 = ustash + (n * C2 + c2 + 1) * HW + ua * W;
-              const T* ng = gh + (n * hid + c1 + 1) * HW + ta * W;
-              constexpr int64_t kLine = 64 / sizeof(T);
-              for (int64_t p = 0; p < Pu; p += kLine) {
-                __builtin_prefetch(nu1 + p, 0, 2);
-                __builtin_prefetch(nu2 + p, 0, 2);
-                if (p < Pt) __builtin_prefetch(ng + p, 0, 2);
-              }
+            // the next pair's rows of U and grad_h into L2 while this pair's depthwise convs run
+            LinePrefetcher next;
+            if (ustash && c1 + 1 < hid) {
+              next.add(ustash + (n * C2 + c1 + 1) * HW + ua * W, Pu * int64_t(sizeof(T)));
+              next.add(ustash + (n * C2 + c2 + 1) * HW + ua * W, Pu * int64_t(sizeof(T)));
+              next.add(gh + (n * hid + c1 + 1) * HW + ta * W, Pt * int64_t(sizeof(T)));
             }
             dw_gate_grad(u1, u2, ua, ub, ta, tb, W, K, w_dw + int64_t(c1) * KK, b_dw[c1], w_dw + int64_t(c2) * KK,
-                         b_dw[c2], gh + (n * hid + c1) * HW + ta * W, d1, d2, zeros.data());
+                         b_dw[c2], gh + (n * hid + c1) * HW + ta * W, d1, d2, zeros.data(),
+                         ustash && c1 + 1 < hid ? &next : nullptr);
             for (int s = 0; s < 2; ++s) {
               const int c = s ? c2 : c1;
               const T* u = s ? u2 : u1;
