@@ -57,7 +57,8 @@ def build_variant(ref: str, namespace: str, verbose: bool = False, extra_cflags:
                      for f in os.listdir(d) if f.endswith(".h"))
     tv = tuple(int(p) for p in torch.__version__.split("+")[0].split(".")[:2])
     flags = ["-O3", "-std=c++20" if tv >= (2, 14) else "-std=c++17", "-fno-math-errno", "-fno-trapping-math",
-             "-ffp-contract=fast", "-fopenmp", "-march=native", "-mprefer-vector-width=512", f"-Deimn_C={namespace}",
+             "-ffp-contract=fast", "-fopenmp", "-march=native", "-mprefer-vector-width=512", "-falign-loops=64",
+             f"-Deimn_C={namespace}",
              "-w", *extra_cflags]
     # the cache key: sources, headers and every flag (the base flags change with setup.py's)
     digest = hashlib.sha1(b"".join(open(s, "rb").read() for s in srcs + headers) +

@@ -15,6 +15,11 @@
 namespace eimn {
 namespace cpu {
 
+// Always inlined: called once per element or vector inside the kernels' loops, where GCC's own choice for the
+// 64-byte forms, an out-of-line call, spills the loop's live vector registers around it, and where a call to the
+// scalar form keeps a `#pragma omp simd` loop from being vectorised.
+#define EIMN_VMATH_INLINE inline __attribute__((always_inline))
+
 // ---- the two primitives that differ between a scalar and a vector register
 inline float floor_f(float x) { return std::floor(x); }
 // 2^n for an integral-valued n in the normal range (exponent bits).
@@ -38,11 +43,11 @@ inline vreg<float> pow2_f(vreg<float> n) {
 
 #if defined(__AVX512F__)
 typedef int32_t xint32 __attribute__((vector_size(64)));
-inline xreg<float> floor_f(xreg<float> x) {  // |x| < 2^31
+EIMN_VMATH_INLINE xreg<float> floor_f(xreg<float> x) {  // |x| < 2^31
   const xreg<float> t = __builtin_convertvector(__builtin_convertvector(x, xint32), xreg<float>);
   return t > x ? t - 1.f : t;
 }
-inline xreg<float> pow2_f(xreg<float> n) {
+EIMN_VMATH_INLINE xreg<float> pow2_f(xreg<float> n) {
   const xint32 bits = (__builtin_convertvector(n, xint32) + 127) << 23;
   xreg<float> s;
   std::memcpy(&s, &bits, sizeof(s));
@@ -51,12 +56,12 @@ inline xreg<float> pow2_f(xreg<float> n) {
 #endif
 
 // ---- float algorithms, V = float or vreg<float> (V{} + c broadcasts a constant in both)
-template <typename V> inline V clamp_f(V x, float lo, float hi) {
+template <typename V> EIMN_VMATH_INLINE V clamp_f(V x, float lo, float hi) {
   const V l = V{} + lo, h = V{} + hi;
   return x < l ? l : (x > h ? h : x);
 }
 
-template <typename V> inline V erf_fast(V x) {
+template <typename V> EIMN_VMATH_INLINE V erf_fast(V x) {
   x = clamp_f(x, -4.f, 4.f);
   const V x2 = x * x;
   V p = V{} - 2.72614225801306e-10f;
@@ -74,7 +79,7 @@ template <typename V> inline V erf_fast(V x) {
   return x * p / q;
 }
 
-template <typename V> inline V exp_fast(V x) {
+template <typename V> EIMN_VMATH_INLINE V exp_fast(V x) {
   x = clamp_f(x, -87.3f, 88.3f);
   const V fx = floor_f(x * 1.44269504088896341f + 0.5f);
   x = x - fx * 0.693359375f;
@@ -90,11 +95,11 @@ template <typename V> inline V exp_fast(V x) {
   return y * pow2_f(fx);
 }
 
-template <typename V> inline V gelu_fast(V x) { return 0.5f * x * (1.f + erf_fast(x * float(kInvSqrt2))); }
-template <typename V> inline V gelu_grad_fast(V x) {
+template <typename V> EIMN_VMATH_INLINE V gelu_fast(V x) { return 0.5f * x * (1.f + erf_fast(x * float(kInvSqrt2))); }
+template <typename V> EIMN_VMATH_INLINE V gelu_grad_fast(V x) {
   return 0.5f * (1.f + erf_fast(x * float(kInvSqrt2))) + x * float(kInvSqrt2Pi) * exp_fast(-0.5f * x * x);
 }
-template <typename V> inline V sigmoid_fast(V x) { return 1.f / (1.f + exp_fast(-x)); }
+template <typename V> EIMN_VMATH_INLINE V sigmoid_fast(V x) { return 1.f / (1.f + exp_fast(-x)); }
 
 // ---- the entry points: v_gelu, v_gelu_grad, v_sigmoid for T, vreg<T> (T = float: fast; double: exact)
 inline float v_gelu(float x) { return gelu_fast(x); }
@@ -107,9 +112,9 @@ inline vreg<float> v_sigmoid(vreg<float> x) { return sigmoid_fast(x); }
 #if defined(__AVX512F__)
 // The 64-byte registers xreg<T> of AVX-512 (the depthwise and elementwise loops of the SADFFM kernels): the same
 // expressions lane by lane, so every lane has the bits of the scalar and 32-byte forms.
-inline xreg<float> v_gelu(xreg<float> x) { return gelu_fast(x); }
-inline xreg<float> v_gelu_grad(xreg<float> x) { return gelu_grad_fast(x); }
-inline xreg<float> v_sigmoid(xreg<float> x) { return sigmoid_fast(x); }
+EIMN_VMATH_INLINE xreg<float> v_gelu(xreg<float> x) { return gelu_fast(x); }
+EIMN_VMATH_INLINE xreg<float> v_gelu_grad(xreg<float> x) { return gelu_grad_fast(x); }
+EIMN_VMATH_INLINE xreg<float> v_sigmoid(xreg<float> x) { return sigmoid_fast(x); }
 #endif
 inline double v_gelu(double x) { return gelu(x); }
 inline double v_gelu_grad(double x) { return gelu_grad(x); }
