@@ -113,6 +113,14 @@ template <typename T> inline void pack_b(int64_t K, int64_t P, const T* B, int64
 // by pack_a) and a[i * ld + k] otherwise (row-major): one stride is known at compile time in both cases.
 // With kb > 0, A is stored in blocks of kb columns, abs elements apart (block j holds columns [j*kb, (j+1)*kb)
 // in the layout above): how the packed panels of pack_b read as a row-major A (kb = NR, ld = NR) without a copy.
+// Calls run(k0, k1, ak) on A's columns [0, K): at once (kb <= 0), or per block of kb columns, block j at a + j * abs
+// (ak: A's column k0).
+template <typename T, typename Run>
+__attribute__((always_inline)) inline void for_a_blocks(int64_t K, const T* a, int64_t kb, int64_t abs, Run&& run) {
+  if (kb <= 0) return run(0, K, a);
+  for (int64_t k0 = 0, j = 0; k0 < K; k0 += kb, ++j) run(k0, k0 + kb < K ? k0 + kb : K, a + j * abs);
+}
+
 #if defined(__AVX512F__)
 // Rows per micro-kernel call: kMR accumulators of one 64-byte register each per panel; the two-panel kernel
 // (mk_rows2) holds 2 * kMR of AVX-512's 32 registers, plus the two panel rows.
@@ -132,6 +140,16 @@ inline void split_halves(xreg<double> w, vreg<double>& lo, vreg<double>& hi) {
   lo = __builtin_shufflevector(w, w, 0, 1, 2, 3);
   hi = __builtin_shufflevector(w, w, 4, 5, 6, 7);
 }
+// Hands the MR accumulator rows c[i] to st(i, lo, hi) as their two 32-byte halves.
+template <typename T, int MR, typename St>
+__attribute__((always_inline)) inline void store_halves(const xreg<T>* c, St& st) {
+#pragma GCC unroll 16
+  for (int i = 0; i < MR; ++i) {
+    vreg<T> lo, hi;
+    split_halves(c[i], lo, hi);
+    st(i, lo, hi);
+  }
+}
 template <typename T, int MR, bool KMajor, typename St>
 inline void mk_rows(int64_t K, const T* a, int64_t ld, const T* bp, St&& st, int64_t kb = 0, int64_t abs = 0,
                     const T* pf = nullptr) {
@@ -149,17 +167,8 @@ inline void mk_rows(int64_t K, const T* a, int64_t ld, const T* bp, St&& st, int
       for (int i = 0; i < MR; ++i) c[i] += (KMajor ? ak[kk * ld + i] : ak[i * ld + kk]) * b;
     }
   };
-  if (kb <= 0) {
-    run(0, K, a);
-  } else {
-    for (int64_t k0 = 0, j = 0; k0 < K; k0 += kb, ++j) run(k0, k0 + kb < K ? k0 + kb : K, a + j * abs);
-  }
-#pragma GCC unroll 16
-  for (int i = 0; i < MR; ++i) {
-    vreg<T> lo, hi;
-    split_halves(c[i], lo, hi);
-    st(i, lo, hi);
-  }
+  for_a_blocks(K, a, kb, abs, run);
+  store_halves<T, MR>(c, st);
 }
 // mk_rows on two panels at once (bp0, bp1: K x NR each; st0 / st1 get their rows): every A element loaded feeds
 // two FMAs, so the loads (one broadcast per row and k, one panel row per panel and k) stay below the FMA rate,
@@ -189,23 +198,9 @@ inline void mk_rows2(int64_t K, const T* a, int64_t ld, const T* bp0, const T* b
       }
     }
   };
-  if (kb <= 0) {
-    run(0, K, a);
-  } else {
-    for (int64_t k0 = 0, j = 0; k0 < K; k0 += kb, ++j) run(k0, k0 + kb < K ? k0 + kb : K, a + j * abs);
-  }
-#pragma GCC unroll 16
-  for (int i = 0; i < MR; ++i) {
-    vreg<T> lo, hi;
-    split_halves(c[i], lo, hi);
-    st0(i, lo, hi);
-  }
-#pragma GCC unroll 16
-  for (int i = 0; i < MR; ++i) {
-    vreg<T> lo, hi;
-    split_halves(d[i], lo, hi);
-    st1(i, lo, hi);
-  }
+  for_a_blocks(K, a, kb, abs, run);
+  store_halves<T, MR>(c, st0);
+  store_halves<T, MR>(d, st1);
 }
 #define EIMN_GEMM_TWO_PANELS 1
 #else
@@ -232,11 +227,7 @@ inline void mk_rows(int64_t K, const T* a, int64_t ld, const T* bp, St&& st, int
       }
     }
   };
-  if (kb <= 0) {
-    run(0, K, a);
-  } else {
-    for (int64_t k0 = 0, j = 0; k0 < K; k0 += kb, ++j) run(k0, k0 + kb < K ? k0 + kb : K, a + j * abs);
-  }
+  for_a_blocks(K, a, kb, abs, run);
 #pragma GCC unroll 8
   for (int i = 0; i < MR; ++i) st(i, c0[i], c1[i]);
 }

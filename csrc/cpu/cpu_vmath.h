@@ -29,30 +29,25 @@ inline float pow2_f(float n) {
   std::memcpy(&s, &bits, sizeof(float));
   return s;
 }
-typedef int32_t vint32 __attribute__((vector_size(32)));
-inline vreg<float> floor_f(vreg<float> x) {  // |x| < 2^31
-  const vreg<float> t = __builtin_convertvector(__builtin_convertvector(x, vint32), vreg<float>);
+// The same two for a float vector V with its int32 vector VI (32- or 64-byte registers).
+template <typename V, typename VI> EIMN_VMATH_INLINE V floor_vf(V x) {  // |x| < 2^31
+  const V t = __builtin_convertvector(__builtin_convertvector(x, VI), V);
   return t > x ? t - 1.f : t;
 }
-inline vreg<float> pow2_f(vreg<float> n) {
-  const vint32 bits = (__builtin_convertvector(n, vint32) + 127) << 23;
-  vreg<float> s;
+template <typename V, typename VI> EIMN_VMATH_INLINE V pow2_vf(V n) {
+  const VI bits = (__builtin_convertvector(n, VI) + 127) << 23;
+  V s;
   std::memcpy(&s, &bits, sizeof(s));
   return s;
 }
+typedef int32_t vint32 __attribute__((vector_size(32)));
+inline vreg<float> floor_f(vreg<float> x) { return floor_vf<vreg<float>, vint32>(x); }
+inline vreg<float> pow2_f(vreg<float> n) { return pow2_vf<vreg<float>, vint32>(n); }
 
 #if defined(__AVX512F__)
 typedef int32_t xint32 __attribute__((vector_size(64)));
-EIMN_VMATH_INLINE xreg<float> floor_f(xreg<float> x) {  // |x| < 2^31
-  const xreg<float> t = __builtin_convertvector(__builtin_convertvector(x, xint32), xreg<float>);
-  return t > x ? t - 1.f : t;
-}
-EIMN_VMATH_INLINE xreg<float> pow2_f(xreg<float> n) {
-  const xint32 bits = (__builtin_convertvector(n, xint32) + 127) << 23;
-  xreg<float> s;
-  std::memcpy(&s, &bits, sizeof(s));
-  return s;
-}
+EIMN_VMATH_INLINE xreg<float> floor_f(xreg<float> x) { return floor_vf<xreg<float>, xint32>(x); }
+EIMN_VMATH_INLINE xreg<float> pow2_f(xreg<float> n) { return pow2_vf<xreg<float>, xint32>(n); }
 #endif
 
 // ---- float algorithms, V = float or vreg<float> (V{} + c broadcasts a constant in both)

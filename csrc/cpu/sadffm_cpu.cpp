@@ -83,16 +83,6 @@ template <typename T> inline void stream_dstore(T* d, dvec<T> v) {
 #endif
 }
 
-// Non-temporal store of one vector to a 32-byte aligned address (a plain store without AVX).
-template <typename T> inline void stream_store(T* d, vreg<T> v) {
-#if defined(__AVX__)
-  if constexpr (sizeof(T) == 4) _mm256_stream_ps(reinterpret_cast<float*>(d), reinterpret_cast<__m256>(v));
-  else _mm256_stream_pd(reinterpret_cast<double*>(d), reinterpret_cast<__m256d>(v));
-#else
-  vstore(d, v);
-#endif
-}
-
 // Copies pixels [0, n) of channel c (contiguous in src) into packed GEMM panels dst[blk][ch][NR] (blk = pixel /
 // NR, ldc channels per panel): the layout pack_b produces, written without a second pass, in whole-panel vector
 // moves. Returns the sum of src[0:n] (fixed order: two vector partial sums, their lanes, then the tail), taken
@@ -160,9 +150,9 @@ template <typename T> inline const T* image_tile(const T* h, bool panels, int64_
 template <typename T> inline void copy_streaming(const T* src, int64_t n, T* dst) {
 #if defined(__AVX__)
   int64_t i = 0;
-  while (i < n && (reinterpret_cast<uintptr_t>(dst + i) & 31)) { dst[i] = src[i]; ++i; }
-  constexpr int L = kLanes<T>;
-  for (; i + L <= n; i += L) stream_store(dst + i, vload(src + i));
+  while (i < n && reinterpret_cast<uintptr_t>(dst + i) % sizeof(dvec<T>) != 0) { dst[i] = src[i]; ++i; }
+  constexpr int L = kDLanes<T>;
+  for (; i + L <= n; i += L) stream_dstore(dst + i, dload(src + i));
   for (; i < n; ++i) dst[i] = src[i];
 #else
   std::copy(src, src + n, dst);
