@@ -286,11 +286,13 @@ inline void rows_panel(int64_t mb, int64_t me, int64_t K, const T* A, int64_t ld
 }
 
 // rows_panel on two panels bp0, bp1 (st0 / st1 get their rows; results as two rows_panel calls); pf: the two
-// panels (contiguous) to prefetch while the first micro-kernel call runs, or nullptr.
+// panels (contiguous) to prefetch while the first micro-kernel call runs, or nullptr. AVX-512 only (kTwoPanels):
+// elsewhere only declared, for the GEMMs' pair loops that `if constexpr` leaves out.
 template <typename T, ALay Lay, typename St0, typename St1>
 inline void rows_panel2(int64_t mb, int64_t me, int64_t K, const T* A, int64_t ld, const T* bp0, const T* bp1,
-                        St0& st0, St1& st1, int64_t kb = 0, int64_t abs = 0, const T* pf = nullptr) {
+                        St0& st0, St1& st1, int64_t kb = 0, int64_t abs = 0, const T* pf = nullptr)
 #if defined(EIMN_GEMM_TWO_PANELS)
+{
   constexpr bool KMajor = Lay != ALay::RowMajor;
   int64_t m = mb;
   auto at = [](auto& st, int64_t m0) { return [&st, m0](int i, vreg<T> c0, vreg<T> c1) { st(m0 + i, c0, c1); }; };
@@ -301,12 +303,10 @@ inline void rows_panel2(int64_t mb, int64_t me, int64_t K, const T* A, int64_t l
   if (m < me)
     mk_rows2_n<T, KMajor>(int(me - m), K, row(m), Lay == ALay::Blocks ? me - m : ld, bp0, bp1, at(st0, m),
                           at(st1, m), kb, abs, pf);
-#else
-  // as the one-panel GEMMs: each panel prefetches the one after it (bp1, then the next pair's first)
-  rows_panel<T, Lay>(mb, me, K, A, ld, bp0, st0, kb, abs, pf ? bp1 : nullptr);
-  rows_panel<T, Lay>(mb, me, K, A, ld, bp1, st1, kb, abs, pf);
-#endif
 }
+#else
+;
+#endif
 
 // Rows [mb, me) of A packed by pack_a (M rows) times one packed panel; st as in rows_panel.
 template <typename T, typename St>
@@ -376,11 +376,13 @@ inline void gemm_packed(int64_t M, int64_t K, int64_t P, const T* A, int64_t ld,
     };
   };
   int64_t p0 = 0, blk = 0;
-  for (; kTwoPanels && p0 + NR < P; p0 += 2 * NR, blk += 2) {  // panel pairs
-    auto st0 = store_at(p0), st1 = store_at(p0 + NR);
-    const T* bp = Bp + blk * K * NR;
-    rows_panel2<T, Lay>(0, M, K, A, ld, bp, bp + K * NR, st0, st1, 0, 0, p0 + 2 * NR < P ? bp + 2 * K * NR : nullptr);
-  }
+  if constexpr (kTwoPanels)
+    for (; p0 + NR < P; p0 += 2 * NR, blk += 2) {  // panel pairs
+      auto st0 = store_at(p0), st1 = store_at(p0 + NR);
+      const T* bp = Bp + blk * K * NR;
+      rows_panel2<T, Lay>(0, M, K, A, ld, bp, bp + K * NR, st0, st1, 0, 0,
+                          p0 + 2 * NR < P ? bp + 2 * K * NR : nullptr);
+    }
   for (; p0 < P; p0 += NR, ++blk) {  // the last panel (every panel without pairs)
     auto st = store_at(p0);
     rows_panel<T, Lay>(0, M, K, A, ld, Bp + blk * K * NR, st, 0, 0, p0 + NR < P ? Bp + (blk + 1) * K * NR : nullptr);
@@ -478,11 +480,12 @@ inline void gemm_nt_impl(int64_t M, int64_t N, int64_t P, const ViewA& view_a, c
         return [=](int64_t i, vreg<T> c0, vreg<T> c1) { store_row<T>(C + (m0 + i) * ldc + pn * NR, c0, c1, nj, true); };
       };
       int64_t pn = 0;
-      for (; kTwoPanels && pn + 1 < npanels; pn += 2) {  // panel pairs
-        auto st0 = store_at(pn), st1 = store_at(pn + 1);
-        rows_panel2<T, ALay::RowMajor>(0, mr, np, av.a, av.ld, bt.data() + pn * PB * NR, bt.data() + (pn + 1) * PB * NR,
-                                       st0, st1, av.kb, av.abs);
-      }
+      if constexpr (kTwoPanels)
+        for (; pn + 1 < npanels; pn += 2) {  // panel pairs
+          auto st0 = store_at(pn), st1 = store_at(pn + 1);
+          rows_panel2<T, ALay::RowMajor>(0, mr, np, av.a, av.ld, bt.data() + pn * PB * NR,
+                                         bt.data() + (pn + 1) * PB * NR, st0, st1, av.kb, av.abs);
+        }
       for (; pn < npanels; ++pn) {  // the last panel (every panel without pairs)
         auto st = store_at(pn);
         rows_panel<T, ALay::RowMajor>(0, mr, np, av.a, av.ld, bt.data() + pn * PB * NR, st, av.kb, av.abs);

@@ -114,18 +114,15 @@ EIMN_VMATH_INLINE xreg<float> v_sigmoid(xreg<float> x) { return sigmoid_fast(x);
 inline double v_gelu(double x) { return gelu(x); }
 inline double v_gelu_grad(double x) { return gelu_grad(x); }
 inline double v_sigmoid(double x) { return sigmoid(x); }
-template <typename F> inline vreg<double> lanes_d(vreg<double> x, F f) {
-  for (int i = 0; i < kLanes<double>; ++i) x[i] = f(x[i]);
+// f on every lane of a vector V of doubles (vreg<double> or, with AVX-512, xreg<double>).
+template <typename V, typename F> inline V lanes_d(V x, F f) {
+  for (int i = 0; i < int(sizeof(V) / sizeof(double)); ++i) x[i] = f(x[i]);
   return x;
 }
 inline vreg<double> v_gelu(vreg<double> x) { return lanes_d(x, [](double v) { return gelu(v); }); }
 inline vreg<double> v_gelu_grad(vreg<double> x) { return lanes_d(x, [](double v) { return gelu_grad(v); }); }
 inline vreg<double> v_sigmoid(vreg<double> x) { return lanes_d(x, [](double v) { return sigmoid(v); }); }
 #if defined(__AVX512F__)
-template <typename F> inline xreg<double> lanes_d(xreg<double> x, F f) {
-  for (int i = 0; i < 8; ++i) x[i] = f(x[i]);
-  return x;
-}
 inline xreg<double> v_gelu(xreg<double> x) { return lanes_d(x, [](double v) { return gelu(v); }); }
 inline xreg<double> v_gelu_grad(xreg<double> x) { return lanes_d(x, [](double v) { return gelu_grad(v); }); }
 inline xreg<double> v_sigmoid(xreg<double> x) { return lanes_d(x, [](double v) { return sigmoid(v); }); }

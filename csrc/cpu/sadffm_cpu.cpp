@@ -112,7 +112,8 @@ template <typename T> inline T scatter_to_panels(const T* src, int64_t n, int c,
 
 // h = GELU(t1) * t2 on pixels [p0, p0 + n) of channel c, written straight into an image's packed panels
 // dst[blk][ldc channels][NR] (p0 need not start a panel; no intermediate row of h). Stream: whole panels with
-// non-temporal stores where dst is 32-byte aligned (the caller ends its parallel region with stream_fence()).
+// non-temporal stores where dst is aligned to the vector size (the caller ends its parallel region with
+// stream_fence()).
 // Each value is the same expression as the plain loops' v_gelu(t1[p]) * t2[p], whole panels in vector registers.
 template <bool Stream, typename T>
 inline void gate_to_panels(const T* t1, const T* t2, int64_t n, int64_t p0, int c, int ldc, T* dst) {
@@ -351,9 +352,9 @@ void dw_plane(const T* plane, int64_t a, int64_t b, int64_t r0, int64_t r1, int6
 template <typename T> struct PanelSumStore {
   T* dst;
   int c, ldc;
-  void row_hook() const {}
   dvec<T> acc{};
   T sacc = 0;
+  void row_hook() const {}
   T* at(int64_t q) const {
     constexpr int NR = panel_width<T>();
     return dst + ((q / NR) * ldc + c) * NR + q % NR;
@@ -426,7 +427,10 @@ struct LinePrefetcher {
       for (int i = 0; i < 3; ++i)
         if (cur < nlines[i]) __builtin_prefetch(base[i] + cur * 64, 0, 2);
   }
-  void finish() { per_step = end, step(); }
+  void finish() {  // whatever is left, at once
+    per_step = end;
+    step();
+  }
 };
 // A dw_plane_k store that advances a LinePrefetcher once per row (pair).
 template <typename St> struct PrefetchingStore : St {
@@ -713,14 +717,15 @@ void gated_dwconv_bwd_kernel(const T* gh, const T* x, const T* w_in, const T* b_
             T* d2 = dt.data() + maxPt;
             // the next pair's rows of U and grad_h into L2 while this pair's depthwise convs run
             LinePrefetcher next;
-            if (ustash && c1 + 1 < hid) {
+            const bool prefetch_next = ustash && c1 + 1 < hid;
+            if (prefetch_next) {
               next.add(ustash + (n * C2 + c1 + 1) * HW + ua * W, Pu * int64_t(sizeof(T)));
               next.add(ustash + (n * C2 + c2 + 1) * HW + ua * W, Pu * int64_t(sizeof(T)));
               next.add(gh + (n * hid + c1 + 1) * HW + ta * W, Pt * int64_t(sizeof(T)));
             }
             dw_gate_grad(u1, u2, ua, ub, ta, tb, W, K, w_dw + int64_t(c1) * KK, b_dw[c1], w_dw + int64_t(c2) * KK,
                          b_dw[c2], gh + (n * hid + c1) * HW + ta * W, d1, d2, zeros.data(),
-                         ustash && c1 + 1 < hid ? &next : nullptr);
+                         prefetch_next ? &next : nullptr);
             for (int s = 0; s < 2; ++s) {
               const int c = s ? c2 : c1;
               const T* u = s ? u2 : u1;
