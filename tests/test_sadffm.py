@@ -40,6 +40,14 @@ def dffm_inputs(N, hid, C, H, W, dtype, device, seed=1):
     return [t.to(dtype=dtype, device=device) for t in ts]
 
 
+def fixed_cotangent(ref, seed=2):
+    """A seeded normal cotangent like ref. Unseeded, the fp32 comparisons failed about once in 200 draws: the eager
+    fp32 reference's own DFFM b_se gradient (a sum over every pixel) is up to 1.7e-4 off the float64 one, while the
+    fused kernel's stays within 2.5e-5 of it."""
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(ref.shape, generator=g, dtype=ref.dtype).to(ref.device)
+
+
 def rel_err(a, b):
     return ((a - b).abs().max() / b.abs().max().clamp_min(1e-30)).item()
 
@@ -89,7 +97,7 @@ def test_gated_dwconv_fp32_vs_reference(backend, shape):
     out = ek.gated_dwconv(*b, backend=name)
     assert out.shape == ref.shape and out.dtype == torch.float32
     assert rel_err(out, ref) <= 1e-5
-    cot = torch.randn_like(ref)
+    cot = fixed_cotangent(ref)
     for n, gr, go in zip(("x", "w_in", "b_in", "w_dw", "b_dw"), torch.autograd.grad(ref, a, cot),
                          torch.autograd.grad(out, b, cot)):
         assert rel_err(go, gr) <= 1e-4, n
@@ -107,7 +115,7 @@ def test_dffm_out_fp32_vs_reference(backend, shape):
     out = ek.dffm_out(*b, 1e-6, backend=name)
     assert out.shape == ref.shape and out.dtype == torch.float32
     assert rel_err(out, ref) <= 1e-5
-    cot = torch.randn_like(ref)
+    cot = fixed_cotangent(ref)
     names = ("h",) + ek.ops.sadffm._DFFM_W
     for n, gr, go in zip(names, torch.autograd.grad(ref, a, cot), torch.autograd.grad(out, b, cot)):
         assert rel_err(go, gr) <= 1e-4, n
