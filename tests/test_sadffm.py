@@ -352,7 +352,7 @@ LAYER_SHAPES = [(2, 8, 13, 37, 11, 5), (1, 8, 6, 1, 1, 3), (3, 4, 5, 5, 300, 9),
 @pytest.mark.parametrize("single_kernel", [True, False], ids=["single-kernel", "two-kernels"])
 def test_sadffm_layer_no_grad_matches_reference(backend, shape, dtype, single_kernel, monkeypatch):
     """No-grad whole layer vs the reference composition. The cpu backend runs one kernel (no hidden tensor) when
-    h is large (EIMN_SADFFM_FUSED_MIN_BYTES, default 16 MiB; 0 forces it), else its two kernels."""
+    h is large (EIMN_SADFFM_FUSED_MIN_BYTES, default 8 MiB; 0 forces it), else its two kernels."""
     name, dev = backend
     monkeypatch.setenv("EIMN_SADFFM_FUSED_MIN_BYTES", "0" if single_kernel else str(1 << 40))
     N, C, hid, H, W, K = shape

@@ -1032,8 +1032,8 @@ void sadffm_infer_kernel(const T* x, const T* w_in, const T* b_in, const T* w_dw
     const int64_t maxPu = std::min(H, band + 2 * pad) * W;
     Scratch<T> xpack(panel_image_numel<T>(C, maxPu)), acc(2 * size_t(band) * W);  // written before read
     GuardedBuf<T> ubuf(size_t(2 * kGroup) * maxPu), zeros(W);
-    // hpack: 64-byte aligned for the streaming stores; lanes past the band's last pixel are never read into a
-    // stored column (GEMM columns are independent), so it is not cleared.
+    // hpack: lanes past the band's last pixel are never read into a stored column (GEMM columns are independent),
+    // so it is not cleared.
     Scratch<T> hpack(panel_image_numel<T>(hid, band * W));
     std::vector<T> buf(size_t(Co + R + 2) * kPT);
     T *z = buf.data(), *lpre = z + Co * kPT, *mu = lpre + R * kPT, *rs = mu + kPT;
@@ -1054,10 +1054,11 @@ void sadffm_infer_kernel(const T* x, const T* w_in, const T* b_in, const T* w_dw
           T* a2 = acc.data() + Pb;
           dw_plane(u1, ua, ub, r0, r1, W, K, w_dw + int64_t(c) * K * K, b_dw[c], a1, zeros.data());
           dw_plane(u2, ua, ub, r0, r1, W, K, w_dw + int64_t(hid + c) * K * K, b_dw[hid + c], a2, zeros.data());
-          gate_to_panels<true>(a1, a2, Pb, 0, c, hid, hpack.data());
+          // plain stores: hpack (hid x band pixels, ~4 MB at most) is read back at once by the GEMM below; streamed
+          // past the caches it came back from memory (1x64x180x320: 3.5% slower, 4x64x64x64: 4.5%)
+          gate_to_panels<false>(a1, a2, Pb, 0, c, hid, hpack.data());
         }
       }
-      stream_fence();
       T* y = out + n * Co * HW + r0 * W;
       gemm_blk_packed<T>(Co, hid, Pb, w.w_out_k.data(), hpack.data(), y, HW, w.b_out, false);
       for (int64_t s = 0; s * kPT < Pb; ++s)
@@ -1424,7 +1425,7 @@ std::tuple<at::Tensor, at::Tensor> dffm_out_forward_stash(const at::Tensor& h, c
 // EIMN_SADFFM_FUSED_MIN_BYTES overrides it (the tests set 0 to exercise the single kernel on small inputs).
 int64_t infer_min_hidden_bytes() {
   const char* e = std::getenv("EIMN_SADFFM_FUSED_MIN_BYTES");
-  return e && *e ? std::strtoll(e, nullptr, 10) : (int64_t(16) << 20);
+  return e && *e ? std::strtoll(e, nullptr, 10) : (int64_t(8) << 20);
 }
 
 // The layer's two kernels back to back with h in the packed panel layout at hp (N * panel_image_numel(hid, H*W)
@@ -1459,9 +1460,9 @@ at::Tensor sadffm_infer_forward(const at::Tensor& x_, const at::Tensor& w_in_, c
   const int64_t N = x_.size(0), C = x_.size(1), H = x_.size(2), W = x_.size(3), hid = w_in_.size(0) / 2;
   auto ws = check_dffm_weights(hid, x_, {w_out, b_out, ln_w, ln_b, w_gr, b_gr, w_lr, b_lr, w_ce, b_ce, w_se, b_se});
   // Below the threshold the two kernels run back to back, h passed between them in the packed panel layout that
-  // the second one's GEMM reads in place (streaming stores; no strided re-read of h per tile). Measured, 2 threads:
-  // that is 2-5% faster than the single kernel at 4x64x64x64 (h = 11 MB) and ~4% faster at 1x64x180x320 and
-  // 1x64x360x640 (h = 39 and 157 MB), where the single kernel is kept as it never holds h in memory.
+  // the second one's GEMM reads in place (streaming stores; no strided re-read of h per tile). Measured, 2 threads,
+  // the single kernel against the two: 4x64x64x64 (h = 11 MB) 1.03-1.04x, 8x64x64x64 1.03x, 1x64x64x64 1.00x,
+  // 1x64x32x32 0.91x; 1x64x180x320 (h = 39 MB) 0.96x, kept there as it never holds h in memory.
   const bool single = N * hid * H * W * int64_t(x_.element_size()) >= infer_min_hidden_bytes();
   auto x = x_.contiguous(), w_in = w_in_.contiguous(), b_in = b_in_.contiguous(), w_dw = w_dw_.contiguous(),
        b_dw = b_dw_.contiguous();
