@@ -6,6 +6,7 @@ import torch
 
 import eimn_kernels as ek
 from eimn_kernels import reference
+from eimn_kernels.ops.sadffm import _ROW_GUARD as ROW_GUARD
 
 from conftest import shared_path, skip_unless_backend
 
@@ -264,7 +265,7 @@ def test_deterministic_weight_grads(backend):
                                    (2, 5, 4, 11, 16, 3)],
                          ids=lambda s: "x".join(map(str, s)))
 def test_gated_dwconv_stash(backend, shape, dtype):
-    """keep=True: the forward keeps U = W_in x + b_in for the backward (cpu: a 1-d stash with 8 guard zeros at
+    """keep=True: the forward keeps U = W_in x + b_in for the backward (cpu: a 1-d stash with G = 32 guard zeros at
     each end; other backends: an empty one). Same h, and the backward from the stash gives exactly the gradients
     of the backward that recomputes U (empty stash). Several row bands (H = 70), K = 1 / 3 / 5 / 7; W = 16: the
     backward writes dU straight into the GEMM panels (W a multiple of the vector width), else through a row
@@ -277,10 +278,11 @@ def test_gated_dwconv_stash(backend, shape, dtype):
     h1, stash = torch.ops.eimn_kernels.gated_dwconv(x, *gw, True, name)
     assert empty.numel() == 0 and torch.equal(h0, h1)
     if name == "cpu":
-        assert stash.shape == (N * 2 * hid * H * W + 16,)
+        G = ROW_GUARD
+        assert G == 32 and stash.shape == (N * 2 * hid * H * W + 2 * G,)
         u = torch.nn.functional.conv2d(x, gw[0], gw[1])
-        torch.testing.assert_close(stash[8:-8].view(N, 2 * hid, H, W), u)
-        assert not stash[:8].any() and not stash[-8:].any()
+        torch.testing.assert_close(stash[G:-G].view(N, 2 * hid, H, W), u)
+        assert not stash[:G].any() and not stash[-G:].any()
     else:
         assert stash.numel() == 0
     a = torch.ops.eimn_kernels.gated_dwconv_backward(gh, x, *gw, stash, name)

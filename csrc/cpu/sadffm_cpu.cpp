@@ -167,9 +167,11 @@ inline void stream_fence() {
 
 // ----------------------------------------------------------------------------- depthwise plane helper
 // Buffers that dw_plane reads carry kRowGuard readable elements before their first and after their last element:
-// every column of a row is computed in whole vectors, and in the first and last vector of a row the loaded taps
-// that fall outside the row (into the neighbouring row or the guard) are masked to zero in the register.
-constexpr int64_t kRowGuard = 8;
+// every column of a row is computed in whole vectors (the last W % L columns in one more vector, stored lane by
+// lane), and in the first and last vectors of a row the loaded taps that fall outside the row (into the
+// neighbouring row or the guard) are masked to zero in the register. That last vector reads up to L + K/2 - 1
+// elements past its row.
+constexpr int64_t kRowGuard = 32;
 template <typename T> struct GuardedBuf {
   std::vector<T> v;
   explicit GuardedBuf(size_t n) : v(n + 2 * kRowGuard, T(0)) {}
@@ -210,33 +212,23 @@ inline void dw_vec2(const T* const* rp, int64_t w, const dvec<T>* wv, dvec<T> bi
     }
 }
 
-// One output pixel (column w of a row of W columns, input rows rp[0..K)) in scalar code: the columns the vectors
-// leave over. Out of line, with the taps outside the row skipped by the loop bounds, so every caller gets the
-// same bits.
-template <typename T, int K>
-__attribute__((noinline)) T dw_px(const T* const* rp, int64_t w, int64_t W, const T* wk, T bias) {
-  constexpr int pad = K / 2;
-  const int kx0 = int(std::max<int64_t>(0, pad - w)), kx1 = int(std::min<int64_t>(K, W - w + pad));
-  T s = bias;
-  for (int ky = 0; ky < K; ++ky)
-    for (int kx = kx0; kx < kx1; ++kx) s += wk[ky * K + kx] * rp[ky][w + kx - pad];
-  return s;
-}
-
-// Tap masks of the first (mf) and the last (ml) whole vector of a row of W columns, the only vectors whose taps
-// reach past an edge: lane l of m[kx] is set where column (vector start) + l + kx - K/2 lies inside [0, W).
-template <typename T, int K> inline void edge_masks(int64_t W, dmask<T>* mf, dmask<T>* ml) {
+// Tap masks of the vectors of a row of W columns (L lanes) whose taps reach past an edge: the first (mf), the
+// last whole one (ml) and the partial one after it (mt: columns [W - W % L, W) and beyond, there when W % L > 0):
+// lane l of m[kx] is set where column (vector start) + l + kx - K/2 lies inside [0, W).
+template <typename T, int K> inline void edge_masks(int64_t W, dmask<T>* mf, dmask<T>* ml, dmask<T>* mt) {
   using V = dvec<T>;
   constexpr int L = kDLanes<T>, pad = K / 2;
   const int64_t nv = W / L;
   for (int kx = 0; kx < K; ++kx) {
-    V pf{}, pl{};
+    V pf{}, pl{}, pt{};
     for (int l = 0; l < L; ++l) {
       pf[l] = T(l + kx - pad);
       pl[l] = T((nv - 1) * L + l + kx - pad);
+      pt[l] = T(nv * L + l + kx - pad);
     }
     mf[kx] = (pf >= T(0)) & (pf < T(W));
     ml[kx] = (pl >= T(0)) & (pl < T(W));
+    mt[kx] = (pt >= T(0)) & (pt < T(W));
   }
 }
 
@@ -258,26 +250,28 @@ template <typename T> struct RowStore {
 template <typename T, int K, typename St>
 void dw_plane_k(const T* plane, int64_t a, int64_t b, int64_t r0, int64_t r1, int64_t W, const T* wk, T bias,
                 St& st, const T* zeros) {
-  static_assert(K / 2 <= kRowGuard && K / 2 <= kDLanes<T>, "kernel too large for the row guard / edge masks");
+  static_assert(K / 2 + kDLanes<T> <= kRowGuard, "kernel too large for the row guard");
   using V = dvec<T>;
   constexpr int L = kDLanes<T>, pad = K / 2;
   V wv[K * K];
   for (int i = 0; i < K * K; ++i) wv[i] = dsplat(wk[i]);
   const V bv = dsplat(bias);
-  const int64_t nv = W / L;  // whole vectors per row
-  dmask<T> mf[K], ml[K];
-  edge_masks<T, K>(W, mf, ml);
+  const int64_t nv = W / L, w0 = nv * L, rem = W - w0;  // whole vectors per row; the partial one's columns
+  dmask<T> mf[K], ml[K], mt[K];
+  edge_masks<T, K>(W, mf, ml, mt);
   const T* rp[K + 1];
   auto row = [&](int64_t rr) { return (rr < a || rr >= b) ? zeros : plane + (rr - a) * W; };
   int64_t r = r0;
-  for (; nv > 0 && r + 1 < r1; r += 2) {  // pairs of rows, whole vectors
+  for (; r + 1 < r1; r += 2) {  // pairs of rows
     st.row_hook();
     for (int j = 0; j <= K; ++j) rp[j] = row(r + j - pad);
     const int64_t q = (r - r0) * W;
     V s0, s1;
-    dw_vec2<T, K, true>(rp, 0, wv, bv, mf, s0, s1);
-    st.vec(q, s0);
-    st.vec(q + W, s1);
+    if (nv > 0) {
+      dw_vec2<T, K, true>(rp, 0, wv, bv, mf, s0, s1);
+      st.vec(q, s0);
+      st.vec(q + W, s1);
+    }
     for (int64_t v = 1; v + 1 < nv; ++v) {
       dw_vec2<T, K, false>(rp, v * L, wv, bv, nullptr, s0, s1);
       st.vec(q + v * L, s0);
@@ -288,21 +282,25 @@ void dw_plane_k(const T* plane, int64_t a, int64_t b, int64_t r0, int64_t r1, in
       st.vec(q + (nv - 1) * L, s0);
       st.vec(q + W + (nv - 1) * L, s1);
     }
-    for (int64_t w = nv * L; w < W; ++w) {  // the last W % L columns
-      st.px(q + w, dw_px<T, K>(rp, w, W, wk, bias));
-      st.px(q + W + w, dw_px<T, K>(rp + 1, w, W, wk, bias));
+    if (rem > 0) {  // the last W % L columns: one more vector, stored lane by lane
+      dw_vec2<T, K, true>(rp, w0, wv, bv, mt, s0, s1);
+      for (int64_t l = 0; l < rem; ++l) {
+        st.px(q + w0 + l, s0[l]);
+        st.px(q + W + w0 + l, s1[l]);
+      }
     }
   }
   for (; r < r1; ++r) {
     st.row_hook();
     for (int ky = 0; ky < K; ++ky) rp[ky] = row(r + ky - pad);
     const int64_t q = (r - r0) * W;
-    if (nv > 0) {
-      st.vec(q, dw_vec<T, K, true>(rp, 0, wv, bv, mf));
-      for (int64_t v = 1; v + 1 < nv; ++v) st.vec(q + v * L, dw_vec<T, K, false>(rp, v * L, wv, bv, nullptr));
-      if (nv > 1) st.vec(q + (nv - 1) * L, dw_vec<T, K, true>(rp, (nv - 1) * L, wv, bv, ml));
+    if (nv > 0) st.vec(q, dw_vec<T, K, true>(rp, 0, wv, bv, mf));
+    for (int64_t v = 1; v + 1 < nv; ++v) st.vec(q + v * L, dw_vec<T, K, false>(rp, v * L, wv, bv, nullptr));
+    if (nv > 1) st.vec(q + (nv - 1) * L, dw_vec<T, K, true>(rp, (nv - 1) * L, wv, bv, ml));
+    if (rem > 0) {
+      const V s = dw_vec<T, K, true>(rp, w0, wv, bv, mt);
+      for (int64_t l = 0; l < rem; ++l) st.px(q + w0 + l, s[l]);
     }
-    for (int64_t w = nv * L; w < W; ++w) st.px(q + w, dw_px<T, K>(rp, w, W, wk, bias));  // the last W % L columns
   }
 }
 
@@ -564,15 +562,22 @@ void dw_wgrad_k(const T* d, const T* plane, int64_t a, int64_t b, int64_t r0, in
                 const T* zeros, T* gw, T* gb) {
   using V = dvec<T>;
   constexpr int L = kDLanes<T>, pad = K / 2;
-  const int64_t nv = W / L;
-  dmask<T> mf[K], ml[K];
-  edge_masks<T, K>(W, mf, ml);
+  const int64_t nv = W / L, w0 = nv * L;
+  dmask<T> mf[K], ml[K], mt[K];
+  edge_masks<T, K>(W, mf, ml, mt);
+  // lanes of the partial last vector inside the row (its d lanes past the row are zeroed: they add nothing)
+  dmask<T> dm;
+  {
+    V pos{};
+    for (int l = 0; l < L; ++l) pos[l] = T(w0 + l);
+    dm = pos < T(W);
+  }
   V acc[K * K], dsum{};
-  T sacc[K * K], ssum = 0;
-  for (int k = 0; k < K * K; ++k) { acc[k] = V{}; sacc[k] = T(0); }
+  for (int k = 0; k < K * K; ++k) acc[k] = V{};
   const T* rp[K];
-  auto step = [&](auto edge, const T* dr, int64_t w, const dmask<T>* m) {
-    const V dv = dload(dr + w);
+  auto step = [&](auto edge, const T* dr, int64_t w, const dmask<T>* m, const dmask<T>* dmask_) {
+    V dv = dload(dr + w);
+    if (dmask_) dv = *dmask_ ? dv : V{};
     dsum += dv;
     for (int ky = 0; ky < K; ++ky)
       for (int kx = 0; kx < K; ++kx) {
@@ -589,26 +594,19 @@ void dw_wgrad_k(const T* d, const T* plane, int64_t a, int64_t b, int64_t r0, in
       const int64_t rr = r + ky - pad;
       rp[ky] = (rr < a || rr >= b) ? zeros : plane + (rr - a) * W;
     }
-    if (nv > 0) step(edge, dr, 0, mf);
-    for (int64_t v = 1; v + 1 < nv; ++v) step(inner, dr, v * L, nullptr);
-    if (nv > 1) step(edge, dr, (nv - 1) * L, ml);
-    for (int64_t w = nv * L; w < W; ++w) {  // the last W % L columns, bounds-checked
-      ssum += dr[w];
-      for (int ky = 0; ky < K; ++ky)
-        for (int kx = 0; kx < K; ++kx) {
-          const int64_t ww = w + kx - pad;
-          if (ww >= 0 && ww < W) sacc[ky * K + kx] += dr[w] * rp[ky][ww];
-        }
-    }
+    if (nv > 0) step(edge, dr, 0, mf, nullptr);
+    for (int64_t v = 1; v + 1 < nv; ++v) step(inner, dr, v * L, nullptr, nullptr);
+    if (nv > 1) step(edge, dr, (nv - 1) * L, ml, nullptr);
+    if (w0 < W) step(edge, dr, w0, mt, &dm);  // the last W % L columns
   }
   for (int k = 0; k < K * K; ++k) {
     T sum = 0;
     for (int l = 0; l < L; ++l) sum += acc[k][l];
-    gw[k] = sum + sacc[k];
+    gw[k] = sum;
   }
   T sum = 0;
   for (int l = 0; l < L; ++l) sum += dsum[l];
-  *gb = sum + ssum;
+  *gb = sum;
 }
 
 // Scratch elements dw_wgrad needs in colacc (only the generic path uses it).

@@ -13,7 +13,7 @@ __all__ = ["gated_dwconv", "dffm_out", "sadffm_layer"]
 
 _T = torch.Tensor
 
-_ROW_GUARD = 8  # zeros before and after U in the cpu stash (kRowGuard of csrc/cpu/sadffm_cpu.cpp)
+_ROW_GUARD = 32  # zeros before and after U in the cpu stash (kRowGuard of csrc/cpu/sadffm_cpu.cpp)
 
 
 def _gated_stash_fake(x: _T, w_in: _T, *rest) -> _T:
