@@ -83,9 +83,10 @@ def test_dffm_out_gradcheck_fp64(backend, shape):
     assert torch.autograd.gradcheck(lambda *a: ek.dffm_out(*a, 1e-6, backend=name), ins, fast_mode=fast)
 
 
-# K = 7 and the generic-K path (9); tall images give several row bands (the CPU backward's work items).
+# K = 7 and the generic-K path (9); tall images give several row bands (the CPU backward's work items: at least
+# 1024 pixels each, so 250 x 10 has three).
 @pytest.mark.parametrize("shape", [(1, 8, 6, 1, 1, 3), (3, 16, 21, 7, 9, 5), (2, 64, 170, 33, 20, 3),
-                                   (1, 4, 7, 41, 10, 7), (2, 3, 5, 19, 12, 9), (2, 8, 6, 5, 8, 7), (1, 4, 5, 6, 16, 1),
+                                   (1, 4, 7, 250, 10, 7), (2, 3, 5, 19, 12, 9), (2, 8, 6, 5, 8, 7), (1, 4, 5, 6, 16, 1),
                                    (1, 64, 170, 12, 64, 3)],
                          ids=lambda s: "x".join(map(str, s)))
 def test_gated_dwconv_fp32_vs_reference(backend, shape):
@@ -261,13 +262,13 @@ def test_deterministic_weight_grads(backend):
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
-@pytest.mark.parametrize("shape", [(3, 8, 6, 17, 13, 3), (1, 6, 4, 70, 9, 5), (2, 3, 2, 1, 1, 1), (1, 4, 3, 9, 300, 7),
-                                   (2, 5, 4, 11, 16, 3)],
+@pytest.mark.parametrize("shape", [(3, 8, 6, 17, 13, 3), (1, 6, 4, 300, 9, 5), (2, 3, 2, 1, 1, 1), (1, 4, 3, 9, 300, 7),
+                                   (2, 5, 4, 140, 16, 3)],
                          ids=lambda s: "x".join(map(str, s)))
 def test_gated_dwconv_stash(backend, shape, dtype):
     """keep=True: the forward keeps U = W_in x + b_in for the backward (cpu: a 1-d stash with G = 32 guard zeros at
     each end; other backends: an empty one). Same h, and the backward from the stash gives exactly the gradients
-    of the backward that recomputes U (empty stash). Several row bands (H = 70), K = 1 / 3 / 5 / 7; W = 16: the
+    of the backward that recomputes U (empty stash). Several row bands (H = 300, 140, 9 x 300), K = 1 / 3 / 5 / 7; W = 16: the
     backward writes dU straight into the GEMM panels (W a multiple of the vector width), else through a row
     buffer."""
     name, dev = backend
@@ -345,7 +346,7 @@ def test_cpu_backward_same_for_1_and_2_threads():
 
 # (N, C, hid, H, W, K): several row bands, H or W = 1, K = 5 and generic 9; 70x100: the forward's second row band
 # starts in the middle of a 16-pixel panel of h's panel layout (6200 % 16 = 8).
-LAYER_SHAPES = [(2, 8, 13, 37, 11, 5), (1, 8, 6, 1, 1, 3), (3, 4, 5, 5, 300, 9), (1, 64, 170, 40, 24, 3),
+LAYER_SHAPES = [(2, 8, 13, 200, 11, 5), (1, 8, 6, 1, 1, 3), (3, 4, 5, 5, 300, 9), (1, 64, 170, 40, 24, 3),
                 (2, 4, 7, 70, 100, 3)]
 
 

@@ -215,17 +215,23 @@ inline void dw_vec2(const T* const* rp, int64_t w, const dvec<T>* wv, dvec<T> bi
 // Tap masks of the vectors of a row of W columns (L lanes) whose taps reach past an edge: the first (mf), the
 // last whole one (ml) and the partial one after it (mt: columns [W - W % L, W) and beyond, there when W % L > 0):
 // lane l of m[kx] is set where column (vector start) + l + kx - K/2 lies inside [0, W).
+// lane_index<T>(): the vector (0, 1, ..., L - 1).
+template <typename T> inline dvec<T> lane_index() {
+  static const dvec<T> idx = [] {
+    dvec<T> v{};
+    for (int l = 0; l < kDLanes<T>; ++l) v[l] = T(l);
+    return v;
+  }();
+  return idx;
+}
+
 template <typename T, int K> inline void edge_masks(int64_t W, dmask<T>* mf, dmask<T>* ml, dmask<T>* mt) {
   using V = dvec<T>;
   constexpr int L = kDLanes<T>, pad = K / 2;
   const int64_t nv = W / L;
-  for (int kx = 0; kx < K; ++kx) {
-    V pf{}, pl{}, pt{};
-    for (int l = 0; l < L; ++l) {
-      pf[l] = T(l + kx - pad);
-      pl[l] = T((nv - 1) * L + l + kx - pad);
-      pt[l] = T(nv * L + l + kx - pad);
-    }
+  const V idx = lane_index<T>();
+  for (int kx = 0; kx < K; ++kx) {  // whole-vector ops (lane-by-lane inserts were a visible per-call cost)
+    const V pf = idx + T(kx - pad), pl = idx + T((nv - 1) * L + kx - pad), pt = idx + T(nv * L + kx - pad);
     mf[kx] = (pf >= T(0)) & (pf < T(W));
     ml[kx] = (pl >= T(0)) & (pl < T(W));
     mt[kx] = (pt >= T(0)) & (pt < T(W));
@@ -461,6 +467,19 @@ void dw_gate_grad(const T* u1, const T* u2, int64_t a, int64_t b, int64_t r0, in
   pf->finish();
 }
 
+// Rows per band of the banded kernels (work items: image x band): about target_px pixels, fewer where that makes
+// at least 8 items in all, but not below min_px pixels where the image has them (1-row bands of a small image
+// recomputed their halo rows several times over and paid a work item's fixed cost per row: 1x64x8x8 backward
+// 1.0 ms). Depends only on the shapes, so the reduction order, and thus the result, does not depend on the number
+// of threads.
+inline int64_t band_rows(int64_t N, int64_t H, int64_t W, int64_t target_px, int64_t min_px = 1024) {
+  const int64_t min_bands = (8 + N - 1) / N;
+  int64_t band = std::max<int64_t>(1, target_px / W);
+  band = std::min(band, (H + min_bands - 1) / min_bands);
+  band = std::max(band, (min_px + W - 1) / W);
+  return std::max<int64_t>(1, std::min(band, H));
+}
+
 // ------------------------------------------------------------------------------ gated_dwconv forward
 constexpr int kGroup = 6;  // channel pairs per tile (2*kGroup rows = two 6-row GEMM micro-tiles)
 
@@ -566,12 +585,7 @@ void dw_wgrad_k(const T* d, const T* plane, int64_t a, int64_t b, int64_t r0, in
   dmask<T> mf[K], ml[K], mt[K];
   edge_masks<T, K>(W, mf, ml, mt);
   // lanes of the partial last vector inside the row (its d lanes past the row are zeroed: they add nothing)
-  dmask<T> dm;
-  {
-    V pos{};
-    for (int l = 0; l < L; ++l) pos[l] = T(w0 + l);
-    dm = pos < T(W);
-  }
+  const dmask<T> dm = lane_index<T>() + T(w0) < T(W);
   V acc[K * K], dsum{};
   for (int k = 0; k < K * K; ++k) acc[k] = V{};
   const T* rp[K];
@@ -667,11 +681,7 @@ void gated_dwconv_bwd_kernel(const T* gh, const T* x, const T* w_in, const T* b_
                              int64_t W, int K, const T* ustash) {
   const int C2 = 2 * hid, KK = K * K, pad = K / 2;
   const int64_t HW = H * W;
-  // Band height: about 4096 pixels, and at least 8 items in all where the images allow (thread-count independent,
-  // so the reduction order, and thus the result, does not depend on the number of threads).
-  const int64_t min_bands = (8 + N - 1) / N;
-  int64_t band = std::max<int64_t>(1, 4096 / W);
-  band = std::max<int64_t>(1, std::min(band, (H + min_bands - 1) / min_bands));
+  const int64_t band = band_rows(N, H, W, 4096);
   const int64_t nbands = (H + band - 1) / band, items = N * nbands;
   const int ngroups = (hid + kGroup - 1) / kGroup;
   const PairGroupWeights<T> pw(w_in, b_in, C, hid);
@@ -1015,11 +1025,8 @@ void sadffm_infer_kernel(const T* x, const T* w_in, const T* b_in, const T* w_dw
                          T* out, int64_t N, int C, int64_t H, int64_t W, int K) {
   const int hid = w.hid, pad = K / 2, Co = w.C, R = w.R;
   const int64_t HW = H * W;
-  // Bands of ~6144 pixels (1x1 recompute on the K/2-row halos stays ~10%) and at least 8 items in all where the
-  // images allow; independent of the thread count, so the result is too.
-  const int64_t min_bands = (8 + N - 1) / N;
-  int64_t band = std::max<int64_t>(1, 6144 / W);
-  band = std::max<int64_t>(1, std::min(band, (H + min_bands - 1) / min_bands));
+  // Bands of ~6144 pixels: the 1x1 recompute on the K/2-row halos stays ~10%.
+  const int64_t band = band_rows(N, H, W, 6144);
   const int64_t nbands = (H + band - 1) / band, items = N * nbands;
   const int64_t tpb = (band * W + kPT - 1) / kPT;  // LayerNorm-sum slots per band (the last band may use fewer)
   const int ngroups = (hid + kGroup - 1) / kGroup;
