@@ -574,8 +574,9 @@ void gated_dwconv_fwd_kernel(const T* x, const T* w_in, const T* b_in, const T* 
 // Depthwise weight and bias gradient of rows [r0, r1): gw[ky*K+kx] = sum_{r0<=r<r1, w<W} d[r-r0, w] *
 // plane[r+ky-pad, w+kx-pad] and gb = sum d, where plane holds the image rows [a, b) (row stride W; guarded as for
 // dw_plane) and every pixel outside the image is zero; zeros: a guarded row of W zeros. Read in place: the taps
-// of the first and last whole vector of a row that fall outside it are masked to zero in the register. Register
-// accumulators per tap (vectors over w, scalar tail) for K = 3, 5, 7, per-tap loops otherwise; fixed order.
+// of a row's first, last whole and partial vectors that fall outside it are masked to zero in the register.
+// Register accumulators per tap (vectors over w, the last W % L columns in one masked vector) for K = 1, 3, 5, 7,
+// per-tap loops otherwise; fixed order.
 template <typename T, int K>
 void dw_wgrad_k(const T* d, const T* plane, int64_t a, int64_t b, int64_t r0, int64_t r1, int64_t W,
                 const T* zeros, T* gw, T* gb) {
@@ -589,9 +590,9 @@ void dw_wgrad_k(const T* d, const T* plane, int64_t a, int64_t b, int64_t r0, in
   V acc[K * K], dsum{};
   for (int k = 0; k < K * K; ++k) acc[k] = V{};
   const T* rp[K];
-  auto step = [&](auto edge, const T* dr, int64_t w, const dmask<T>* m, const dmask<T>* dmask_) {
+  auto step = [&](auto edge, const T* dr, int64_t w, const dmask<T>* m, const dmask<T>* d_lanes) {
     V dv = dload(dr + w);
-    if (dmask_) dv = *dmask_ ? dv : V{};
+    if (d_lanes) dv = *d_lanes ? dv : V{};
     dsum += dv;
     for (int ky = 0; ky < K; ++ky)
       for (int kx = 0; kx < K; ++kx) {
