@@ -262,14 +262,14 @@ def test_deterministic_weight_grads(backend):
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
-@pytest.mark.parametrize("shape", [(3, 8, 6, 17, 13, 3), (1, 6, 4, 300, 9, 5), (2, 3, 2, 1, 1, 1), (1, 4, 3, 9, 300, 7),
-                                   (2, 5, 4, 140, 16, 3)],
+@pytest.mark.parametrize("shape", [(3, 8, 6, 17, 13, 3), (1, 6, 4, 300, 9, 5), (2, 3, 2, 1, 1, 1),
+                                   (1, 4, 3, 9, 300, 7), (2, 5, 4, 140, 16, 3)],
                          ids=lambda s: "x".join(map(str, s)))
 def test_gated_dwconv_stash(backend, shape, dtype):
     """keep=True: the forward keeps U = W_in x + b_in for the backward (cpu: a 1-d stash with G = 32 guard zeros at
     each end; other backends: an empty one). Same h, and the backward from the stash gives exactly the gradients
-    of the backward that recomputes U (empty stash). Several row bands (H = 300, 140, 9 x 300), K = 1 / 3 / 5 / 7; W = 16: the
-    backward writes dU straight into the GEMM panels (W a multiple of the vector width), else through a row
+    of the backward that recomputes U (empty stash). Several row bands (H = 300, 140, 9 x 300), K = 1 / 3 / 5 / 7;
+    W = 16: the backward writes dU straight into the GEMM panels (W a multiple of the vector width), else through a row
     buffer."""
     name, dev = backend
     N, C, hid, H, W, K = shape

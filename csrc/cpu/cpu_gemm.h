@@ -121,7 +121,8 @@ template <typename T> inline void pack_b(int64_t K, int64_t P, const T* B, int64
 // With kb > 0, A is stored in blocks of kb columns, abs elements apart (block j holds columns [j*kb, (j+1)*kb)
 // in the layout above): how the packed panels of pack_b read as a row-major A (kb = NR, ld = NR) without a copy.
 // Calls run(k0, k1, ak) on A's columns [0, K): at once (kb <= 0), or per block of kb columns, block j at a + j * abs
-// (ak: A's column k0).
+// (ak: A's column k0). The micro-kernels' run lambdas are always inlined: with the two call sites here GCC kept
+// them out of line, with the accumulators in memory (a load and a store per FMA).
 template <typename T, typename Run>
 __attribute__((always_inline)) inline void for_a_blocks(int64_t K, const T* a, int64_t kb, int64_t abs, Run&& run) {
   if (kb <= 0) return run(0, K, a);
@@ -171,8 +172,7 @@ inline void mk_rows(int64_t K, const T* a, int64_t ld, const T* bp, St&& st, int
   W c[MR];
 #pragma GCC unroll 16
   for (int i = 0; i < MR; ++i) c[i] = W{};
-  // columns [k0, k1); ak: A's column k0. Always inlined: where for_a_blocks has two call sites GCC kept it out
-  // of line, with the accumulators in memory (a load and a store per FMA).
+  // columns [k0, k1); ak: A's column k0 (always inlined: see for_a_blocks)
   auto run = [&](int64_t k0, int64_t k1, const T* ak) __attribute__((always_inline)) {
     for (int64_t k = k0; k < k1; ++k) {
       const W b = xload(bp + k * NR);
@@ -197,8 +197,7 @@ inline void mk_rows2(int64_t K, const T* a, int64_t ld, const T* bp0, const T* b
   W c[MR], d[MR];
 #pragma GCC unroll 16
   for (int i = 0; i < MR; ++i) c[i] = d[i] = W{};
-  // columns [k0, k1); ak: A's column k0. Always inlined: where for_a_blocks has two call sites GCC kept it out
-  // of line, with the accumulators in memory (a load and a store per FMA).
+  // columns [k0, k1); ak: A's column k0 (always inlined: see for_a_blocks)
   auto run = [&](int64_t k0, int64_t k1, const T* ak) __attribute__((always_inline)) {
     for (int64_t k = k0; k < k1; ++k) {
       const W b0 = xload(bp0 + k * NR), b1 = xload(bp1 + k * NR);
@@ -231,8 +230,7 @@ inline void mk_rows(int64_t K, const T* a, int64_t ld, const T* bp, St&& st, int
   V c0[MR], c1[MR];
 #pragma GCC unroll 8
   for (int i = 0; i < MR; ++i) c0[i] = c1[i] = V{};
-  // columns [k0, k1); ak: A's column k0. Always inlined: where for_a_blocks has two call sites GCC kept it out
-  // of line, with the accumulators in memory (a load and a store per FMA).
+  // columns [k0, k1); ak: A's column k0 (always inlined: see for_a_blocks)
   auto run = [&](int64_t k0, int64_t k1, const T* ak) __attribute__((always_inline)) {
     for (int64_t k = k0; k < k1; ++k) {
       const V b0 = vload(bp + k * 2 * L), b1 = vload(bp + k * 2 * L + L);
@@ -390,26 +388,33 @@ inline void load_row(const T* src, int64_t n, vreg<T>& c0, vreg<T>& c1) {
   c1 = vload(tmp + L);
 }
 
-// gemm_packed's epilogue for one full panel (columns dst[0, NR) of each row m, row stride ldc): row m = acc
-// (+ bias[m]) (+ dst, accumulate); as whole 64-byte rows where the compiler targets AVX-512. Both forms add in
-// the same order (same bits) as store_row.
-template <typename T> struct FullPanelStore {
+// gemm_packed's epilogue for one panel (columns dst[0, np) of each row m, row stride ldc): row m = acc (+ bias[m])
+// (+ dst, accumulate).
+template <typename T> struct PanelStore {
   T* dst;
   int64_t ldc;
   const T* bias;
   bool accumulate;
+  int64_t np;
   __attribute__((always_inline)) void operator()(int64_t m, vreg<T> c0, vreg<T> c1) const {
     if (bias) {
       c0 += bias[m];
       c1 += bias[m];
     }
-    store_row<T>(dst + m * ldc, c0, c1, 2 * kLanes<T>, accumulate);
+    store_row<T>(dst + m * ldc, c0, c1, np, accumulate);
   }
+};
+// The same for a full panel (np = NR), taking whole 64-byte rows where the compiler targets AVX-512; both forms add
+// in the same order (same bits). Full panels only: a run-time np test per row of the whole-row form was slower.
+template <typename T> struct FullPanelStore : PanelStore<T> {
+  FullPanelStore(T* dst, int64_t ldc, const T* bias, bool accumulate)
+      : PanelStore<T>{dst, ldc, bias, accumulate, 2 * kLanes<T>} {}
+  using PanelStore<T>::operator();
 #if defined(__AVX512F__)
   __attribute__((always_inline)) void operator()(int64_t m, xreg<T> c) const {
-    T* d = dst + m * ldc;
-    if (bias) c += bias[m];
-    if (accumulate) c += xload(d);
+    T* d = this->dst + m * this->ldc;
+    if (this->bias) c += this->bias[m];
+    if (this->accumulate) c += xload(d);
     *reinterpret_cast<typename xreg_t<T>::utype*>(d) = c;
   }
 #endif
@@ -420,7 +425,7 @@ template <typename T, ALay Lay>
 inline void gemm_packed(int64_t M, int64_t K, int64_t P, const T* A, int64_t ld, const T* Bp, T* C, int64_t ldc,
                         const T* bias, bool accumulate) {
   constexpr int NR = panel_width<T>();
-  auto full_at = [&](int64_t p0) { return FullPanelStore<T>{C + p0, ldc, bias, accumulate}; };
+  auto full_at = [&](int64_t p0) { return FullPanelStore<T>(C + p0, ldc, bias, accumulate); };
   int64_t p0 = 0, blk = 0;
   if constexpr (kTwoPanels)
     for (; p0 + 2 * NR <= P; p0 += 2 * NR, blk += 2) {  // pairs of full panels
@@ -436,13 +441,7 @@ inline void gemm_packed(int64_t M, int64_t K, int64_t P, const T* A, int64_t ld,
       rows_panel<T, Lay>(0, M, K, A, ld, Bp + blk * K * NR, st, 0, 0, pf);
       continue;
     }
-    auto st = [&, np = P - p0](int64_t m, vreg<T> c0, vreg<T> c1) {  // a partial panel: np < NR columns
-      if (bias) {
-        c0 += bias[m];
-        c1 += bias[m];
-      }
-      store_row<T>(C + m * ldc + p0, c0, c1, np, accumulate);
-    };
+    PanelStore<T> st{C + p0, ldc, bias, accumulate, P - p0};  // a partial panel: P - p0 < NR columns
     rows_panel<T, Lay>(0, M, K, A, ld, Bp + blk * K * NR, st, 0, 0, pf);
   }
 }

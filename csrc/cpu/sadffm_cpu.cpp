@@ -212,10 +212,7 @@ inline void dw_vec2(const T* const* rp, int64_t w, const dvec<T>* wv, dvec<T> bi
     }
 }
 
-// Tap masks of the vectors of a row of W columns (L lanes) whose taps reach past an edge: the first (mf), the
-// last whole one (ml) and the partial one after it (mt: columns [W - W % L, W) and beyond, there when W % L > 0):
-// lane l of m[kx] is set where column (vector start) + l + kx - K/2 lies inside [0, W).
-// lane_index<T>(): the vector (0, 1, ..., L - 1).
+// The vector (0, 1, ..., L - 1) of lane indices.
 template <typename T> inline dvec<T> lane_index() {
   static const dvec<T> idx = [] {
     dvec<T> v{};
@@ -225,6 +222,9 @@ template <typename T> inline dvec<T> lane_index() {
   return idx;
 }
 
+// Tap masks of the vectors of a row of W columns (L lanes) whose taps reach past an edge: the first (mf), the
+// last whole one (ml) and the partial one after it (mt: columns [W - W % L, W) and beyond, there when W % L > 0):
+// lane l of m[kx] is set where column (vector start) + l + kx - K/2 lies inside [0, W).
 template <typename T, int K> inline void edge_masks(int64_t W, dmask<T>* mf, dmask<T>* ml, dmask<T>* mt) {
   using V = dvec<T>;
   constexpr int L = kDLanes<T>, pad = K / 2;
@@ -451,7 +451,8 @@ void dw_gate_grad(const T* u1, const T* u2, int64_t a, int64_t b, int64_t r0, in
                   const T* w1, T b1, const T* w2, T b2, const T* gr, T* d1, T* d2, const T* zeros,
                   LinePrefetcher* pf = nullptr) {
   auto run = [&](auto& st1, auto& st) {
-    if (!dw_plane_fixed(K, u1, a, b, r0, r1, W, w1, b1, st1, zeros)) dw_plane(u1, a, b, r0, r1, W, K, w1, b1, d1, zeros);
+    if (!dw_plane_fixed(K, u1, a, b, r0, r1, W, w1, b1, st1, zeros))
+      dw_plane(u1, a, b, r0, r1, W, K, w1, b1, d1, zeros);
     if (dw_plane_fixed(K, u2, a, b, r0, r1, W, w2, b2, st, zeros)) return;
     dw_plane(u2, a, b, r0, r1, W, K, w2, b2, d2, zeros);
     const int64_t n = (r1 - r0) * W;

@@ -168,8 +168,8 @@ def sadffm_layer(x: _T, w_in: _T, b_in: _T, w_dw: _T, b_dw: _T, w_out: _T, b_out
     mode off, or no tensor requires grad) and the backend has a whole-layer kernel (cpu), that kernel runs: for a
     hidden tensor h (N, hid, H, W) of 8 MiB or more (environment variable EIMN_SADFFM_FUSED_MIN_BYTES) h is never
     held in memory (3-4% faster than the two kernels at 4x64x64x64, 4% slower at 1x64x180x320, for the memory);
-    below, the two kernels pass h in the GEMM's packed layout. Otherwise this is exactly the two differentiable ops; every path gives the same values up
-    to rounding.
+    below, the two kernels pass h in the GEMM's packed layout. Otherwise this is exactly the two differentiable ops;
+    every path gives the same values up to rounding.
     """
     ts = (x, w_in, b_in, w_dw, b_dw, w_out, b_out, ln_w, ln_b, w_gr, b_gr, w_lr, b_lr, w_ce, b_ce, w_se, b_se)
     check_image("x", x)
