@@ -14,7 +14,7 @@ if [ ! -x "$NVCC" ]; then echo "check_cuda_compile: nvcc not found at $NVCC (set
 out=$(mktemp -d)
 for f in "${cu[@]}"; do
   echo "nvcc sm_80+sm_90: $f"
-  "$NVCC" -std=c++17 -O3 -Xcompiler -Wall -Icsrc -Icsrc/common \
+  "$NVCC" -std=c++17 -O3 -Xcompiler -Wall -Icsrc \
     -gencode arch=compute_80,code=sm_80 -gencode arch=compute_90,code=sm_90 \
     -c "$f" -o "$out/$(basename "$f").o"
 done
@@ -30,7 +30,7 @@ fi
 for f in csrc/cuda/*.cpp; do
   echo "g++ -fsyntax-only (ATen CUDA wrapper): $f"
   g++ -std=c++20 -fsyntax-only -DEIMN_WITH_CUDA -DUSE_CUDA $TORCH_INC -I"$shim" -I"$PY_INC" -I"$CUDA_HOME/include" \
-    -Icsrc -Icsrc/common "$f"
+    -Icsrc "$f"
 done
 rm -rf "$out"
 echo "check_cuda_compile: OK (${#cu[@]} .cu files)"

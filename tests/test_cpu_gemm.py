@@ -27,7 +27,7 @@ def test_gemm_kernels_bitwise_equal_to_fma_loops(target, tmp_path):
         pytest.skip("the AVX2 micro-kernel is x86-only")
     exe = tmp_path / f"gemm_check_{target}"
     flags = ["-O3", "-std=c++17", "-ffp-contract=fast", *TARGETS[target]]
-    subprocess.run([CXX, *flags, "-I", os.path.join(ROOT, "csrc", "cpu"), "-o", str(exe), SRC], check=True,
+    subprocess.run([CXX, *flags, "-I", os.path.join(ROOT, "csrc"), "-o", str(exe), SRC], check=True,
                    capture_output=True, text=True, timeout=600)
     r = subprocess.run([str(exe)], capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-2000:]

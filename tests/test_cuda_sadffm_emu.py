@@ -1,4 +1,4 @@
-"""CPU emulation of the SADFFM CUDA kernels (csrc/cuda/sadffm_kernels.cu) against eimn_kernels.reference.
+"""CPU emulation of the SADFFM CUDA kernels (csrc/cuda/sadffm_{gated,dffm}_kernels.cu) against eimn_kernels.reference.
 
 No GPU needed: the test copies the .cu with its CUDA-only syntax rewritten (`k<<<g, b, s, st>>>(` ->
 `emu::launch3(k, g, b, s, st)(`, the extern/static __shared__ arrays -> per-block emulated buffers) and compiles it with
@@ -41,7 +41,12 @@ def _transform(src: str) -> str:
 @pytest.fixture(scope="module")
 def emu(tmp_path_factory):
     d = tmp_path_factory.mktemp("sadffm_emu")
-    (d / "sadffm_kernels_emu.inc").write_text(_transform((REPO / "csrc/cuda/sadffm_kernels.cu").read_text()))
+    cuda = REPO / "csrc" / "cuda"
+    # one translation unit: the shared header inlined first, then both kernel files without their include of it
+    parts = [(cuda / "sadffm_common.cuh").read_text()] + [
+        (cuda / f).read_text().replace('#include "cuda/sadffm_common.cuh"', "")
+        for f in ("sadffm_gated_kernels.cu", "sadffm_dffm_kernels.cu")]
+    (d / "sadffm_kernels_emu.inc").write_text(_transform("\n".join(parts)))
     out = d / "sadffm_emu.so"
     emu_dir = REPO / "tests" / "emu"
     flags = ["-O1", "-g"]

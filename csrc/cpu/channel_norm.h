@@ -4,8 +4,7 @@
 #include <cmath>
 #include <cstdint>
 
-namespace eimn {
-namespace cpu {
+namespace eimn::cpu {
 
 // Pixels [0, P) of C channel rows x[c * ld + p]: mu[p] = mean_c x, rstd[p] = 1 / sqrt(mean_c (x - mu)^2 + eps)
 // (two passes: the mean first, then the centred squares; channel order fixed).
@@ -30,5 +29,4 @@ inline void channel_stats(const T* x, int64_t ld, int C, int64_t P, T eps, T* mu
   for (int64_t p = 0; p < P; ++p) rstd[p] = T(1) / std::sqrt(rstd[p] * invC + eps);
 }
 
-}  // namespace cpu
-}  // namespace eimn
+}  // namespace eimn::cpu

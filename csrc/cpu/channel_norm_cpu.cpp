@@ -13,14 +13,12 @@
 #include <algorithm>
 #include <vector>
 
-#include "channel_norm.h"
-#include "cpu_checks.h"
-#include "cpu_pool.h"
-#include "cpu_reduce.h"
+#include "cpu/channel_norm.h"
+#include "cpu/cpu_checks.h"
+#include "cpu/cpu_pool.h"
+#include "cpu/cpu_reduce.h"
 
-namespace eimn {
-namespace channel_norm {
-using namespace ::eimn::cpu;
+namespace eimn::cpu::channel_norm {
 namespace {
 
 constexpr int64_t kTile = 256;  // pixels per tile (C = 64: a 64 KB block of the image)
@@ -184,12 +182,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> channel_layer_norm_backward_stash
   return cln_backward(gy, x, w, b, &stash, eps);
 }
 
-}  // namespace channel_norm
-}  // namespace eimn
+}  // namespace eimn::cpu::channel_norm
 
 TORCH_LIBRARY_IMPL(eimn_C, CPU, m) {
-  m.impl("channel_layer_norm_forward", &eimn::channel_norm::channel_layer_norm_forward);
-  m.impl("channel_layer_norm_forward_stash", &eimn::channel_norm::channel_layer_norm_forward_stash);
-  m.impl("channel_layer_norm_backward", &eimn::channel_norm::channel_layer_norm_backward);
-  m.impl("channel_layer_norm_backward_stash", &eimn::channel_norm::channel_layer_norm_backward_stash);
+  m.impl("channel_layer_norm_forward", &eimn::cpu::channel_norm::channel_layer_norm_forward);
+  m.impl("channel_layer_norm_forward_stash", &eimn::cpu::channel_norm::channel_layer_norm_forward_stash);
+  m.impl("channel_layer_norm_backward", &eimn::cpu::channel_norm::channel_layer_norm_backward);
+  m.impl("channel_layer_norm_backward_stash", &eimn::cpu::channel_norm::channel_layer_norm_backward_stash);
 }

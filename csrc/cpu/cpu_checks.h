@@ -2,8 +2,7 @@
 #pragma once
 #include <ATen/ATen.h>
 
-namespace eimn {
-namespace cpu {
+namespace eimn::cpu {
 
 // An NCHW image of the CPU kernels: 4-d, on the CPU, float32 or float64, no empty dimension.
 inline void check_image(const at::Tensor& t, const char* op, const char* name) {
@@ -23,5 +22,4 @@ inline void check_like(const at::Tensor& t, const char* op, const char* name, co
   TORCH_CHECK(t.sizes() == shape, op, ": ", name, " must have shape ", shape, ", got ", t.sizes());
 }
 
-}  // namespace cpu
-}  // namespace eimn
+}  // namespace eimn::cpu

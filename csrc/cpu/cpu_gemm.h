@@ -24,8 +24,7 @@
 #include <type_traits>
 #include <vector>
 
-namespace eimn {
-namespace cpu {
+namespace eimn::cpu {
 
 // 32-byte SIMD register of T (8 floats / 4 doubles); the unaligned variant for loads and stores.
 template <typename T> struct vreg_t {
@@ -573,5 +572,4 @@ inline void gemm_nt_apacked(int64_t M, int64_t N, int64_t P, const T* Ap, const 
   }, B, ldb, C, ldc);
 }
 
-}  // namespace cpu
-}  // namespace eimn
+}  // namespace eimn::cpu

@@ -17,8 +17,7 @@
 #include <mutex>
 #include <vector>
 
-namespace eimn {
-namespace cpu {
+namespace eimn::cpu {
 
 constexpr size_t kPoolMinBytes = size_t(1) << 20;
 constexpr size_t kPoolAlign = 64;
@@ -141,5 +140,4 @@ template <typename T> class PoolBuf {
   T* p_;
 };
 
-}  // namespace cpu
-}  // namespace eimn
+}  // namespace eimn::cpu

@@ -8,8 +8,7 @@
 
 #include <ATen/Parallel.h>
 
-namespace eimn {
-namespace cpu {
+namespace eimn::cpu {
 
 // out[e] = Out(sum over rows k = 0, 1, ..., rows-1 of Acc(parts[k * stride + e])) for e < n: each element summed
 // from zero in row order, in an Acc accumulator. The rows are read contiguously and the elements split over the
@@ -27,5 +26,4 @@ void sum_rows(const P* parts, int64_t rows, int64_t stride, int64_t n, Out* out)
   });
 }
 
-}  // namespace cpu
-}  // namespace eimn
+}  // namespace eimn::cpu

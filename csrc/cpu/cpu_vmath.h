@@ -9,11 +9,10 @@
 #include <cstdint>
 #include <cstring>
 
-#include "cpu_gemm.h"
-#include "eimn_math.h"
+#include "cpu/cpu_gemm.h"
+#include "common/eimn_math.h"
 
-namespace eimn {
-namespace cpu {
+namespace eimn::cpu {
 
 // Always inlined: called once per element or vector inside the kernels' loops, where GCC's own choice for the
 // 64-byte forms, an out-of-line call, spills the loop's live vector registers around it, and where a call to the
@@ -128,5 +127,4 @@ inline xreg<double> v_gelu_grad(xreg<double> x) { return lanes_d(x, [](double v)
 inline xreg<double> v_sigmoid(xreg<double> x) { return lanes_d(x, [](double v) { return sigmoid(v); }); }
 #endif
 
-}  // namespace cpu
-}  // namespace eimn
+}  // namespace eimn::cpu

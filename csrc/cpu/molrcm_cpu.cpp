@@ -8,12 +8,12 @@
 // * Backwards recompute intermediates (pre-activations, r) from the inputs. Weight/bias gradients are
 //   written per task (tile or plane) and summed over tasks in a fixed order: deterministic.
 // * Image-sized outputs come from the buffer cache of cpu_pool.h (no page faults on every call).
-#include "molrcm_vec.h"
-#include "cpu_gemm.h"
-#include "cpu_checks.h"
-#include "molrcm_dwplane.h"
-#include "cpu_pool.h"
-#include "cpu_reduce.h"
+#include "cpu/molrcm_vec.h"
+#include "cpu/cpu_gemm.h"
+#include "cpu/cpu_checks.h"
+#include "cpu/molrcm_dwplane.h"
+#include "cpu/cpu_pool.h"
+#include "cpu/cpu_reduce.h"
 
 #include <ATen/Parallel.h>
 #include <torch/library.h>
@@ -21,8 +21,7 @@
 #include <algorithm>
 #include <vector>
 
-namespace eimn {
-namespace cpu {
+namespace eimn::cpu::molrcm {
 namespace {
 
 using at::Tensor;
@@ -418,15 +417,15 @@ void dw_mix_fwd_impl(const DwMixGeom& g, const Tensor& q, const Tensor& w0, cons
       T* dst = op + t * HW;
       const T* q0 = g.at_pad(qb.data(), g.P0);
       if (c >= g.c1 && c < g.c1 + g.c2) {  // identity group: y = r
-        dw_plane<T>(q0, g.Wp, g.H, g.W, w0p + c * g.K0 * g.K0, g.K0, g.d0, b0p[c], dst, g.W);
+        dilated_dw_plane<T>(q0, g.Wp, g.H, g.W, w0p + c * g.K0 * g.K0, g.K0, g.d0, b0p[c], dst, g.W);
         continue;
       }
-      dw_plane<T>(q0, g.Wp, g.H, g.W, w0p + c * g.K0 * g.K0, g.K0, g.d0, b0p[c], g.interior(rb.data()), g.Wp);
+      dilated_dw_plane<T>(q0, g.Wp, g.H, g.W, w0p + c * g.K0 * g.K0, g.K0, g.d0, b0p[c], g.interior(rb.data()), g.Wp);
       if (c < g.c1) {
-        dw_plane<T>(g.at_pad(rb.data(), g.P1), g.Wp, g.H, g.W, w1p + c * g.K1 * g.K1, g.K1, g.d1, b1p[c], dst, g.W);
+        dilated_dw_plane<T>(g.at_pad(rb.data(), g.P1), g.Wp, g.H, g.W, w1p + c * g.K1 * g.K1, g.K1, g.d1, b1p[c], dst, g.W);
       } else {
         const int64_t j = c - g.c1 - g.c2;
-        dw_plane<T>(g.at_pad(rb.data(), g.P2), g.Wp, g.H, g.W, w2p + j * g.K2 * g.K2, g.K2, g.d2, b2p[j], dst, g.W);
+        dilated_dw_plane<T>(g.at_pad(rb.data(), g.P2), g.Wp, g.H, g.W, w2p + j * g.K2 * g.K2, g.K2, g.d2, b2p[j], dst, g.W);
       }
     }
   });
@@ -482,18 +481,18 @@ void dw_mix_bwd_impl(const DwMixGeom& g, const Tensor& gy, const Tensor& q, cons
         const int64_t d = first ? g.d1 : g.d2, P = first ? g.P1 : g.P2;
         const T* wk = (first ? w1p : w2p) + j * K * K;
         // r (recomputed) and its second-conv gradients
-        dw_plane<T>(q0, g.Wp, g.H, g.W, w0c, g.K0, g.d0, b0p[c], g.interior(rb.data()), g.Wp);
+        dilated_dw_plane<T>(q0, g.Wp, g.H, g.W, w0c, g.K0, g.d0, b0p[c], g.interior(rb.data()), g.Wp);
         dw_plane_wgrad<T>(g.at_pad(rb.data(), P), g.Wp, g.H, g.W, gyt, g.W, K, d, pp + g.K0 * g.K0 + 1,
                           pp + g.K0 * g.K0 + 1 + Kg * Kg);
         // dr = conv(gy, flipped w)
         copy_plane(gyt, g.H, g.W, g.interior(gb.data()), g.Wp);
         flip_kernel(wk, K, wf.data());
-        dw_plane<T>(g.at_pad(gb.data(), P), g.Wp, g.H, g.W, wf.data(), K, d, T(0), g.interior(db.data()), g.Wp);
+        dilated_dw_plane<T>(g.at_pad(gb.data(), P), g.Wp, g.H, g.W, wf.data(), K, d, T(0), g.interior(db.data()), g.Wp);
       }
       // first conv: dw0, db0, dq
       dw_plane_wgrad<T>(q0, g.Wp, g.H, g.W, g.interior(db.data()), g.Wp, g.K0, g.d0, pp, pp + g.K0 * g.K0);
       flip_kernel(w0c, g.K0, wf.data());
-      dw_plane<T>(g.at_pad(db.data(), g.P0), g.Wp, g.H, g.W, wf.data(), g.K0, g.d0, T(0), dqp + t * HW, g.W);
+      dilated_dw_plane<T>(g.at_pad(db.data(), g.P0), g.Wp, g.H, g.W, wf.data(), g.K0, g.d0, T(0), dqp + t * HW, g.W);
     }
   });
   (void)b1p;
@@ -538,14 +537,13 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> dw_mix_backwa
 }
 
 }  // namespace
-}  // namespace cpu
-}  // namespace eimn
+}  // namespace eimn::cpu::molrcm
 
 TORCH_LIBRARY_IMPL(eimn_C, CPU, m) {
-  m.impl("dw_mix_forward", &eimn::cpu::dw_mix_forward);
-  m.impl("dw_mix_backward", &eimn::cpu::dw_mix_backward);
-  m.impl("proj_qv_forward", &eimn::cpu::proj_qv_forward);
-  m.impl("proj_qv_backward", &eimn::cpu::proj_qv_backward);
-  m.impl("gate_out_forward", &eimn::cpu::gate_out_forward);
-  m.impl("gate_out_backward", &eimn::cpu::gate_out_backward);
+  m.impl("dw_mix_forward", &eimn::cpu::molrcm::dw_mix_forward);
+  m.impl("dw_mix_backward", &eimn::cpu::molrcm::dw_mix_backward);
+  m.impl("proj_qv_forward", &eimn::cpu::molrcm::proj_qv_forward);
+  m.impl("proj_qv_backward", &eimn::cpu::molrcm::proj_qv_backward);
+  m.impl("gate_out_forward", &eimn::cpu::molrcm::gate_out_forward);
+  m.impl("gate_out_backward", &eimn::cpu::molrcm::gate_out_backward);
 }

@@ -4,8 +4,7 @@
 #pragma once
 #include <cstdint>
 
-namespace eimn {
-namespace cpu {
+namespace eimn::cpu::molrcm {
 
 // dw_plane_wgrad's row dot products stay in 32-byte vectors (out of line, so its callers' preference does not
 // apply): with 64-byte ones (-mprefer-vector-width=512, setup.py) the per-row horizontal sums of 49 taps made the
@@ -18,7 +17,7 @@ namespace cpu {
 
 // dst[y][x] (+)= bias + sum_{ky,kx} w[ky*K+kx] * src[(y+ky*d)*lds + x+kx*d]; y < H, x < W.
 template <typename T, int KC>
-inline void dw_plane_k(const T* __restrict src, int64_t lds, int64_t H, int64_t W, const T* __restrict w,
+inline void dilated_dw_plane_k(const T* __restrict src, int64_t lds, int64_t H, int64_t W, const T* __restrict w,
                        int K_rt, int64_t d, T bias, T* __restrict dst, int64_t ldd) {
   const int K = KC > 0 ? KC : K_rt;
   for (int64_t y = 0; y < H; ++y) {
@@ -49,15 +48,15 @@ inline void dw_plane_k(const T* __restrict src, int64_t lds, int64_t H, int64_t 
 }
 
 template <typename T>
-inline void dw_plane(const T* src, int64_t lds, int64_t H, int64_t W, const T* w, int K, int64_t d, T bias,
+inline void dilated_dw_plane(const T* src, int64_t lds, int64_t H, int64_t W, const T* w, int K, int64_t d, T bias,
                      T* dst, int64_t ldd) {
   switch (K) {
-    case 1: return dw_plane_k<T, 1>(src, lds, H, W, w, K, d, bias, dst, ldd);
-    case 3: return dw_plane_k<T, 3>(src, lds, H, W, w, K, d, bias, dst, ldd);
-    case 5: return dw_plane_k<T, 5>(src, lds, H, W, w, K, d, bias, dst, ldd);
-    case 7: return dw_plane_k<T, 7>(src, lds, H, W, w, K, d, bias, dst, ldd);
-    case 9: return dw_plane_k<T, 9>(src, lds, H, W, w, K, d, bias, dst, ldd);
-    default: return dw_plane_k<T, 0>(src, lds, H, W, w, K, d, bias, dst, ldd);
+    case 1: return dilated_dw_plane_k<T, 1>(src, lds, H, W, w, K, d, bias, dst, ldd);
+    case 3: return dilated_dw_plane_k<T, 3>(src, lds, H, W, w, K, d, bias, dst, ldd);
+    case 5: return dilated_dw_plane_k<T, 5>(src, lds, H, W, w, K, d, bias, dst, ldd);
+    case 7: return dilated_dw_plane_k<T, 7>(src, lds, H, W, w, K, d, bias, dst, ldd);
+    case 9: return dilated_dw_plane_k<T, 9>(src, lds, H, W, w, K, d, bias, dst, ldd);
+    default: return dilated_dw_plane_k<T, 0>(src, lds, H, W, w, K, d, bias, dst, ldd);
   }
 }
 
@@ -87,5 +86,4 @@ EIMN_VEC256 void dw_plane_wgrad(const T* src, int64_t lds, int64_t H, int64_t W,
   *gb += bsum;
 }
 
-}  // namespace cpu
-}  // namespace eimn
+}  // namespace eimn::cpu::molrcm

@@ -13,12 +13,11 @@
 #include <ATen/cpu/vec/vec.h>
 #include <cstdint>
 
-#include "cpu_gemm.h"
-#include "cpu_vmath.h"
-#include "eimn_math.h"
+#include "cpu/cpu_gemm.h"
+#include "cpu/cpu_vmath.h"
+#include "common/eimn_math.h"
 
-namespace eimn {
-namespace cpu {
+namespace eimn::cpu::molrcm {
 
 template <typename T> using Vec = at::vec::Vectorized<T>;
 
@@ -48,5 +47,4 @@ template <typename T> inline vreg<T> from_vec(Vec<T> v) {
 template <typename T> inline Vec<T> vgelu_grad(Vec<T> x) { return to_vec<T>(v_gelu_grad(from_vec<T>(x))); }
 template <typename T> inline Vec<T> vsigmoid(Vec<T> x) { return to_vec<T>(v_sigmoid(from_vec<T>(x))); }
 
-}  // namespace cpu
-}  // namespace eimn
+}  // namespace eimn::cpu::molrcm

@@ -3,7 +3,7 @@
 #pragma once
 #include <cstddef>
 
-namespace eimn {
+namespace eimn::cuda {
 
 // Lets `kernel` launch with `bytes` of dynamic shared memory: nothing to do up to 48 KiB, the opt-in attribute
 // above it; cudaErrorInvalidConfiguration when bytes exceeds the device's opt-in limit.
@@ -18,4 +18,4 @@ template <typename Kernel> inline cudaError_t prepare_dynamic_smem(Kernel kernel
   return cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(bytes));
 }
 
-}  // namespace eimn
+}  // namespace eimn::cuda

@@ -23,11 +23,10 @@
 
 #include "cuda/molrcm_kernels.cuh"
 
-namespace eimn {
+namespace eimn::cuda::molrcm {
 namespace {
 
 using at::Tensor;
-using cuda::DType;
 
 DType dtype_of(const Tensor& t, const char* op) {
   switch (t.scalar_type()) {
@@ -82,7 +81,7 @@ cudaStream_t stream_of(const Tensor& t) { return c10::cuda::getCurrentCUDAStream
 
 // ---------------------------------------------- dw_mix -----------------------------------------
 
-cuda::DwMixShape dw_mix_shape(const char* op, const Tensor& q, const Tensor& w0, const Tensor& b0,
+DwMixShape dw_mix_shape(const char* op, const Tensor& q, const Tensor& w0, const Tensor& b0,
                               const Tensor& w1, const Tensor& b1, const Tensor& w2, const Tensor& b2, int64_t c1,
                               int64_t c2, int64_t d0, int64_t d1, int64_t d2) {
   check_image(op, "q", q);
@@ -90,7 +89,7 @@ cuda::DwMixShape dw_mix_shape(const char* op, const Tensor& q, const Tensor& w0,
   TORCH_CHECK(c1 >= 0 && c2 >= 0 && c1 + c2 <= C, op, ": channel split c1=", c1, ", c2=", c2, " does not fit ",
               C, " channels");
   const int64_t c3 = C - c1 - c2;
-  cuda::DwMixShape s;
+  DwMixShape s;
   s.N = q.size(0); s.C = C; s.H = q.size(2); s.W = q.size(3); s.c1 = c1; s.c2 = c2;
   s.K0 = odd_kernel(op, "w0", w0);
   s.K1 = odd_kernel(op, "w1", w1);
@@ -106,8 +105,8 @@ cuda::DwMixShape dw_mix_shape(const char* op, const Tensor& q, const Tensor& w0,
   return s;
 }
 
-cuda::DwMixPlan dw_mix_plan_checked(const char* op, const cuda::DwMixShape& s, const Tensor& q, bool backward) {
-  const cuda::DwMixPlan p = cuda::dw_mix_plan(s, dtype_of(q, op), backward, q.get_device());
+DwMixPlan dw_mix_plan_checked(const char* op, const DwMixShape& s, const Tensor& q, bool backward) {
+  const DwMixPlan p = dw_mix_plan(s, dtype_of(q, op), backward, q.get_device());
   TORCH_CHECK(p.ok, op, ": ", p.why, " (K0=", s.K0, " d0=", s.d0, ", K1=", s.K1, " d1=", s.d1, ", K2=", s.K2,
               " d2=", s.d2, ", dtype ", q.scalar_type(), ")");
   return p;
@@ -118,12 +117,12 @@ Tensor dw_mix_forward_cuda(const Tensor& q, const Tensor& w0, const Tensor& b0, 
                            const Tensor& w2, const Tensor& b2, int64_t c1, int64_t c2, int64_t d0, int64_t d1,
                            int64_t d2) {
   const char* op = "eimn_C::dw_mix_forward (CUDA)";
-  const cuda::DwMixShape s = dw_mix_shape(op, q, w0, b0, w1, b1, w2, b2, c1, c2, d0, d1, d2);
+  const DwMixShape s = dw_mix_shape(op, q, w0, b0, w1, b1, w2, b2, c1, c2, d0, d1, d2);
   c10::cuda::CUDAGuard guard(q.device());
   Tensor y = at::empty_like(q);
   if (q.numel() == 0) return y;
-  const cuda::DwMixPlan p = dw_mix_plan_checked(op, s, q, false);
-  C10_CUDA_CHECK(cuda::dw_mix_forward(s, p, dtype_of(q, op), q.data_ptr(), w0.data_ptr(), b0.data_ptr(),
+  const DwMixPlan p = dw_mix_plan_checked(op, s, q, false);
+  C10_CUDA_CHECK(dw_mix_forward(s, p, dtype_of(q, op), q.data_ptr(), w0.data_ptr(), b0.data_ptr(),
                                       w1.data_ptr(), b1.data_ptr(), w2.data_ptr(), b2.data_ptr(), y.data_ptr(),
                                       stream_of(q)));
   return y;
@@ -134,7 +133,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> dw_mix_backwa
     const Tensor& grad_y, const Tensor& q, const Tensor& w0, const Tensor& b0, const Tensor& w1, const Tensor& b1,
     const Tensor& w2, const Tensor& b2, int64_t c1, int64_t c2, int64_t d0, int64_t d1, int64_t d2) {
   const char* op = "eimn_C::dw_mix_backward (CUDA)";
-  const cuda::DwMixShape s = dw_mix_shape(op, q, w0, b0, w1, b1, w2, b2, c1, c2, d0, d1, d2);
+  const DwMixShape s = dw_mix_shape(op, q, w0, b0, w1, b1, w2, b2, c1, c2, d0, d1, d2);
   check_tensor(op, "grad_y", grad_y, q, q.sizes().vec());
   c10::cuda::CUDAGuard guard(q.device());
   Tensor gq = at::empty_like(q);
@@ -145,13 +144,13 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> dw_mix_backwa
     for (Tensor* t : {&gq, &gw0, &gb0, &gw1, &gb1, &gw2, &gb2}) t->zero_();
     return {gq, gw0, gb0, gw1, gb1, gw2, gb2};
   }
-  const cuda::DwMixPlan p = dw_mix_plan_checked(op, s, q, true);
+  const DwMixPlan p = dw_mix_plan_checked(op, s, q, true);
   const int64_t c3 = s.C - s.c1 - s.c2;
   const auto acc = q.options().dtype(acc_scalar(q));
   Tensor ws0 = at::empty({s.C * p.partials * (s.K0 * s.K0 + 1)}, acc);
   Tensor ws1 = at::empty({s.c1 * p.partials * (s.K1 * s.K1 + 1)}, acc);
   Tensor ws2 = at::empty({c3 * p.partials * (s.K2 * s.K2 + 1)}, acc);
-  C10_CUDA_CHECK(cuda::dw_mix_backward(s, p, dtype_of(q, op), grad_y.data_ptr(), q.data_ptr(), w0.data_ptr(),
+  C10_CUDA_CHECK(dw_mix_backward(s, p, dtype_of(q, op), grad_y.data_ptr(), q.data_ptr(), w0.data_ptr(),
                                        b0.data_ptr(), w1.data_ptr(), w2.data_ptr(), gq.data_ptr(), gw0.data_ptr(),
                                        gb0.data_ptr(), gw1.data_ptr(), gb1.data_ptr(), gw2.data_ptr(),
                                        gb2.data_ptr(), ws0.data_ptr(), ws1.data_ptr(), ws2.data_ptr(),
@@ -231,7 +230,7 @@ std::tuple<Tensor, Tensor> proj_qv_forward_cuda(const Tensor& x, const Tensor& w
   if (N * HW == 0 || Cq + Cv == 0) return {q, v};
   const Tensor Wcat = at::cat({wq, wv}, 0);                               // (Cq+Cv, C, 1, 1)
   const Tensor t = gemm_acc(batch_weight(Wcat, N, false), x.view({N, C, HW}));  // (N, Cq+Cv, HW) acc
-  C10_CUDA_CHECK(cuda::proj_qv_epilogue_forward(dtype_of(x, op), N, Cq, Cv, HW, t.data_ptr(), bq.data_ptr(),
+  C10_CUDA_CHECK(proj_qv_epilogue_forward(dtype_of(x, op), N, Cq, Cv, HW, t.data_ptr(), bq.data_ptr(),
                                                 bv.data_ptr(), q.data_ptr(), v.data_ptr(), stream_of(x)));
   return {q, v};
 }
@@ -254,7 +253,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> proj_qv_backward_cuda(const T
   const Tensor X = x.view({N, C, HW});
   const Tensor tq = gemm_acc(batch_weight(wq, N, false), X);  // (N, Cq, HW) acc, pre-bias
   Tensor G = at::empty({N, Cq + Cv, HW}, x.options());         // [grad of Wq x + bq; grad_v]
-  C10_CUDA_CHECK(cuda::proj_qv_epilogue_backward(dtype_of(x, op), N, Cq, Cv, HW, tq.data_ptr(), bq.data_ptr(),
+  C10_CUDA_CHECK(proj_qv_epilogue_backward(dtype_of(x, op), N, Cq, Cv, HW, tq.data_ptr(), bq.data_ptr(),
                                                  grad_q.data_ptr(), grad_v.data_ptr(), G.data_ptr(), stream_of(x)));
   const Tensor Wcat = at::cat({wq, wv}, 0);
   const Tensor gx = at::bmm(batch_weight(Wcat, N, true), G).view({N, C, H, W});
@@ -279,10 +278,10 @@ Tensor gate_out_forward_cuda(const Tensor& y, const Tensor& v, const Tensor& wf,
   const cudaStream_t st = stream_of(y);
   const Tensor f = gemm_acc(batch_weight(wf, N, false), y.view({N, C, HW}));  // (N, C, HW) acc
   Tensor s = at::empty({N, C, HW}, y.options());
-  C10_CUDA_CHECK(cuda::gate_out_epilogue_gate(dt, N, C, HW, f.data_ptr(), bf.data_ptr(), v.data_ptr(), s.data_ptr(),
+  C10_CUDA_CHECK(gate_out_epilogue_gate(dt, N, C, HW, f.data_ptr(), bf.data_ptr(), v.data_ptr(), s.data_ptr(),
                                               st));
   const Tensor o = gemm_acc(batch_weight(wo, N, false), s);  // (N, Co, HW) acc
-  C10_CUDA_CHECK(cuda::bias_epilogue(dt, N, Co, HW, o.data_ptr(), bo.data_ptr(), out.data_ptr(), st));
+  C10_CUDA_CHECK(bias_epilogue(dt, N, Co, HW, o.data_ptr(), bo.data_ptr(), out.data_ptr(), st));
   return out;
 }
 
@@ -306,7 +305,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> gate_out_backward_cud
   const Tensor f = gemm_acc(batch_weight(wf, N, false), Y);    // (N, C, HW) acc, pre-bias
   const Tensor gs = gemm_acc(batch_weight(wo, N, true), GO);   // (N, C, HW) acc: grad of the gated product
   Tensor s = at::empty({N, C, HW}, y.options()), gv = at::empty_like(v), gf = at::empty({N, C, HW}, y.options());
-  C10_CUDA_CHECK(cuda::gate_out_epilogue_backward(dt, N, C, HW, f.data_ptr(), bf.data_ptr(), v.data_ptr(),
+  C10_CUDA_CHECK(gate_out_epilogue_backward(dt, N, C, HW, f.data_ptr(), bf.data_ptr(), v.data_ptr(),
                                                   gs.data_ptr(), s.data_ptr(), gv.data_ptr(), gf.data_ptr(), st));
   const Tensor gy = at::bmm(batch_weight(wf, N, true), gf).view({N, C, H, W});
   const auto T = y.scalar_type();
@@ -315,13 +314,13 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> gate_out_backward_cud
 }
 
 }  // namespace
-}  // namespace eimn
+}  // namespace eimn::cuda::molrcm
 
 TORCH_LIBRARY_IMPL(eimn_C, CUDA, m) {
-  m.impl("dw_mix_forward", &eimn::dw_mix_forward_cuda);
-  m.impl("dw_mix_backward", &eimn::dw_mix_backward_cuda);
-  m.impl("proj_qv_forward", &eimn::proj_qv_forward_cuda);
-  m.impl("proj_qv_backward", &eimn::proj_qv_backward_cuda);
-  m.impl("gate_out_forward", &eimn::gate_out_forward_cuda);
-  m.impl("gate_out_backward", &eimn::gate_out_backward_cuda);
+  m.impl("dw_mix_forward", &eimn::cuda::molrcm::dw_mix_forward_cuda);
+  m.impl("dw_mix_backward", &eimn::cuda::molrcm::dw_mix_backward_cuda);
+  m.impl("proj_qv_forward", &eimn::cuda::molrcm::proj_qv_forward_cuda);
+  m.impl("proj_qv_backward", &eimn::cuda::molrcm::proj_qv_backward_cuda);
+  m.impl("gate_out_forward", &eimn::cuda::molrcm::gate_out_forward_cuda);
+  m.impl("gate_out_backward", &eimn::cuda::molrcm::gate_out_backward_cuda);
 }

@@ -12,12 +12,12 @@
 //            of grad w0. Partials go to a global workspace [channel][block][tap] and a second kernel sums
 //            them over blocks in a fixed order: deterministic, fp32 (fp64 for double), no atomics.
 // All arithmetic in acc_t (float for half/bfloat16/float, double for double).
-#include "molrcm_kernels.cuh"
+#include "cuda/molrcm_kernels.cuh"
 
 #include <algorithm>
 
-#include "cuda_smem.cuh"
-#include "eimn_math.h"
+#include "cuda/cuda_smem.cuh"
+#include "common/eimn_math.h"
 
 #ifndef EIMN_CUDA_EMU
 #include <cuda_bf16.h>
@@ -26,8 +26,7 @@
 #define EIMN_DYN_SMEM(name) extern __shared__ __align__(16) unsigned char name[]
 #endif
 
-namespace eimn {
-namespace cuda {
+namespace eimn::cuda::molrcm {
 namespace {
 
 // ---- element conversions (explicit, independent of the __CUDA_NO_HALF_CONVERSIONS__ macros) ----
@@ -571,5 +570,4 @@ cudaError_t gate_out_epilogue_backward(DType dt, int64_t N, int64_t C, int64_t H
   });
 }
 
-}  // namespace cuda
-}  // namespace eimn
+}  // namespace eimn::cuda::molrcm

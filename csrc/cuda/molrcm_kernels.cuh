@@ -12,17 +12,15 @@
 #include <cstddef>
 #include <cstdint>
 
+#include "common/dtype.h"
+
 #ifdef EIMN_CUDA_EMU
 #include "cuda_emu.h"
 #else
 #include <cuda_runtime.h>
 #endif
 
-namespace eimn {
-namespace cuda {
-
-// Element type of the tensors passed to a launcher.
-enum class DType : int { kFloat32 = 0, kFloat64 = 1, kFloat16 = 2, kBFloat16 = 3 };
+namespace eimn::cuda::molrcm {
 
 // ---------------------------------------------------------------------------------------------
 // dw_mix: r = DW_{K0,d0}(q) + b0 (zero 'same' padding of q);
@@ -90,5 +88,4 @@ cudaError_t gate_out_epilogue_backward(DType dt, int64_t N, int64_t C, int64_t H
                                        const void* v, const void* gs, void* s, void* gv, void* gf,
                                        cudaStream_t stream);
 
-}  // namespace cuda
-}  // namespace eimn
+}  // namespace eimn::cuda::molrcm

@@ -11,23 +11,22 @@
 
 #include <tuple>
 
-#include "sadffm_kernels.cuh"
+#include "cuda/sadffm_kernels.cuh"
 
-namespace eimn {
-namespace sadffm {
+namespace eimn::cuda::sadffm {
 namespace {
 
-Dtype sadffm_dtype(const at::Tensor& t, const char* op) {
+DType sadffm_dtype(const at::Tensor& t, const char* op) {
   switch (t.scalar_type()) {
-    case at::kFloat: return Dtype::kFloat32;
-    case at::kDouble: return Dtype::kFloat64;
-    case at::kHalf: return Dtype::kFloat16;
-    case at::kBFloat16: return Dtype::kBFloat16;
+    case at::kFloat: return DType::kFloat32;
+    case at::kDouble: return DType::kFloat64;
+    case at::kHalf: return DType::kFloat16;
+    case at::kBFloat16: return DType::kBFloat16;
     default:
       TORCH_CHECK(false, op, ": unsupported dtype ", t.scalar_type(),
                   " (the CUDA backend supports float32, float64, float16 and bfloat16)");
   }
-  return Dtype::kFloat32;
+  return DType::kFloat32;
 }
 
 at::ScalarType sadffm_acc_type(at::ScalarType st) { return st == at::kDouble ? at::kDouble : at::kFloat; }
@@ -290,12 +289,11 @@ Grads13 sadffm_dffm_out_backward_cuda(const at::Tensor& grad_out_, const at::Ten
 }
 
 }  // namespace
-}  // namespace sadffm
-}  // namespace eimn
+}  // namespace eimn::cuda::sadffm
 
 TORCH_LIBRARY_IMPL(eimn_C, CUDA, m) {
-  m.impl("gated_dwconv_forward", &eimn::sadffm::sadffm_gated_dwconv_forward_cuda);
-  m.impl("gated_dwconv_backward", &eimn::sadffm::sadffm_gated_dwconv_backward_cuda);
-  m.impl("dffm_out_forward", &eimn::sadffm::sadffm_dffm_out_forward_cuda);
-  m.impl("dffm_out_backward", &eimn::sadffm::sadffm_dffm_out_backward_cuda);
+  m.impl("gated_dwconv_forward", &eimn::cuda::sadffm::sadffm_gated_dwconv_forward_cuda);
+  m.impl("gated_dwconv_backward", &eimn::cuda::sadffm::sadffm_gated_dwconv_backward_cuda);
+  m.impl("dffm_out_forward", &eimn::cuda::sadffm::sadffm_dffm_out_forward_cuda);
+  m.impl("dffm_out_backward", &eimn::cuda::sadffm::sadffm_dffm_out_backward_cuda);
 }

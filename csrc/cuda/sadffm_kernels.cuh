@@ -1,5 +1,6 @@
 // Torch-free launchers of the SADFFM CUDA kernels (gated_dwconv, dffm_out), forward and backward.
-// Included by csrc/cuda/sadffm_cuda.cpp (the ATen wrapper) and csrc/cuda/sadffm_kernels.cu.
+// Included by csrc/cuda/sadffm_cuda.cpp (the ATen wrapper); defined in csrc/cuda/sadffm_gated_kernels.cu and
+// sadffm_dffm_kernels.cu.
 //
 // Conventions (all launchers):
 // * Image tensors are contiguous NCHW; "scalar" means the input dtype (float32, float64, float16, bfloat16),
@@ -15,16 +16,15 @@
 #include <cstddef>
 #include <cstdint>
 
+#include "common/dtype.h"
+
 #if defined(__CUDACC__)
 #define SADFFM_HD __host__ __device__
 #else
 #define SADFFM_HD
 #endif
 
-namespace eimn {
-namespace sadffm {
-
-enum class Dtype : int { kFloat32 = 0, kFloat64 = 1, kFloat16 = 2, kBFloat16 = 3 };
+namespace eimn::cuda::sadffm {
 
 // ------------------------------------------------------------------------------------------------------------
 // gated_dwconv: t = W_in x (cuBLAS, no bias), u = DW_K(t + b_in) + b_dw, h = GELU(u[:hid]) * u[hid:].
@@ -32,7 +32,7 @@ enum class Dtype : int { kFloat32 = 0, kFloat64 = 1, kFloat16 = 2, kBFloat16 = 3
 
 // Forward depthwise + gate. tg: (N, 2*hid, H, W) scalar (the 1x1 GEMM output without bias); b_in: (2*hid);
 // w_dw: (2*hid, K, K); b_dw: (2*hid) (all scalar); h: (N, hid, H, W) scalar output. K odd.
-cudaError_t sadffm_gated_dwconv_forward(Dtype dt, const void* tg, const void* b_in, const void* w_dw,
+cudaError_t sadffm_gated_dwconv_forward(DType dt, const void* tg, const void* b_in, const void* w_dw,
                                         const void* b_dw, void* h, int N, int hid, int H, int W, int K,
                                         cudaStream_t stream);
 
@@ -43,7 +43,7 @@ size_t sadffm_gated_dwconv_workspace_elems(int N, int hid, int H, int W, int K);
 // Outputs (acc): grad_t: (N, 2*hid, H, W) = dL/d(t + b_in) (so grad_x = W_in^T grad_t, grad_W_in = grad_t x^T,
 // done by the wrapper with cuBLAS); grad_small: (2*hid, K*K + 2) with, per channel, [grad w_dw (K*K), grad b_dw,
 // grad b_in]. workspace: sadffm_gated_dwconv_workspace_elems(...) acc elements.
-cudaError_t sadffm_gated_dwconv_backward(Dtype dt, const void* grad_h, const void* tg, const void* b_in,
+cudaError_t sadffm_gated_dwconv_backward(DType dt, const void* grad_h, const void* tg, const void* b_in,
                                          const void* w_dw, const void* b_dw, void* grad_t, void* grad_small,
                                          void* workspace, int N, int hid, int H, int W, int K,
                                          cudaStream_t stream);
@@ -92,14 +92,13 @@ struct SadffmDffmGradLayout {
 size_t sadffm_dffm_out_workspace_elems(int N, int C, int R, int64_t HW, bool backward);
 
 // Forward. yg: (N, C, HW) scalar = W_out h without bias; out: (N, C, HW) scalar.
-cudaError_t sadffm_dffm_out_forward(Dtype dt, const void* yg, const SadffmDffmWeights& wts, double eps, void* out,
+cudaError_t sadffm_dffm_out_forward(DType dt, const void* yg, const SadffmDffmWeights& wts, double eps, void* out,
                                     void* workspace, int N, int C, int R, int64_t HW, cudaStream_t stream);
 
 // Backward. grad_out, yg: (N, C, HW) scalar. Outputs (acc): grad_y: (N, C, HW) = dL/dy (so grad_h = W_out^T grad_y
 // and grad_W_out = grad_y h^T, done by the wrapper with cuBLAS); grad_small: SadffmDffmGradLayout{C, R}.total().
-cudaError_t sadffm_dffm_out_backward(Dtype dt, const void* grad_out, const void* yg, const SadffmDffmWeights& wts,
+cudaError_t sadffm_dffm_out_backward(DType dt, const void* grad_out, const void* yg, const SadffmDffmWeights& wts,
                                      double eps, void* grad_y, void* grad_small, void* workspace, int N, int C,
                                      int R, int64_t HW, cudaStream_t stream);
 
-}  // namespace sadffm
-}  // namespace eimn
+}  // namespace eimn::cuda::sadffm

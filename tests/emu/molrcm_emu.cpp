@@ -7,7 +7,7 @@
 
 #include <vector>
 
-using eimn::cuda::DType;
+using eimn::DType;
 
 namespace {
 template <typename T> std::vector<T> copy_in(const void* p, int64_t n) {
@@ -20,32 +20,32 @@ template <typename T> void copy_out(const std::vector<T>& v, void* p) {
 template <typename T> const void* ptr(const std::vector<T>& v) { return v.empty() ? nullptr : v.data(); }
 template <typename T> void* ptr(std::vector<T>& v) { return v.empty() ? nullptr : v.data(); }
 
-eimn::cuda::DwMixShape shape(const int64_t* dims, const int* ks) {
-  eimn::cuda::DwMixShape s;
+eimn::cuda::molrcm::DwMixShape shape(const int64_t* dims, const int* ks) {
+  eimn::cuda::molrcm::DwMixShape s;
   s.N = dims[0]; s.C = dims[1]; s.H = dims[2]; s.W = dims[3]; s.c1 = dims[4]; s.c2 = dims[5];
   s.K0 = ks[0]; s.K1 = ks[1]; s.K2 = ks[2]; s.d0 = ks[3]; s.d1 = ks[4]; s.d2 = ks[5];
   return s;
 }
 
 template <typename T>
-int forward_t(const eimn::cuda::DwMixShape& s, DType dt, const void* const* in, void* y, int* info) {
+int forward_t(const eimn::cuda::molrcm::DwMixShape& s, DType dt, const void* const* in, void* y, int* info) {
   const int64_t c3 = s.C - s.c1 - s.c2, img = s.N * s.C * s.H * s.W;
   auto q = copy_in<T>(in[0], img);
   auto w0 = copy_in<T>(in[1], s.C * s.K0 * s.K0), b0 = copy_in<T>(in[2], s.C);
   auto w1 = copy_in<T>(in[3], s.c1 * s.K1 * s.K1), b1 = copy_in<T>(in[4], s.c1);
   auto w2 = copy_in<T>(in[5], c3 * s.K2 * s.K2), b2 = copy_in<T>(in[6], c3);
   std::vector<T> out(static_cast<size_t>(img));
-  const auto p = eimn::cuda::dw_mix_plan(s, dt, false, 0);
+  const auto p = eimn::cuda::molrcm::dw_mix_plan(s, dt, false, 0);
   info[0] = p.tile_w; info[1] = p.tile_h; info[2] = static_cast<int>(p.smem_bytes);
   if (!p.ok) return -1;
-  const int e = eimn::cuda::dw_mix_forward(s, p, dt, ptr(q), ptr(w0), ptr(b0), ptr(w1), ptr(b1), ptr(w2), ptr(b2),
+  const int e = eimn::cuda::molrcm::dw_mix_forward(s, p, dt, ptr(q), ptr(w0), ptr(b0), ptr(w1), ptr(b1), ptr(w2), ptr(b2),
                                            ptr(out), nullptr);
   copy_out(out, y);
   return e;
 }
 
 template <typename T>
-int backward_t(const eimn::cuda::DwMixShape& s, DType dt, const void* const* in, void* const* out, int* info) {
+int backward_t(const eimn::cuda::molrcm::DwMixShape& s, DType dt, const void* const* in, void* const* out, int* info) {
   using A = eimn::acc_t<T>;
   const int64_t c3 = s.C - s.c1 - s.c2, img = s.N * s.C * s.H * s.W;
   auto gy = copy_in<T>(in[0], img), q = copy_in<T>(in[1], img);
@@ -53,13 +53,13 @@ int backward_t(const eimn::cuda::DwMixShape& s, DType dt, const void* const* in,
   auto w1 = copy_in<T>(in[4], s.c1 * s.K1 * s.K1), w2 = copy_in<T>(in[5], c3 * s.K2 * s.K2);
   std::vector<T> gq(img), gw0(s.C * s.K0 * s.K0), gb0(s.C), gw1(s.c1 * s.K1 * s.K1), gb1(s.c1),
       gw2(c3 * s.K2 * s.K2), gb2(c3);
-  const auto p = eimn::cuda::dw_mix_plan(s, dt, true, 0);
+  const auto p = eimn::cuda::molrcm::dw_mix_plan(s, dt, true, 0);
   info[0] = p.tile_w; info[1] = p.tile_h; info[2] = static_cast<int>(p.smem_bytes);
   if (!p.ok) return -1;
   // workspaces poisoned with NaN: a partial never written shows up in the result
   std::vector<A> ws0(s.C * p.partials * (s.K0 * s.K0 + 1), A(NAN)), ws1(s.c1 * p.partials * (s.K1 * s.K1 + 1), A(NAN)),
       ws2(c3 * p.partials * (s.K2 * s.K2 + 1), A(NAN));
-  const int e = eimn::cuda::dw_mix_backward(s, p, dt, ptr(gy), ptr(q), ptr(w0), ptr(b0), ptr(w1), ptr(w2), ptr(gq),
+  const int e = eimn::cuda::molrcm::dw_mix_backward(s, p, dt, ptr(gy), ptr(q), ptr(w0), ptr(b0), ptr(w1), ptr(w2), ptr(gq),
                                             ptr(gw0), ptr(gb0), ptr(gw1), ptr(gb1), ptr(gw2), ptr(gb2), ptr(ws0),
                                             ptr(ws1), ptr(ws2), nullptr);
   copy_out(gq, out[0]); copy_out(gw0, out[1]); copy_out(gb0, out[2]); copy_out(gw1, out[3]);
@@ -91,22 +91,22 @@ int emu_dw_mix_backward(int dtype, const int64_t* dims, const int* ks, const voi
 // Epilogues (no copies: exercised for their math, not their bounds).
 int emu_proj_qv_epilogue_forward(int dtype, int64_t N, int64_t Cq, int64_t Cv, int64_t HW, const void* t,
                                  const void* bq, const void* bv, void* q, void* v) {
-  return eimn::cuda::proj_qv_epilogue_forward(static_cast<DType>(dtype), N, Cq, Cv, HW, t, bq, bv, q, v, nullptr);
+  return eimn::cuda::molrcm::proj_qv_epilogue_forward(static_cast<DType>(dtype), N, Cq, Cv, HW, t, bq, bv, q, v, nullptr);
 }
 int emu_proj_qv_epilogue_backward(int dtype, int64_t N, int64_t Cq, int64_t Cv, int64_t HW, const void* tq,
                                   const void* bq, const void* gq, const void* gv, void* G) {
-  return eimn::cuda::proj_qv_epilogue_backward(static_cast<DType>(dtype), N, Cq, Cv, HW, tq, bq, gq, gv, G, nullptr);
+  return eimn::cuda::molrcm::proj_qv_epilogue_backward(static_cast<DType>(dtype), N, Cq, Cv, HW, tq, bq, gq, gv, G, nullptr);
 }
 int emu_gate_out_epilogue_gate(int dtype, int64_t N, int64_t C, int64_t HW, const void* f, const void* bf,
                                const void* v, void* s) {
-  return eimn::cuda::gate_out_epilogue_gate(static_cast<DType>(dtype), N, C, HW, f, bf, v, s, nullptr);
+  return eimn::cuda::molrcm::gate_out_epilogue_gate(static_cast<DType>(dtype), N, C, HW, f, bf, v, s, nullptr);
 }
 int emu_bias_epilogue(int dtype, int64_t N, int64_t C, int64_t HW, const void* t, const void* b, void* out) {
-  return eimn::cuda::bias_epilogue(static_cast<DType>(dtype), N, C, HW, t, b, out, nullptr);
+  return eimn::cuda::molrcm::bias_epilogue(static_cast<DType>(dtype), N, C, HW, t, b, out, nullptr);
 }
 int emu_gate_out_epilogue_backward(int dtype, int64_t N, int64_t C, int64_t HW, const void* f, const void* bf,
                                    const void* v, const void* gs, void* s, void* gv, void* gf) {
-  return eimn::cuda::gate_out_epilogue_backward(static_cast<DType>(dtype), N, C, HW, f, bf, v, gs, s, gv, gf,
+  return eimn::cuda::molrcm::gate_out_epilogue_backward(static_cast<DType>(dtype), N, C, HW, f, bf, v, gs, s, gv, gf,
                                                 nullptr);
 }
 }

@@ -1,4 +1,4 @@
-// CPU emulation of the CUDA execution model for csrc/cuda/sadffm_kernels.cu (3-D grids and blocks, __shfl_down_sync,
+// CPU emulation of the CUDA execution model for csrc/cuda/sadffm_{gated,dffm}_kernels.cu (3-D grids and blocks, __shfl_down_sync,
 // static __shared__ arrays, cudaMemsetAsync). Built on cuda_emu.h: each block runs as blockDim.x*y*z real threads
 // sharing one poisoned (0xff bytes: NaN) shared-memory buffer; __syncthreads is a block barrier. The test
 // (tests/test_cuda_sadffm_emu.py) rewrites `k<<<g, b, s, st>>>(` into `emu::launch3(k, g, b, s)(` and the extern /

@@ -8,7 +8,7 @@
 #include <random>
 #include <vector>
 
-#include "cpu_gemm.h"
+#include "cpu/cpu_gemm.h"
 
 using namespace eimn::cpu;
 
