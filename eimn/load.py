@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import os
+import pickle
 import re
+import warnings
 
 import torch
 
@@ -30,13 +32,20 @@ def load_state_dict_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
         try:
             sd = load_file(path)
         except Exception as e:
-            raise ValueError(f"{path}: not a readable safetensors file ({e})") from e
+            raise ValueError(f"{path}: not a readable safetensors file ({_first_line(e)})") from e
     else:
         try:
             sd = torch.load(path, map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError as e:
+            if "allowed global" not in str(e) and "Unsupported global" not in str(e):
+                raise ValueError(f"{path}: not a readable torch weights file (truncated, corrupt, or not a "
+                                 f"state_dict): {type(e).__name__}") from e
+            raise ValueError(f"{path}: refused: the file holds Python objects other than tensors and containers "
+                             "(torch.load(weights_only=True) does not run the code a pickle may carry); save "
+                             "the state_dict alone, or as .safetensors") from e
         except Exception as e:
             raise ValueError(f"{path}: not a readable torch weights file "
-                             f"(truncated, corrupt, or not a state_dict): {type(e).__name__}: {e}") from e
+                             f"(truncated, corrupt, or not a state_dict): {type(e).__name__}: {_first_line(e)}") from e
     if isinstance(sd, dict):
         for key in ("params_ema", "params", "state_dict", "model"):
             if key in sd and isinstance(sd[key], dict):
@@ -46,7 +55,23 @@ def load_state_dict_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
         raise ValueError(f"{path}: expected a dict of parameter name -> tensor, got {type(sd).__name__}")
     if sd and all(k.startswith("module.") for k in sd):
         sd = {k[len("module."):]: v for k, v in sd.items()}
+    _warn_non_finite(sd, path)
     return sd
+
+
+def _first_line(e: BaseException) -> str:
+    """An exception's message, first line only (the loader's errors are one line)."""
+    lines = str(e).strip().splitlines()
+    return lines[0] if lines else type(e).__name__
+
+
+def _warn_non_finite(sd: dict[str, torch.Tensor], source: str) -> None:
+    """Warn (RuntimeWarning) when floating tensors of ``sd`` hold NaN or Inf: the model would output NaN."""
+    bad = [k for k, v in sd.items() if v.is_floating_point() and v.numel() and not bool(torch.isfinite(v).all())]
+    if bad:
+        more = f" and {len(bad) - 3} more" if len(bad) > 3 else ""
+        warnings.warn(f"{source}: {len(bad)} tensor(s) hold NaN or Inf values ({', '.join(bad[:3])}{more}); "
+                      "the model's outputs will not be finite", RuntimeWarning, stacklevel=3)
 
 
 def infer_config(sd: dict[str, torch.Tensor], source: str = "state_dict") -> dict:

@@ -22,6 +22,11 @@ def _params(m: nn.Module, paths: tuple[tuple[str, ...], ...]) -> list[torch.Tens
     return out
 
 
+def _autocast_on(dev: str) -> bool:
+    """Whether autocast is on for device type ``dev`` (False for types autocast does not know, e.g. 'meta')."""
+    return torch.amp.is_autocast_available(dev) and torch.is_autocast_enabled(dev)
+
+
 def _autocast_args(owner: nn.Module, x: torch.Tensor, *params: torch.Tensor) -> tuple[torch.Tensor, ...]:
     """Under autocast, run the fused layer in the autocast dtype (as autocast runs convolutions): cast the input
     and the parameters to it. Otherwise return them unchanged.
@@ -32,7 +37,7 @@ def _autocast_args(owner: nn.Module, x: torch.Tensor, *params: torch.Tensor) -> 
     launches from Python), which dominated fused half-precision inference at small sizes on a GPU. With a
     gradient needed the casts are made per call, as autocast does, so that they are part of the graph."""
     dev = x.device.type
-    if not torch.is_autocast_enabled(dev):
+    if not _autocast_on(dev):
         return (x, *params)
     dt = torch.get_autocast_dtype(dev)
     grad = torch.is_grad_enabled() and any(p.requires_grad for p in params)
@@ -51,7 +56,7 @@ def _forward(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
     with x and the parameters in the autocast dtype and autocast off inside (the fused ops take one dtype)."""
     params = _params(layer, layer._PARAMS)
     dev = x.device.type
-    if not torch.is_autocast_enabled(dev):
+    if not _autocast_on(dev):
         return layer._run(x, *params)
     args = _autocast_args(layer, x, *params)
     with torch.autocast(dev, enabled=False):
@@ -206,7 +211,7 @@ class ChannelLayerNorm(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         w, b = self._parameters["weight"], self._parameters["bias"]
         dev = x.device.type
-        if not torch.is_autocast_enabled(dev):
+        if not _autocast_on(dev):
             return channel_layer_norm(x, w, b, self.eps, backend=self.backend)
         # As autocast runs layer_norm: CUDA casts it to float32 (float32 out: EIMN's residual stream stays
         # float32); CPU autocast leaves it in the input's dtype.

@@ -2,51 +2,49 @@
 
 Backends:
 * ``reference``: the pure-PyTorch eager composition (:mod:`eimn_kernels.reference`), autograd by torch.
-* ``cpu``: C++ kernels in ``eimn_kernels._C`` (OpenMP), float32 / float64, CPU tensors.
-* ``cuda``: CUDA kernels in ``eimn_kernels._C``, float32 / float16 / bfloat16 / float64, CUDA tensors.
-* ``triton``: Triton kernels, CUDA tensors (or CPU tensors under ``TRITON_INTERPRET=1``).
+* ``cpu``: C++ kernels in ``eimn_kernels._C`` (OpenMP), float32 / float64, CPU tensors (:mod:`.cpu`).
+* ``cuda``: CUDA kernels in ``eimn_kernels._C``, float32 / float16 / bfloat16 / float64, CUDA tensors (:mod:`.cuda`).
+* ``triton``: Triton kernels, CUDA tensors (or CPU tensors under ``TRITON_INTERPRET=1``) (:mod:`.triton`).
 * ``auto``: the fastest available for the tensor's device and dtype.
 
-Each kernel backend is a module exposing ``available(device) -> (bool, reason)``,
-``SUPPORTED_DTYPES`` and, per op NAME, ``NAME_forward`` / ``NAME_backward``.
+Each kernel backend is a module with ``available(device) -> (bool, reason)``, ``DTYPES`` and ``OPS``, its op table
+(op name -> :class:`~eimn_kernels.backends.table.OpKernels`; an op the backend lacks is absent).
 """
 from __future__ import annotations
 
-import importlib
 import os
 
 import torch
 
+from . import cpu, cuda, triton
+from .table import OpKernels
+
 BACKENDS = ("reference", "cpu", "triton", "cuda")
 KERNEL_BACKENDS = ("cpu", "triton", "cuda")
-_MODULES = {"cpu": "eimn_kernels.backends.cpu", "cuda": "eimn_kernels.backends.cuda",
-            "triton": "eimn_kernels.backends.triton"}
+_MODULES = {"cpu": cpu, "cuda": cuda, "triton": triton}
 
-__all__ = ["BACKENDS", "get_impl", "resolve_backend", "available_backends", "backend_status"]
-
-
-_LOADED: dict = {}  # backend name -> module; a plain dict lookup that torch.compile can trace
+__all__ = ["BACKENDS", "KERNEL_BACKENDS", "OpKernels", "get_impl", "op_kernels", "resolve_backend",
+           "available_backends", "backend_status"]
 
 
 def get_impl(backend: str):
     """The kernel module for ``backend`` ('cpu', 'triton' or 'cuda')."""
-    mod = _LOADED.get(backend)
-    if mod is not None:
-        return mod
-    if backend not in _MODULES:
+    mod = _MODULES.get(backend)
+    if mod is None:
         raise ValueError(f"unknown kernel backend {backend!r}; expected one of {KERNEL_BACKENDS}")
-    mod = _LOADED[backend] = importlib.import_module(_MODULES[backend])
     return mod
+
+
+def op_kernels(backend: str, op: str) -> OpKernels | None:
+    """The callables that run op ``op`` on kernel backend ``backend``, or None where it has none."""
+    return get_impl(backend).OPS.get(op)
 
 
 def backend_status(backend: str, device: torch.device | str = "cpu") -> tuple[bool, str]:
     """(available, reason) for running ``backend`` on ``device``."""
     if backend == "reference":
         return True, "pure PyTorch"
-    try:
-        return get_impl(backend).available(torch.device(device))
-    except ImportError as e:
-        return False, f"{backend} backend cannot be imported: {e}"
+    return get_impl(backend).available(torch.device(device))
 
 
 def available_backends(device: torch.device | str = "cpu") -> list[str]:
@@ -61,7 +59,7 @@ def _auto(x: torch.Tensor) -> str:
         order = ("triton",) + order
     for b in order:
         ok, _ = backend_status(b, dev)
-        if ok and x.dtype in get_impl(b).SUPPORTED_DTYPES:
+        if ok and x.dtype in get_impl(b).DTYPES:
             return b
     return "reference"
 
@@ -81,15 +79,8 @@ def resolve_backend(backend: str, x: torch.Tensor) -> str:
     ok, why = backend_status(backend, x.device)
     if not ok:
         raise RuntimeError(f"backend {backend!r} is not available for {x.device.type} tensors: {why}")
-    dtypes = get_impl(backend).SUPPORTED_DTYPES
+    dtypes = get_impl(backend).DTYPES
     if x.dtype not in dtypes:
         raise TypeError(f"backend {backend!r} does not support {x.dtype}; supported: "
                         f"{', '.join(str(d).replace('torch.', '') for d in dtypes)}")
     return backend
-
-
-# Import the backend modules up front (they are light: no triton or CUDA import happens here),
-# so that torch.compile never has to trace an import inside a compiled function.
-for _name in _MODULES:
-    get_impl(_name)
-del _name

@@ -1,11 +1,22 @@
-"""CUDA backend: CUDA kernels of eimn_kernels._C (float32, float16, bfloat16, float64)."""
+"""CUDA backend: the CUDA kernels of ``eimn_kernels._C`` (``csrc/cuda/``), float32, float16, bfloat16, float64.
+
+``OPS`` maps each fused op to the ``torch.ops.eimn_C`` ops that run it (schemas: ``csrc/eimn_ops.cpp``; CUDA
+registrations: ``csrc/cuda/molrcm_cuda.cpp``, ``sadffm_cuda.cpp``). The channel LayerNorm has no CUDA C++ kernel:
+this backend runs its Triton kernel where Triton is installed (else the op is absent and ``ek.channel_layer_norm``
+runs the reference). Empty when the extension is not built.
+"""
 from __future__ import annotations
+
+import importlib.util
 
 import torch
 
 from .. import _ext
+from .table import OpKernels
 
-SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
+__all__ = ["DTYPES", "OPS", "available"]
+
+DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 
 
 def available(device: torch.device) -> tuple[bool, str]:
@@ -19,15 +30,21 @@ def available(device: torch.device) -> tuple[bool, str]:
     return True, "CUDA kernels"
 
 
-# Ops without a CUDA C++ kernel: the cuda backend runs their Triton kernels (eimn_kernels.ops.norm falls back to
-# the reference when Triton is not installed).
-_TRITON_OPS = ("channel_layer_norm",)
-
-
-def __getattr__(name: str):
-    if name.rsplit("_", 1)[0] in _TRITON_OPS:
+def _table() -> dict[str, OpKernels]:
+    C = torch.ops.eimn_C
+    ops = {
+        # MOLRCM (csrc/cuda/molrcm_cuda.cpp -> molrcm_kernels.cu)
+        "dw_mix": OpKernels(C.dw_mix_forward, C.dw_mix_backward),
+        "proj_qv": OpKernels(C.proj_qv_forward, C.proj_qv_backward),
+        "gate_out": OpKernels(C.gate_out_forward, C.gate_out_backward),
+        # SADFFM halves (csrc/cuda/sadffm_cuda.cpp -> sadffm_gated_kernels.cu, sadffm_dffm_kernels.cu)
+        "gated_dwconv": OpKernels(C.gated_dwconv_forward, C.gated_dwconv_backward),
+        "dffm_out": OpKernels(C.dffm_out_forward, C.dffm_out_backward),
+    }
+    if importlib.util.find_spec("triton") is not None:
         from . import triton as _triton
-        return getattr(_triton, name)
-    if name.endswith("_forward") or name.endswith("_backward"):
-        return getattr(torch.ops.eimn_C, name)
-    raise AttributeError(name)
+        ops["channel_layer_norm"] = _triton.OPS["channel_layer_norm"]
+    return ops
+
+
+OPS: dict[str, OpKernels] = _table() if _ext.extension_loaded() else {}

@@ -7,16 +7,19 @@ namespace:
 * ``eimn_kernels::NAME_backward(<grads of outputs>, <inputs>, str backend) -> <grads of tensor inputs>``
 
 with fake (meta) impls so torch.compile traces them, and an autograd formula
-linking the two. The real work is done by the backend module chosen by the
-``backend`` string (see :mod:`eimn_kernels.backends`), through its functions
-``NAME_forward`` and ``NAME_backward``.
+linking the two. The real work is done by the callables of the backend's op table
+(``OPS[NAME]``, an :class:`~eimn_kernels.backends.table.OpKernels`; see
+:mod:`eimn_kernels.backends`), chosen by the ``backend`` string.
 
 An op whose spec has a ``stash`` may keep forward intermediates for its backward:
 ``NAME(<inputs>, bool keep, str backend) -> (<outputs>, Tensor stash)`` and
 ``NAME_backward(<grads>, <tensor inputs>, Tensor stash, <scalars>, str backend)``.
-A backend listing NAME in its ``STASH_OPS`` fills the stash (when ``keep``) through
-``NAME_forward_stash`` and reads it in ``NAME_backward_stash``; for every other backend,
-or without ``keep``, the stash is an empty tensor and the plain functions run.
+With ``keep`` (a gradient will be needed) a backend whose entry has ``forward_stash`` fills the stash and its
+``backward_stash`` reads it; without ``keep`` the entry's ``infer`` runs where it has one, else ``forward``;
+wherever no stash is kept it is an empty tensor and the plain ``backward`` runs.
+
+``SPECS`` holds every registered spec by name (the routing-consistency test compares it with the backends' tables
+and the C++ registrations).
 """
 from __future__ import annotations
 
@@ -25,7 +28,8 @@ from typing import Callable
 
 import torch
 
-from ..backends import get_impl
+from ..backends import op_kernels
+from ..backends.table import OpKernels
 
 LIB = torch.library.Library("eimn_kernels", "DEF")
 
@@ -40,9 +44,21 @@ class OpSpec:
     stash: Callable | None = None           # stash(*tensors, *scalars) -> empty stash tensor of a stashing backend
 
 
+def kernels(backend: str, name: str) -> OpKernels:
+    """The backend's table entry for op ``name``; a clear error where it has none."""
+    k = op_kernels(backend, name)
+    if k is None:
+        raise NotImplementedError(f"eimn_kernels::{name} has no {backend!r} kernel (see eimn_kernels/backends/"
+                                  f"{backend}.py, OPS)")
+    return k
+
+
 def _stashes(spec: OpSpec, backend: str) -> bool:
-    """Whether ``backend`` keeps a stash for op ``spec`` (lists it in STASH_OPS)."""
-    return spec.stash is not None and spec.name in getattr(get_impl(backend), "STASH_OPS", ())
+    """Whether ``backend`` keeps a stash for op ``spec`` (its table entry has forward_stash)."""
+    if spec.stash is None:
+        return False
+    k = op_kernels(backend, spec.name)
+    return k is not None and k.forward_stash is not None
 
 
 def _as_tuple(out) -> tuple:
@@ -54,8 +70,12 @@ def _schema_out(n: int) -> str:
     return "Tensor" if n == 1 else "(" + ", ".join(["Tensor"] * n) + ")"
 
 
+SPECS: dict[str, OpSpec] = {}
+
+
 def register(spec: OpSpec) -> tuple[object, object]:
     """Define NAME and NAME_backward for ``spec``; returns (forward op, backward op) overloads."""
+    SPECS[spec.name] = spec
     stash = spec.stash is not None
     tin = [f"Tensor {n}" for n in spec.tensor_inputs]
     sin = [f"{t} {n}" for n, t in spec.scalar_inputs]
@@ -69,24 +89,31 @@ def register(spec: OpSpec) -> tuple[object, object]:
 
     def forward_impl(*args):
         backend = args[-1]
-        impl = get_impl(backend)
+        k = kernels(backend, spec.name)
         if not stash:
-            return getattr(impl, f"{spec.name}_forward")(*args[:-1])
+            return k.forward(*args[:-1])
         a, keep_ = args[:-2], args[-2]
-        if keep_ and _stashes(spec, backend):
-            return tuple(getattr(impl, f"{spec.name}_forward_stash")(*a))
-        outs = _as_tuple(getattr(impl, f"{spec.name}_forward")(*a))
+        if keep_ and k.forward_stash is not None:
+            return tuple(k.forward_stash(*a))
+        fwd = k.infer if (not keep_ and k.infer is not None) else k.forward
+        if fwd is None:
+            raise NotImplementedError(f"eimn_kernels::{spec.name} on {backend!r} always keeps its stash when a "
+                                      "gradient is needed (call it with keep=True)")
+        outs = _as_tuple(fwd(*a))
         return (*outs, outs[0].new_empty(0))
 
     def backward_impl(*args):
         *a, backend = args
-        impl = get_impl(backend)
+        k = kernels(backend, spec.name)
         if not stash:
-            return tuple(getattr(impl, f"{spec.name}_backward")(*a))
+            return tuple(k.backward(*a))
         st = a[n_out + n_in]
-        if st.numel() and _stashes(spec, backend):
-            return tuple(getattr(impl, f"{spec.name}_backward_stash")(*a))
-        return tuple(getattr(impl, f"{spec.name}_backward")(*a[:n_out + n_in], *a[n_out + n_in + 1:]))
+        if st.numel() and k.backward_stash is not None:
+            return tuple(k.backward_stash(*a))
+        if k.backward is None:
+            raise NotImplementedError(f"eimn_kernels::{spec.name} on {backend!r} computes its backward from the "
+                                      "forward's stash only (the forward ran with keep=False)")
+        return tuple(k.backward(*a[:n_out + n_in], *a[n_out + n_in + 1:]))
 
     LIB.impl(spec.name, forward_impl, "CompositeExplicitAutograd")
     LIB.impl(f"{spec.name}_backward", backward_impl, "CompositeExplicitAutograd")

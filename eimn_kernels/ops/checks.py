@@ -5,7 +5,8 @@ import torch
 
 
 def check_image(name: str, x: torch.Tensor, channels: int | None = None) -> None:
-    """x must be a floating (N, C, H, W) tensor with N, H, W >= 1 (and C == channels if given)."""
+    """x must be a floating (N, C, H, W) tensor (and C == channels if given). N, H or W may be 0: the ops then
+    return an empty output (:func:`empty_result`), as ``nn.Conv2d`` does."""
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
     if x.dim() != 4:
@@ -14,8 +15,8 @@ def check_image(name: str, x: torch.Tensor, channels: int | None = None) -> None
         raise TypeError(f"{name} must be a floating tensor, got {x.dtype}")
     if channels is not None and x.shape[1] != channels:
         raise ValueError(f"{name} has {x.shape[1]} channels, the weights expect {channels}")
-    if x.shape[0] == 0 or x.shape[2] == 0 or x.shape[3] == 0:
-        raise ValueError(f"{name} is empty (shape {tuple(x.shape)}): N, H and W must be >= 1")
+    if x.shape[1] == 0:
+        raise ValueError(f"{name} has no channels (shape {tuple(x.shape)})")
 
 
 def check_weight(name: str, w: torch.Tensor, shape: tuple, ref: torch.Tensor) -> None:
@@ -57,3 +58,18 @@ def odd_kernel(name: str, w: torch.Tensor) -> int:
 def needs_grad(*ts: torch.Tensor) -> bool:
     """A gradient will be needed: grad mode on and some tensor requires grad."""
     return torch.is_grad_enabled() and any(t.requires_grad for t in ts)
+
+
+def is_empty(x: torch.Tensor) -> bool:
+    """An image with no pixels: N, H or W is 0."""
+    return x.numel() == 0
+
+
+def empty_result(shape: tuple, *tensors: torch.Tensor) -> torch.Tensor:
+    """The empty output (``shape`` has a 0) of an op on an empty image, in the dtype and device of ``tensors[0]``;
+    where a gradient is needed it is linked to ``tensors``, whose gradients are then zeros (as ``nn.Conv2d``'s on an
+    empty batch)."""
+    out = tensors[0].new_zeros(shape)
+    if needs_grad(*tensors):
+        out = out + sum(t.sum() for t in tensors) * 0
+    return out

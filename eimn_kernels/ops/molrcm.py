@@ -10,7 +10,7 @@ import torch
 from .. import reference
 from ..backends import resolve_backend
 from ._registry import OpSpec, register
-from .checks import check_image, check_same, check_weight, odd_kernel
+from .checks import check_image, check_same, check_weight, empty_result, is_empty, odd_kernel
 
 __all__ = ["dw_mix", "proj_qv", "gate_out"]
 
@@ -56,6 +56,8 @@ def dw_mix(q: _T, w0: _T, b0: _T, w1: _T, b1: _T, w2: _T, b2: _T, c1: int, c2: i
         if int(d) < 1:
             raise ValueError(f"dilation {n} must be >= 1, got {d}")
     backend = resolve_backend(backend, q)
+    if is_empty(q):
+        return empty_result(tuple(q.shape), q, w0, b0, w1, b1, w2, b2)
     if backend == "reference":
         return reference.dw_mix(q, w0, b0, w1, b1, w2, b2, c1, c2, d0, d1, d2)
     return _dw_mix_op(q.contiguous(), w0.contiguous(), b0.contiguous(), w1.contiguous(), b1.contiguous(),
@@ -72,6 +74,9 @@ def proj_qv(x: _T, wq: _T, bq: _T, wv: _T, bv: _T, backend: str = "auto") -> tup
     check_weight("wv", wv, (None, C, 1, 1), x)
     check_weight("bv", bv, (wv.shape[0],), x)
     backend = resolve_backend(backend, x)
+    if is_empty(x):
+        N, _, H, W = x.shape
+        return (empty_result((N, wq.shape[0], H, W), x, wq, bq), empty_result((N, wv.shape[0], H, W), x, wv, bv))
     if backend == "reference":
         return reference.proj_qv(x, wq, bq, wv, bv)
     return _proj_qv_op(x.contiguous(), wq.contiguous(), bq.contiguous(), wv.contiguous(),
@@ -89,6 +94,8 @@ def gate_out(y: _T, v: _T, wf: _T, bf: _T, wo: _T, bo: _T, backend: str = "auto"
     check_weight("wo", wo, (None, C, 1, 1), y)
     check_weight("bo", bo, (wo.shape[0],), y)
     backend = resolve_backend(backend, y)
+    if is_empty(y):
+        return empty_result((y.shape[0], wo.shape[0], *y.shape[2:]), y, v, wf, bf, wo, bo)
     if backend == "reference":
         return reference.gate_out(y, v, wf, bf, wo, bo)
     return _gate_out_op(y.contiguous(), v.contiguous(), wf.contiguous(), bf.contiguous(),

@@ -5,9 +5,9 @@ from __future__ import annotations
 import torch
 
 from .. import reference
-from ..backends import backend_status, resolve_backend
+from ..backends import op_kernels, resolve_backend
 from ._registry import OpSpec, register
-from .checks import check_image, check_weight, needs_grad
+from .checks import check_image, check_weight, empty_result, is_empty, needs_grad
 
 __all__ = ["channel_layer_norm"]
 
@@ -34,8 +34,10 @@ def channel_layer_norm(x: _T, weight: _T, bias: _T, eps: float = 1e-5, backend: 
     check_weight("weight", weight, (C,), x)
     check_weight("bias", bias, (C,), x)
     backend = resolve_backend(backend, x)
-    if backend == "cuda" and not backend_status("triton", x.device)[0]:
-        backend = "reference"  # the cuda backend runs this op's Triton kernel (backends/cuda.py)
+    if is_empty(x):
+        return empty_result(tuple(x.shape), x, weight, bias)
+    if backend != "reference" and op_kernels(backend, "channel_layer_norm") is None:
+        backend = "reference"  # cuda without Triton (the cuda backend runs this op's Triton kernel: backends/cuda.py)
     if backend == "reference":
         return reference.channel_layer_norm(x, weight, bias, eps)
     return _cln_op(x.contiguous(), weight.contiguous(), bias.contiguous(), float(eps), needs_grad(x, weight, bias),

@@ -5,15 +5,15 @@ from __future__ import annotations
 import torch
 
 from .. import reference
-from ..backends import resolve_backend
+from ..backends import op_kernels, resolve_backend
 from ._registry import LIB, OpSpec, register
-from .checks import check_image, check_weight, needs_grad as _needs_grad, odd_kernel
+from .checks import check_image, check_weight, empty_result, is_empty, needs_grad as _needs_grad, odd_kernel
 
 __all__ = ["gated_dwconv", "dffm_out", "sadffm_layer"]
 
 _T = torch.Tensor
 
-_ROW_GUARD = 32  # zeros before and after U in the cpu stash (kRowGuard of csrc/cpu/sadffm_cpu.cpp)
+_ROW_GUARD = 32  # zeros before and after U in the cpu stash (kRowGuard of csrc/cpu/sadffm_dwconv.h)
 
 
 def _gated_stash_fake(x: _T, w_in: _T, *rest) -> _T:
@@ -31,7 +31,7 @@ _DFFM_W = ("w_out", "b_out", "ln_w", "ln_b", "w_gr", "b_gr", "w_lr", "b_lr", "w_
 
 def _dffm_stash_numel(N: int, C: int, R: int, HW: int) -> int:
     """Elements of the CPU backend's dffm_out stash: per image y (C), lpre (R), mu, rstd, a_loc planes of HW pixels,
-    then C sums (dffm_stash_numel of csrc/cpu/sadffm_cpu.cpp)."""
+    then C sums (dffm_stash_numel of csrc/cpu/sadffm_dffm.h)."""
     return N * ((C + R + 3) * HW + C)
 
 
@@ -46,29 +46,6 @@ _dffm_out_op, _ = register(OpSpec(
     stash=_dffm_stash_fake))
 
 
-# Whole layer, forward only (no autograd formula): backends with a ``sadffm_infer_forward`` (cpu) run
-# dffm_out(gated_dwconv(x)) without writing the hidden tensor h; :func:`sadffm_layer` uses it only when no gradient
-# is needed.
-LIB.define("sadffm_infer(Tensor x, Tensor w_in, Tensor b_in, Tensor w_dw, Tensor b_dw, Tensor w_out, Tensor b_out, "
-           "Tensor ln_w, Tensor ln_b, Tensor w_gr, Tensor b_gr, Tensor w_lr, Tensor b_lr, Tensor w_ce, Tensor b_ce, "
-           "Tensor w_se, Tensor b_se, float eps, str backend) -> Tensor")
-
-
-def _sadffm_infer_impl(*args):
-    *a, backend = args
-    from ..backends import get_impl
-    return get_impl(backend).sadffm_infer_forward(*a)
-
-
-LIB.impl("sadffm_infer", _sadffm_infer_impl, "CompositeExplicitAutograd")
-
-
-@torch.library.register_fake("eimn_kernels::sadffm_infer", lib=LIB)
-def _sadffm_infer_fake(x, w_in, b_in, w_dw, b_dw, w_out, *rest):
-    return x.new_empty(x.shape[0], w_out.shape[0], *x.shape[2:])
-
-
-_INFER_BACKENDS = ("cpu",)
 
 
 def _sadffm_stash_fake(x: _T, w_in: _T, b_in: _T, w_dw: _T, b_dw: _T, w_out: _T, b_out: _T, ln_w: _T, ln_b: _T,
@@ -82,8 +59,9 @@ def _sadffm_stash_fake(x: _T, w_in: _T, b_in: _T, w_dw: _T, b_dw: _T, w_out: _T,
     return x.new_empty(panels + gated + _dffm_stash_numel(N, w_out.shape[0], w_gr.shape[0], HW))
 
 
-# Whole layer with autograd, for backends that stash it (cpu): h is passed between the two halves only inside the
-# stash, in the packed layout their GEMMs read in place. :func:`sadffm_layer` uses it when a gradient is needed.
+# Whole layer, for backends whose table has it (cpu): with a gradient needed (keep) h is passed between the two halves
+# only inside the stash, in the packed layout their GEMMs read in place; without, the backend's forward-only kernel
+# runs (``infer``: h never held in memory on large inputs). Other backends run the two ops in turn.
 _sadffm_op, _ = register(OpSpec(
     "sadffm", ("x", "w_in", "b_in", "w_dw", "b_dw") + _DFFM_W, (("eps", "float"),), ("out",),
     fake=lambda x, w_in, b_in, w_dw, b_dw, w_out, *rest: x.new_empty(x.shape[0], w_out.shape[0], *x.shape[2:]),
@@ -129,6 +107,8 @@ def gated_dwconv(x: _T, w_in: _T, b_in: _T, w_dw: _T, b_dw: _T, backend: str = "
     check_image("x", x)
     _check_gated_weights(x, w_in, b_in, w_dw, b_dw)
     backend = resolve_backend(backend, x)
+    if is_empty(x):
+        return empty_result((x.shape[0], w_in.shape[0] // 2, *x.shape[2:]), x, w_in, b_in, w_dw, b_dw)
     if backend == "reference":
         return reference.gated_dwconv(x, w_in, b_in, w_dw, b_dw)
     # keep: the backend may save forward intermediates for the backward (cpu: U = W_in x + b_in, so its backward
@@ -150,6 +130,8 @@ def dffm_out(h: _T, w_out: _T, b_out: _T, ln_w: _T, ln_b: _T, w_gr: _T, b_gr: _T
     _check_dffm_weights(h, h.shape[1], w_out, b_out, ln_w, ln_b, w_gr, b_gr, w_lr, b_lr, w_ce, b_ce, w_se, b_se)
     backend = resolve_backend(backend, h)
     ws = (w_out, b_out, ln_w, ln_b, w_gr, b_gr, w_lr, b_lr, w_ce, b_ce, w_se, b_se)
+    if is_empty(h):
+        return empty_result((h.shape[0], w_out.shape[0], *h.shape[2:]), h, *ws)
     if backend == "reference":
         return reference.dffm_out(h, *ws, eps)
     # keep: the backend may save forward intermediates for the backward (cpu: y and the LayerNorm statistics,
@@ -174,13 +156,14 @@ def sadffm_layer(x: _T, w_in: _T, b_in: _T, w_dw: _T, b_dw: _T, w_out: _T, b_out
     ts = (x, w_in, b_in, w_dw, b_dw, w_out, b_out, ln_w, ln_b, w_gr, b_gr, w_lr, b_lr, w_ce, b_ce, w_se, b_se)
     check_image("x", x)
     backend = resolve_backend(backend, x)
-    if backend in _INFER_BACKENDS:
-        # Same validation as the two ops (clear errors), then the whole-layer path.
+    if is_empty(x):
         _check_gated_weights(x, w_in, b_in, w_dw, b_dw)
         _check_dffm_weights(x, w_in.shape[0] // 2, *ts[5:])
-        args = tuple(t.contiguous() for t in ts)
-        if not _needs_grad(*ts):
-            return torch.ops.eimn_kernels.sadffm_infer(*args, float(eps), backend)
-        return _sadffm_op(*args, float(eps), True, backend)[0]
+        return empty_result((x.shape[0], w_out.shape[0], *x.shape[2:]), *ts)
+    if backend != "reference" and op_kernels(backend, "sadffm") is not None:
+        # Same validation as the two ops (clear errors), then the whole-layer op.
+        _check_gated_weights(x, w_in, b_in, w_dw, b_dw)
+        _check_dffm_weights(x, w_in.shape[0] // 2, *ts[5:])
+        return _sadffm_op(*(t.contiguous() for t in ts), float(eps), _needs_grad(*ts), backend)[0]
     h = gated_dwconv(x, w_in, b_in, w_dw, b_dw, backend=backend)
     return dffm_out(h, *ts[5:], eps, backend=backend)
