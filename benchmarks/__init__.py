@@ -2,8 +2,9 @@
 
 Entry points (run from the repository root):
 ``python -m benchmarks.complexity``, ``python -m benchmarks.ops``, ``python -m benchmarks.model``,
-``python -m benchmarks.run [--quick]`` (everything; writes benchmarks/results/<machine>-<date>.{json,md,png}).
-All timings go through :mod:`benchmarks.harness`.
+``python -m benchmarks.run [--quick]`` (everything). Every timed row goes to the results log
+``benchmarks/results/history.jsonl`` and the machine's ``latest-<machine>.md/.png`` are regenerated from it
+(:mod:`benchmarks.history`). All timings go through :mod:`benchmarks.harness`. How to measure: docs/benchmarking.md.
 """
 
 import os as _os

@@ -25,7 +25,7 @@ import eimn_kernels as ek
 from eimn.model import EIMN_A, EIMN_L
 
 from .complexity import LR_SIZES, count_complexity
-from .report import print_result
+from .report import add_record_args, print_result, record_run
 from .harness import add_malloc_arg, error_text, machine_info, max_rel_err, measure, progress, set_malloc_mode
 from .ops import kernel_backends
 
@@ -250,6 +250,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--cases", help="comma-separated inference cases to keep, e.g. EIMN_L_x4,EIMN_A_x4")
     ap.add_argument("--json", metavar="FILE", help="write machine info and rows as JSON")
     add_malloc_arg(ap)
+    add_record_args(ap)
     a = ap.parse_args(argv)
     if a.device == "cpu":
         torch.set_num_threads(a.threads)
@@ -259,7 +260,9 @@ def main(argv=None) -> dict:
     if not a.no_train:
         rows += bench_training(a.device, a.quick, a.threads, notes=notes)
     res = {"machine": machine_info(a.device), "model": rows, "notes": notes, "malloc": a.malloc}
-    return print_result(res, format_rows(rows), a.json)
+    print_result(res, format_rows(rows), a.json)
+    record_run(res, a, "benchmarks.model", argv)
+    return res
 
 
 if __name__ == "__main__":

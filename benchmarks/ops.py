@@ -29,7 +29,7 @@ import eimn.model as em
 import eimn_kernels as ek
 from eimn_kernels import reference as ref
 
-from .report import print_result
+from .report import add_record_args, print_result, record_run
 from .harness import (add_malloc_arg, error_text, machine_info, malloc_mode, max_rel_err, measure,
                       measure_ceilings, paired_speedup, progress, set_malloc_mode, tensor_list)
 from .roofline import conv_flops, nbytes, roofline_fields
@@ -428,6 +428,7 @@ def main(argv=None) -> dict:
                          "OMP_WAIT_POLICY is set), passive, active, or default (unset: libgomp's own, spin then "
                          "sleep; eager's fastest on an idle machine, harmful on an oversubscribed one)")
     add_malloc_arg(ap)
+    add_record_args(ap)
     a = ap.parse_args(argv)
     if a.device == "cpu":
         torch.set_num_threads(a.threads)
@@ -441,7 +442,9 @@ def main(argv=None) -> dict:
         rows += bench_subops(ops, a.device, a.quick, a.threads, a.dtype, ceilings, notes=notes)
     res = {"machine": machine_info(a.device), "ceilings": ceilings, "ops": rows, "notes": notes, "malloc": a.malloc}
     print(f"ceilings: copy {ceilings['copy_GBps']:.1f} GB/s, sgemm {ceilings['sgemm_GFLOPs']:.1f} GFLOP/s")
-    return print_result(res, format_rows(rows), a.json)
+    print_result(res, format_rows(rows), a.json)
+    record_run(res, a, "benchmarks.ops", argv)
+    return res
 
 
 if __name__ == "__main__":

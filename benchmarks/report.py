@@ -9,10 +9,12 @@ from __future__ import annotations
 import datetime as _dt
 import json
 import os
+import sys
 
 from .harness import machine_tag
 
-__all__ = ["result_paths", "write_json", "print_result", "to_markdown", "write_markdown", "plot_speedups", "write_all"]
+__all__ = ["result_paths", "write_json", "print_result", "add_record_args", "record_run", "to_markdown",
+           "write_markdown", "plot_speedups", "write_all"]
 
 
 def result_paths(results: dict, out_dir: str) -> dict[str, str]:
@@ -44,6 +46,27 @@ def print_result(results: dict, table: str, json_path: str | None = None) -> dic
     if json_path:
         print(f"wrote {write_json(results, json_path)}")
     return results
+
+
+def add_record_args(ap) -> None:
+    """The results-log options of a benchmark command line (see benchmarks.history)."""
+    from .history import RESULTS_DIR
+    ap.add_argument("--results-dir", default=RESULTS_DIR,
+                    help=f"where the results log and the latest tables are (default {RESULTS_DIR})")
+    ap.add_argument("--no-record", action="store_true", help="do not append this run's rows to the results log")
+
+
+def record_run(results: dict, args, module: str, argv) -> list[str]:
+    """Append ``results``' rows to the log of ``args.results_dir`` (unless ``args.no_record``) with the command
+    ``python -m <module> <argv>`` and regenerate the machine's latest table; prints and returns the paths."""
+    if args.no_record:
+        return []
+    from .history import record
+    cmd = " ".join(["python -m", module, *(sys.argv[1:] if argv is None else argv)])
+    paths = record(results, cmd, args.results_dir)
+    for p in paths:
+        print(f"recorded: {p}")
+    return paths
 
 
 def _machine_md(m: dict, c: dict | None) -> list[str]:

@@ -1,11 +1,13 @@
-"""Run every benchmark that applies to this machine and write JSON, markdown and a PNG plot.
+"""Run every benchmark that applies to this machine; log its rows and regenerate the machine's latest table.
 
 Sections: complexity (meta device), machine ceilings (copy bandwidth, sgemm), ops and sub-ops, whole-model
-inference and a training step. Device: CUDA when available, else CPU (2 threads by default). Output:
-benchmarks/results/<machine>-<date>.{json,md,png} (or --out-dir). A failing section is recorded in the
-notes and the others still run. ``--quick`` fits in a few minutes on a 2-core CPU.
+inference and a training step. Device: CUDA when available, else CPU (2 threads by default). Output: the rows go to
+the results log (``benchmarks/results/history.jsonl``, see benchmarks.history) and ``latest-<machine>.md/.png``
+are rewritten; with ``--out-dir DIR`` the run's whole report (JSON with notes and ceilings, markdown, PNG) also
+goes to DIR as ``<machine>-<date>.*``, checkpointed after every section (for a lent GPU's ``$OUT``). A failing
+section is recorded in the notes and the others still run. ``--quick`` fits in a few minutes on a 2-core CPU.
 
-    python -m benchmarks.run [--quick] [--device cpu|cuda|all] [--threads 2] [--out-dir DIR]
+    python -m benchmarks.run [--quick] [--device cpu|cuda|all] [--threads 2] [--out-dir DIR] [--no-record]
 """
 from __future__ import annotations
 
@@ -18,12 +20,9 @@ import torch
 
 from . import complexity, model, ops
 from .harness import add_malloc_arg, machine_info, measure_ceilings, set_malloc_mode
-from .report import result_paths, write_all, write_json
+from .report import add_record_args, record_run, result_paths, write_all, write_json
 
 __all__ = ["run_all", "main"]
-
-DEFAULT_OUT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
-
 
 def _section(name: str, notes: list, fn, /, *a, **kw):
     t0 = time.perf_counter()
@@ -95,8 +94,9 @@ def main(argv=None) -> dict:
     ap.add_argument("--no-tf32", action="store_true",
                     help="CUDA: eager fp32 convolutions/matmuls without TF32 (like for like with the exact-fp32 "
                          "kernels; torch's default lets cuDNN use TF32)")
-    ap.add_argument("--out-dir", default=DEFAULT_OUT, help=f"where to write results (default {DEFAULT_OUT})")
+    ap.add_argument("--out-dir", help="also write the run's whole report (JSON, markdown, PNG) there")
     add_malloc_arg(ap)
+    add_record_args(ap)
     ap.add_argument("--omp-wait", default="inherit", choices=ops.OMP_WAIT,
                     help="OpenMP wait policy of the CPU op rows' per-shape processes (see benchmarks.ops)")
     a = ap.parse_args(argv)
@@ -113,7 +113,8 @@ def main(argv=None) -> dict:
     for dev in devices:
         res = run_all(dev, a.quick, a.threads, compile=not a.no_compile, sections=sections, malloc=a.malloc,
                       checkpoint_dir=a.out_dir, omp_wait=a.omp_wait)
-        paths = write_all(res, a.out_dir)
+        paths = write_all(res, a.out_dir) if a.out_dir else {}
+        record_run(res, a, "benchmarks.run", argv)
         out[dev] = {"results": res, "paths": paths}
         _summary(res)
         print(f"wall time {res['wall_s']:.0f} s on {dev}")

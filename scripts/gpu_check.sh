@@ -134,7 +134,7 @@ sanitize() {
 }
 
 bench() {
-  timeout "$TO" "$PY" -m benchmarks.run --device cuda --out-dir "$OUTDIR" --sections ops,subops ${BENCH_ARGS---quick}
+  timeout "$TO" "$PY" -m benchmarks.run --device cuda --out-dir "$OUTDIR" --results-dir "$OUTDIR" --sections ops,subops ${BENCH_ARGS---quick}
 }
 
 dot_precision() {
@@ -142,7 +142,7 @@ dot_precision() {
 }
 
 bench_model() {
-  timeout "$TO" "$PY" -m benchmarks.run --device cuda --out-dir "$OUTDIR" --sections complexity,model,train \
+  timeout "$TO" "$PY" -m benchmarks.run --device cuda --out-dir "$OUTDIR" --results-dir "$OUTDIR" --sections complexity,model,train \
     ${BENCH_ARGS---quick}
 }
 

@@ -158,6 +158,41 @@ def test_writers_on_fake_results(tmp_path):
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 1000
 
 
+def test_history_log_latest_and_merge(tmp_path):
+    """Results as data: a run's rows go to history.jsonl (flat, with machine, commit and command), the latest table
+    per machine takes each case from the newest run that timed it, and another log merges in without duplicates."""
+    from benchmarks import history
+    old = _fake_results()
+    old["machine"] = dict(old["machine"], date_utc="2026-01-01T00:00:00Z")
+    new = _fake_results()
+    new["machine"] = dict(new["machine"], date_utc="2026-02-01T00:00:00Z")
+    new["ops"] = [dict(r, median_ms=r["median_ms"] / 2) for r in new["ops"] if r["op"] == "molrcm"]
+    new["model"] = []
+    d = str(tmp_path / "res")
+    history.record(old, "python -m benchmarks.ops molrcm", d)
+    paths = history.record(new, "python -m benchmarks.ops molrcm --quick", d)
+    rows = history.read(d)
+    assert len(rows) == 6 + 2  # timed rows (not errors): old 2 op, 1 subop, 3 model; new 2 op
+    r0 = rows[0]
+    for k in ("date", "machine", "commit", "command", "section", "case", "shape", "mode", "dtype", "provider",
+              "median_ms", "speedup_vs_eager", "paired"):
+        assert k in r0, k
+    tag = r0["machine"]
+    lat = history.latest(rows, tag)
+    op_rows = [r for r in lat if r["section"] == "op"]
+    assert {r["date"] for r in op_rows} == {"2026-02-01T00:00:00Z"} and len(op_rows) == 2
+    assert any(r["section"] == "subop" and r["date"].startswith("2026-01") for r in lat)  # not re-timed: kept
+    assert any(p.endswith(f"latest-{tag}.md") for p in paths) and any(p.endswith(".png") for p in paths)
+    md = open(f"{d}/latest-{tag}.md").read()
+    assert "python -m benchmarks.ops molrcm --quick" in md and "| fused[cpu] | 0.50 |" in md
+    other = tmp_path / "other.jsonl"
+    other.write_text(open(f"{d}/history.jsonl").read().splitlines()[0] + "\n" + __import__("json").dumps(
+        dict(r0, machine="gpu-x", gpu="GPU X")) + "\n")
+    history.main(["--results-dir", d, "--merge", str(other)])
+    rows2 = history.read(d)
+    assert len(rows2) == len(rows) + 1 and (tmp_path / "res" / "latest-gpu-x.md").exists()
+
+
 def test_plot_without_speedups(tmp_path):
     res = _fake_results()
     res["ops"], res["model"] = [], []
