@@ -178,6 +178,45 @@ def plot(rows: list[dict], machine: str, path: str) -> str | None:
     return path
 
 
+def _value(r: dict) -> float | None:
+    return r.get("paired") if r.get("paired") is not None else r.get("speedup_vs_eager")
+
+
+def _ratio(r: dict | None, named: bool = False) -> str:
+    v = None if r is None else _value(r)
+    if v is None:
+        return ""
+    name = r["provider"].split("[")[-1].rstrip("]") if named and "[" in r["provider"] else ""
+    return f"{v:.2f}x" + (f" ({name})" if name else "")
+
+
+def headline(rows: list[dict], machine: str) -> str:
+    """The README's compact table of ``machine``'s latest rows: per layer and shape the best fused backend's and
+    torch.compile's speed-up over eager (paired where measured), forward and forward + backward, then per model
+    the best folded (else fused) inference. The backend is named where the machine has several."""
+    lat = [r for r in latest(rows, machine) if r["section"] in ("op", "inference")]
+    named = len({r["provider"] for r in lat if r["provider"].startswith(("fused[", "folded["))}) > 2
+    lines = ["| layer or model, input | fused fwd (model: folded) | fused fwd+bwd | torch.compile fwd | eager fwd ms |",
+             "|---|---:|---:|---:|---:|"]
+    keys = list(OrderedDict.fromkeys((r["section"], r["case"], r["shape"], r["dtype"]) for r in lat))
+    for sec, case, shape, dtype in sorted(keys, key=lambda k: (k[0] != "op", k[1], k[2], k[3])):
+        grp = [r for r in lat if (r["section"], r["case"], r["shape"], r["dtype"]) == (sec, case, shape, dtype)]
+
+        def best(mode, prefix, grp=grp):
+            cands = [r for r in grp if r["mode"] == mode and r["provider"].startswith(prefix) and _value(r)]
+            return max(cands, key=_value, default=None)
+        fwd = "fwd" if sec == "op" else "inference"
+        kind = "fused[" if sec == "op" or best(fwd, "folded[") is None else "folded["
+        eager = best(fwd, "eager")
+        name = case.upper() if sec == "op" else case
+        ms = None if eager is None else eager["median_ms"]
+        eager_ms = "" if ms is None else (f"{ms:.0f}" if ms >= 100 else f"{ms:.3g}")
+        dt = "" if dtype == "fp32" else " " + dtype
+        lines.append(f"| {name} {shape}{dt} | {_ratio(best(fwd, kind), named)} "
+                     f"| {_ratio(best('fwd+bwd', kind), named)} | {_ratio(best(fwd, 'compile'))} | {eager_ms} |")
+    return "\n".join(lines)
+
+
 def regenerate(machine: str | None = None, results_dir: str = RESULTS_DIR) -> list[str]:
     """Rewrite latest-<machine>.md (and .png) from the log, for ``machine`` or every machine in it; returns the
     paths written."""
@@ -211,7 +250,11 @@ def main(argv=None) -> list[str]:
     ap.add_argument("--machine", help="only this machine tag (default: every machine in the log)")
     ap.add_argument("--results-dir", default=RESULTS_DIR)
     ap.add_argument("--merge", metavar="FILE", help="append the rows of this log (not already in ours) first")
+    ap.add_argument("--headline", metavar="TAG", help="print the README's compact table of this machine and stop")
     a = ap.parse_args(argv)
+    if a.headline:
+        print(headline(read(a.results_dir), a.headline))
+        return []
     if a.merge:
         have = {json.dumps(r, sort_keys=True) for r in read(a.results_dir)}
         with open(a.merge) as f:

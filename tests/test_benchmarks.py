@@ -185,6 +185,8 @@ def test_history_log_latest_and_merge(tmp_path):
     assert any(p.endswith(f"latest-{tag}.md") for p in paths) and any(p.endswith(".png") for p in paths)
     md = open(f"{d}/latest-{tag}.md").read()
     assert "python -m benchmarks.ops molrcm --quick" in md and "| fused[cpu] | 0.50 |" in md
+    head = history.headline(rows, tag)
+    assert "| MOLRCM 1x64x8x8 | 2.00x |" in head and "| EIMN_L_x4 LR 320x180 |" in head
     other = tmp_path / "other.jsonl"
     other.write_text(open(f"{d}/history.jsonl").read().splitlines()[0] + "\n" + __import__("json").dumps(
         dict(r0, machine="gpu-x", gpu="GPU X")) + "\n")
