@@ -55,6 +55,26 @@ def _nonneg_int(s: str) -> int:
     return v
 
 
+def _outscale_arg(s: str) -> float:
+    try:
+        v = float(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--outscale must be a number, got {s!r}") from None
+    if not (v > 0) or v == float("inf"):
+        raise argparse.ArgumentTypeError(f"--outscale must be a positive number, got {s}")
+    return v
+
+
+def _size_arg(s: str) -> tuple[int, int]:
+    try:
+        h, w = (int(v) for v in s.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected HxW, e.g. 180x320, got {s!r}") from None
+    if h < 1 or w < 1:
+        raise argparse.ArgumentTypeError(f"sizes must be positive, got {s}")
+    return h, w
+
+
 def _scale_arg(s: str):
     if s == "auto":
         return s
@@ -71,23 +91,28 @@ def build_parser() -> argparse.ArgumentParser:
     """The argparse parser of ``eimn`` with subcommands upscale and eval."""
     p = argparse.ArgumentParser(prog="eimn", description="EIMN super-resolution: upscale images, "
                                 "evaluate PSNR/SSIM on benchmark datasets.")
-    sub = p.add_subparsers(dest="command", metavar="{upscale,eval}")
+    sub = p.add_subparsers(dest="command", metavar="{upscale,eval,export-onnx}")
     sub.required = True
 
     u = sub.add_parser("upscale", help="super-resolve image files or folders",
                        description="Super-resolve PNG/JPEG/WebP (also BMP/TIFF) images. Grayscale "
                        "images are run as RGB and written back as grayscale; an alpha channel is "
                        "upscaled separately with MATLAB-style bicubic interpolation (--alpha model to "
-                       "run it through the network). Output is 8-bit.")
+                       "run it through the network). 16-bit PNG/TIFF input is read at full precision and "
+                       "written with 16 bits (PNG, TIFF output); other input is written with 8.")
     u.add_argument("inputs", nargs="+", metavar="INPUT", help="image files or folders of images")
     u.add_argument("-o", "--output", required=True, metavar="OUTDIR", help="output folder (created)")
     u.add_argument("--weights", required=True, metavar="FILE", help="EIMN weight file (.pth/.pt/.safetensors)")
     u.add_argument("--alpha", choices=("bicubic", "model"), default="bicubic",
                    help="how to upscale an alpha channel (default bicubic)")
-    u.add_argument("--ext", default="png", choices=("png", "jpg", "webp", "same"),
+    u.add_argument("--ext", default="png", choices=("png", "tif", "jpg", "webp", "same"),
                    help="output format (default png; 'same' keeps the input's extension)")
+    u.add_argument("--outscale", type=_outscale_arg, default=None, metavar="F",
+                   help="final size factor of the output (e.g. 3.5 with an x4 model): the model's output is "
+                        "resized by antialiased bicubic interpolation (default: the model's scale)")
     u.add_argument("--suffix", default="_x{scale}",
-                   help="appended to the output file stem; {scale} is replaced (default _x{scale})")
+                   help="appended to the output file stem; {scale} is replaced by the model's scale or "
+                        "--outscale (default _x{scale})")
     u.add_argument("--recursive", action="store_true", help="look for images in sub-folders too")
     u.add_argument("--tile-report", action="store_true",
                    help="with --tile: also run the whole image and print how far the tiled output is")
@@ -112,6 +137,21 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--per-image", action="store_true", help="print a row per image")
     e.add_argument("--json", metavar="FILE", default=None, help="write results as JSON ('-' = stdout)")
     _common(e)
+    x = sub.add_parser("export-onnx", help="export the folded model to ONNX (plain operators)",
+                       description="Export the model of a weight file, BatchNorm and layer scales folded, to an "
+                       "ONNX file of plain operators (no custom ops) for ONNX Runtime, OpenVINO, TensorRT. Input "
+                       "'input' (N, 3, H, W) RGB in [0, 1], output 'output' (N, 3, scale*H, scale*W); batch, "
+                       "height and width dynamic unless --static. Checked against the eager model in ONNX "
+                       "Runtime when it is installed.")
+    x.add_argument("--weights", required=True, metavar="FILE", help="EIMN weight file (.pth/.pt/.safetensors)")
+    x.add_argument("-o", "--output", required=True, metavar="FILE", help="the .onnx file to write")
+    x.add_argument("--opset", type=int, default=18, help="ONNX opset (default 18)")
+    x.add_argument("--fp16", action="store_true", help="float16 model, input and output")
+    x.add_argument("--static", type=_size_arg, default=None, metavar="HxW",
+                   help="a fixed input size (batch 1) instead of dynamic batch, height and width")
+    x.add_argument("--exporter", choices=("dynamo", "torchscript"), default="dynamo",
+                   help="torch.export-based (default) or PyTorch's older TorchScript exporter (faster)")
+    x.add_argument("--no-check", action="store_true", help="skip the ONNX Runtime comparison")
     return p
 
 
@@ -221,7 +261,20 @@ def _output_path(args, src: str, scale: int) -> str:
         ext = "." + args.ext
     elif ext.lower() not in (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff"):
         ext = ".png"
-    return os.path.join(args.output, stem + args.suffix.replace("{scale}", str(scale)) + ext)
+    shown = f"{args.outscale:g}" if args.outscale is not None else str(scale)
+    return os.path.join(args.output, stem + args.suffix.replace("{scale}", shown) + ext)
+
+
+def _resize_output(torch, y, h: int, w: int, outscale: float | None):
+    """The model's output y (N, C, H', W') resized to round(outscale * (h, w)) of the input size (antialiased
+    bicubic, torch.nn.functional.interpolate), clamped to [0, 1]; y itself without outscale."""
+    if outscale is None:
+        return y
+    size = (max(1, round(h * outscale)), max(1, round(w * outscale)))
+    if tuple(y.shape[-2:]) == size:
+        return y
+    y = torch.nn.functional.interpolate(y.float(), size=size, mode="bicubic", antialias=True, align_corners=False)
+    return y.clamp_(0, 1)
 
 
 def cmd_upscale(args) -> int:
@@ -257,7 +310,8 @@ def cmd_upscale(args) -> int:
         y = upscale_image(model, x, scale, tile=args.tile, overlap=args.tile_overlap,
                           progress=bar.update,
                           on_retry=lambda t: _note(args, f"note: out of memory, retrying with --tile {t}"))
-        return y.clamp_(0, 1)[0].permute(1, 2, 0).float().cpu().numpy()
+        y = _resize_output(torch, y.clamp_(0, 1), x.shape[-2], x.shape[-1], args.outscale)
+        return y[0].permute(1, 2, 0).float().cpu().numpy()
 
     t0 = time.time()
     with _tqdm(args, total=len(files), unit="img", desc="upscale") as bar_img, \
@@ -273,13 +327,17 @@ def cmd_upscale(args) -> int:
                         alpha = run(np.repeat(im.alpha[..., None], 3, axis=2), bar_tile).mean(axis=2)
                     else:
                         alpha = np.clip(imresize(im.alpha, scale=scale), 0.0, 1.0)
+                        if args.outscale is not None:
+                            a = torch.from_numpy(np.ascontiguousarray(alpha))[None, None]
+                            h, w = im.alpha.shape
+                            alpha = _resize_output(torch, a, h, w, args.outscale)[0, 0].numpy()
                 if args.tile_report and args.tile > 0:
                     x = torch.from_numpy(im.rgb).permute(2, 0, 1)[None].to(device=device, dtype=dtype)
                     r = tile_error(model, x, scale, args.tile, args.tile_overlap)
                     _tqdm_write(f"{os.path.basename(src)}: tiled ({r['tiles']} tiles of {args.tile}, "
                                f"overlap {args.tile_overlap}) vs whole image: PSNR {r['psnr_db']:.2f} dB, "
                                f"max |diff| {r['max_abs_float']:.4f} ({r['max_abs_uint8']} in 8-bit)")
-            save_image(dst, sr, alpha=alpha, gray=im.gray)
+            save_image(dst, sr, alpha=alpha, gray=im.gray, bits=im.bits)
             bar_img.update(1)
     _note(args, f"wrote {len(files)} image(s) to {args.output} in {time.time() - t0:.1f}s")
     return 0
@@ -414,6 +472,33 @@ def cmd_eval(args) -> int:
 
 # --------------------------------------------------------------------------- entry point
 
+def cmd_export_onnx(args) -> int:
+    """Export the weight file's folded model to ONNX; compare it with the eager model in ONNX Runtime."""
+    import importlib.util
+
+    from .export import check_onnx, export_onnx
+    from .load import load_model
+    try:
+        model = load_model(args.weights)
+    except (FileNotFoundError, ValueError) as e:
+        raise CLIError(_weights_error(args.weights, e)) from None
+    t0 = time.time()
+    path = export_onnx(model, args.output, opset=args.opset, fp16=args.fp16, static=args.static,
+                       exporter=args.exporter)
+    size = "fixed " + "x".join(map(str, args.static)) if args.static else "dynamic batch, height and width"
+    print(f"wrote {path} ({model.variant} x{model.scale}, opset {args.opset}, "
+          f"{'float16' if args.fp16 else 'float32'}, {size}) in {time.time() - t0:.1f}s")
+    if args.no_check:
+        return 0
+    if importlib.util.find_spec("onnxruntime") is None:
+        print("note: onnxruntime is not installed: the export was not checked (pip install onnxruntime)")
+        return 0
+    sizes = ((1, *args.static),) if args.static else ((1, 23, 17), (2, 31, 29))
+    diff = check_onnx(path, model, sizes=sizes)
+    print(f"ONNX Runtime vs the eager model: max |diff| {diff:.2e} on inputs {', '.join(f'{n}x3x{h}x{w}' for n, h, w in sizes)}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``eimn`` / ``python -m eimn``; returns the exit status."""
     args = build_parser().parse_args(argv)
@@ -421,6 +506,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "upscale":
             return cmd_upscale(args)
+        if args.command == "export-onnx":
+            return cmd_export_onnx(args)
         return cmd_eval(args)
     except KeyboardInterrupt:
         print("eimn: interrupted", file=sys.stderr)

@@ -74,10 +74,12 @@ def _is_block(m: nn.Module) -> bool:
 
 
 @torch.no_grad()
-def _fold_block(block: nn.Module, backend: str) -> FoldedEIMNBlock:
-    attn = block.attn if isinstance(block.attn, MOLRCM) else MOLRCM.from_module(block.attn, backend)
-    mlp = block.mlp if isinstance(block.mlp, SADFFM) else SADFFM.from_module(block.mlp, backend)
-    attn.backend = mlp.backend = backend
+def _fold_block(block: nn.Module, backend: str, fused: bool = True) -> FoldedEIMNBlock:
+    attn, mlp = block.attn, block.mlp
+    if fused:
+        attn = attn if isinstance(attn, MOLRCM) else MOLRCM.from_module(attn, backend)
+        mlp = mlp if isinstance(mlp, SADFFM) else SADFFM.from_module(mlp, backend)
+        attn.backend = mlp.backend = backend
     s1, t1 = bn_affine(block.norm1)
     _fold_input_affine(attn.proj_query[0], s1, t1)
     _fold_input_affine(attn.proj_value[0], s1, t1)
@@ -87,32 +89,35 @@ def _fold_block(block: nn.Module, backend: str) -> FoldedEIMNBlock:
     return FoldedEIMNBlock(attn, mlp, block.layer_scale_2)
 
 
-def _fold_tree(model: nn.Module, backend: str) -> int:
+def _fold_tree(model: nn.Module, backend: str, fused: bool = True) -> int:
     n = 0
     for name, child in list(model.named_children()):
         if _is_block(child):
-            setattr(model, name, _fold_block(child, backend))
+            setattr(model, name, _fold_block(child, backend, fused))
             n += 1
         else:
-            n += _fold_tree(child, backend)
+            n += _fold_tree(child, backend, fused)
     return n
 
 
-def optimize_for_inference(model: nn.Module, backend: str = "auto", inplace: bool = False) -> nn.Module:
+def optimize_for_inference(model: nn.Module, backend: str = "auto", inplace: bool = False,
+                           fused: bool = True) -> nn.Module:
     """Eval-only copy of ``model`` with every EIMN block folded and MOLRCM/SADFFM fused.
 
     Outputs equal the eval-mode original within fp32 rounding. The result is in eval mode,
     its parameters do not require grad, and its state_dict differs from the original's.
-    ``inplace=True`` rewrites ``model`` itself.
+    ``inplace=True`` rewrites ``model`` itself. ``fused=False`` folds only and keeps the model's own (eager)
+    layers: plain PyTorch operators, what an ONNX export needs (eimn.export).
     """
     if not inplace:
         model = copy.deepcopy(model)
     model.eval()
     if _is_block(model):
-        model = _fold_block(model, backend)
+        model = _fold_block(model, backend, fused)
     else:
-        _fold_tree(model, backend)
-        fuse(model, backend=backend)
+        _fold_tree(model, backend, fused)
+        if fused:
+            fuse(model, backend=backend)
     for p in model.parameters():
         p.requires_grad_(False)
     return model.eval()

@@ -286,3 +286,70 @@ def test_eval_compare_json_and_lr_pairs(tmp_path, tiny_dataset, weights, capsys)
     assert pair["path"] == "reference"
     assert pair["psnr"] == pytest.approx(ref["psnr"], abs=1e-9)
     assert pair["ssim"] == pytest.approx(ref["ssim"], abs=1e-12)
+
+
+# ----------------------------------------------------------------------------- 16-bit images, --outscale
+
+def _eager_sr(weights, rgb):
+    import eimn
+    m = eimn.load_model(weights)
+    with torch.no_grad():
+        y = m(torch.from_numpy(rgb).permute(2, 0, 1)[None].float()).clamp(0, 1)
+    return y[0].permute(1, 2, 0).double().numpy()
+
+
+@pytest.mark.parametrize("fmt,gray", [("png", False), ("png", True), ("tif", False), ("tif", True)])
+def test_sixteen_bit_input_is_read_and_written_at_full_precision(tmp_path, weights, capsys, fmt, gray):
+    png = pytest.importorskip("png")
+    tifffile = pytest.importorskip("tifffile")
+    rng = np.random.default_rng(1)
+    a16 = rng.integers(0, 65536, size=(9, 7) if gray else (9, 7, 3), dtype=np.uint16)
+    src = tmp_path / f"in16.{fmt}"
+    if fmt == "png":
+        with open(src, "wb") as f:
+            png.Writer(7, 9, greyscale=gray, bitdepth=16).write(f, a16.reshape(9, -1))
+    else:
+        tifffile.imwrite(src, a16, photometric="minisblack" if gray else "rgb")
+    rc, _, err = _run(capsys, ["upscale", str(src), "-o", str(tmp_path / "o"), "--weights", weights, "--ext",
+                               "same", "--unfused", "-q", *THREADS])
+    assert rc == 0, err
+    dst = tmp_path / "o" / f"in16_x2.{fmt}"
+    if fmt == "png":
+        w, h, rows, info = png.Reader(filename=str(dst)).asDirect()
+        assert info["bitdepth"] == 16 and info["greyscale"] == gray
+        out = np.vstack([np.asarray(r, dtype=np.uint16) for r in rows]).reshape(h, w, -1)
+    else:
+        out = tifffile.imread(dst)
+        assert out.dtype == np.uint16
+        out = out.reshape(out.shape[0], out.shape[1], -1)
+    assert out.shape[:2] == (18, 14) and out.shape[2] == (1 if gray else 3)
+    rgb = (np.repeat(a16[..., None], 3, axis=2) if gray else a16).astype(np.float32) / 65535.0
+    want = _eager_sr(weights, rgb)
+    if gray:
+        want = (0.299 * want[..., 0] + 0.587 * want[..., 1] + 0.114 * want[..., 2])[..., None]
+    # within 16-bit quantisation (7.6e-6) + fp32 differences; an 8-bit path would be off by up to 2e-3
+    assert np.abs(out / 65535.0 - want).max() < 2e-4
+    inner = out[(out > 0) & (out < 65535)]  # not clamped
+    assert (inner % 257 != 0).mean() > 0.95  # not 8-bit values widened to 16 bits
+
+
+def test_eight_bit_input_stays_eight_bit(tmp_path, weights, capsys):
+    src = tmp_path / "in8.png"
+    Image.fromarray(np.random.default_rng(2).integers(0, 256, (6, 5, 3), dtype=np.uint8)).save(src)
+    rc, _, err = _run(capsys, ["upscale", str(src), "-o", str(tmp_path / "o"), "--weights", weights, "-q",
+                               *THREADS])
+    assert rc == 0, err
+    with Image.open(tmp_path / "o" / "in8_x2.png") as im:
+        assert im.mode == "RGB" and im.size == (10, 12)
+
+
+def test_outscale_resizes_the_output(tmp_path, weights, capsys):
+    src = tmp_path / "a.png"
+    Image.fromarray(np.random.default_rng(3).integers(0, 256, (8, 10, 4), dtype=np.uint8), "RGBA").save(src)
+    rc, _, err = _run(capsys, ["upscale", str(src), "-o", str(tmp_path / "o"), "--weights", weights, "-q",
+                               "--outscale", "1.5", *THREADS])
+    assert rc == 0, err
+    with Image.open(tmp_path / "o" / "a_x1.5.png") as im:
+        assert im.size == (15, 12) and im.mode == "RGBA"
+    with pytest.raises(SystemExit):
+        main(["upscale", str(src), "-o", str(tmp_path / "o"), "--weights", weights, "--outscale", "0"])
