@@ -11,8 +11,12 @@ fi
 python -m pip install -q --upgrade pip 2>&1 | grep -v '^WARNING' || true
 # torch pinned to the CPU wheel (2.13.0, on disk here): never let a bare 'torch' pull the CUDA build.
 python -m pip install -q "torch==2.13.0" 2>&1 | grep -v '^WARNING' || true
-python -m pip install -q triton numpy pytest ninja pybind11 pillow tqdm matplotlib safetensors setuptools wheel 2>&1 \
-  | grep -v '^WARNING' || true
+python -m pip install -q triton numpy pytest ninja pybind11 pillow tqdm pypng tifffile matplotlib safetensors \
+  "setuptools>=77" wheel 2>&1 | grep -v '^WARNING' || true
+# Optional, for the ONNX export and its check against ONNX Runtime, and the spandrel architecture. spandrel without
+# its dependencies: they name torch and torchvision, and resolving those would replace the CPU torch.
+python -m pip install -q onnx onnxscript onnxruntime einops 2>&1 | grep -v '^WARNING' || true
+python -m pip install -q --no-deps spandrel 2>&1 | grep -v '^WARNING' || true
 python -c "import torch; assert torch.__version__.startswith('2.13.0'), torch.__version__"
 # Build the C++ extension (CPU kernels; CUDA kernels too with FORCE_CUDA=1 and CUDA_HOME set).
 MAX_JOBS=${MAX_JOBS:-2} python setup.py build_ext --inplace > build.log 2>&1 || { tail -40 build.log; exit 1; }
