@@ -4,11 +4,12 @@ Inference rows (batch 1): ``eager`` (eimn.model, eval), ``fused[<backend>]`` (ei
 ``folded[<backend>]`` (eimn_kernels.optimize_for_inference: BN / layer-scale folded, then fused; skipped when
 it is not importable) and ``compile`` (torch.compile of the eager model; EIMN_L x4 only (the issue's case), or the quick case on
 CUDA: compiling the whole model takes minutes). CPU: fp32. CUDA: fp32 and fp16
-autocast, plus EIMN_L x2 on a 640x480 input in fp16 beside the published 7.34 FPS (RTX 4090).
+autocast, plus EIMN_L x2 on a 640x480 input in fp16 beside the published 7.34 FPS (RTX 4090). ``--peers`` (CPU):
+``onnxruntime``, ``openvino[f32]`` and ``openvino[default]`` rows on the model exported to ONNX (eimn.export).
 Training rows: one step of EIMN_L x2 (L1 loss, backward, Adam), batch 4, LR 64x64, eager vs fused, with peak
 memory. Weights are seeded random (speed does not depend on them); outputs are checked against eager.
 
-    python -m benchmarks.model [--quick] [--device cpu|cuda] [--threads 2] [--json FILE]
+    python -m benchmarks.model [--quick] [--device cpu|cuda] [--threads 2] [--cases EIMN_A_x4] [--peers] [--json FILE]
 """
 from __future__ import annotations
 
@@ -76,8 +77,54 @@ def _seeded(name: str, scale: int, device: str) -> torch.nn.Module:
     return m
 
 
-def _variants(eager: torch.nn.Module, backends: list[str], compile: bool, notes: list) -> dict[str, Callable]:
-    """name -> model, for eager / fused / folded / compile."""
+class _OnnxModel:
+    """A model exported to ONNX (eimn.export) run by ONNX Runtime or OpenVINO: (N, 3, H, W) float32 tensor in,
+    tensor out, like the torch variants."""
+
+    def __init__(self, run):
+        self.run = run
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.from_numpy(self.run(x.detach().cpu().numpy()))
+
+
+def _peers(eager: torch.nn.Module, threads: int | None, notes: list, tmpdir: str) -> dict[str, Callable]:
+    """ONNX Runtime and OpenVINO (f32, and its default precision: bf16 where the CPU has AMX/AVX512-BF16) on the
+    folded model exported to ONNX; the runtimes not installed are skipped with a note."""
+    import importlib.util
+    import os
+
+    from eimn.export import export_onnx
+    have = {m: importlib.util.find_spec(m) is not None for m in ("onnxruntime", "openvino")}
+    for m, ok in have.items():
+        n = f"model: {m} rows skipped: {m} is not installed (pip install {m})"
+        if not ok and n not in notes:
+            notes.append(n)
+    if not any(have.values()):
+        return {}
+    path = export_onnx(eager, os.path.join(tmpdir, "model.onnx"), exporter="torchscript")
+    out: dict[str, Callable] = {}
+    if have["onnxruntime"]:
+        import onnxruntime as ort
+        so = ort.SessionOptions()
+        if threads:
+            so.intra_op_num_threads = threads
+        sess = ort.InferenceSession(path, so, providers=["CPUExecutionProvider"])
+        out["onnxruntime"] = _OnnxModel(lambda x, s=sess: s.run(None, {"input": x})[0])
+    if have["openvino"]:
+        import openvino as ov
+        core = ov.Core()
+        for name, cfg in (("openvino[f32]", {"INFERENCE_PRECISION_HINT": "f32"}), ("openvino[default]", {})):
+            if threads:
+                cfg = dict(cfg, INFERENCE_NUM_THREADS=threads)
+            compiled = core.compile_model(path, "CPU", cfg)
+            out[name] = _OnnxModel(lambda x, c=compiled: c(x)[0])
+    return out
+
+
+def _variants(eager: torch.nn.Module, backends: list[str], compile: bool, notes: list,
+              peers: dict[str, Callable] | None = None) -> dict[str, Callable]:
+    """name -> model, for eager / fused / folded / compile (and the ONNX runtimes of ``peers``)."""
     out = {"eager": eager}
     for b in backends:
         out[f"fused[{b}]"] = ek.fuse(copy.deepcopy(eager), backend=b)
@@ -92,13 +139,16 @@ def _variants(eager: torch.nn.Module, backends: list[str], compile: bool, notes:
     if compile:
         torch._dynamo.reset()
         out["compile"] = torch.compile(eager, dynamic=False)
+    out.update(peers or {})
     return out
 
 
 def bench_inference(device: str = "cpu", quick: bool = False, threads: int | None = None, compile: bool = True,
                     notes: list | None = None, plan: list | None = None, tkw: dict | None = None,
-                    only: list[str] | None = None) -> list[dict]:
-    """Inference rows, one per (case, variant). ``fps`` = 1 / median; speed-up vs eager of the same case."""
+                    only: list[str] | None = None, peers: bool = False) -> list[dict]:
+    """Inference rows, one per (case, variant). ``fps`` = 1 / median; speed-up vs eager of the same case.
+    ``peers`` (CPU, fp32): also ONNX Runtime and OpenVINO on the exported folded model."""
+    import tempfile
     notes = notes if notes is not None else []
     backends, skipped = kernel_backends(device)
     notes.extend(n for n in skipped if n not in notes)
@@ -116,7 +166,9 @@ def bench_inference(device: str = "cpu", quick: bool = False, threads: int | Non
         x = torch.rand(1, 3, h, w, device=device)
         want = None
         do_compile = compile and (quick or (name, scale) == ("EIMN_L", 4))
-        for vname, model in _variants(eager, backends, do_compile, notes).items():
+        tmp = tempfile.TemporaryDirectory()
+        peer = _peers(eager, threads, notes, tmp.name) if peers and device == "cpu" and prec == "fp32" else None
+        for vname, model in _variants(eager, backends, do_compile, notes, peer).items():
             row = {"group": "inference", "model": name, "scale": scale, "lr": f"{w}x{h}",
                    "hr": f"{w * scale}x{h * scale}", "precision": prec, "variant": vname, "device": device,
                    "multi_adds_G": madds / 1e9}
@@ -144,7 +196,8 @@ def bench_inference(device: str = "cpu", quick: bool = False, threads: int | Non
                 row["published_fps"] = PUBLISHED["fps"]
                 row["published_note"] = f"{PUBLISHED['model']} {PUBLISHED['input']} fp16 on {PUBLISHED['gpu']}"
             rows.append(row)
-        del eager, x, want
+        del eager, x, want, peer
+        tmp.cleanup()
     return rows
 
 
@@ -248,6 +301,8 @@ def main(argv=None) -> dict:
     ap.add_argument("--no-compile", action="store_true", help="skip the torch.compile rows")
     ap.add_argument("--no-train", action="store_true", help="skip the training-step rows")
     ap.add_argument("--cases", help="comma-separated inference cases to keep, e.g. EIMN_L_x4,EIMN_A_x4")
+    ap.add_argument("--peers", action="store_true",
+                    help="CPU: also ONNX Runtime and OpenVINO (f32 and its default precision) on the exported model")
     ap.add_argument("--json", metavar="FILE", help="write machine info and rows as JSON")
     add_malloc_arg(ap)
     add_record_args(ap)
@@ -256,7 +311,7 @@ def main(argv=None) -> dict:
         torch.set_num_threads(a.threads)
     notes: list[str] = [set_malloc_mode(a.malloc)]
     rows = bench_inference(a.device, a.quick, a.threads, compile=not a.no_compile, notes=notes,
-                           only=a.cases.split(",") if a.cases else None)
+                           only=a.cases.split(",") if a.cases else None, peers=a.peers)
     if not a.no_train:
         rows += bench_training(a.device, a.quick, a.threads, notes=notes)
     res = {"machine": machine_info(a.device), "model": rows, "notes": notes, "malloc": a.malloc}

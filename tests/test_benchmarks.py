@@ -326,3 +326,24 @@ def test_isolated_op_groups_carry_the_omp_policy():
         ops.bench_ops(("molrcm",), plan=[((1, 64, 5, 6), ("fwd",))], tkw=tkw, omp_wait="active")
     with pytest.raises(ValueError, match="omp_wait"):
         ops.bench_ops(("molrcm",), plan=[((1, 64, 5, 6), ("fwd",))], tkw=tkw, isolate=True, omp_wait="spin")
+
+
+def test_model_peer_rows_run_the_exported_model(tmp_path):
+    """benchmarks.model --peers: ONNX Runtime / OpenVINO on the exported folded model give the eager outputs (f32;
+    OpenVINO's default precision may be bf16)."""
+    import importlib.util
+
+    import eimn
+    from benchmarks.model import _peers
+    torch.manual_seed(0)
+    m = eimn.EIMN(embed_dims=8, scale=2, num_stages=1, mlp_ratio=2.0).eval()
+    notes = []
+    peers = _peers(m, 1, notes, str(tmp_path))
+    for mod in ("onnxruntime", "openvino"):
+        have = importlib.util.find_spec(mod) is not None
+        assert have == any(k.startswith(mod) for k in peers), (mod, list(peers), notes)
+    x = torch.rand(1, 3, 9, 7)
+    with torch.no_grad():
+        want = m(x)
+    for name, f in peers.items():
+        torch.testing.assert_close(f(x), want, atol=3e-2 if name.endswith("[default]") else 1e-4, rtol=0)
