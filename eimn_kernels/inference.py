@@ -101,13 +101,15 @@ def _fold_tree(model: nn.Module, backend: str, fused: bool = True) -> int:
 
 
 def optimize_for_inference(model: nn.Module, backend: str = "auto", inplace: bool = False,
-                           fused: bool = True) -> nn.Module:
+                           fused: bool = True, cuda_graphs: bool = False, max_graphs: int = 8) -> nn.Module:
     """Eval-only copy of ``model`` with every EIMN block folded and MOLRCM/SADFFM fused.
 
     Outputs equal the eval-mode original within fp32 rounding. The result is in eval mode,
     its parameters do not require grad, and its state_dict differs from the original's.
     ``inplace=True`` rewrites ``model`` itself. ``fused=False`` folds only and keeps the model's own (eager)
-    layers: plain PyTorch operators, what an ONNX export needs (eimn.export).
+    layers: plain PyTorch operators, what an ONNX export needs (eimn.export). ``cuda_graphs=True`` returns it
+    wrapped in :class:`~eimn_kernels.graphs.CUDAGraphed`: on CUDA inputs without autograd each input shape's
+    forward is captured once and replayed (``max_graphs`` shapes kept).
     """
     if not inplace:
         model = copy.deepcopy(model)
@@ -120,4 +122,7 @@ def optimize_for_inference(model: nn.Module, backend: str = "auto", inplace: boo
             fuse(model, backend=backend)
     for p in model.parameters():
         p.requires_grad_(False)
+    if cuda_graphs:
+        from .graphs import CUDAGraphed
+        return CUDAGraphed(model.eval(), max_graphs=max_graphs).eval()
     return model.eval()

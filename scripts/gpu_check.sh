@@ -6,6 +6,12 @@
 #
 # Through the `device` tool: first, here, `echo /shared/ >> .git/info/exclude; cp -r ../shared shared` (it travels
 # with the working tree, ~35 MB, and is linked to ../shared there; never commit it; delete it afterwards).
+# Usage: bash scripts/gpu_check.sh quick
+#        the one prepared call for a lent GPU (within 8 minutes): build, the CUDA/Triton kernel tests, compute-sanitizer
+#        memcheck on the fp32 CUDA kernel tests, and benchmarks/gpu_quick.py's model table (eager fp32/fp16, folded
+#        cuda/triton in fp32/fp16/bf16 with and without CUDA graphs, training step, a profiler table of one block,
+#        torch.compile); each step under its own time limit. Files in $OUT: <tag>-quick.log, gpu-quick.json/.md,
+#        history.jsonl (merge with `python -m benchmarks.history --merge`), latest-<gpu>.md/.png.
 # Usage: bash scripts/gpu_check.sh [build] [kernels] [test] [sanitize] [bench] [model] [dotprec]
 #        (no argument: build test sanitize bench model dotprec, in order; `kernels` runs only the CUDA/Triton kernel
 #        test files, for a first quick look; `bench` is the op and sub-op section, `model` the whole-model one;
@@ -133,6 +139,32 @@ sanitize() {
   return $rc
 }
 
+quick() {
+  # One prepared call within 8 minutes (a lent GPU gives 15 minutes in all, at most 10 per call, starts included):
+  # each step under its own limit, the next step runs whatever the last one did.
+  local rc=0 files
+  echo "--- quick: build (limit ${QUICK_BUILD_S:-140} s)"
+  TO=${QUICK_BUILD_S:-140} build || rc=1
+  echo "--- quick: kernel tests (limit ${QUICK_TEST_S:-100} s)"
+  mapfile -t files < <(gpu_test_files tests/test_cuda_*.py tests/test_triton_*.py tests/test_backends.py)
+  local xd=()
+  "$PY" -c "import xdist" 2>/dev/null && xd=(-n 8)
+  timeout "${QUICK_TEST_S:-100}" "$PY" -m pytest -q -x -rfE "${xd[@]}" "${files[@]}" || rc=1
+  if [ -n "$SANITIZER" ]; then
+    echo "--- quick: compute-sanitizer memcheck, fp32 CUDA kernel tests (limit ${QUICK_SANITIZE_S:-50} s)"
+    mapfile -t files < <(gpu_test_files tests/test_cuda_*.py)
+    PYTORCH_NO_CUDA_MEMORY_CACHING=1 timeout "${QUICK_SANITIZE_S:-50}" "$SANITIZER" --tool memcheck \
+      --error-exitcode 99 --print-limit 20 "$PY" -m pytest -q -x -p no:cacheprovider \
+      -k "${SANITIZER_K:-float32 and not gradcheck and not compile}" "${files[@]}" || rc=1
+  else
+    echo "--- quick: compute-sanitizer not found"
+  fi
+  echo "--- quick: model table (budget ${QUICK_BENCH_S:-130} s)"
+  timeout $(( ${QUICK_BENCH_S:-130} + 60 )) "$PY" -m benchmarks.gpu_quick --out "$OUTDIR" \
+    --budget-s "${QUICK_BENCH_S:-130}" || rc=1
+  return $rc
+}
+
 bench() {
   timeout "$TO" "$PY" -m benchmarks.run --device cuda --out-dir "$OUTDIR" --results-dir "$OUTDIR" --sections ops,subops ${BENCH_ARGS---quick}
 }
@@ -155,7 +187,8 @@ for s in "${stages[@]}"; do
     bench) run_stage bench bench ;;
     model) run_stage model bench_model ;;
     dotprec) run_stage dotprec dot_precision ;;
-    *) echo "unknown stage $s (build, kernels, test, sanitize, bench, model, dotprec)"; fail=1 ;;
+    quick) run_stage quick quick ;;
+    *) echo "unknown stage $s (quick, build, kernels, test, sanitize, bench, model, dotprec)"; fail=1 ;;
   esac
 done
 

@@ -347,3 +347,19 @@ def test_model_peer_rows_run_the_exported_model(tmp_path):
         want = m(x)
     for name, f in peers.items():
         torch.testing.assert_close(f(x), want, atol=3e-2 if name.endswith("[default]") else 1e-4, rtol=0)
+
+
+def test_gpu_quick_smoke_writes_its_files(tmp_path):
+    """benchmarks.gpu_quick (the lent GPU's model table) end to end on a tiny model: rows without errors, the JSON
+    and markdown files, the profile table and the results log in --out."""
+    from benchmarks import gpu_quick
+    res = gpu_quick.main(["--device", "cpu", "--smoke", "--out", str(tmp_path), "--budget-s", "120"])
+    rows = res["model"]
+    assert rows and not [r for r in rows if "error" in r]
+    assert {r["variant"] for r in rows if r["group"] == "inference"} >= {"eager"}
+    assert all(r.get("speedup_vs_eager") for r in rows)
+    data = json.loads((tmp_path / "gpu-quick.json").read_text())
+    assert data["profiles"]["fp32"] and len(data["model"]) == len(rows)
+    md = (tmp_path / "gpu-quick.md").read_text()
+    assert "One folded block, fp32: torch.profiler" in md and "| eager |" in md
+    assert (tmp_path / "history.jsonl").exists()

@@ -110,3 +110,36 @@ def test_weights_only_refusal_is_one_line_valueerror(tmp_path):
         eimn.load_model(p)
     msg = str(e.value)
     assert "refused" in msg and str(p) in msg and "\n" not in msg
+
+
+def test_cuda_graphs_wrapper_passes_through_and_caches_per_shape():
+    """optimize_for_inference(cuda_graphs=True): CPU inputs (and any call needing a gradient) run the model itself;
+    on CUDA one capture per input shape/dtype, the most recently used max_graphs kept (capture faked here)."""
+    from eimn_kernels.graphs import CUDAGraphed
+    model = eimn.EIMN_A(scale=2)
+    g = ek.optimize_for_inference(model, cuda_graphs=True, max_graphs=2)
+    assert isinstance(g, CUDAGraphed) and g.scale == 2
+    x = torch.rand(1, 3, 8, 6)
+    with torch.no_grad():
+        torch.testing.assert_close(g(x), ek.optimize_for_inference(model)(x))
+    captured = []
+
+    class FakeGraph:
+        def __init__(self, key):
+            self.key = key
+
+        def __call__(self, t):
+            return t * 2
+
+    g._use_graphs = lambda t: True
+    g._capture = lambda t: captured.append(tuple(t.shape)) or FakeGraph(tuple(t.shape))
+    with torch.no_grad():
+        for shape in [(1, 3, 4, 4), (1, 3, 4, 4), (1, 3, 5, 4), (1, 3, 4, 4), (1, 3, 6, 4), (1, 3, 5, 4)]:
+            assert torch.equal(g(torch.ones(shape)), torch.full(shape, 2.0))
+    # (4,4) reused; (6,4) evicts the least recently used (5,4), which is captured again at the end
+    assert captured == [(1, 3, 4, 4), (1, 3, 5, 4), (1, 3, 6, 4), (1, 3, 5, 4)]
+    assert len(g._graphs) == 2
+    g.reset()
+    assert not g._graphs
+    with pytest.raises(ValueError, match="max_graphs"):
+        CUDAGraphed(model, max_graphs=0)
