@@ -144,7 +144,7 @@ def cuda_kernels(arch: int = 90) -> list[KernelFacts]:
 
 # Triton kernels that compute a 1x1 convolution (a GEMM over channels) in the kernel itself.
 TRITON_1X1 = ("proj_qv_fwd", "proj_qv_bwd", "gate_out_fwd", "gate_out_bwd", "conv1x1", "wgrad", "dffm_y",
-              "dffm_gate", "dffm_bwd_b", "dffm_bwd_c")
+              "dffm_gate", "dffm_bwd_b", "dffm_bwd_c")  # "conv1x1" also covers conv1x1_act (triton_kernels/conv1x1)
 
 
 def triton_kernels(arch: int = 90, dtypes=("fp32", "fp16")) -> list[KernelFacts]:
@@ -177,6 +177,36 @@ def triton_kernels(arch: int = 90, dtypes=("fp32", "fp16")) -> list[KernelFacts]
         src = "triton_kernels/channel_norm" if name.startswith("cln") else "triton_kernels/sadffm"
         out += [KernelFacts(**dict(asdict(f), kernel=name))
                 for f in facts_of_cubin(k.asm["cubin"], src, arch, lambda _n, name=name: name.startswith(TRITON_1X1))]
+    out += _conv1x1_kernels(arch)
+    return out
+
+
+def _conv1x1_kernels(arch: int) -> list[KernelFacts]:
+    """triton_kernels/conv1x1.py (large-kernel attention's 1x1 with its epilogue), fp32 and fp16, every epilogue on."""
+    import triton
+    import triton.language as tl
+    from triton.backends.compiler import GPUTarget
+
+    from eimn_kernels.triton_kernels import conv1x1 as c1
+    from eimn_kernels.triton_kernels import molrcm_config as mcfg
+    from eimn_kernels.triton_kernels import sadffm_config as cfg
+    out = []
+    import torch
+    for dt, ptr, dot, prec, tdt in (("fp32", "*fp32", tl.float32, mcfg.FP32_DOT_PRECISION, torch.float32),
+                                    ("fp16", "*fp16", tl.float16, "ieee", torch.float16)):
+        for name, kern, consts, ints in (
+                ("conv1x1_act", c1.conv1x1_act_kernel,
+                 dict(ACT=1, HAS_G=True, HAS_R=True, ACC=tl.float32, DOT=dot, PREC=prec, BO=cfg.GEMM_BO,
+                      BC=cfg.GEMM_BC, BP=cfg.GEMM_BP), ("CIN", "COUT", "P")),
+                ("conv1x1_dz", c1.conv1x1_dz_kernel, dict(ACT=1, HAS_G=True, ACC=tl.float32, BLOCK=1024),
+                 ("COUT", "P", "TOTAL"))):
+            sig = {a: "constexpr" if a in consts else "i32" if a in ints else ptr for a in kern.arg_names}
+            k = triton.compile(triton.compiler.ASTSource(kern, sig, constexprs=consts),
+                               target=GPUTarget("cuda", arch, 32),
+                               options={"num_warps": c1.fwd_warps(tdt) if name == "conv1x1_act" else cfg.GEMM_WARPS})
+            out += [KernelFacts(**dict(asdict(f), kernel=f"{name}[{dt}]"))
+                    for f in facts_of_cubin(k.asm["cubin"], "triton_kernels/conv1x1", arch,
+                                            lambda _n, name=name: name == "conv1x1_act")]
     return out
 
 

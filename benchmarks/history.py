@@ -64,7 +64,8 @@ def rows_of(results: dict, command: str, commit: str | None = None) -> list[dict
     for r in results.get("model") or []:
         if "median_ms" not in r or "error" in r:
             continue
-        out.append({**base, "section": r.get("group", "inference"), "case": r["model"] + f"_x{r['scale']}",
+        case = r["model"] if r.get("scale") in (None, 1) else f"{r['model']}_x{r['scale']}"
+        out.append({**base, "section": r.get("group", "inference"), "case": case,
                     "shape": f"LR {r['lr']}" + (f" batch {r['batch']}" if r.get("batch") else ""),
                     "mode": "train step" if r.get("group") == "training" else "inference",
                     "dtype": r.get("precision", "fp32"), "provider": r["variant"], **_numbers(r),

@@ -72,6 +72,11 @@ TORCH_LIBRARY(eimn_C, m) {
         "-> (Tensor, Tensor, Tensor)");
   m.def("channel_layer_norm_backward_stash(Tensor grad_y, Tensor x, Tensor w, Tensor b, Tensor stash, float eps) "
         "-> (Tensor, Tensor, Tensor)");
+  // 1x1 convolution with its epilogue: out = act(W x + b) [* gate] [+ residual], act 0 identity / 1 GELU; gate and
+  // residual (N, Co, H, W) or empty tensors (absent). Large-kernel attention (VAN's LKA) is built from it and dw_mix.
+  m.def("conv1x1_forward(Tensor x, Tensor w, Tensor b, Tensor gate, Tensor residual, int act) -> Tensor");
+  m.def("conv1x1_backward(Tensor grad_out, Tensor x, Tensor w, Tensor b, Tensor gate, Tensor residual, int act) "
+        "-> (Tensor, Tensor, Tensor, Tensor, Tensor)");
   // Whole SADFFM layer, forward only (inference; CPU): dffm_out(gated_dwconv(x)) without writing h.
   m.def("sadffm_infer_forward(Tensor x, Tensor w_in, Tensor b_in, Tensor w_dw, Tensor b_dw, Tensor w_out, "
         "Tensor b_out, Tensor ln_w, Tensor ln_b, Tensor w_gr, Tensor b_gr, Tensor w_lr, Tensor b_lr, Tensor w_ce, "

@@ -12,12 +12,14 @@ from ._ext import cpu_cache_info, empty_cpu_cache
 from .backends import BACKENDS, available_backends, backend_status, resolve_backend
 from .fuse import fuse
 from .inference import optimize_for_inference
+from .lka_modules import LKA, LKAAttention
 from .modules import MOLRCM, SADFFM, ChannelLayerNorm
-from .ops import channel_layer_norm, dffm_out, dw_mix, gate_out, gated_dwconv, proj_qv, sadffm_layer
+from .ops import (channel_layer_norm, conv1x1, dffm_out, dw_mix, gate_out, gated_dwconv, lka, lka_attention, proj_qv,
+                  sadffm_layer)
 
 __version__ = "0.1.0"
 
 __all__ = ["BACKENDS", "available_backends", "backend_status", "resolve_backend", "fuse", "optimize_for_inference",
-           "MOLRCM", "SADFFM", "ChannelLayerNorm", "channel_layer_norm", "dw_mix", "proj_qv", "gate_out",
-           "gated_dwconv", "dffm_out", "sadffm_layer",
+           "MOLRCM", "SADFFM", "ChannelLayerNorm", "LKA", "LKAAttention", "channel_layer_norm", "dw_mix", "proj_qv", "gate_out",
+           "gated_dwconv", "dffm_out", "sadffm_layer", "conv1x1", "lka", "lka_attention",
            "reference", "cpu_cache_info", "empty_cpu_cache"]

@@ -8,7 +8,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-__all__ = ["dw_mix", "proj_qv", "gate_out", "gated_dwconv", "dffm_out", "channel_layer_norm", "molrcm", "sadffm"]
+__all__ = ["dw_mix", "proj_qv", "gate_out", "gated_dwconv", "dffm_out", "channel_layer_norm", "conv1x1", "molrcm",
+           "sadffm"]
 
 
 def _dw(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor, dilation: int) -> torch.Tensor:
@@ -76,6 +77,19 @@ def channel_layer_norm(x, weight, bias, eps: float = 1e-5):
     result, as the model has it).
     """
     return F.layer_norm(x.permute(0, 2, 3, 1), (x.shape[1],), weight, bias, eps).permute(0, 3, 1, 2)
+
+
+def conv1x1(x, w, b, gate=None, residual=None, act: int = 0):
+    """1x1 convolution with its epilogue. x: (N, C, H, W), w: (Co, C, 1, 1), b: (Co,) -> (N, Co, H, W):
+    ``act(W x + b) [* gate] [+ residual]``, act 0 identity, 1 exact GELU; gate / residual (N, Co, H, W) or None."""
+    y = F.conv2d(x, w, b)
+    if act == 1:
+        y = F.gelu(y)
+    if gate is not None:
+        y = y * gate
+    if residual is not None:
+        y = y + residual
+    return y
 
 
 def molrcm(x, p: dict, c1: int, c2: int):

@@ -48,6 +48,8 @@ def _table() -> dict[str, OpKernels]:
                               C.dffm_out_forward_stash, C.dffm_out_backward_stash),
         "sadffm": OpKernels(backward=_sadffm_backward_recompute, forward_stash=C.sadffm_forward_stash,
                             backward_stash=C.sadffm_backward_stash, infer=C.sadffm_infer_forward),
+        # 1x1 convolution with its epilogue (csrc/cpu/conv1x1_cpu.cpp): large-kernel attention with dw_mix
+        "conv1x1": OpKernels(C.conv1x1_forward, C.conv1x1_backward),
         # EIMN's LayerNorm between blocks (csrc/cpu/channel_norm_cpu.cpp)
         "channel_layer_norm": OpKernels(C.channel_layer_norm_forward, C.channel_layer_norm_backward,
                                         C.channel_layer_norm_forward_stash, C.channel_layer_norm_backward_stash),

@@ -1,9 +1,9 @@
 """CUDA backend: the CUDA kernels of ``eimn_kernels._C`` (``csrc/cuda/``), float32, float16, bfloat16, float64.
 
 ``OPS`` maps each fused op to the ``torch.ops.eimn_C`` ops that run it (schemas: ``csrc/eimn_ops.cpp``; CUDA
-registrations: ``csrc/cuda/molrcm_cuda.cpp``, ``sadffm_cuda.cpp``). The channel LayerNorm has no CUDA C++ kernel:
-this backend runs its Triton kernel where Triton is installed (else the op is absent and ``ek.channel_layer_norm``
-runs the reference). Empty when the extension is not built.
+registrations: ``csrc/cuda/molrcm_cuda.cpp``, ``sadffm_cuda.cpp``). The channel LayerNorm and conv1x1 have no CUDA
+C++ kernel: this backend runs their Triton kernels where Triton is installed (else the ops are absent and the
+functional API runs the reference). Empty when the extension is not built.
 """
 from __future__ import annotations
 
@@ -41,9 +41,10 @@ def _table() -> dict[str, OpKernels]:
         "gated_dwconv": OpKernels(C.gated_dwconv_forward, C.gated_dwconv_backward),
         "dffm_out": OpKernels(C.dffm_out_forward, C.dffm_out_backward),
     }
-    if importlib.util.find_spec("triton") is not None:
+    if importlib.util.find_spec("triton") is not None:  # no CUDA C++ kernels of these two: their Triton ones
         from . import triton as _triton
         ops["channel_layer_norm"] = _triton.OPS["channel_layer_norm"]
+        ops["conv1x1"] = _triton.OPS["conv1x1"]
     return ops
 
 

@@ -58,6 +58,8 @@ OPS: dict[str, OpKernels] = {
     # triton_kernels/sadffm.py
     "gated_dwconv": OpKernels(_Lazy("sadffm", "gated_dwconv_forward"), _Lazy("sadffm", "gated_dwconv_backward")),
     "dffm_out": OpKernels(_Lazy("sadffm", "dffm_out_forward"), _Lazy("sadffm", "dffm_out_backward")),
+    # triton_kernels/conv1x1.py
+    "conv1x1": OpKernels(_Lazy("conv1x1", "conv1x1_forward"), _Lazy("conv1x1", "conv1x1_backward")),
     # triton_kernels/channel_norm.py
     "channel_layer_norm": OpKernels(_Lazy("channel_norm", "channel_layer_norm_forward"),
                                     _Lazy("channel_norm", "channel_layer_norm_backward")),
