@@ -108,6 +108,17 @@ def _tkw(quick: bool, threads: int) -> dict:
                 threads=threads)
 
 
+def _timed(row: dict, fn, tkw: dict) -> dict:
+    """``row`` with fn's median / quartiles (ms) and method, or the error that stopped it."""
+    try:
+        t = measure(fn, "cpu", memory=False, **tkw)
+        row.update(median_ms=t.median_s * 1e3, iqr_ms=t.iqr_s * 1e3, q1_ms=t.q1_s * 1e3, q3_ms=t.q3_s * 1e3, n=t.n,
+                   method=t.method)
+    except Exception as e:  # record and go on
+        row["error"] = error_text(e)
+    return row
+
+
 def bench(threads: int = 2, quick: bool = False, compile: bool = True, notes: list | None = None) -> tuple:
     """(op rows, model rows) of the VAN benchmark on CPU."""
     notes = notes if notes is not None else []
@@ -131,14 +142,8 @@ def bench(threads: int = 2, quick: bool = False, compile: bool = True, notes: li
             def fn(m=m):
                 with torch.no_grad():
                     return m(x)
-            try:
-                row["max_rel_err"] = max_rel_err(fn(), want)
-                t = measure(fn, "cpu", memory=False, **tkw)
-                row.update(median_ms=t.median_s * 1e3, iqr_ms=t.iqr_s * 1e3, q1_ms=t.q1_s * 1e3, q3_ms=t.q3_s * 1e3,
-                           n=t.n, method=t.method)
-            except Exception as e:
-                row["error"] = error_text(e)
-            model_rows.append(row)
+            row["max_rel_err"] = max_rel_err(fn(), want)
+            model_rows.append(_timed(row, fn, tkw))
     # training step, eager vs fused
     tb = 2 if quick else 8
     x, y = torch.rand(tb, 3, 224, 224), torch.randint(0, 1000, (tb,))
@@ -156,13 +161,7 @@ def bench(threads: int = 2, quick: bool = False, compile: bool = True, notes: li
             return loss
         row = {"group": "training", "model": "VAN-B0", "scale": 1, "lr": "224x224", "batch": tb, "precision": "fp32",
                "variant": vname, "device": "cpu"}
-        try:
-            t = measure(step, "cpu", memory=False, **tkw)
-            row.update(median_ms=t.median_s * 1e3, iqr_ms=t.iqr_s * 1e3, q1_ms=t.q1_s * 1e3, q3_ms=t.q3_s * 1e3,
-                       n=t.n, method=t.method)
-        except Exception as e:
-            row["error"] = error_text(e)
-        model_rows.append(row)
+        model_rows.append(_timed(row, step, tkw))
     for r in model_rows:
         base = next((b for b in model_rows if b["variant"] == "eager" and b["group"] == r["group"]
                      and b.get("batch") == r.get("batch") and "median_ms" in b), None)
@@ -180,9 +179,7 @@ def bench(threads: int = 2, quick: bool = False, compile: bool = True, notes: li
             for vname, m in (("eager", blk), ("fused[cpu]", fa)):
                 row = {"group": "op", "op": "lka_attention", "shape": shape, "mode": "fwd", "dtype": "fp32",
                        "variant": vname, "device": "cpu"}
-                t = measure(lambda m=m: m(xa), "cpu", memory=False, **tkw)
-                row.update(median_ms=t.median_s * 1e3, iqr_ms=t.iqr_s * 1e3, q1_ms=t.q1_s * 1e3, q3_ms=t.q3_s * 1e3)
-                op_rows.append(row)
+                op_rows.append(_timed(row, lambda m=m: m(xa), tkw))
             op_rows[-1]["max_rel_err"] = max_rel_err(fa(xa), blk(xa))
             op_rows[-1]["speedup_vs_eager"] = op_rows[-2]["median_ms"] / op_rows[-1]["median_ms"]
             op_rows[-2]["speedup_vs_eager"] = 1.0

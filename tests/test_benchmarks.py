@@ -382,3 +382,19 @@ def test_gpu_model_plan_meets_the_targets_and_matches_the_block():
     # MOLRCM's v = Wv x + bv is recomputed from x in the mixing kernel (one more C x C GEMM) instead of stored
     assert t["gemm_flops"] == 2.0 * N * H * W * macs
     assert t["floor_s"] > 0 and "per block: 5 launches" in gpu_model.format_plan(plan, "fp32", 16)
+
+
+def test_van_network_and_fuse(monkeypatch):
+    """benchmarks.van: VAN-B0 as the paper describes it (4.1 M parameters), and ek.fuse turns its 13 attention
+    blocks into LKAAttention with the same outputs."""
+    import copy
+
+    import eimn_kernels as ek
+    from benchmarks import van
+    m = van.van_b0().eval()
+    assert 4.0e6 < sum(p.numel() for p in m.parameters()) < 4.2e6
+    f = ek.fuse(copy.deepcopy(m))
+    assert sum(isinstance(x, ek.LKAAttention) for x in f.modules()) == 13
+    x = torch.rand(1, 3, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(f(x), m(x), rtol=1e-4, atol=1e-4)

@@ -16,7 +16,7 @@ import triton.language as tl
 
 from . import molrcm_config as mcfg
 from . import sadffm_config as cfg
-from .sadffm_common import acc_dtype, conv1x1 as _conv1x1, gelu, gelu_grad, raw_dot, tl_dtype, wgrad
+from .sadffm_common import acc_dtype, conv1x1 as _conv1x1, gelu, gelu_grad, gemm_tile, raw_dot, tl_dtype, wgrad
 
 __all__ = ["conv1x1_forward", "conv1x1_backward"]
 
@@ -34,14 +34,7 @@ def conv1x1_act_kernel(X, Wt, B, G, R, Y, CIN, COUT, P,
     offs_o = pid_o * BO + tl.arange(0, BO)
     mp = offs_p < P
     mo = offs_o < COUT
-    xb = X + n * CIN * P
-    acc = tl.zeros([BO, BP], dtype=ACC)
-    for c0 in range(0, CIN, BC):
-        offs_c = c0 + tl.arange(0, BC)
-        mc = offs_c < CIN
-        w = tl.load(Wt + offs_o[:, None] * CIN + offs_c[None, :], mask=mo[:, None] & mc[None, :], other=0.0)
-        x = tl.load(xb + offs_c[:, None] * P + offs_p[None, :], mask=mc[:, None] & mp[None, :], other=0.0)
-        acc = tl.dot(w.to(DOT), x.to(DOT), acc, input_precision=PREC, out_dtype=ACC)
+    acc = gemm_tile(X, Wt, n, CIN, P, CIN, 1, offs_o, offs_p, mo, mp, ACC, DOT, PREC, BO, BC, BP)
     acc += tl.load(B + offs_o, mask=mo, other=0.0).to(ACC)[:, None]
     if ACT == 1:
         acc = gelu(acc)

@@ -70,6 +70,22 @@ def sigmoid(x):
 
 
 @triton.jit
+def gemm_tile(X, Wt, n, CIN, P, sw_o, sw_c, offs_o, offs_p, mo, mp, ACC: tl.constexpr, DOT: tl.constexpr,
+              PREC: tl.constexpr, BO: tl.constexpr, BC: tl.constexpr, BP: tl.constexpr):
+    """The [BO, BP] tile sum_c Wt[o, c] X[n, c, p] of a 1x1 convolution (Wt element (o, c) at o*sw_o + c*sw_c;
+    X: (N, CIN, P)), in the accumulation dtype; masked rows and columns are zero."""
+    xb = X + n * CIN * P
+    acc = tl.zeros([BO, BP], dtype=ACC)
+    for c0 in range(0, CIN, BC):
+        offs_c = c0 + tl.arange(0, BC)
+        mc = offs_c < CIN
+        w = tl.load(Wt + offs_o[:, None] * sw_o + offs_c[None, :] * sw_c, mask=mo[:, None] & mc[None, :], other=0.0)
+        x = tl.load(xb + offs_c[:, None] * P + offs_p[None, :], mask=mc[:, None] & mp[None, :], other=0.0)
+        acc = tl.dot(w.to(DOT), x.to(DOT), acc, input_precision=PREC, out_dtype=ACC)
+    return acc
+
+
+@triton.jit
 def conv1x1_kernel(X, Wt, B, Y, CIN, COUT, P, sw_o, sw_c,
                    HAS_BIAS: tl.constexpr, ACC: tl.constexpr, DOT: tl.constexpr, PREC: tl.constexpr,
                    BO: tl.constexpr, BC: tl.constexpr, BP: tl.constexpr):
@@ -83,14 +99,7 @@ def conv1x1_kernel(X, Wt, B, Y, CIN, COUT, P, sw_o, sw_c,
     offs_o = pid_o * BO + tl.arange(0, BO)
     mp = offs_p < P
     mo = offs_o < COUT
-    xb = X + n * CIN * P
-    acc = tl.zeros([BO, BP], dtype=ACC)
-    for c0 in range(0, CIN, BC):
-        offs_c = c0 + tl.arange(0, BC)
-        mc = offs_c < CIN
-        w = tl.load(Wt + offs_o[:, None] * sw_o + offs_c[None, :] * sw_c, mask=mo[:, None] & mc[None, :], other=0.0)
-        x = tl.load(xb + offs_c[:, None] * P + offs_p[None, :], mask=mc[:, None] & mp[None, :], other=0.0)
-        acc = tl.dot(w.to(DOT), x.to(DOT), acc, input_precision=PREC, out_dtype=ACC)
+    acc = gemm_tile(X, Wt, n, CIN, P, sw_o, sw_c, offs_o, offs_p, mo, mp, ACC, DOT, PREC, BO, BC, BP)
     if HAS_BIAS:
         acc += tl.load(B + offs_o, mask=mo, other=0.0).to(ACC)[:, None]
     tl.store(Y + n * COUT * P + offs_o[:, None] * P + offs_p[None, :], acc, mask=mo[:, None] & mp[None, :])
