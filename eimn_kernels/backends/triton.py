@@ -1,8 +1,8 @@
 """Triton backend (float32, float16, bfloat16, float64): the kernels of :mod:`eimn_kernels.triton_kernels`.
 
 Runs on CUDA tensors, or on CPU tensors under ``TRITON_INTERPRET=1`` (tests). ``OPS`` maps each fused op to the
-functions of ``triton_kernels/molrcm.py``, ``sadffm.py`` and ``channel_norm.py`` that run it; a module (and Triton
-itself, which takes seconds to import) is imported on the first call of one of its kernels.
+functions of ``triton_kernels/molrcm.py``, ``sadffm.py``, ``conv1x1.py`` and ``channel_norm.py`` that run it; a
+module (and Triton itself, which takes seconds to import) is imported on the first call of one of its kernels.
 """
 from __future__ import annotations
 

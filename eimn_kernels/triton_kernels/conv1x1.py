@@ -27,14 +27,7 @@ def conv1x1_act_kernel(X, Wt, B, G, R, Y, CIN, COUT, P,
                        DOT: tl.constexpr, PREC: tl.constexpr, BO: tl.constexpr, BC: tl.constexpr, BP: tl.constexpr):
     """Y[n, o, p] = act(sum_c Wt[o, c] X[n, c, p] + B[o]) (* G[n, o, p]) (+ R[n, o, p]). X: (N, CIN, P),
     Wt: (COUT, CIN), Y, G, R: (N, COUT, P). Grid (cdiv(P, BP), cdiv(COUT, BO), N)."""
-    pid_p = tl.program_id(0)
-    pid_o = tl.program_id(1)
-    n = tl.program_id(2).to(tl.int64)
-    offs_p = pid_p * BP + tl.arange(0, BP)
-    offs_o = pid_o * BO + tl.arange(0, BO)
-    mp = offs_p < P
-    mo = offs_o < COUT
-    acc = gemm_tile(X, Wt, n, CIN, P, CIN, 1, offs_o, offs_p, mo, mp, ACC, DOT, PREC, BO, BC, BP)
+    acc, n, offs_o, offs_p, mo, mp = gemm_tile(X, Wt, CIN, COUT, P, CIN, 1, ACC, DOT, PREC, BO, BC, BP)
     acc += tl.load(B + offs_o, mask=mo, other=0.0).to(ACC)[:, None]
     if ACT == 1:
         acc = gelu(acc)

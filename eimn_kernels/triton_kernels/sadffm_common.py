@@ -70,10 +70,16 @@ def sigmoid(x):
 
 
 @triton.jit
-def gemm_tile(X, Wt, n, CIN, P, sw_o, sw_c, offs_o, offs_p, mo, mp, ACC: tl.constexpr, DOT: tl.constexpr,
-              PREC: tl.constexpr, BO: tl.constexpr, BC: tl.constexpr, BP: tl.constexpr):
-    """The [BO, BP] tile sum_c Wt[o, c] X[n, c, p] of a 1x1 convolution (Wt element (o, c) at o*sw_o + c*sw_c;
-    X: (N, CIN, P)), in the accumulation dtype; masked rows and columns are zero."""
+def gemm_tile(X, Wt, CIN, COUT, P, sw_o, sw_c, ACC: tl.constexpr, DOT: tl.constexpr, PREC: tl.constexpr,
+              BO: tl.constexpr, BC: tl.constexpr, BP: tl.constexpr):
+    """This program's [BO, BP] tile of a 1x1 convolution, sum_c Wt[o, c] X[n, c, p] in the accumulation dtype
+    (Wt element (o, c) at o*sw_o + c*sw_c; X: (N, CIN, P); grid (cdiv(P, BP), cdiv(COUT, BO), N)), masked rows
+    and columns zero. Returns (acc, n, offs_o, offs_p, mo, mp)."""
+    n = tl.program_id(2).to(tl.int64)
+    offs_p = tl.program_id(0) * BP + tl.arange(0, BP)
+    offs_o = tl.program_id(1) * BO + tl.arange(0, BO)
+    mp = offs_p < P
+    mo = offs_o < COUT
     xb = X + n * CIN * P
     acc = tl.zeros([BO, BP], dtype=ACC)
     for c0 in range(0, CIN, BC):
@@ -82,7 +88,7 @@ def gemm_tile(X, Wt, n, CIN, P, sw_o, sw_c, offs_o, offs_p, mo, mp, ACC: tl.cons
         w = tl.load(Wt + offs_o[:, None] * sw_o + offs_c[None, :] * sw_c, mask=mo[:, None] & mc[None, :], other=0.0)
         x = tl.load(xb + offs_c[:, None] * P + offs_p[None, :], mask=mc[:, None] & mp[None, :], other=0.0)
         acc = tl.dot(w.to(DOT), x.to(DOT), acc, input_precision=PREC, out_dtype=ACC)
-    return acc
+    return acc, n, offs_o, offs_p, mo, mp
 
 
 @triton.jit
@@ -92,14 +98,7 @@ def conv1x1_kernel(X, Wt, B, Y, CIN, COUT, P, sw_o, sw_c,
     """Y[n, o, p] = sum_c Wt[o, c] X[n, c, p] (+ B[o]); Wt element (o, c) at o*sw_o + c*sw_c
     (so a transposed weight is just other strides). X: (N, CIN, P), Y: (N, COUT, P), any float dtypes.
     Grid (cdiv(P, BP), cdiv(COUT, BO), N)."""
-    pid_p = tl.program_id(0)
-    pid_o = tl.program_id(1)
-    n = tl.program_id(2).to(tl.int64)
-    offs_p = pid_p * BP + tl.arange(0, BP)
-    offs_o = pid_o * BO + tl.arange(0, BO)
-    mp = offs_p < P
-    mo = offs_o < COUT
-    acc = gemm_tile(X, Wt, n, CIN, P, sw_o, sw_c, offs_o, offs_p, mo, mp, ACC, DOT, PREC, BO, BC, BP)
+    acc, n, offs_o, offs_p, mo, mp = gemm_tile(X, Wt, CIN, COUT, P, sw_o, sw_c, ACC, DOT, PREC, BO, BC, BP)
     if HAS_BIAS:
         acc += tl.load(B + offs_o, mask=mo, other=0.0).to(ACC)[:, None]
     tl.store(Y + n * COUT * P + offs_o[:, None] * P + offs_p[None, :], acc, mask=mo[:, None] & mp[None, :])
