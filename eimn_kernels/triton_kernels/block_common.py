@@ -54,9 +54,11 @@ def tile_pixels(n, h0, w0, H, W, TH: tl.constexpr, TW: tl.constexpr):
 
 
 @triton.jit
-def halo_pixels(n, h0, w0, H, W, HALO: tl.constexpr, TH: tl.constexpr, TW: tl.constexpr, HP: tl.constexpr):
-    """The haloed tile's HP rows: (row index, in-image mask (False on padding rows), NHWC pixel index)."""
-    hr = tl.arange(0, HP)
+def halo_pixels(n, h0, w0, H, W, HALO: tl.constexpr, TH: tl.constexpr, TW: tl.constexpr, HP: tl.constexpr,
+                m0: tl.constexpr, HM: tl.constexpr):
+    """Rows m0 .. m0+HM of the haloed tile's HP rows: (row index, in-image mask (False on padding rows), NHWC
+    pixel index)."""
+    hr = m0 + tl.arange(0, HM)
     hw = TW + 2 * HALO
     hy = h0 - HALO + hr // hw
     hx = w0 - HALO + hr % hw

@@ -13,11 +13,15 @@ import torch
 
 from .molrcm_config import interpreting
 
-# (TH, TW, num_warps) per kernel and dtype class
+# (TH, TW, num_warps) per kernel and dtype class. The fp32 tiles are smaller: a 3xTF32 dot holds each operand
+# twice (high and low parts); these are the largest tiles that compile for sm_90 without spills
+# (benchmarks/gpu_static.py, tests/test_gpu_static.py)
 REGION = {"fp32": (8, 16, 8), "half": (8, 16, 8)}    # haloed tile (TH+4) x (TW+4) = 240 -> 256 rows
-MIX = {"fp32": (4, 16, 8), "half": (8, 16, 8)}       # no halo (r is read from memory with its halo)
-BODY = {"fp32": (4, 16, 8), "half": (8, 16, 8)}      # haloed tile (TH+2) x (TW+2): 108 -> 128 / 180 -> 256 rows
-BODY_HIDDEN_CHUNK = 32                               # hidden channels of U per step (x1 and x2 each)
+REGION_ROWS = 128                                    # rows of the haloed q GEMM per step
+MIX = {"fp32": (2, 16, 8), "half": (8, 16, 8)}       # no halo (r is read from memory with its halo)
+# (TH, TW, num_warps, hidden channels of U per step, x1's and x2's each); haloed tile (TH+2) x (TW+2): 60 -> 64 rows
+# in fp32, 108 -> 128 in the half types
+BODY = {"fp32": (4, 8, 4, 16), "half": (4, 16, 8, 32)}
 APPLY = {"fp32": (64, 4), "half": (128, 4)}          # (pixels per program, num_warps)
 PROGRAMS_PER_SM = 2
 PROGRAMS_INTERP = 2

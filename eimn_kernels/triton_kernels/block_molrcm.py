@@ -28,8 +28,9 @@ __all__ = ["molrcm_region", "molrcm_mix"]
 @triton.jit
 def molrcm_region_kernel(X, WqT, Bq, W0, B0, R, SCR, H, W, TILES_W, TPI, NTILES, NPROG,
                          C: tl.constexpr, BC: tl.constexpr, K0: tl.constexpr, TH: tl.constexpr, TW: tl.constexpr,
-                         HP: tl.constexpr, DOT: tl.constexpr, PREC: tl.constexpr):
-    """R = DW_{K0}(GELU(X WqT + Bq); W0) + B0 per tile. Grid (NPROG,); SCR: [NPROG, HP, BC] (activation dtype)."""
+                         HP: tl.constexpr, HM: tl.constexpr, DOT: tl.constexpr, PREC: tl.constexpr):
+    """R = DW_{K0}(GELU(X WqT + Bq); W0) + B0 per tile. Grid (NPROG,); SCR: [NPROG, HP, BC] (activation dtype);
+    the haloed GEMM runs in chunks of HM rows."""
     pid = tl.program_id(0)
     HALO: tl.constexpr = (K0 - 1) // 2
     cc = tl.arange(0, BC)
@@ -40,16 +41,17 @@ def molrcm_region_kernel(X, WqT, Bq, W0, B0, R, SCR, H, W, TILES_W, TPI, NTILES,
     scr = SCR + pid.to(tl.int64) * HP * BC
     for t in range(pid, NTILES, NPROG):
         n, h0, w0 = tile_origin(t, TPI, TILES_W, TH, TW)
-        hr, hv, hpix = halo_pixels(n, h0, w0, H, W, HALO, TH, TW, HP)
-        xt = load_rows(X, hpix, hv, cc, C, C)
-        q = gelu(tl.dot(xt.to(DOT), wq, input_precision=PREC, out_dtype=tl.float32) + bq[None, :])
-        q = tl.where(hv[:, None], q, 0.0)  # r's zero padding is q's
         tl.debug_barrier()  # the previous tile's taps have read the slot
-        tl.store(scr + hr[:, None] * BC + cc[None, :], q.to(SCR.dtype.element_ty))
+        for m0 in tl.static_range(0, HP, HM):  # the haloed GEMM in row chunks (registers)
+            hr, hv, hpix = halo_pixels(n, h0, w0, H, W, HALO, TH, TW, HP, m0, HM)
+            xt = load_rows(X, hpix, hv, cc, C, C)
+            q = gelu(tl.dot(xt.to(DOT), wq, input_precision=PREC, out_dtype=tl.float32) + bq[None, :])
+            q = tl.where(hv[:, None], q, 0.0)  # r's zero padding is q's
+            tl.store(scr + hr[:, None] * BC + cc[None, :], q.to(SCR.dtype.element_ty))
         tl.debug_barrier()
         oy, ox, ov, opix = tile_pixels(n, h0, w0, H, W, TH, TW)
         acc = tl.zeros([TH * TW, BC], dtype=tl.float32) + b0[None, :]
-        for k in tl.static_range(K0 * K0):
+        for k in range(K0 * K0):
             rows = (oy + k // K0) * (TW + 2 * HALO) + ox + k % K0
             v = tl.load(scr + rows[:, None] * BC + cc[None, :])
             acc += v.to(tl.float32) * tl.load(W0 + k * BC + cc)[None, :]
@@ -65,7 +67,7 @@ def _dilated(R, n, py, px, pv, H, W, c0, CN: tl.constexpr, CP: tl.constexpr, C: 
     mj = cj < CN
     acc = tl.zeros([TP, CP], dtype=tl.float32) + tl.load(Bd + cj)[None, :]
     HALO: tl.constexpr = D * (K - 1) // 2
-    for k in tl.static_range(K * K):
+    for k in range(K * K):
         yy = py + D * (k // K) - HALO
         xx = px + D * (k % K) - HALO
         m = pv & (yy >= 0) & (yy < H) & (xx >= 0) & (xx < W)
@@ -93,22 +95,23 @@ def molrcm_mix_kernel(R, X, W1, B1, W2, B2, WfT, Bf, WvT, Bv, WoT, Bo, A, H, W, 
     c1 = tl.arange(0, C1P)
     c2 = tl.arange(0, C2P)
     c3 = tl.arange(0, C3P)
+    # f = Wf y + bf, one branch of y at a time (few live registers)
     y1 = _dilated(R, n, py, px, pv, H, W, 0, C1, C1P, C, W1, B1, K1, D1, TH * TW)
-    y2 = tl.load(R + pix[:, None] * C + C1 + c2[None, :], mask=pv[:, None] & (c2 < C2)[None, :], other=0.0)
-    y3 = _dilated(R, n, py, px, pv, H, W, C1 + C2, C3, C3P, C, W2, B2, K2, D2, TH * TW)
     f = tl.dot(y1.to(DOT), load_rows(WfT, c1, c1 < C1, cc, C, C).to(DOT), input_precision=PREC,
                out_dtype=tl.float32)
+    y2 = tl.load(R + pix[:, None] * C + C1 + c2[None, :], mask=pv[:, None] & (c2 < C2)[None, :], other=0.0)
     f = tl.dot(y2.to(DOT), load_rows(WfT + C1 * C, c2, c2 < C2, cc, C, C).to(DOT), f, input_precision=PREC,
                out_dtype=tl.float32)
+    y3 = _dilated(R, n, py, px, pv, H, W, C1 + C2, C3, C3P, C, W2, B2, K2, D2, TH * TW)
     f = tl.dot(y3.to(DOT), load_rows(WfT + (C1 + C2) * C, c3, c3 < C3, cc, C, C).to(DOT), f,
                input_precision=PREC, out_dtype=tl.float32)
     f += tl.load(Bf + cc, mask=mc, other=0.0)[None, :]
-    x = load_rows(X, pix, pv, cc, C, C)
-    v = tl.dot(x.to(DOT), load_rows(WvT, cc, mc, cc, C, C).to(DOT), input_precision=PREC, out_dtype=tl.float32)
-    v += tl.load(Bv + cc, mask=mc, other=0.0)[None, :]
-    g = f / (1.0 + tl.exp(-f)) * v
+    v = tl.dot(load_rows(X, pix, pv, cc, C, C).to(DOT), load_rows(WvT, cc, mc, cc, C, C).to(DOT),
+               input_precision=PREC, out_dtype=tl.float32)
+    g = f / (1.0 + tl.exp(-f)) * (v + tl.load(Bv + cc, mask=mc, other=0.0)[None, :])
     a = tl.dot(g.to(DOT), load_rows(WoT, cc, mc, cc, C, C).to(DOT), input_precision=PREC, out_dtype=tl.float32)
-    a += tl.load(Bo + cc, mask=mc, other=0.0)[None, :] + x.to(tl.float32)
+    # the residual: x read again (an L1/L2 hit) rather than kept live across the GEMMs
+    a += tl.load(Bo + cc, mask=mc, other=0.0)[None, :] + load_rows(X, pix, pv, cc, C, C).to(tl.float32)
     tl.store(A + pix[:, None] * C + cc[None, :], a.to(A.dtype.element_ty), mask=pv[:, None] & mc[None, :])
 
 
@@ -131,7 +134,7 @@ def molrcm_region(x: torch.Tensor, pk) -> torch.Tensor:
     scr = torch.empty(nprog, hp, pk.bc, device=x.device, dtype=x.dtype)
     dot, prec = dot_config(x.dtype)
     molrcm_region_kernel[(nprog,)](x, pk.wq_t, pk.bq, pk.w0, pk.b0, r, scr, H, W, tiles_w, tpi, ntiles, nprog,
-                                   C=C, BC=pk.bc, K0=pk.k0, TH=th, TW=tw, HP=hp, DOT=dot, PREC=prec,
+                                   C=C, BC=pk.bc, K0=pk.k0, TH=th, TW=tw, HP=hp, HM=min(hp, cfg.REGION_ROWS), DOT=dot, PREC=prec,
                                    num_warps=warps)
     return r
 

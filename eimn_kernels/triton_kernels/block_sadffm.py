@@ -45,13 +45,13 @@ def sadffm_body_kernel(A, WinT, Bin, Wdw, Bdw, WoutT, Bout, LNw, LNb, WlrT, Blr,
     scr = SCR + pid.to(tl.int64) * HP * 2 * HC
     for t in range(pid, NTILES, NPROG):
         n, h0, w0 = tile_origin(t, TPI, TILES_W, TH, TW)
-        hr, hv, hpix = halo_pixels(n, h0, w0, H, W, 1, TH, TW, HP)
-        at = load_rows(A, hpix, hv, cc, C, C).to(DOT)
+        hr, hv, hpix = halo_pixels(n, h0, w0, H, W, 1, TH, TW, HP, 0, HP)
         oy, ox, ov, opix = tile_pixels(n, h0, w0, H, W, TH, TW)
         acc = tl.zeros([TP, BC], dtype=tl.float32)
         for j0 in range(0, HID, HC):
             jj = j0 + hc
             mj = jj < HID
+            at = load_rows(A, hpix, hv, cc, C, C).to(DOT)  # per chunk (L1/L2): not live across the loop
             u1 = tl.dot(at, load_rows(WinT, cc, mc, jj, HID, 2 * HID).to(DOT), input_precision=PREC,
                         out_dtype=tl.float32)
             u2 = tl.dot(at, load_rows(WinT + HID, cc, mc, jj, HID, 2 * HID).to(DOT), input_precision=PREC,
@@ -64,7 +64,7 @@ def sadffm_body_kernel(A, WinT, Bin, Wdw, Bdw, WoutT, Bout, LNw, LNb, WlrT, Blr,
             tl.debug_barrier()
             t1 = tl.zeros([TP, HC], dtype=tl.float32) + tl.load(Bdw + jj, mask=mj, other=0.0)[None, :]
             t2 = tl.zeros([TP, HC], dtype=tl.float32) + tl.load(Bdw + HID + jj, mask=mj, other=0.0)[None, :]
-            for k in tl.static_range(9):
+            for k in range(9):
                 rows = (oy + k // 3) * (TW + 2) + ox + k % 3
                 s = scr + rows[:, None] * (2 * HC) + hc[None, :]
                 t1 += tl.load(s).to(tl.float32) * tl.load(Wdw + k * 2 * HID + jj, mask=mj, other=0.0)[None, :]
@@ -145,13 +145,12 @@ def sadffm_body(a: torch.Tensor, pk):
     """a: [N, H, W, C] NHWC -> (y [N, H, W, C] a's dtype, a_loc [N*H*W] float32, partial sums of z
     [tiles, BC] float32, tiles per image)."""
     N, H, W, C = a.shape
-    th, tw, warps = cfg.BODY[cfg.dtype_class(a.dtype)]
+    th, tw, warps, hc = cfg.BODY[cfg.dtype_class(a.dtype)]
     hp = halo_rows(th, tw, 1)
     tiles_w = triton.cdiv(W, tw)
     tpi = triton.cdiv(H, th) * tiles_w
     ntiles = N * tpi
     nprog = cfg.persistent_programs(a.device, ntiles)
-    hc = cfg.BODY_HIDDEN_CHUNK
     y = torch.empty_like(a)
     aloc = torch.empty(N * H * W, device=a.device, dtype=torch.float32)
     part = torch.empty(ntiles, pk.bc, device=a.device, dtype=torch.float32)
