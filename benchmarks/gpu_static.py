@@ -28,7 +28,8 @@ import sys
 import tempfile
 from dataclasses import asdict, dataclass
 
-__all__ = ["KernelFacts", "cuobjdump", "facts_of_cubin", "cuda_kernels", "triton_kernels", "to_markdown", "main"]
+__all__ = ["KernelFacts", "cuobjdump", "facts_of_cubin", "cuda_kernels", "triton_kernels", "block_kernels",
+           "to_markdown", "main"]
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CUDA_HOME = os.environ.get("CUDA_HOME", "/usr/local/cuda-13.0")
@@ -178,6 +179,26 @@ def triton_kernels(arch: int = 90, dtypes=("fp32", "fp16")) -> list[KernelFacts]
         out += [KernelFacts(**dict(asdict(f), kernel=name))
                 for f in facts_of_cubin(k.asm["cubin"], src, arch, lambda _n, name=name: name.startswith(TRITON_1X1))]
     out += _conv1x1_kernels(arch)
+    out += block_kernels(arch)
+    return out
+
+
+# The NHWC whole-block inference kernels (triton_kernels/block_*.py) that compute 1x1 convolutions.
+BLOCK_1X1 = ("molrcm_region", "molrcm_mix", "sadffm_body")
+
+
+def block_kernels(arch: int = 90, dtypes=("fp32", "fp16", "bf16")) -> list[KernelFacts]:
+    """The NHWC block kernels as their launchers compile them (block_compile: GPU tiles, EIMN's C = 64, pointers
+    16-byte aligned). ``shared`` here adds Triton's dynamic shared memory (dot operand staging) to the static."""
+    os.environ.pop("TRITON_INTERPRET", None)
+    from eimn_kernels.triton_kernels.block_compile import compile_block
+    out = []
+    for dt in dtypes:
+        for name, k in compile_block(dt, arch=arch).items():
+            facts = facts_of_cubin(k.asm["cubin"], "triton_kernels/block", arch,
+                                   lambda _n, name=name: name in BLOCK_1X1)
+            out += [KernelFacts(**dict(asdict(f), kernel=f"{name}[{dt}]", shared=f.shared + k.metadata.shared))
+                    for f in facts]
     return out
 
 

@@ -100,8 +100,21 @@ def _fold_tree(model: nn.Module, backend: str, fused: bool = True) -> int:
     return n
 
 
+def _wants_nhwc(model: nn.Module, backend: str, fused: bool) -> bool:
+    """The default of ``nhwc``: a fused model on a CUDA device, backend auto or triton, Triton importable."""
+    p = next(model.parameters(), None)
+    if not fused or backend not in ("auto", "triton") or p is None or p.device.type != "cuda":
+        return False
+    try:
+        import triton  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
 def optimize_for_inference(model: nn.Module, backend: str = "auto", inplace: bool = False,
-                           fused: bool = True, cuda_graphs: bool = False, max_graphs: int = 8) -> nn.Module:
+                           fused: bool = True, cuda_graphs: bool = False, max_graphs: int = 8,
+                           nhwc: bool | None = None) -> nn.Module:
     """Eval-only copy of ``model`` with every EIMN block folded and MOLRCM/SADFFM fused.
 
     Outputs equal the eval-mode original within fp32 rounding. The result is in eval mode,
@@ -109,7 +122,10 @@ def optimize_for_inference(model: nn.Module, backend: str = "auto", inplace: boo
     ``inplace=True`` rewrites ``model`` itself. ``fused=False`` folds only and keeps the model's own (eager)
     layers: plain PyTorch operators, what an ONNX export needs (eimn.export). ``cuda_graphs=True`` returns it
     wrapped in :class:`~eimn_kernels.graphs.CUDAGraphed`: on CUDA inputs without autograd each input shape's
-    forward is captured once and replayed (``max_graphs`` shapes kept).
+    forward is captured once and replayed (``max_graphs`` shapes kept). ``nhwc`` (default: on for a fused model on
+    a CUDA device with backend auto / triton) runs every EIMN block and the LayerNorm after it as the five NHWC
+    Triton kernels of :mod:`eimn_kernels.nhwc` (tensor-core 1x1s, channels_last between blocks); those blocks
+    fall back to the folded layers for CPU tensors, float64 or autograd.
     """
     if not inplace:
         model = copy.deepcopy(model)
@@ -120,6 +136,9 @@ def optimize_for_inference(model: nn.Module, backend: str = "auto", inplace: boo
         _fold_tree(model, backend, fused)
         if fused:
             fuse(model, backend=backend)
+        if nhwc or (nhwc is None and _wants_nhwc(model, backend, fused)):
+            from .nhwc import use_nhwc_blocks
+            use_nhwc_blocks(model)
     for p in model.parameters():
         p.requires_grad_(False)
     if cuda_graphs:

@@ -13,6 +13,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 from benchmarks import gpu_static
 
@@ -78,3 +79,36 @@ def test_triton_kernels(tmp_path):
                                          f"no longer: {sorted(KNOWN_NO_TENSOR_CORES - off)}"
     # the fp32 MOLRCM 1x1s use tf32x3 dots: TF32 tensor-core MMA in fp32
     assert all(r.tensor_core_insts > 0 for r in gemm if r.kernel.endswith("[fp32]"))
+
+
+@needs_cuobjdump
+def test_block_kernels_budgets(tmp_path):
+    """The NHWC block kernels (triton_kernels/block_*.py), fp32 / fp16 / bf16 as launched on an H100: no local
+    memory; every 1x1 kernel on tensor cores (fp32 as 3xTF32); registers x threads and shared memory within an sm_90
+    SM for the CTAs per SM each is designed for (block_config); the streaming kernel's global accesses 128-bit."""
+    pytest.importorskip("triton")
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    out = tmp_path / "block.json"
+    code = ("import json, sys; from dataclasses import asdict; from benchmarks import gpu_static as g; "
+            "json.dump([asdict(r) for r in g.block_kernels()], open(sys.argv[1], 'w'))")
+    subprocess.run([sys.executable, "-c", code, str(out)], check=True, env=env, cwd=gpu_static.ROOT,
+                   capture_output=True)
+    rows = {r["kernel"]: gpu_static.KernelFacts(**r) for r in json.loads(out.read_text())}
+    from eimn_kernels.triton_kernels.block_compile import BLOCK_KERNELS, block_specs
+    for dt in ("fp32", "fp16", "bf16"):
+        for name, _fn, _sig, _attrs, _consts, warps, per_sm in block_specs(dt):
+            r = rows[f"{name}[{dt}]"]
+            assert r.local_insts == 0 and r.stack == 0, r
+            assert r.regs * 32 * warps * per_sm <= 65536, (r, warps, per_sm)
+            assert r.shared * per_sm <= 227 * 1024, (r, per_sm)
+            assert r.computes_1x1 == (name in gpu_static.BLOCK_1X1)
+            if r.computes_1x1:
+                assert r.tensor_core_insts > 0, r
+        # dffm_apply streams a and y in, out out: every one of those accesses a 16-byte vector (the per-pixel
+        # scalars a_loc and k are the remaining, narrower loads)
+        from eimn_kernels.triton_kernels import block_config as cfg
+        bp, warps, _ = cfg.APPLY[cfg.dtype_class({"fp32": torch.float32}.get(dt, torch.float16))]
+        per_thread = bp * 64 * (4 if dt == "fp32" else 2) // (16 * 32 * warps)
+        apply = rows[f"dffm_apply[{dt}]"]
+        assert apply.stg128 == apply.stg == per_thread and apply.ldg128 >= 2 * per_thread, apply
+    assert {k.split("[")[0] for k in rows} == set(BLOCK_KERNELS)

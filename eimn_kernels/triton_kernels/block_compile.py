@@ -45,31 +45,32 @@ def _signature(fn, dtype: str, consts: dict) -> tuple[dict, dict]:
 
 
 def block_specs(dtype: str = "fp32", C: int = 64):
-    """(name, kernel, signature, attrs, constexprs, num_warps) of the five block kernels for ``dtype``."""
+    """(name, kernel, signature, attrs, constexprs, num_warps, CTAs per SM designed for) of the five block kernels
+    for ``dtype``."""
     dc = "fp32" if dtype == "fp32" else "half"
     dot = _TL[dtype]
     prec = "tf32x3" if dtype == "fp32" else "ieee"
     bc = pow2_block(C)
     c1, c2, c3 = int(3 / 8 * C), int(1 / 8 * C), C - int(3 / 8 * C) - int(1 / 8 * C)
     hid, rr = int(C * 2.66), C // 4
-    th, tw, w_reg = cfg.REGION[dc]
+    th, tw, w_reg, o_reg = cfg.REGION[dc]
     hp = halo_rows(th, tw, 2)
     region = dict(C=C, BC=bc, K0=5, TH=th, TW=tw, HP=hp, HM=min(hp, cfg.REGION_ROWS), DOT=dot, PREC=prec)
-    th, tw, w_mix = cfg.MIX[dc]
+    th, tw, w_mix, o_mix = cfg.MIX[dc]
     mix = dict(C=C, BC=bc, C1=c1, C2=c2, C1P=pow2_block(c1), C2P=pow2_block(c2), C3P=pow2_block(c3), K1=5, D1=2,
                K2=7, D2=3, TH=th, TW=tw, DOT=dot, PREC=prec)
-    th, tw, w_body, hc = cfg.BODY[dc]
+    th, tw, w_body, o_body, hc = cfg.BODY[dc]
     body = dict(C=C, BC=bc, HID=hid, HC=hc, RR=rr, BR=pow2_block(rr), TH=th, TW=tw,
                 HP=halo_rows(th, tw, 1), DOT=dot, PREC=prec)
-    bp, w_app = cfg.APPLY[dc]
-    for name, fn, consts, nw in (
-            ("molrcm_region", molrcm_region_kernel, region, w_reg),
-            ("molrcm_mix", molrcm_mix_kernel, mix, w_mix),
-            ("sadffm_body", sadffm_body_kernel, body, w_body),
-            ("dffm_global", dffm_global_kernel, dict(C=C, BC=bc, RR=rr, BR=pow2_block(rr)), 4),
-            ("dffm_apply", dffm_apply_kernel, dict(HAS_NORM=True, C=C, BC=bc, BP=bp), w_app)):
+    bp, w_app, o_app = cfg.APPLY[dc]
+    for name, fn, consts, nw, occ in (
+            ("molrcm_region", molrcm_region_kernel, region, w_reg, o_reg),
+            ("molrcm_mix", molrcm_mix_kernel, mix, w_mix, o_mix),
+            ("sadffm_body", sadffm_body_kernel, body, w_body, o_body),
+            ("dffm_global", dffm_global_kernel, dict(C=C, BC=bc, RR=rr, BR=pow2_block(rr)), 4, 1),
+            ("dffm_apply", dffm_apply_kernel, dict(HAS_NORM=True, C=C, BC=bc, BP=bp), w_app, o_app)):
         sig, attrs = _signature(fn, dtype, consts)
-        yield name, fn, sig, attrs, consts, nw
+        yield name, fn, sig, attrs, consts, nw, occ
 
 
 def compile_block(dtype: str = "fp32", arch: int = 90, C: int = 64, names=None) -> dict:
@@ -77,7 +78,7 @@ def compile_block(dtype: str = "fp32", arch: int = 90, C: int = 64, names=None) 
     if os.environ.get("TRITON_INTERPRET") == "1":
         raise RuntimeError("compile_block needs TRITON_INTERPRET unset (the interpreter does not compile)")
     out = {}
-    for name, fn, sig, attrs, consts, nw in block_specs(dtype, C):
+    for name, fn, sig, attrs, consts, nw, _occ in block_specs(dtype, C):
         if names is not None and name not in names:
             continue
         src = triton.compiler.ASTSource(fn=fn, signature=sig, constexprs=consts, attrs=attrs)

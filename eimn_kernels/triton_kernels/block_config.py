@@ -1,7 +1,7 @@
 """Tunables of the whole-block NHWC inference kernels (block_molrcm.py, block_sadffm.py), in one place.
 
 Tiles are TH x TW output pixels (TH * TW and TW powers of two); a haloed tile is padded to the next power of
-two rows (the GEMM M dimension). Persistent kernels run ``PROGRAMS_PER_SM`` programs per SM, each with its own
+two rows (the GEMM M dimension). Persistent kernels run as many programs per SM as the kernel's occupancy (below), each with its own
 scratch slot (the haloed GEMM result, read back shifted by the depthwise taps; L2-resident, reused per tile).
 GPU defaults target an H100 with EIMN's C = 64 (not yet tuned on a GPU: no GPU was lent since they were written).
 Under TRITON_INTERPRET=1 every program costs Python time per op: the same tiles, and two persistent programs so
@@ -13,17 +13,17 @@ import torch
 
 from .molrcm_config import interpreting
 
-# (TH, TW, num_warps) per kernel and dtype class. The fp32 tiles are smaller: a 3xTF32 dot holds each operand
-# twice (high and low parts); these are the largest tiles that compile for sm_90 without spills
-# (benchmarks/gpu_static.py, tests/test_gpu_static.py)
-REGION = {"fp32": (8, 16, 8), "half": (8, 16, 8)}    # haloed tile (TH+4) x (TW+4) = 240 -> 256 rows
-REGION_ROWS = 128                                    # rows of the haloed q GEMM per step
-MIX = {"fp32": (2, 16, 8), "half": (8, 16, 8)}       # no halo (r is read from memory with its halo)
-# (TH, TW, num_warps, hidden channels of U per step, x1's and x2's each); haloed tile (TH+2) x (TW+2): 60 -> 64 rows
-# in fp32, 108 -> 128 in the half types
-BODY = {"fp32": (4, 8, 4, 16), "half": (4, 16, 8, 32)}
-APPLY = {"fp32": (64, 4), "half": (128, 4)}          # (pixels per program, num_warps)
-PROGRAMS_PER_SM = 2
+# Per kernel and dtype class: (TH, TW, num_warps, CTAs per SM) [+ hidden channels of U per step for the body;
+# (pixels per program, num_warps, CTAs per SM) for apply]. The CTAs per SM are the occupancy each kernel is designed
+# for: its registers (x threads) and shared memory must fit that many on an sm_90 SM (65536 registers, 227 KiB),
+# which tests/test_gpu_static.py checks on the compiled code; the persistent kernels launch that many programs per
+# SM. The fp32 tiles are smaller: a 3xTF32 dot holds each operand twice (high and low parts); these are the largest
+# tiles that compile for sm_90 without spills.
+REGION = {"fp32": (8, 16, 8, 1), "half": (8, 16, 8, 1)}  # haloed tile (TH+4) x (TW+4) = 240 -> 256 rows
+REGION_ROWS = 128                                        # rows of the haloed q GEMM per step
+MIX = {"fp32": (2, 16, 8, 1), "half": (4, 16, 4, 4)}     # no halo (r is read from memory with its halo)
+BODY = {"fp32": (4, 8, 4, 2, 16), "half": (4, 16, 8, 1, 32)}  # haloed (TH+2) x (TW+2): 60 -> 64 / 108 -> 128 rows
+APPLY = {"fp32": (64, 4, 4), "half": (128, 4, 3)}
 PROGRAMS_INTERP = 2
 
 
@@ -31,9 +31,10 @@ def dtype_class(dt: torch.dtype) -> str:
     return "fp32" if dt in (torch.float32, torch.float64) else "half"
 
 
-def persistent_programs(device: torch.device, tiles: int) -> int:
-    """Programs of a persistent kernel: PROGRAMS_PER_SM per SM on a GPU (2 under the interpreter), <= tiles."""
+def persistent_programs(device: torch.device, tiles: int, per_sm: int) -> int:
+    """Programs of a persistent kernel: ``per_sm`` per SM on a GPU (PROGRAMS_INTERP under the interpreter),
+    at most ``tiles``."""
     if interpreting() or device.type != "cuda":
         return max(1, min(tiles, PROGRAMS_INTERP))
     sms = torch.cuda.get_device_properties(device).multi_processor_count
-    return max(1, min(tiles, sms * PROGRAMS_PER_SM))
+    return max(1, min(tiles, sms * per_sm))

@@ -124,12 +124,12 @@ def _tiles(N: int, H: int, W: int, th: int, tw: int) -> tuple[int, int]:
 def molrcm_region(x: torch.Tensor, pk) -> torch.Tensor:
     """x: [N, H, W, C] NHWC contiguous -> r: [N, H, W, C] = DW_{K0}(GELU(Wq x + bq)) + b0 (pk: block_pack.Packed)."""
     N, H, W, C = x.shape
-    th, tw, warps = cfg.REGION[cfg.dtype_class(x.dtype)]
+    th, tw, warps, per_sm = cfg.REGION[cfg.dtype_class(x.dtype)]
     halo = (pk.k0 - 1) // 2
     hp = halo_rows(th, tw, halo)
     tiles_w, tpi = _tiles(N, H, W, th, tw)
     ntiles = N * tpi
-    nprog = cfg.persistent_programs(x.device, ntiles)
+    nprog = cfg.persistent_programs(x.device, ntiles, per_sm)
     r = torch.empty_like(x)
     scr = torch.empty(nprog, hp, pk.bc, device=x.device, dtype=x.dtype)
     dot, prec = dot_config(x.dtype)
@@ -142,7 +142,7 @@ def molrcm_region(x: torch.Tensor, pk) -> torch.Tensor:
 def molrcm_mix(r: torch.Tensor, x: torch.Tensor, pk) -> torch.Tensor:
     """r, x: [N, H, W, C] NHWC contiguous -> a = x + MOLRCM'(x) (the folded attention plus its residual)."""
     N, H, W, C = x.shape
-    th, tw, warps = cfg.MIX[cfg.dtype_class(x.dtype)]
+    th, tw, warps, _ = cfg.MIX[cfg.dtype_class(x.dtype)]
     tiles_w, tpi = _tiles(N, H, W, th, tw)
     a = torch.empty_like(x)
     dot, prec = dot_config(x.dtype)

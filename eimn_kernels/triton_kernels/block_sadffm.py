@@ -145,12 +145,12 @@ def sadffm_body(a: torch.Tensor, pk):
     """a: [N, H, W, C] NHWC -> (y [N, H, W, C] a's dtype, a_loc [N*H*W] float32, partial sums of z
     [tiles, BC] float32, tiles per image)."""
     N, H, W, C = a.shape
-    th, tw, warps, hc = cfg.BODY[cfg.dtype_class(a.dtype)]
+    th, tw, warps, per_sm, hc = cfg.BODY[cfg.dtype_class(a.dtype)]
     hp = halo_rows(th, tw, 1)
     tiles_w = triton.cdiv(W, tw)
     tpi = triton.cdiv(H, th) * tiles_w
     ntiles = N * tpi
-    nprog = cfg.persistent_programs(a.device, ntiles)
+    nprog = cfg.persistent_programs(a.device, ntiles, per_sm)
     y = torch.empty_like(a)
     aloc = torch.empty(N * H * W, device=a.device, dtype=torch.float32)
     part = torch.empty(ntiles, pk.bc, device=a.device, dtype=torch.float32)
@@ -176,7 +176,7 @@ def dffm_apply(a: torch.Tensor, y: torch.Tensor, aloc: torch.Tensor, cg, kk, pk,
     """a, y: [N, H, W, C] -> a + ls2 * y * c * s, then LayerNorm over C if ``norm`` = (weight, bias, eps)
     (float32 weight / bias) is given. Same shape and dtype."""
     N, H, W, C = a.shape
-    bp, warps = cfg.APPLY[cfg.dtype_class(a.dtype)]
+    bp, warps, _ = cfg.APPLY[cfg.dtype_class(a.dtype)]
     out = torch.empty_like(a)
     npix = N * H * W
     nw, nb, eps = norm if norm is not None else (pk.ls2, pk.ls2, 0.0)

@@ -1,0 +1,134 @@
+"""The NHWC whole-block inference kernels (eimn_kernels/nhwc.py, triton_kernels/block_*.py) against the folded eager
+block, here under TRITON_INTERPRET=1 (on a GPU: CUDA tensors).
+
+Tolerances: float32 max |diff| <= 1e-5 relative to max |ref| (3xTF32 dots on a GPU, exact fp32 in the
+interpreter); float16 <= 2e-3 and bfloat16 <= 1.5e-2 relative to max |ref| in the mean, 1e-2 / 2e-2 max (operands
+rounded to the half type, float32 accumulation; the reference runs in float32 on the same rounded input).
+Small shapes: the interpreter runs each program in Python (a C = 64 block at 1x9x19 takes ~10 s).
+"""
+import copy
+import os
+
+import pytest
+import torch
+import torch.nn as nn
+
+from eimn.model import EIMN
+from eimn_kernels import optimize_for_inference
+from eimn_kernels.nhwc import FusedAway, NHWCEIMNBlock, block_forward, use_nhwc_blocks
+
+pytest.importorskip("triton")
+DEV = "cuda" if torch.cuda.is_available() else "cpu"
+pytestmark = pytest.mark.skipif(DEV == "cpu" and os.environ.get("TRITON_INTERPRET") != "1",
+                                reason="needs a CUDA device or TRITON_INTERPRET=1")
+
+
+def _model(C: int, stages: int, seed: int = 0) -> EIMN:
+    """An EIMN with every parameter and BatchNorm statistic away from its initial value (so folding and every
+    gate matter)."""
+    torch.manual_seed(seed)
+    m = EIMN(embed_dims=C, scale=2, num_stages=stages)
+    with torch.no_grad():
+        for mod in m.modules():
+            if isinstance(mod, nn.BatchNorm2d):
+                mod.running_mean.uniform_(-0.5, 0.5)
+                mod.running_var.uniform_(0.5, 2.0)
+        for name, p in m.named_parameters():
+            if "layer_scale" in name or ("norm" in name and name.endswith("weight")):
+                p.uniform_(0.5, 1.5)
+            elif "norm" in name and name.endswith("bias"):
+                p.uniform_(-0.2, 0.2)
+    return m.eval()
+
+
+def _close(out, ref, dt):
+    err = (out.float() - ref.float()).abs()
+    scale = ref.abs().max().item()
+    if dt == torch.float32:
+        assert err.max().item() <= 1e-5 * scale, (err.max().item(), scale)
+    else:
+        mean_tol, max_tol = (2e-3, 1e-2) if dt == torch.float16 else (1.5e-2, 2e-2)
+        assert err.mean().item() <= mean_tol * scale and err.max().item() <= max_tol * scale * 4, \
+            (err.mean().item(), err.max().item(), scale)
+
+
+@torch.no_grad()
+def test_model_fp32_matches_folded():
+    """A 2-block EIMN (C = 16): every block and LayerNorm swapped, output equal to the folded eager model."""
+    m = _model(16, 2)
+    ref_model = optimize_for_inference(m, fused=False).to(DEV)
+    fast = optimize_for_inference(m, fused=False).to(DEV)
+    assert use_nhwc_blocks(fast) == 2
+    assert isinstance(fast.block1[0], NHWCEIMNBlock) and isinstance(fast.norm2, FusedAway)
+    x = torch.rand(2, 3, 7, 17, device=DEV)  # two images: per-image DFFM statistics
+    _close(fast(x), ref_model(x), torch.float32)
+
+
+@torch.no_grad()
+@pytest.mark.parametrize("dt", [torch.float32, torch.float16, torch.bfloat16])
+def test_block_eimn_width(dt):
+    """One block at EIMN's width (C = 64: split 24/8/32, hidden 170, DFFM 16), partial tiles, in each dtype."""
+    m = _model(64, 1, seed=1)
+    f = optimize_for_inference(m, fused=False).to(DEV)
+    use_nhwc_blocks(f)
+    blk = f.block1[0]
+    x = torch.randn(1, 64, 9, 19, device=DEV)
+    ref = blk._fallback(x.to(dt).float())
+    fast = copy.deepcopy(blk).to(dt)
+    out = fast(x.to(dt))
+    assert out.dtype == dt and out.shape == x.shape
+    assert out.is_contiguous(memory_format=torch.channels_last)
+    _close(out, ref, dt)
+
+
+@torch.no_grad()
+def test_fallbacks_and_errors():
+    m = _model(16, 1, seed=2)
+    f = optimize_for_inference(m, fused=False)
+    use_nhwc_blocks(f)
+    blk = f.block1[0]
+    b64 = copy.deepcopy(blk).double()
+    x = torch.randn(1, 16, 6, 7, dtype=torch.float64)
+    # float64 runs the folded layers (the kernels take fp32 / fp16 / bf16)
+    torch.testing.assert_close(b64(x), b64._fallback(x))
+    with pytest.raises(ValueError, match="NHWC contiguous"):
+        block_forward(torch.randn(1, 6, 7, 16).transpose(1, 2), blk._pack(torch.float32, torch.device("cpu")))
+    assert block_forward(torch.randn(0, 6, 7, 16), blk._pack(torch.float32, torch.device("cpu"))).shape == (0, 6, 7, 16)
+
+
+def test_autograd_runs_the_folded_layers():
+    """With a gradient needed the block runs its folded layers (the kernels have no backward)."""
+    m = _model(16, 1, seed=3)
+    f = optimize_for_inference(m, fused=False)
+    use_nhwc_blocks(f)
+    blk = f.block1[0]
+    x = torch.randn(1, 16, 5, 6, requires_grad=True)
+    y = blk(x)
+    y.sum().backward()
+    assert x.grad is not None and torch.isfinite(x.grad).all()
+
+
+@torch.no_grad()
+def test_weights_repacked_after_an_update():
+    m = _model(16, 1, seed=4)
+    f = optimize_for_inference(m, fused=False).to(DEV)
+    use_nhwc_blocks(f)
+    blk = f.block1[0]
+    x = torch.randn(1, 16, 5, 6, device=DEV)
+    blk(x)
+    blk.block.mlp.linear_out.bias.add_(0.5)
+    _close(blk(x), blk._fallback(x), torch.float32)
+
+
+@torch.no_grad()
+def test_optimize_for_inference_nhwc():
+    """optimize_for_inference(nhwc=True) on the fused model: blocks on the kernels (the default on a CUDA device),
+    the same output as without; nhwc=False keeps the folded blocks."""
+    m = _model(16, 1, seed=5).to(DEV)
+    fast = optimize_for_inference(m, nhwc=True)
+    plain = optimize_for_inference(m, nhwc=False)
+    assert isinstance(fast.block1[0], NHWCEIMNBlock) and not isinstance(plain.block1[0], NHWCEIMNBlock)
+    if DEV == "cuda":
+        assert isinstance(optimize_for_inference(m).block1[0], NHWCEIMNBlock)
+    x = torch.rand(1, 3, 6, 9, device=DEV)
+    _close(fast(x), plain(x), torch.float32)
