@@ -1,27 +1,29 @@
-"""The GPU inference plan of one folded EIMN block, kernel by kernel, and its roofline floors on an H100.
+"""The GPU inference path of one folded EIMN block, kernel by kernel, and its roofline floors on an H100.
 
-The plan (NOT YET IMPLEMENTED: the kernels of today's cuda/triton backends are listed by
-``benchmarks/results/gpu-static-sm90.md`` and timed by ``benchmarks/gpu_quick.py``): NHWC activations, every 1x1 a
-tensor-core GEMM with its epilogue fused, the DFFM statistics in the epilogue of the GEMM that makes y:
+Implemented by the Triton NHWC block kernels (eimn_kernels/nhwc.py, triton_kernels/block_*.py; what
+``optimize_for_inference`` runs on a CUDA device); the CUDA backend does not have it yet. NHWC activations, every
+1x1 a tensor-core GEMM with its epilogue fused, the DFFM statistics in the epilogue of the GEMM that makes y:
 
-  1 molrcm_query   x -> q = GELU(Wq x + bq)                                   (GEMM C x C)
-  2 molrcm_mix     q (haloed tile), x -> a = x + Wo (SiLU(Wf y + bf) * (Wv x + bv)) + bo,
-                   y = mix(DW5(q)) in shared memory                           (dw 5x5, 5x5 d2 / 7x7 d3; 3 GEMMs)
-  3 sadffm_body    a (1-row halo) -> U chunk = W_in a + b_in in shared memory -> DW3x3 -> h = GELU(t1) t2 ->
-                   y = W_out h + b_out accumulated in registers; epilogue: LayerNorm statistics, the local branch
-                   a_loc = w_se . GELU(W_lr z + b_lr), per-CTA sums of yhat     (GEMMs 2h x C, C x h, R x C)
-  4 dffm_global    per image: per-CTA sums in a fixed order -> g, c = sigmoid(W_ce g), k
-  5 dffm_apply     y, a_loc, a -> out = a + ls2 * y * c * sigmoid(a_loc + k), then the channel LayerNorm
-                   between blocks -> the next block's input
+  1 molrcm_region  x (2-pixel halo) -> q = GELU(Wq x + bq) on the haloed tile (scratch, L2) -> r = DW5(q) + b0
+                                                                              (GEMM C x C on the haloed tile)
+  2 molrcm_mix     r (halo 4 / 9 through L1/L2), x -> y = [DW5d2(r1), r2, DW7d3(r3)] in registers,
+                   a = x + Wo (SiLU(Wf y + bf) * (Wv x + bv)) + bo               (3 GEMMs C x C)
+  3 sadffm_body    a (1-pixel halo) -> per chunk of hidden channels: U = W_in a + b_in on the haloed tile
+                   (scratch, L2) -> DW3x3 -> h = GELU(t1) t2 -> y += W_out h; epilogue: DFFM LayerNorm z,
+                   per-tile sums of z, a_loc = w_se . GELU(W_lr z + b_lr)       (GEMMs 2h x C, C x h, R x C)
+  4 dffm_global    per image: tile sums in a fixed order -> g, c = sigmoid(W_ce g + b_ce), k
+  5 dffm_apply     a, y, a_loc -> out = a + ls2 * y * c * sigmoid(a_loc + k), then the model's LayerNorm
+                   after the block -> the next block's input
 
-Per block: 5 launches, 10 activation-sized HBM passes (one pass = N x H x W x C elements; 2 of them compulsory:
-the block's input and output). v is recomputed from x in kernel 2 (one more C x C GEMM) instead of being written
-and read back.
+Per block: 5 launches, 10 activation-sized HBM passes (one pass = N x H x W x C elements; 2 compulsory: the
+block's input and output). Halo reads are counted once (neighbouring tiles' halos hit L2); the haloed GEMMs'
+recomputed rows (block_config's tiles: padded halo rows / output pixels) are counted as executed FLOPs.
 
     python -m benchmarks.gpu_model [--shape 1x64x180x320] [--dtype fp32|fp16|bf16] [--blocks 16]
 
-prints each kernel's bytes, FLOPs and floors (memory, tensor-core compute) and the totals. H100 SXM figures:
-HBM3 3.35 TB/s; dense tensor-core 494 TFLOP/s TF32 (3xTF32: a third), 989 fp16/bf16.
+prints each kernel's bytes, useful and executed GEMM FLOPs and floors (memory, tensor-core compute on the executed
+FLOPs) and the totals. H100 SXM figures: HBM3 3.35 TB/s; dense tensor-core 494 TFLOP/s TF32 (3xTF32: a third),
+989 fp16/bf16.
 """
 from __future__ import annotations
 
@@ -44,28 +46,42 @@ class Kernel:
     gemm_flops: float
     other_flops: float
     passes: float  # activation-sized (N x H x W x C) HBM passes
+    recompute_flops: float = 0.0  # GEMM FLOPs of haloed rows beyond the useful ones
 
     def floors(self, dtype: str, hw: dict = H100) -> dict:
-        """Memory and compute floors in seconds (compute: TF32 for fp32 with 3xTF32 = 3 products, else half)."""
+        """Memory and compute floors in seconds (compute on the executed GEMM FLOPs: TF32 for fp32 with 3xTF32 =
+        3 products, else half)."""
         rate = hw["tf32_flops"] / 3 if dtype == "fp32" else hw["half_flops"]
-        return {"memory_s": (self.read_B + self.write_B) / hw["hbm_Bps"], "compute_s": self.gemm_flops / rate}
+        return {"memory_s": (self.read_B + self.write_B) / hw["hbm_Bps"],
+                "compute_s": (self.gemm_flops + self.recompute_flops) / rate}
+
+
+def _halo_factor(kernel: str, dtype: str) -> float:
+    """Executed / useful rows of a haloed GEMM: block_config's padded halo rows per output pixel."""
+    from eimn_kernels.triton_kernels import block_config as cfg
+    from eimn_kernels.triton_kernels.block_common import halo_rows
+    dc = "fp32" if dtype == "fp32" else "half"
+    th, tw, halo = {"molrcm_region": (*cfg.REGION[dc][:2], 2), "sadffm_body": (*cfg.BODY[dc][:2], 1)}[kernel]
+    return halo_rows(th, tw, halo) / (th * tw)
 
 
 def block_plan(N: int, C: int, H: int, W: int, dtype: str = "fp32") -> list[Kernel]:
-    """The planned kernels of one folded EIMN block forward on an (N, C, H, W) input."""
+    """The kernels of one folded EIMN block forward on an (N, C, H, W) input, as implemented."""
     es = 4 if dtype == "fp32" else 2
     P = N * H * W
     act = P * C * es                  # one activation pass
     hid, R = int(C * HID_RATIO), max(1, C // R_RATIO)
     g = lambda m, k: 2.0 * m * k * P  # noqa: E731  GEMM FLOPs over every pixel
-    dw = 2.0 * P * (DW_TAPS_MOLRCM[0] * C + sum(c * t for c, t in DW_TAPS_MOLRCM[1:]) * C / 64)
+    dw = 2.0 * P * (sum(c * t for c, t in DW_TAPS_MOLRCM[1:]) * C / 64)
+    fr, fb = _halo_factor("molrcm_region", dtype), _halo_factor("sadffm_body", dtype)
     return [
-        Kernel("molrcm_query", act, act, g(C, C), 8.0 * P * C, 2),
+        Kernel("molrcm_region", act, act, g(C, C), 2.0 * P * DW_TAPS_MOLRCM[0] * C + 8.0 * P * C, 2,
+               (fr - 1) * g(C, C)),
         Kernel("molrcm_mix", 2 * act, act, 3 * g(C, C), dw + 12.0 * P * C, 3),
-        Kernel("sadffm_body", act, act + P * es, g(2 * hid, C) + g(C, hid) + g(R, C),
-               2.0 * 9 * 2 * hid * P + 20.0 * P * hid + 10.0 * P * C, 2 + 1 / C),
+        Kernel("sadffm_body", act, act + P * 4, g(2 * hid, C) + g(C, hid) + g(R, C),
+               2.0 * 9 * 2 * hid * P + 20.0 * P * hid + 10.0 * P * C, 2 + 1 / C, (fb - 1) * g(2 * hid, C)),
         Kernel("dffm_global", N * C * 64 * 4, N * (C + 1) * 4, 0.0, 4.0 * N * C * R, 0),
-        Kernel("dffm_apply", 2 * act + P * es, act, 0.0, 15.0 * P * C, 3 + 1 / C),
+        Kernel("dffm_apply", 2 * act + P * 4, act, 0.0, 15.0 * P * C, 3 + 1 / C),
     ]
 
 
@@ -74,20 +90,23 @@ def totals(plan: list[Kernel], dtype: str) -> dict:
     fl = [k.floors(dtype) for k in plan]
     return {"launches": len(plan), "passes": sum(k.passes for k in plan),
             "bytes": sum(k.read_B + k.write_B for k in plan), "gemm_flops": sum(k.gemm_flops for k in plan),
+            "recompute_flops": sum(k.recompute_flops for k in plan),
             "memory_s": sum(f["memory_s"] for f in fl), "compute_s": sum(f["compute_s"] for f in fl),
             "floor_s": sum(max(f["memory_s"], f["compute_s"]) for f in fl)}
 
 
 def format_plan(plan: list[Kernel], dtype: str, blocks: int) -> str:
-    lines = [f"{'kernel':14s} {'read MB':>8s} {'write MB':>8s} {'GEMM GFLOP':>10s} {'passes':>6s} "
+    lines = [f"{'kernel':14s} {'read MB':>8s} {'write MB':>8s} {'GEMM GFLOP':>10s} {'+halo':>7s} {'passes':>6s} "
              f"{'mem us':>7s} {'TC us':>7s}"]
     for k in plan:
         f = k.floors(dtype)
         lines.append(f"{k.name:14s} {k.read_B / 1e6:8.2f} {k.write_B / 1e6:8.2f} {k.gemm_flops / 1e9:10.3f} "
-                     f"{k.passes:6.2f} {f['memory_s'] * 1e6:7.1f} {f['compute_s'] * 1e6:7.1f}")
+                     f"{k.recompute_flops / 1e9:7.3f} {k.passes:6.2f} {f['memory_s'] * 1e6:7.1f} "
+                     f"{f['compute_s'] * 1e6:7.1f}")
     t = totals(plan, dtype)
     lines += [f"per block: {t['launches']} launches, {t['passes']:.2f} activation passes, "
-              f"{t['bytes'] / 1e6:.1f} MB, {t['gemm_flops'] / 1e9:.2f} GEMM GFLOP; floor {t['floor_s'] * 1e6:.1f} us "
+              f"{t['bytes'] / 1e6:.1f} MB, {t['gemm_flops'] / 1e9:.2f} GEMM GFLOP (+{t['recompute_flops'] / 1e9:.2f} "
+              f"on halos); floor {t['floor_s'] * 1e6:.1f} us "
               f"(memory {t['memory_s'] * 1e6:.1f} us, tensor cores {t['compute_s'] * 1e6:.1f} us)",
               f"{blocks} blocks: floor {blocks * t['floor_s'] * 1e3:.2f} ms, launches {blocks * t['launches']} "
               f"(~{blocks * t['launches'] * H100['launch_s'] * 1e3:.2f} ms of launch latency without CUDA graphs)"]
@@ -102,7 +121,7 @@ def main(argv=None) -> list[Kernel]:
     a = ap.parse_args(argv)
     N, C, H, W = (int(v) for v in a.shape.split("x"))
     plan = block_plan(N, C, H, W, a.dtype)
-    print(f"plan of one folded EIMN block, {a.shape} {a.dtype}, H100 floors (NOT YET IMPLEMENTED)")
+    print(f"one folded EIMN block on the NHWC block kernels, {a.shape} {a.dtype}, H100 floors")
     print(format_plan(plan, a.dtype, a.blocks))
     return plan
 

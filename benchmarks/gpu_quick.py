@@ -47,13 +47,18 @@ def _variants(eager, backends: list[str], device: str) -> list[tuple[str, str, o
     run) fp32 only: the cpu backend has no half-precision kernels."""
     precisions = PRECISIONS if device == "cuda" else ("fp32",)
     out = [("eager", "fp32", eager)] + ([("eager", "fp16", eager)] if device == "cuda" else [])
-    for b in backends:
-        folded = ek.optimize_for_inference(eager, backend=b)
-        graphed = ek.optimize_for_inference(eager, backend=b, cuda_graphs=True) if device == "cuda" else None
+    # the NHWC block kernels first (the GPU path optimize_for_inference takes by default), then each backend's
+    # per-layer fused ops
+    builds = [("nhwc", "triton", True)] if "triton" in backends else []
+    builds += [(b, b, False) for b in backends]
+    for label, b, nhwc in builds:
+        folded = ek.optimize_for_inference(eager, backend=b, nhwc=nhwc)
+        graphed = (ek.optimize_for_inference(eager, backend=b, cuda_graphs=True, nhwc=nhwc) if device == "cuda"
+                   else None)
         for p in precisions:
-            out.append((f"folded[{b}]", p, folded))
+            out.append((f"folded[{label}]", p, folded))
             if graphed is not None:
-                out.append((f"folded[{b}]+graphs", p, graphed))
+                out.append((f"folded[{label}]+graphs", p, graphed))
     return out
 
 
@@ -88,10 +93,12 @@ def _speedups(rows: list[dict]) -> None:
 
 
 def profile_block(device: str, precision: str = "fp32", size=(180, 320), dim: int = 64, row_limit: int = 15) -> str:
-    """torch.profiler table (sorted by device time) of one folded EIMN block's forward on (1, dim, *size)."""
+    """torch.profiler table (sorted by device time) of one folded EIMN block and the LayerNorm after it, forward on
+    (1, dim, *size), as optimize_for_inference runs them on ``device`` (on a GPU: the five NHWC block kernels)."""
     from torch.profiler import ProfilerActivity, profile
-    block = ek.optimize_for_inference(_seeded("EIMN_L", 4, device).block1[0]) if dim == 64 else \
-        ek.optimize_for_inference(EIMN(embed_dims=dim, scale=2, num_stages=1).to(device).block1[0])
+    model = _seeded("EIMN_L", 4, device) if dim == 64 else EIMN(embed_dims=dim, scale=2, num_stages=1).to(device)
+    folded = ek.optimize_for_inference(model, nhwc=device == "cuda")
+    block = torch.nn.Sequential(folded.block1, folded.norm1)
     x = torch.rand(1, dim, *size, device=device)
     acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device == "cuda" else [])
     with torch.no_grad(), _autocast_any(device, precision):
