@@ -8,8 +8,9 @@
 # with the working tree, ~35 MB, and is linked to ../shared there; never commit it; delete it afterwards).
 # Usage: bash scripts/gpu_check.sh quick
 #        the one prepared call for a lent GPU (within 8 minutes): build, the CUDA/Triton kernel tests, compute-sanitizer
-#        memcheck on the fp32 CUDA kernel tests, and benchmarks/gpu_quick.py's model table (eager fp32/fp16, folded
-#        cuda/triton in fp32/fp16/bf16 with and without CUDA graphs, training step, a profiler table of one block,
+#        memcheck on the NHWC block kernels' and the fp32 CUDA kernel tests, and benchmarks/gpu_quick.py's model
+#        table (eager fp32/fp16, folded nhwc/cuda/triton in fp32/fp16/bf16 with and without CUDA graphs, training
+#        step, a profiler table of one NHWC block,
 #        torch.compile); each step under its own time limit. Files in $OUT: <tag>-quick.log, gpu-quick.json/.md,
 #        history.jsonl (merge with `python -m benchmarks.history --merge`), latest-<gpu>.md/.png.
 # Usage: bash scripts/gpu_check.sh [build] [kernels] [test] [sanitize] [bench] [model] [dotprec]
@@ -114,7 +115,8 @@ gpu_test_files() {  # the given test files without the CPU emulations of the CUD
 kernel_tests() {
   # Only the CUDA and Triton kernel tests (and backend selection), on CUDA tensors.
   local files
-  mapfile -t files < <(gpu_test_files tests/test_cuda_*.py tests/test_triton_*.py tests/test_backends.py)
+  mapfile -t files < <(gpu_test_files tests/test_nhwc_block.py tests/test_cuda_*.py tests/test_triton_*.py \
+    tests/test_backends.py)
   timeout "$TO" "$PY" -m pytest -q -rs --durations=15 ${PYTEST_ARGS:-} "${files[@]}"
 }
 
@@ -146,12 +148,15 @@ quick() {
   echo "--- quick: build (limit ${QUICK_BUILD_S:-140} s)"
   TO=${QUICK_BUILD_S:-140} build || rc=1
   echo "--- quick: kernel tests (limit ${QUICK_TEST_S:-100} s)"
-  mapfile -t files < <(gpu_test_files tests/test_cuda_*.py tests/test_triton_*.py tests/test_backends.py)
+  mapfile -t files < <(gpu_test_files tests/test_nhwc_block.py tests/test_cuda_*.py tests/test_triton_*.py \
+    tests/test_backends.py)
   local xd=()
   "$PY" -c "import xdist" 2>/dev/null && xd=(-n 8)
   timeout "${QUICK_TEST_S:-100}" "$PY" -m pytest -q -x -rfE "${xd[@]}" "${files[@]}" || rc=1
   if [ -n "$SANITIZER" ]; then
-    echo "--- quick: compute-sanitizer memcheck, fp32 CUDA kernel tests (limit ${QUICK_SANITIZE_S:-50} s)"
+    echo "--- quick: compute-sanitizer memcheck, NHWC block kernels + fp32 CUDA kernel tests (limit ${QUICK_SANITIZE_S:-50} s)"
+    PYTORCH_NO_CUDA_MEMORY_CACHING=1 timeout "${QUICK_SANITIZE_S:-50}" "$SANITIZER" --tool memcheck \
+      --error-exitcode 99 --print-limit 20 "$PY" -m pytest -q -x -p no:cacheprovider tests/test_nhwc_block.py || rc=1
     mapfile -t files < <(gpu_test_files tests/test_cuda_*.py)
     PYTORCH_NO_CUDA_MEMORY_CACHING=1 timeout "${QUICK_SANITIZE_S:-50}" "$SANITIZER" --tool memcheck \
       --error-exitcode 99 --print-limit 20 "$PY" -m pytest -q -x -p no:cacheprovider \
