@@ -14,9 +14,14 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-__all__ = ["block_forward", "NHWCEIMNBlock", "use_nhwc_blocks", "FusedAway"]
+__all__ = ["block_forward", "NHWCEIMNBlock", "use_nhwc_blocks", "FusedAway", "CUDA_WEIGHTS"]
 
 _DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+# The packed weights (triton_kernels/block_pack.Packed fields) in the order of the CUDA kernels' BlockWeights
+# (csrc/cuda/block_kernels.cuh), the LayerNorm after the block's weight and bias last.
+CUDA_WEIGHTS = ("wq_t", "wf_t", "wv_t", "wo_t", "win_t", "wout_t", "wlr_t", "bq", "w0", "b0", "w1", "b1", "w2", "b2",
+                "bf", "bv", "bo", "b_in", "w_dw", "b_dw", "b_out", "ln_w", "ln_b", "b_lr", "w_sl", "w_gr", "b_gr",
+                "w_ce", "b_ce", "w_sg", "b_se", "ls2")
 
 
 def block_forward(x: torch.Tensor, pk, norm: tuple | None = None) -> torch.Tensor:

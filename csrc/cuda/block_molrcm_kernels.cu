@@ -1,0 +1,205 @@
+// MOLRCM of a folded EIMN block, NHWC inference (block_kernels.cuh): molrcm_region and molrcm_mix.
+//
+// molrcm_region: one block per 8 x 16 output tile. x on the tile and its 2-pixel halo (12 x 20 = 240 rows) and
+//   Wq^T go to shared memory; q = GELU(x Wq^T + bq) is one tensor-core GEMM [240 x 64] x [64 x 64] into shared
+//   memory (zero outside the image: r's 'same' padding is q's); the 25 taps of the 5x5 depthwise conv read q from
+//   shared memory, four channels per 16-byte load (4 FMAs per shared load), and r goes out as 4-channel vectors.
+// molrcm_mix: one block per 4 x 16 output tile. y = [DW5d2(r[:24]), r[24:32], DW7d3(r[32:])] from r through L1
+//   (its halos of 4 and 9 pixels are too large for shared memory at this tile), 4 channels per thread with the
+//   branch uniform per warp; then three GEMMs in shared memory: f = y Wf^T, v = x Wv^T, a = g Wo^T with
+//   g = SiLU(f + bf) * (v + bv); out = a + bo + x (x read again from memory, an L2 hit).
+#include "cuda/block_common.cuh"
+
+namespace eimn::cuda::block {
+namespace {
+
+constexpr int kRegTH = 8, kRegTW = 16, kRegHalo = 2;
+constexpr int kRegHW = kRegTW + 2 * kRegHalo;                 // 20
+constexpr int kRegRows = (kRegTH + 2 * kRegHalo) * kRegHW;    // 240 = 15 x 16
+constexpr int kMixTH = 4, kMixTW = 16, kMixP = kMixTH * kMixTW;  // 64
+
+template <typename T> constexpr size_t region_smem() {
+  return (static_cast<size_t>(kRegRows) + kC) * kLd * sizeof(T) + static_cast<size_t>(kRegRows) * kLd * sizeof(float);
+}
+template <typename T> constexpr size_t mix_smem() {
+  return static_cast<size_t>(kMixP + 3 * kC) * kLd * sizeof(T) + 2 * static_cast<size_t>(kMixP) * kLd * sizeof(float);
+}
+
+template <typename T>
+__global__ void __launch_bounds__(kThreads) molrcm_region_kernel(Tiling tl, BlockWeights w, const T* __restrict__ x,
+                                                                 T* __restrict__ r) {
+  EIMN_DYN_SMEM(smem_raw);
+  T* xs = reinterpret_cast<T*>(smem_raw);                 // [240][kLd]
+  T* wq = xs + kRegRows * kLd;                            // [64][kLd]
+  float* qs = reinterpret_cast<float*>(wq + kC * kLd);    // [240][kLd]
+  int64_t n, h0, w0;
+  tl.origin(blockIdx.x, n, h0, w0, kRegTH, kRegTW);
+  const int64_t H = tl.H, W = tl.W;
+  auto halo_pix = [&](int i) -> int64_t {
+    const int64_t hy = h0 - kRegHalo + i / kRegHW, hx = w0 - kRegHalo + i % kRegHW;
+    return (hy >= 0 && hy < H && hx >= 0 && hx < W) ? (n * H + hy) * W + hx : -1;
+  };
+  load_rows(xs, x, kRegRows, halo_pix);
+  load_matrix(wq, kLd, static_cast<const T*>(w.wq_t), kC, kC, kC, kC, kC);
+  __syncthreads();
+  block_gemm<T, kRegRows, kC, kC, false>(xs, kLd, wq, kLd, qs, kLd);
+  __syncthreads();
+  for (int i = threadIdx.x; i < kRegRows * (kC / 4); i += blockDim.x) {  // q = GELU(. + bq), 0 outside the image
+    const int row = i / (kC / 4), c = (i % (kC / 4)) * 4;
+    float* q = qs + row * kLd + c;
+    const bool in = halo_pix(row) >= 0;
+    float4 v = ld4(q);
+    const float4 b = ld4(w.bq + c);
+    v = in ? make_float4(gelu(v.x + b.x), gelu(v.y + b.y), gelu(v.z + b.z), gelu(v.w + b.w)) : f4(0.0f);
+    st4(q, v);
+  }
+  __syncthreads();
+  // 5x5 taps: thread = (4-channel group c, pixels p0 + 16 i)
+  const int c = (threadIdx.x % 16) * 4, p0 = threadIdx.x / 16;
+  constexpr int kPix = kRegTH * kRegTW / 16;  // 8 pixels per thread
+  float4 acc[kPix];
+  const float4 b0 = ld4(w.b0 + c);
+#pragma unroll
+  for (int i = 0; i < kPix; ++i) acc[i] = b0;
+  for (int tap = 0; tap < 25; ++tap) {
+    const float4 wt = ld4(w.w0 + tap * kC + c);
+    const int dy = tap / 5, dx = tap % 5;
+#pragma unroll
+    for (int i = 0; i < kPix; ++i) {
+      const int p = p0 + 16 * i, oy = p / kRegTW, ox = p % kRegTW;
+      acc[i] = fma4(ld4(qs + ((oy + dy) * kRegHW + ox + dx) * kLd + c), wt, acc[i]);
+    }
+  }
+#pragma unroll
+  for (int i = 0; i < kPix; ++i) {
+    const int p = p0 + 16 * i;
+    const int64_t py = h0 + p / kRegTW, px = w0 + p % kRegTW;
+    if (py < H && px < W) st4(r + ((n * H + py) * W + px) * kC + c, acc[i]);
+  }
+}
+
+// One 4-channel group (channels c .. c+3, c0 = c's offset in its branch) of a dilated K x K depthwise conv of r at
+// the thread's pixels; wd tap-major [K*K][32].
+template <typename T, int K, int D, int kPix>
+__device__ __forceinline__ void dilated4(float4 (&acc)[kPix], const T* __restrict__ r, const float* __restrict__ wd,
+                                         const float* __restrict__ bd, int c, int c0, const int64_t (&py)[kPix],
+                                         const int64_t (&px)[kPix], int64_t n, int64_t H, int64_t W) {
+  constexpr int R = D * (K - 1) / 2;
+  const float4 b = ld4(bd + c0);
+#pragma unroll
+  for (int i = 0; i < kPix; ++i) acc[i] = b;
+  for (int tap = 0; tap < K * K; ++tap) {
+    const float4 wt = ld4(wd + tap * 32 + c0);
+    const int dy = D * (tap / K) - R, dx = D * (tap % K) - R;
+#pragma unroll
+    for (int i = 0; i < kPix; ++i) {
+      const int64_t yy = py[i] + dy, xx = px[i] + dx;
+      if (yy >= 0 && yy < H && xx >= 0 && xx < W) acc[i] = fma4(ld4(r + ((n * H + yy) * W + xx) * kC + c), wt, acc[i]);
+    }
+  }
+}
+
+template <typename T>
+__global__ void __launch_bounds__(kThreads) molrcm_mix_kernel(Tiling tl, BlockWeights w, const T* __restrict__ r,
+                                                              const T* __restrict__ x, T* __restrict__ a) {
+  EIMN_DYN_SMEM(smem_raw);
+  T* ys = reinterpret_cast<T*>(smem_raw);    // [64][kLd]: y, then x, then g
+  T* wf = ys + kMixP * kLd;                  // [64][kLd] x 3: Wf^T, Wv^T, Wo^T
+  T* wv = wf + kC * kLd;
+  T* wo = wv + kC * kLd;
+  float* fs = reinterpret_cast<float*>(wo + kC * kLd);  // [64][kLd]: f, then a
+  float* vs = fs + kMixP * kLd;                          // [64][kLd]: v
+  int64_t n, h0, w0;
+  tl.origin(blockIdx.x, n, h0, w0, kMixTH, kMixTW);
+  const int64_t H = tl.H, W = tl.W;
+  load_matrix(wf, kLd, static_cast<const T*>(w.wf_t), kC, kC, kC, kC, kC);
+  load_matrix(wv, kLd, static_cast<const T*>(w.wv_t), kC, kC, kC, kC, kC);
+  load_matrix(wo, kLd, static_cast<const T*>(w.wo_t), kC, kC, kC, kC, kC);
+  {  // y: thread = (4-channel group g, pixels pl + 16 i); g's branch is uniform per warp (two groups per warp)
+    constexpr int kPix = kMixP / 16;
+    const int g = threadIdx.x / 16, pl = threadIdx.x % 16, c = 4 * g;
+    int64_t py[kPix], px[kPix];
+#pragma unroll
+    for (int i = 0; i < kPix; ++i) {
+      py[i] = h0 + (pl + 16 * i) / kMixTW;
+      px[i] = w0 + (pl + 16 * i) % kMixTW;
+    }
+    float4 acc[kPix];
+    if (c < kC1) {
+      dilated4<T, 5, 2, kPix>(acc, r, w.w1, w.b1, c, c, py, px, n, H, W);
+    } else if (c < kC1 + kC2) {
+#pragma unroll
+      for (int i = 0; i < kPix; ++i)
+        acc[i] = (py[i] < H && px[i] < W) ? ld4(r + ((n * H + py[i]) * W + px[i]) * kC + c) : f4(0.0f);
+    } else {
+      dilated4<T, 7, 3, kPix>(acc, r, w.w2, w.b2, c, c - kC1 - kC2, py, px, n, H, W);
+    }
+#pragma unroll
+    for (int i = 0; i < kPix; ++i) st4(ys + (pl + 16 * i) * kLd + c, acc[i]);
+  }
+  __syncthreads();
+  block_gemm<T, kMixP, kC, kC, false>(ys, kLd, wf, kLd, fs, kLd);  // f = y Wf^T
+  __syncthreads();
+  auto pix = [&](int i) -> int64_t {
+    const int64_t py = h0 + i / kMixTW, px = w0 + i % kMixTW;
+    return (py < H && px < W) ? (n * H + py) * W + px : -1;
+  };
+  load_rows(ys, x, kMixP, pix);
+  __syncthreads();
+  block_gemm<T, kMixP, kC, kC, false>(ys, kLd, wv, kLd, vs, kLd);  // v = x Wv^T
+  __syncthreads();
+  for (int i = threadIdx.x; i < kMixP * (kC / 4); i += blockDim.x) {  // g = SiLU(f + bf) * (v + bv) -> ys
+    const int p = i / (kC / 4), c = (i % (kC / 4)) * 4;
+    const float4 f = ld4(fs + p * kLd + c), v = ld4(vs + p * kLd + c), bf = ld4(w.bf + c), bv = ld4(w.bv + c);
+    st4(ys + p * kLd + c, make_float4(silu(f.x + bf.x) * (v.x + bv.x), silu(f.y + bf.y) * (v.y + bv.y),
+                                      silu(f.z + bf.z) * (v.z + bv.z), silu(f.w + bf.w) * (v.w + bv.w)));
+  }
+  __syncthreads();
+  block_gemm<T, kMixP, kC, kC, false>(ys, kLd, wo, kLd, fs, kLd);  // Wo g
+  __syncthreads();
+  for (int i = threadIdx.x; i < kMixP * (kC / 4); i += blockDim.x) {  // a = x + Wo g + bo
+    const int p = i / (kC / 4), c = (i % (kC / 4)) * 4;
+    const int64_t q = pix(p);
+    if (q < 0) continue;
+    const float4 o = ld4(fs + p * kLd + c), bo = ld4(w.bo + c), xv = ld4(x + q * kC + c);
+    st4(a + q * kC + c, make_float4(o.x + bo.x + xv.x, o.y + bo.y + xv.y, o.z + bo.z + xv.z, o.w + bo.w + xv.w));
+  }
+}
+
+Tiling tiling(int64_t N, int64_t H, int64_t W, int TH, int TW) {
+  const int64_t tw = (W + TW - 1) / TW;
+  (void)N;
+  return Tiling{H, W, tw, ((H + TH - 1) / TH) * tw};
+}
+
+}  // namespace
+
+cudaError_t molrcm_region(int64_t N, int64_t H, int64_t W, DType dt, const BlockWeights& w, const void* x, void* r,
+                          cudaStream_t stream) {
+  return dispatch(dt, [&](auto tag) -> cudaError_t {
+    using T = decltype(tag);
+    const Tiling tl = tiling(N, H, W, kRegTH, kRegTW);
+    const size_t smem = region_smem<T>();
+    cudaError_t e = prepare_dynamic_smem(molrcm_region_kernel<T>, smem);
+    if (e != cudaSuccess) return e;
+    EIMN_LAUNCH(molrcm_region_kernel<T>, static_cast<unsigned>(N * tl.tpi), kThreads, smem, stream)(
+        tl, w, static_cast<const T*>(x), static_cast<T*>(r));
+    return cudaGetLastError();
+  });
+}
+
+cudaError_t molrcm_mix(int64_t N, int64_t H, int64_t W, DType dt, const BlockWeights& w, const void* r,
+                       const void* x, void* a, cudaStream_t stream) {
+  return dispatch(dt, [&](auto tag) -> cudaError_t {
+    using T = decltype(tag);
+    const Tiling tl = tiling(N, H, W, kMixTH, kMixTW);
+    const size_t smem = mix_smem<T>();
+    cudaError_t e = prepare_dynamic_smem(molrcm_mix_kernel<T>, smem);
+    if (e != cudaSuccess) return e;
+    EIMN_LAUNCH(molrcm_mix_kernel<T>, static_cast<unsigned>(N * tl.tpi), kThreads, smem, stream)(
+        tl, w, static_cast<const T*>(r), static_cast<const T*>(x), static_cast<T*>(a));
+    return cudaGetLastError();
+  });
+}
+
+}  // namespace eimn::cuda::block
