@@ -2,8 +2,9 @@
 
 Cases (batch 1, seeded random weights, BatchNorm statistics perturbed so folding is exercised): EIMN_L x4 at LR
 320x180 and EIMN_L x2 at LR 480x640. Rows per case, in this order until the budget is spent: eager fp32 (torch's
-defaults: cuDNN TF32), eager fp16 autocast, folded[<backend>] for every kernel backend in fp32 / fp16 / bf16
-(autocast for the half types), each without and with CUDA graphs (``optimize_for_inference(cuda_graphs=True)``);
+defaults: cuDNN TF32), eager fp16 autocast, then folded models in fp32 / fp16 / bf16 (autocast for the half types),
+each without and with CUDA graphs (``optimize_for_inference(cuda_graphs=True)``): first the NHWC block kernels
+(folded[nhwc-cuda], folded[nhwc-triton]), then each kernel backend's per-layer fused ops (folded[<backend>], fp32);
 then the EIMN_L x2 training step in fp32 and AMP (benchmarks.model.bench_training), a torch.profiler kernel table
 of one folded block, and last torch.compile of the eager model (default and reduce-overhead) for EIMN_L x4.
 Every row has its max relative error against eager fp32 of the same case. Writes ``gpu-quick.json`` and
@@ -49,13 +50,16 @@ def _variants(eager, backends: list[str], device: str) -> list[tuple[str, str, o
     out = [("eager", "fp32", eager)] + ([("eager", "fp16", eager)] if device == "cuda" else [])
     # the NHWC block kernels first (the GPU path optimize_for_inference takes by default), then each backend's
     # per-layer fused ops
-    builds = [("nhwc", "triton", True)] if "triton" in backends else []
+    from eimn_kernels.nhwc import cuda_block_available
+    builds = [("nhwc-cuda", "cuda", True)] if device == "cuda" and cuda_block_available() else []
+    builds += [("nhwc-triton", "triton", True)] if "triton" in backends else []
     builds += [(b, b, False) for b in backends]
     for label, b, nhwc in builds:
         folded = ek.optimize_for_inference(eager, backend=b, nhwc=nhwc)
         graphed = (ek.optimize_for_inference(eager, backend=b, cuda_graphs=True, nhwc=nhwc) if device == "cuda"
                    else None)
-        for p in precisions:
+        # the per-layer paths (measured in every dtype before) in fp32 only, to leave the budget to the rest
+        for p in precisions if nhwc else ("fp32",):
             out.append((f"folded[{label}]", p, folded))
             if graphed is not None:
                 out.append((f"folded[{label}]+graphs", p, graphed))

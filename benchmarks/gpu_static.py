@@ -15,7 +15,9 @@ EIMN_PTX_CUBIN=1 in its own process).
 Columns: regs / stack bytes / local (LDL+STL instructions: spills or local arrays) / static shared bytes (as
 cuobjdump reports them: on sm_90 they include the 1 KiB the system reserves per block) /
 tensor-core instructions (HMMA, HGMMA, DMMA, IMMA) / 128-bit global loads and stores of all global loads (LDG,
-cp.async LDGSTS, TMA) and stores. ``1x1``: the kernel computes a 1x1 convolution (a GEMM) itself; the CUDA backend's 1x1s run in cuBLAS.
+cp.async LDGSTS, TMA) and stores. ``1x1``: the kernel computes a 1x1 convolution (a GEMM) itself (the per-layer CUDA
+ops' 1x1s run in cuBLAS). Shared memory: static (cuobjdump) plus, for Triton, its dynamic shared memory; the CUDA
+block kernels' dynamic shared memory is set at launch (block_*_kernels.cu: *_smem()).
 """
 from __future__ import annotations
 
@@ -126,8 +128,14 @@ def facts_of_cubin(cubin: bytes, source: str, arch: int, is_1x1) -> list[KernelF
     return out
 
 
+# CUDA kernels that compute a 1x1 convolution themselves (the NHWC block kernels, block_*_kernels.cu; the per-layer
+# CUDA ops leave their 1x1s to cuBLAS).
+CUDA_1X1 = ("molrcm_region_kernel", "molrcm_mix_kernel", "sadffm_body_kernel")
+
+
 def cuda_kernels(arch: int = 90) -> list[KernelFacts]:
-    """Facts of the kernels of every csrc/cuda/*.cu for sm_<arch> (none of them computes a 1x1: cuBLAS does)."""
+    """Facts of the kernels of every csrc/cuda/*.cu for sm_<arch>; ``computes_1x1`` for the NHWC block kernels'
+    GEMM stages (the per-layer ops' 1x1s run in cuBLAS)."""
     nvcc = os.path.join(CUDA_HOME, "bin", "nvcc")
     if not os.path.exists(nvcc):
         raise FileNotFoundError(f"nvcc not found at {nvcc} (set CUDA_HOME)")
@@ -139,7 +147,7 @@ def cuda_kernels(arch: int = 90) -> list[KernelFacts]:
             subprocess.run([nvcc, "-cubin", f"-arch=sm_{arch}", *NVCC_FLAGS, "-I", os.path.join(ROOT, "csrc"),
                             os.path.join(ROOT, "csrc", "cuda", s), "-o", cubin], check=True, capture_output=True)
             with open(cubin, "rb") as f:
-                out += facts_of_cubin(f.read(), f"csrc/cuda/{s}", arch, lambda name: False)
+                out += facts_of_cubin(f.read(), f"csrc/cuda/{s}", arch, lambda name: name.startswith(CUDA_1X1))
     return out
 
 

@@ -89,6 +89,9 @@ TORCH_LIBRARY(eimn_C, m) {
   m.def("sadffm_backward_stash(Tensor grad_out, Tensor x, Tensor w_in, Tensor b_in, Tensor w_dw, Tensor b_dw, "
         "Tensor w_out, Tensor b_out, Tensor ln_w, Tensor ln_b, Tensor w_gr, Tensor b_gr, Tensor w_lr, Tensor b_lr, "
         "Tensor w_ce, Tensor b_ce, Tensor w_se, Tensor b_se, Tensor stash, float eps) -> Tensor[]");
+  // One folded EIMN block and the LayerNorm after it on NHWC activations, inference (CUDA: csrc/cuda/block_*):
+  // x [N, H, W, 64] -> the same; w: the 34 packed weights (eimn_kernels.nhwc.CUDA_WEIGHTS, norm last or empty).
+  m.def("nhwc_block_forward(Tensor x, Tensor[] w, float eps, float norm_eps) -> Tensor");
 }
 
 // Importable as eimn_kernels._C (registration happens at load time).

@@ -101,10 +101,14 @@ def _fold_tree(model: nn.Module, backend: str, fused: bool = True) -> int:
 
 
 def _wants_nhwc(model: nn.Module, backend: str, fused: bool) -> bool:
-    """The default of ``nhwc``: a fused model on a CUDA device, backend auto or triton, Triton importable."""
+    """The default of ``nhwc``: a fused model on a CUDA device, backend auto / cuda / triton, with block kernels
+    for it (the compiled CUDA ones, or Triton importable)."""
     p = next(model.parameters(), None)
-    if not fused or backend not in ("auto", "triton") or p is None or p.device.type != "cuda":
+    if not fused or backend not in ("auto", "cuda", "triton") or p is None or p.device.type != "cuda":
         return False
+    from .nhwc import cuda_block_available
+    if backend != "triton" and cuda_block_available():
+        return True
     try:
         import triton  # noqa: F401
     except ImportError:
@@ -123,9 +127,10 @@ def optimize_for_inference(model: nn.Module, backend: str = "auto", inplace: boo
     layers: plain PyTorch operators, what an ONNX export needs (eimn.export). ``cuda_graphs=True`` returns it
     wrapped in :class:`~eimn_kernels.graphs.CUDAGraphed`: on CUDA inputs without autograd each input shape's
     forward is captured once and replayed (``max_graphs`` shapes kept). ``nhwc`` (default: on for a fused model on
-    a CUDA device with backend auto / triton) runs every EIMN block and the LayerNorm after it as the five NHWC
-    Triton kernels of :mod:`eimn_kernels.nhwc` (tensor-core 1x1s, channels_last between blocks); those blocks
-    fall back to the folded layers for CPU tensors, float64 or autograd.
+    a CUDA device) runs every EIMN block and the LayerNorm after it as the five NHWC kernels of
+    :mod:`eimn_kernels.nhwc` (tensor-core 1x1s, channels_last between blocks; CUDA for backend cuda / auto where
+    built, Triton for triton or other widths); those blocks fall back to the folded layers for CPU tensors,
+    float64 or autograd.
     """
     if not inplace:
         model = copy.deepcopy(model)
@@ -138,7 +143,7 @@ def optimize_for_inference(model: nn.Module, backend: str = "auto", inplace: boo
             fuse(model, backend=backend)
         if nhwc or (nhwc is None and _wants_nhwc(model, backend, fused)):
             from .nhwc import use_nhwc_blocks
-            use_nhwc_blocks(model)
+            use_nhwc_blocks(model, backend if backend in ("cuda", "triton") else "auto")
     for p in model.parameters():
         p.requires_grad_(False)
     if cuda_graphs:

@@ -1,6 +1,9 @@
-"""The NHWC whole-block inference path: one folded EIMN block and the LayerNorm after it in five Triton kernels.
+"""The NHWC whole-block inference path: one folded EIMN block and the LayerNorm after it in five kernels.
 
-    molrcm_region -> molrcm_mix -> sadffm_body -> dffm_global -> dffm_apply   (triton_kernels/block_*.py)
+    molrcm_region -> molrcm_mix -> sadffm_body -> dffm_global -> dffm_apply
+
+in CUDA (csrc/cuda/block_*: WMMA GEMMs over shared-memory tiles, EIMN's dim 64 layers, the default where built)
+or Triton (triton_kernels/block_*.py: any width; what CPU tensors run under TRITON_INTERPRET=1).
 
 Activations stay NHWC (channels_last) from block to block: the model's head output is converted once, by the first
 block, and every block returns a channels_last NCHW-shaped tensor. Every 1x1 convolution is a tensor-core GEMM
@@ -14,7 +17,8 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-__all__ = ["block_forward", "NHWCEIMNBlock", "use_nhwc_blocks", "FusedAway", "CUDA_WEIGHTS"]
+__all__ = ["block_forward", "NHWCEIMNBlock", "use_nhwc_blocks", "FusedAway", "CUDA_WEIGHTS", "cuda_block_available",
+           "cuda_block_supports", "resolve_backend"]
 
 _DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 # The packed weights (triton_kernels/block_pack.Packed fields) in the order of the CUDA kernels' BlockWeights
@@ -24,17 +28,63 @@ CUDA_WEIGHTS = ("wq_t", "wf_t", "wv_t", "wo_t", "win_t", "wout_t", "wlr_t", "bq"
                 "w_ce", "b_ce", "w_sg", "b_se", "ls2")
 
 
-def block_forward(x: torch.Tensor, pk, norm: tuple | None = None) -> torch.Tensor:
+_EIMN_SHAPE = dict(c=64, c1=24, c2=8, k0=5, k1=5, d1=2, k2=7, d2=3, hid=170, rr=16)
+_fake_registered = False
+
+
+def cuda_block_available() -> bool:
+    """Whether the compiled extension has the CUDA block kernels (eimn_C::nhwc_block_forward with a CUDA impl)."""
+    from . import _ext
+    if not _ext.built_with_cuda():
+        return False
+    return torch._C._dispatch_has_kernel_for_dispatch_key("eimn_C::nhwc_block_forward", "CUDA")
+
+
+def cuda_block_supports(pk) -> bool:
+    """Whether the CUDA block kernels take this packed block: EIMN's dim 64 layers (compile-time shapes)."""
+    return all(getattr(pk, k) == v for k, v in _EIMN_SHAPE.items())
+
+
+def _register_fake() -> None:
+    global _fake_registered
+    if not _fake_registered:
+        torch.library.register_fake("eimn_C::nhwc_block_forward")(lambda x, w, eps, norm_eps: torch.empty_like(x))
+        _fake_registered = True
+
+
+def resolve_backend(backend: str, x: torch.Tensor, pk) -> str:
+    """'cuda' or 'triton' for ``backend`` in auto / cuda / triton: auto takes the CUDA kernels where the extension
+    has them and the block is EIMN's dim 64 one, else Triton."""
+    if backend not in ("auto", "cuda", "triton"):
+        raise ValueError(f"NHWC block backend must be auto, cuda or triton, got {backend!r}")
+    if backend == "triton":
+        return "triton"
+    ok = x.is_cuda and cuda_block_available() and cuda_block_supports(pk)
+    if backend == "cuda" and not ok:
+        why = ("x is not a CUDA tensor" if not x.is_cuda else "the extension has no CUDA block kernels"
+               if not cuda_block_available() else "the CUDA block kernels take EIMN's dim 64 layers only")
+        raise ValueError(f"NHWC block backend 'cuda': {why} (use 'triton' or 'auto')")
+    return "cuda" if ok else "triton"
+
+
+def block_forward(x: torch.Tensor, pk, norm: tuple | None = None, backend: str = "auto") -> torch.Tensor:
     """One folded EIMN block (and, with ``norm`` = (weight, bias, eps) float32, the LayerNorm after it).
-    x: [N, H, W, C] NHWC contiguous float32 / float16 / bfloat16 -> the same shape and dtype."""
-    from .triton_kernels.block_molrcm import molrcm_mix, molrcm_region
-    from .triton_kernels.block_sadffm import dffm_apply, dffm_global, sadffm_body
+    x: [N, H, W, C] NHWC contiguous float32 / float16 / bfloat16 -> the same shape and dtype. ``backend``: the CUDA
+    kernels (csrc/cuda/block_*), the Triton ones (triton_kernels/block_*) or auto (see resolve_backend)."""
     if x.dim() != 4 or x.shape[3] != pk.c or not x.is_contiguous():
         raise ValueError(f"block_forward: x must be NHWC contiguous [N, H, W, {pk.c}], got {tuple(x.shape)} "
                          f"strides {x.stride()}")
     N, H, W, _ = x.shape
     if x.numel() == 0:
         return torch.empty_like(x)
+    if resolve_backend(backend, x, pk) == "cuda":
+        _register_fake()
+        ws = [getattr(pk, k) for k in CUDA_WEIGHTS]
+        empty = x.new_empty(0, dtype=torch.float32)
+        ws += [norm[0], norm[1]] if norm is not None else [empty, empty]
+        return torch.ops.eimn_C.nhwc_block_forward(x, ws, pk.eps, norm[2] if norm is not None else 0.0)
+    from .triton_kernels.block_molrcm import molrcm_mix, molrcm_region
+    from .triton_kernels.block_sadffm import dffm_apply, dffm_global, sadffm_body
     a = molrcm_mix(molrcm_region(x, pk), x, pk)
     y, aloc, part, tpi = sadffm_body(a, pk)
     cg, kk = dffm_global(part, tpi, N, H * W, pk)
@@ -61,11 +111,14 @@ class NHWCEIMNBlock(nn.Module):
     None) on the NHWC block kernels. x: (N, C, H, W) -> (N, C, H, W) in channels_last memory format.
 
     Runs the kernels on CUDA tensors (and CPU tensors under TRITON_INTERPRET=1) of float32 / float16 / bfloat16
-    without autograd; under autocast in the autocast dtype. Otherwise it runs ``block`` and ``norm`` as they are."""
+    without autograd; under autocast in the autocast dtype. Otherwise it runs ``block`` and ``norm`` as they are.
+    ``backend``: the CUDA block kernels, the Triton ones, or auto (CUDA where they take the block, else Triton)."""
 
-    def __init__(self, block: nn.Module, norm: nn.Module | None = None):
+    def __init__(self, block: nn.Module, norm: nn.Module | None = None, backend: str = "auto"):
         super().__init__()
-        self.block, self.norm = block, norm
+        if backend not in ("auto", "cuda", "triton"):
+            raise ValueError(f"NHWCEIMNBlock: backend must be auto, cuda or triton, got {backend!r}")
+        self.block, self.norm, self.backend = block, norm, backend
         self._packs: dict = {}
 
     def _pack(self, dtype: torch.dtype, device: torch.device):
@@ -100,13 +153,14 @@ class NHWCEIMNBlock(nn.Module):
         if self.norm is not None:
             norm = (self.norm.weight.detach().float().contiguous(), self.norm.bias.detach().float().contiguous(),
                     float(self.norm.eps))
-        out = block_forward(xn, self._pack(dt, x.device), norm)
+        out = block_forward(xn, self._pack(dt, x.device), norm, self.backend)
         return out.permute(0, 3, 1, 2)
 
 
-def use_nhwc_blocks(model: nn.Module) -> int:
-    """Swap every folded block of an EIMN ``model`` (and the LayerNorm after it) for an NHWCEIMNBlock, in place.
-    Blocks the kernels cannot run (block_pack.unsupported) are left as they are. Returns the number swapped."""
+def use_nhwc_blocks(model: nn.Module, backend: str = "auto") -> int:
+    """Swap every folded block of an EIMN ``model`` (and the LayerNorm after it) for an NHWCEIMNBlock on ``backend``
+    (auto, cuda, triton), in place. Blocks the kernels cannot run (block_pack.unsupported) are left as they are.
+    Returns the number swapped."""
     from .inference import FoldedEIMNBlock
     from .triton_kernels.block_pack import unsupported
     n = 0
@@ -118,7 +172,7 @@ def use_nhwc_blocks(model: nn.Module) -> int:
         blk = holder[0]
         if unsupported(blk.attn, blk.mlp) is not None:
             continue
-        holder[0] = NHWCEIMNBlock(blk, getattr(model, norm_name))
+        holder[0] = NHWCEIMNBlock(blk, getattr(model, norm_name), backend)
         setattr(model, norm_name, FusedAway())
         n += 1
     return n

@@ -56,8 +56,16 @@ def test_cuda_kernels(arch):
     assert local <= known, f"new local-memory use: {sorted(local - known)}"
     if arch == 90:
         assert local == known, f"no longer spilling, drop from KNOWN_LOCAL: {sorted(known - local)}"
-    assert not any(r.computes_1x1 for r in rows)  # the CUDA backend's 1x1s run in cuBLAS
-    assert not any(r.tensor_core_insts for r in rows)
+    # the per-layer ops' 1x1s run in cuBLAS; the NHWC block kernels' GEMM stages use tensor cores in every dtype
+    gemm = [r for r in rows if r.computes_1x1]
+    assert {r.kernel for r in gemm} == {f"{k}<{t}>" for k in gpu_static.CUDA_1X1
+                                        for t in ("float", "__half", "__nv_bfloat16")}, sorted(r.kernel for r in gemm)
+    assert all(r.tensor_core_insts > 0 for r in gemm), [r for r in gemm if not r.tensor_core_insts]
+    assert not any(r.tensor_core_insts for r in rows if not r.computes_1x1)
+    # the block kernels' activation stores are 16-byte vectors; launch bounds of 256 threads: <= 255 registers
+    for r in rows:
+        if r.kernel.startswith(("molrcm_region_kernel", "molrcm_mix_kernel", "dffm_apply_kernel")):
+            assert r.stg128 == r.stg > 0, r
 
 
 @needs_cuobjdump

@@ -132,3 +132,49 @@ def test_optimize_for_inference_nhwc():
         assert isinstance(optimize_for_inference(m).block1[0], NHWCEIMNBlock)
     x = torch.rand(1, 3, 6, 9, device=DEV)
     _close(fast(x), plain(x), torch.float32)
+
+
+def test_backend_resolution():
+    """auto takes the CUDA block kernels only for CUDA tensors of EIMN's dim 64 blocks where the extension has them;
+    a forced 'cuda' that cannot run says why; anything else is refused."""
+    from eimn_kernels.nhwc import cuda_block_available, cuda_block_supports, resolve_backend
+    f16 = optimize_for_inference(_model(16, 1, seed=6), fused=False)
+    b16 = f16.block1[0]
+    from eimn_kernels.triton_kernels.block_pack import pack_block
+    pk = pack_block(b16.attn, b16.mlp, b16.layer_scale_2, torch.float32, torch.device("cpu"))
+    assert not cuda_block_supports(pk)  # dim 16
+    x = torch.zeros(1, 2, 2, 16)
+    assert resolve_backend("auto", x, pk) == "triton" and resolve_backend("triton", x, pk) == "triton"
+    with pytest.raises(ValueError, match="not a CUDA tensor|no CUDA block kernels|dim 64"):
+        resolve_backend("cuda", x, pk)
+    with pytest.raises(ValueError, match="auto, cuda or triton"):
+        resolve_backend("cudnn", x, pk)
+    with pytest.raises(ValueError, match="auto, cuda or triton"):
+        NHWCEIMNBlock(b16, None, backend="tensorrt")
+    if DEV == "cuda" and cuda_block_available():
+        m = optimize_for_inference(_model(64, 1, seed=7), fused=False).to(DEV)
+        b = m.block1[0]
+        pk64 = pack_block(b.attn, b.mlp, b.layer_scale_2, torch.float32, torch.device(DEV))
+        assert cuda_block_supports(pk64) and resolve_backend("auto", torch.zeros(1, 2, 2, 64, device=DEV), pk64) == "cuda"
+
+
+@torch.no_grad()
+@pytest.mark.skipif(DEV != "cuda", reason="the CUDA block kernels run on a GPU (their logic: test_cuda_block_emu.py)")
+@pytest.mark.parametrize("dt", [torch.float32, torch.float16, torch.bfloat16])
+def test_cuda_and_triton_block_kernels_agree(dt):
+    """On a GPU: the CUDA block kernels against the folded block, and against the Triton ones, in each dtype."""
+    from eimn_kernels.nhwc import cuda_block_available
+    if not cuda_block_available():
+        pytest.skip("the extension was built without the CUDA block kernels")
+    m = _model(64, 1, seed=8)
+    f = optimize_for_inference(m, fused=False).to(DEV)
+    use_nhwc_blocks(f, "cuda")
+    blk = f.block1[0].to(dt)
+    tri = copy.deepcopy(blk)
+    tri.backend = "triton"
+    x = torch.randn(2, 64, 37, 45, device=DEV).to(dt)
+    ref = copy.deepcopy(blk).float()._fallback(x.float())
+    out_c, out_t = blk(x), tri(x)
+    _close(out_c, ref, dt)
+    _close(out_t, ref, dt)
+    _close(out_c, out_t.float(), dt)

@@ -66,6 +66,73 @@ __device__ __forceinline__ void st4(__nv_bfloat16* p, float4 v) {
 }
 #endif
 
+// 16 bytes of T as floats: 4 (float32) or 8 (fp16 / bf16) consecutive channels per global access (ldv / stv: global
+// memory only; shared-memory tiles use ld4 / st4).
+template <typename T> constexpr int kVec = 16 / static_cast<int>(sizeof(T));
+template <int V> __device__ __forceinline__ void ldf(const float* p, float (&v)[V]) {  // V floats, 16-byte aligned
+#pragma unroll
+  for (int k = 0; k < V; k += 4) {
+    const float4 a = ld4(p + k);
+    v[k] = a.x; v[k + 1] = a.y; v[k + 2] = a.z; v[k + 3] = a.w;
+  }
+}
+// Global-memory vectors of activations: __ldg / __stwb (ld.global.nc.v4 / st.global.wb.v4 by inline PTX), so the
+// 16-byte access survives the compiler (a float4 struct store was split into four 4-byte stores in one kernel).
+__device__ __forceinline__ void ldv(const float* p, float (&v)[4]) {
+  const float4 a = __ldg(reinterpret_cast<const float4*>(p));
+  v[0] = a.x; v[1] = a.y; v[2] = a.z; v[3] = a.w;
+}
+__device__ __forceinline__ void stv(float* p, const float (&v)[4]) {
+  __stwb(reinterpret_cast<float4*>(p), make_float4(v[0], v[1], v[2], v[3]));
+}
+#ifndef EIMN_CUDA_EMU
+template <typename H2, typename H>
+__device__ __forceinline__ void ldv_half(const H* p, float (&v)[8]) {
+  const uint4 u = __ldg(reinterpret_cast<const uint4*>(p));
+  const unsigned w[4] = {u.x, u.y, u.z, u.w};
+#pragma unroll
+  for (int k = 0; k < 4; ++k) {
+    H2 h;
+    *reinterpret_cast<unsigned*>(&h) = w[k];
+    v[2 * k] = static_cast<float>(h.x);
+    v[2 * k + 1] = static_cast<float>(h.y);
+  }
+}
+template <typename H2, typename H>
+__device__ __forceinline__ void stv_half(H* p, const float (&v)[8], H2 (*pack)(float, float)) {
+  unsigned w[4];
+#pragma unroll
+  for (int k = 0; k < 4; ++k) {
+    H2 h = pack(v[2 * k], v[2 * k + 1]);
+    w[k] = *reinterpret_cast<unsigned*>(&h);
+  }
+  __stwb(reinterpret_cast<uint4*>(p), make_uint4(w[0], w[1], w[2], w[3]));
+}
+__device__ __forceinline__ __half2 pack_half(float a, float b) { return __floats2half2_rn(a, b); }
+__device__ __forceinline__ __nv_bfloat162 pack_bf16(float a, float b) { return __floats2bfloat162_rn(a, b); }
+__device__ __forceinline__ void ldv(const __half* p, float (&v)[8]) { ldv_half<__half2>(p, v); }
+__device__ __forceinline__ void ldv(const __nv_bfloat16* p, float (&v)[8]) { ldv_half<__nv_bfloat162>(p, v); }
+__device__ __forceinline__ void stv(__half* p, const float (&v)[8]) { stv_half(p, v, pack_half); }
+__device__ __forceinline__ void stv(__nv_bfloat16* p, const float (&v)[8]) { stv_half(p, v, pack_bf16); }
+#endif
+// The same 16-byte vectors into shared memory.
+__device__ __forceinline__ void stsv(float* p, const float (&v)[4]) { st4(p, make_float4(v[0], v[1], v[2], v[3])); }
+#ifndef EIMN_CUDA_EMU
+template <typename H, typename H2>
+__device__ __forceinline__ void stsv_half(H* p, const float (&v)[8], H2 (*pack)(float, float)) {
+  uint4 u;
+  unsigned* w = reinterpret_cast<unsigned*>(&u);
+#pragma unroll
+  for (int k = 0; k < 4; ++k) {
+    H2 h = pack(v[2 * k], v[2 * k + 1]);
+    w[k] = *reinterpret_cast<unsigned*>(&h);
+  }
+  *reinterpret_cast<uint4*>(p) = u;
+}
+__device__ __forceinline__ void stsv(__half* p, const float (&v)[8]) { stsv_half(p, v, pack_half); }
+__device__ __forceinline__ void stsv(__nv_bfloat16* p, const float (&v)[8]) { stsv_half(p, v, pack_bf16); }
+#endif
+
 __device__ __forceinline__ float4 f4(float v) { return make_float4(v, v, v, v); }
 __device__ __forceinline__ float4 fma4(float4 a, float4 w, float4 acc) {
   return make_float4(fmaf(a.x, w.x, acc.x), fmaf(a.y, w.y, acc.y), fmaf(a.z, w.z, acc.z), fmaf(a.w, w.w, acc.w));

@@ -3,10 +3,10 @@
 // molrcm_region: one block per 8 x 16 output tile. x on the tile and its 2-pixel halo (12 x 20 = 240 rows) and
 //   Wq^T go to shared memory; q = GELU(x Wq^T + bq) is one tensor-core GEMM [240 x 64] x [64 x 64] into shared
 //   memory (zero outside the image: r's 'same' padding is q's); the 25 taps of the 5x5 depthwise conv read q from
-//   shared memory, four channels per 16-byte load (4 FMAs per shared load), and r goes out as 4-channel vectors.
+//   shared memory, four channels per 16-byte load (4 FMAs per shared load), and r goes out in 16-byte vectors.
 // molrcm_mix: one block per 4 x 16 output tile. y = [DW5d2(r[:24]), r[24:32], DW7d3(r[32:])] from r through L1
-//   (its halos of 4 and 9 pixels are too large for shared memory at this tile), 4 channels per thread with the
-//   branch uniform per warp; then three GEMMs in shared memory: f = y Wf^T, v = x Wv^T, a = g Wo^T with
+//   (its halos of 4 and 9 pixels are too large for shared memory at this tile), 16 bytes of channels per thread
+//   and load, the branch uniform per warp; then three GEMMs in shared memory: f = y Wf^T, v = x Wv^T, a = g Wo^T with
 //   g = SiLU(f + bf) * (v + bv); out = a + bo + x (x read again from memory, an L2 hit).
 #include "cuda/block_common.cuh"
 
@@ -54,47 +54,62 @@ __global__ void __launch_bounds__(kThreads) molrcm_region_kernel(Tiling tl, Bloc
     st4(q, v);
   }
   __syncthreads();
-  // 5x5 taps: thread = (4-channel group c, pixels p0 + 16 i)
-  const int c = (threadIdx.x % 16) * 4, p0 = threadIdx.x / 16;
-  constexpr int kPix = kRegTH * kRegTW / 16;  // 8 pixels per thread
-  float4 acc[kPix];
-  const float4 b0 = ld4(w.b0 + c);
+  // 5x5 taps: thread = (V-channel group c, pixels p0 + G i); V channels = 16 bytes of T in the store of r
+  constexpr int V = kVec<T>, G = kC / V, kPix = kRegTH * kRegTW * G / kThreads;  // fp32: 4, 16, 8; half: 8, 8, 4
+  const int c = (threadIdx.x % G) * V, p0 = threadIdx.x / G;
+  float acc[kPix][V], b0[V];
+  ldf<V>(w.b0 + c, b0);
 #pragma unroll
-  for (int i = 0; i < kPix; ++i) acc[i] = b0;
+  for (int i = 0; i < kPix; ++i)
+#pragma unroll
+    for (int e = 0; e < V; ++e) acc[i][e] = b0[e];
   for (int tap = 0; tap < 25; ++tap) {
-    const float4 wt = ld4(w.w0 + tap * kC + c);
+    float wt[V];
+    ldf<V>(w.w0 + tap * kC + c, wt);
     const int dy = tap / 5, dx = tap % 5;
 #pragma unroll
     for (int i = 0; i < kPix; ++i) {
-      const int p = p0 + 16 * i, oy = p / kRegTW, ox = p % kRegTW;
-      acc[i] = fma4(ld4(qs + ((oy + dy) * kRegHW + ox + dx) * kLd + c), wt, acc[i]);
+      const int p = p0 + (kThreads / G) * i, oy = p / kRegTW, ox = p % kRegTW;
+      float q[V];
+      ldf<V>(qs + ((oy + dy) * kRegHW + ox + dx) * kLd + c, q);
+#pragma unroll
+      for (int e = 0; e < V; ++e) acc[i][e] = fmaf(q[e], wt[e], acc[i][e]);
     }
   }
 #pragma unroll
   for (int i = 0; i < kPix; ++i) {
-    const int p = p0 + 16 * i;
+    const int p = p0 + (kThreads / G) * i;
     const int64_t py = h0 + p / kRegTW, px = w0 + p % kRegTW;
-    if (py < H && px < W) st4(r + ((n * H + py) * W + px) * kC + c, acc[i]);
+    if (py < H && px < W) stv(r + ((n * H + py) * W + px) * kC + c, acc[i]);
   }
 }
 
-// One 4-channel group (channels c .. c+3, c0 = c's offset in its branch) of a dilated K x K depthwise conv of r at
-// the thread's pixels; wd tap-major [K*K][32].
-template <typename T, int K, int D, int kPix>
-__device__ __forceinline__ void dilated4(float4 (&acc)[kPix], const T* __restrict__ r, const float* __restrict__ wd,
-                                         const float* __restrict__ bd, int c, int c0, const int64_t (&py)[kPix],
-                                         const int64_t (&px)[kPix], int64_t n, int64_t H, int64_t W) {
+// One V-channel group (channels c .. c+V-1, c0 = c's offset in its branch) of a dilated K x K depthwise conv of r
+// at the thread's pixels; wd tap-major [K*K][32], bd [32].
+template <typename T, int K, int D, int kPix, int V>
+__device__ __forceinline__ void dilated(float (&acc)[kPix][V], const T* __restrict__ r, const float* __restrict__ wd,
+                                        const float* __restrict__ bd, int c, int c0, const int64_t (&py)[kPix],
+                                        const int64_t (&px)[kPix], int64_t n, int64_t H, int64_t W) {
   constexpr int R = D * (K - 1) / 2;
-  const float4 b = ld4(bd + c0);
+  float b[V];
+  ldf<V>(bd + c0, b);
 #pragma unroll
-  for (int i = 0; i < kPix; ++i) acc[i] = b;
+  for (int i = 0; i < kPix; ++i)
+#pragma unroll
+    for (int e = 0; e < V; ++e) acc[i][e] = b[e];
   for (int tap = 0; tap < K * K; ++tap) {
-    const float4 wt = ld4(wd + tap * 32 + c0);
+    float wt[V];
+    ldf<V>(wd + tap * 32 + c0, wt);
     const int dy = D * (tap / K) - R, dx = D * (tap % K) - R;
 #pragma unroll
     for (int i = 0; i < kPix; ++i) {
       const int64_t yy = py[i] + dy, xx = px[i] + dx;
-      if (yy >= 0 && yy < H && xx >= 0 && xx < W) acc[i] = fma4(ld4(r + ((n * H + yy) * W + xx) * kC + c), wt, acc[i]);
+      if (yy >= 0 && yy < H && xx >= 0 && xx < W) {
+        float v[V];
+        ldv(r + ((n * H + yy) * W + xx) * kC + c, v);
+#pragma unroll
+        for (int e = 0; e < V; ++e) acc[i][e] = fmaf(v[e], wt[e], acc[i][e]);
+      }
     }
   }
 }
@@ -115,27 +130,34 @@ __global__ void __launch_bounds__(kThreads) molrcm_mix_kernel(Tiling tl, BlockWe
   load_matrix(wf, kLd, static_cast<const T*>(w.wf_t), kC, kC, kC, kC, kC);
   load_matrix(wv, kLd, static_cast<const T*>(w.wv_t), kC, kC, kC, kC, kC);
   load_matrix(wo, kLd, static_cast<const T*>(w.wo_t), kC, kC, kC, kC, kC);
-  {  // y: thread = (4-channel group g, pixels pl + 16 i); g's branch is uniform per warp (two groups per warp)
-    constexpr int kPix = kMixP / 16;
-    const int g = threadIdx.x / 16, pl = threadIdx.x % 16, c = 4 * g;
+  {  // y: thread = (V-channel group g, pixels pl + TG i), TG threads per group: the branch is uniform per warp
+    constexpr int V = kVec<T>, G = kC / V, TG = kThreads / G, kPix = kMixP / TG;  // fp32: 4, 16, 16, 4; half: 8, 8, 32, 2
+    static_assert(kC1 % V == 0 && kC2 % V == 0 && TG % 16 == 0, "branches must not share a group or a half-warp");
+    const int g = threadIdx.x / TG, pl = threadIdx.x % TG, c = V * g;
     int64_t py[kPix], px[kPix];
 #pragma unroll
     for (int i = 0; i < kPix; ++i) {
-      py[i] = h0 + (pl + 16 * i) / kMixTW;
-      px[i] = w0 + (pl + 16 * i) % kMixTW;
+      py[i] = h0 + (pl + TG * i) / kMixTW;
+      px[i] = w0 + (pl + TG * i) % kMixTW;
     }
-    float4 acc[kPix];
+    float acc[kPix][V];
     if (c < kC1) {
-      dilated4<T, 5, 2, kPix>(acc, r, w.w1, w.b1, c, c, py, px, n, H, W);
+      dilated<T, 5, 2, kPix, V>(acc, r, w.w1, w.b1, c, c, py, px, n, H, W);
     } else if (c < kC1 + kC2) {
 #pragma unroll
-      for (int i = 0; i < kPix; ++i)
-        acc[i] = (py[i] < H && px[i] < W) ? ld4(r + ((n * H + py[i]) * W + px[i]) * kC + c) : f4(0.0f);
+      for (int i = 0; i < kPix; ++i) {
+        if (py[i] < H && px[i] < W) {
+          ldv(r + ((n * H + py[i]) * W + px[i]) * kC + c, acc[i]);
+        } else {
+#pragma unroll
+          for (int e = 0; e < V; ++e) acc[i][e] = 0.0f;
+        }
+      }
     } else {
-      dilated4<T, 7, 3, kPix>(acc, r, w.w2, w.b2, c, c - kC1 - kC2, py, px, n, H, W);
+      dilated<T, 7, 3, kPix, V>(acc, r, w.w2, w.b2, c, c - kC1 - kC2, py, px, n, H, W);
     }
 #pragma unroll
-    for (int i = 0; i < kPix; ++i) st4(ys + (pl + 16 * i) * kLd + c, acc[i]);
+    for (int i = 0; i < kPix; ++i) stsv(ys + (pl + TG * i) * kLd + c, acc[i]);
   }
   __syncthreads();
   block_gemm<T, kMixP, kC, kC, false>(ys, kLd, wf, kLd, fs, kLd);  // f = y Wf^T
@@ -157,12 +179,18 @@ __global__ void __launch_bounds__(kThreads) molrcm_mix_kernel(Tiling tl, BlockWe
   __syncthreads();
   block_gemm<T, kMixP, kC, kC, false>(ys, kLd, wo, kLd, fs, kLd);  // Wo g
   __syncthreads();
-  for (int i = threadIdx.x; i < kMixP * (kC / 4); i += blockDim.x) {  // a = x + Wo g + bo
-    const int p = i / (kC / 4), c = (i % (kC / 4)) * 4;
+  constexpr int V = kVec<T>;
+  for (int i = threadIdx.x; i < kMixP * (kC / V); i += blockDim.x) {  // a = x + Wo g + bo, 16-byte accesses
+    const int p = i / (kC / V), c = (i % (kC / V)) * V;
     const int64_t q = pix(p);
     if (q < 0) continue;
-    const float4 o = ld4(fs + p * kLd + c), bo = ld4(w.bo + c), xv = ld4(x + q * kC + c);
-    st4(a + q * kC + c, make_float4(o.x + bo.x + xv.x, o.y + bo.y + xv.y, o.z + bo.z + xv.z, o.w + bo.w + xv.w));
+    float o[V], bo[V], xv[V];
+    ldf<V>(fs + p * kLd + c, o);
+    ldf<V>(w.bo + c, bo);
+    ldv(x + q * kC + c, xv);
+#pragma unroll
+    for (int e = 0; e < V; ++e) o[e] += bo[e] + xv[e];
+    stv(a + q * kC + c, o);
   }
 }
 

@@ -9,7 +9,8 @@
 //   pixel (4 lanes per pixel, xor-shuffle sums); the tile's per-channel sums of z (in pixel order) to `part`;
 //   a_loc = w_se[:16] . GELU(z W_lr^T + b_lr) (GEMM [64 x 64] x [64 x 16]).
 // dffm_global: one block per image; tile sums in tile order (deterministic): g, c, k.
-// dffm_apply: 4 channels per thread (16-byte accesses in float32), 16 lanes per pixel; LayerNorm by xor shuffles.
+// dffm_apply: 16 bytes of channels per thread and access (4 in float32, 8 in the half types); LayerNorm by xor
+//   shuffles over the pixel's lanes.
 #include "cuda/block_common.cuh"
 
 namespace eimn::cuda::block {
@@ -121,9 +122,16 @@ __global__ void __launch_bounds__(kThreads) sadffm_body_kernel(Tiling tl, BlockW
 #pragma unroll
     for (int e = 0; e < 16; ++e) s2 += (v[e] - mu) * (v[e] - mu);
     const float rstd = 1.0f / sqrtf(group_sum<4>(s2) * (1.0f / kC) + w.eps);
+    constexpr int V = kVec<T>;  // y goes out in 16-byte vectors
+#pragma unroll
+    for (int e = 0; e < 16; e += V) {
+      float o[V];
+#pragma unroll
+      for (int k = 0; k < V; ++k) o[k] = v[e + k];
+      if (pix >= 0) stv(y + pix * kC + q + e, o);
+    }
 #pragma unroll
     for (int e = 0; e < 16; e += 4) {
-      if (pix >= 0) st4(y + pix * kC + q + e, make_float4(v[e], v[e + 1], v[e + 2], v[e + 3]));
       float z[4];
 #pragma unroll
       for (int k = 0; k < 4; ++k) {
@@ -186,26 +194,38 @@ __global__ void __launch_bounds__(kThreads) dffm_apply_kernel(int64_t npix, int6
                                                               const float* __restrict__ a_loc,
                                                               const float* __restrict__ cg,
                                                               const float* __restrict__ kk, T* __restrict__ out) {
-  const int c = (threadIdx.x % 16) * 4;
-  const float4 ls = ld4(w.ls2 + c);
-  for (int i = threadIdx.x / 16; i < kApplyP; i += kThreads / 16) {
+  constexpr int V = kVec<T>, G = kC / V;  // V channels (16 bytes) per thread, G lanes per pixel
+  const int c = (threadIdx.x % G) * V;
+  float ls[V];
+  ldf<V>(w.ls2 + c, ls);
+  for (int i = threadIdx.x / G; i < kApplyP; i += kThreads / G) {
     const int64_t p = static_cast<int64_t>(blockIdx.x) * kApplyP + i;
     const bool ok = p < npix;  // every lane takes part in the shuffles below
     const int64_t q = ok ? p : 0, n = q / hw;
-    const float4 av = ld4(a + q * kC + c), yv = ld4(y + q * kC + c), gv = ld4(cg + n * kC + c);
+    float av[V], yv[V], gv[V], o[V];
+    ldv(a + q * kC + c, av);
+    ldv(y + q * kC + c, yv);
+    ldf<V>(cg + n * kC + c, gv);
     const float s = sigmoid(a_loc[q] + kk[n]);
-    float4 o = make_float4(av.x + ls.x * yv.x * gv.x * s, av.y + ls.y * yv.y * gv.y * s,
-                           av.z + ls.z * yv.z * gv.z * s, av.w + ls.w * yv.w * gv.w * s);
-    if (w.norm_w != nullptr) {
-      const float mu = group_sum<16>(o.x + o.y + o.z + o.w) * (1.0f / kC);
-      const float4 d = make_float4(o.x - mu, o.y - mu, o.z - mu, o.w - mu);
-      const float rstd = 1.0f / sqrtf(group_sum<16>(d.x * d.x + d.y * d.y + d.z * d.z + d.w * d.w) * (1.0f / kC) +
-                                      w.norm_eps);
-      const float4 nw = ld4(w.norm_w + c), nb = ld4(w.norm_b + c);
-      o = make_float4(d.x * rstd * nw.x + nb.x, d.y * rstd * nw.y + nb.y, d.z * rstd * nw.z + nb.z,
-                      d.w * rstd * nw.w + nb.w);
+    float sum = 0.0f;
+#pragma unroll
+    for (int e = 0; e < V; ++e) {
+      o[e] = av[e] + ls[e] * yv[e] * gv[e] * s;
+      sum += o[e];
     }
-    if (ok) st4(out + q * kC + c, o);
+    if (w.norm_w != nullptr) {
+      const float mu = group_sum<G>(sum) * (1.0f / kC);
+      float s2 = 0.0f;
+#pragma unroll
+      for (int e = 0; e < V; ++e) s2 += (o[e] - mu) * (o[e] - mu);
+      const float rstd = 1.0f / sqrtf(group_sum<G>(s2) * (1.0f / kC) + w.norm_eps);
+      float nw[V], nb[V];
+      ldf<V>(w.norm_w + c, nw);
+      ldf<V>(w.norm_b + c, nb);
+#pragma unroll
+      for (int e = 0; e < V; ++e) o[e] = (o[e] - mu) * rstd * nw[e] + nb[e];
+    }
+    if (ok) stv(out + q * kC + c, o);
   }
 }
 

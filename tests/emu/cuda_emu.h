@@ -34,6 +34,8 @@ struct alignas(16) float4 { float x, y, z, w; };
 struct alignas(16) uint4 { unsigned int x, y, z, w; };
 inline float4 make_float4(float x, float y, float z, float w) { return float4{x, y, z, w}; }
 inline uint4 make_uint4(unsigned x, unsigned y, unsigned z, unsigned w) { return uint4{x, y, z, w}; }
+template <typename V> inline V __ldg(const V* p) { return *p; }
+template <typename V> inline void __stwb(V* p, V v) { *p = v; }
 
 namespace emu {
 
