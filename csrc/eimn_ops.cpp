@@ -91,7 +91,8 @@ TORCH_LIBRARY(eimn_C, m) {
         "Tensor w_ce, Tensor b_ce, Tensor w_se, Tensor b_se, Tensor stash, float eps) -> Tensor[]");
   // One folded EIMN block and the LayerNorm after it on NHWC activations, inference (CUDA: csrc/cuda/block_*):
   // x [N, H, W, 64] -> the same; w: the 34 packed weights (eimn_kernels.nhwc.CUDA_WEIGHTS, norm last or empty).
-  m.def("nhwc_block_forward(Tensor x, Tensor[] w, float eps, float norm_eps) -> Tensor");
+  // tf32x3: float32 GEMMs as 3xTF32 (else one TF32 product).
+  m.def("nhwc_block_forward(Tensor x, Tensor[] w, float eps, float norm_eps, bool tf32x3) -> Tensor");
 }
 
 // Importable as eimn_kernels._C (registration happens at load time).

@@ -118,7 +118,7 @@ def _wants_nhwc(model: nn.Module, backend: str, fused: bool) -> bool:
 
 def optimize_for_inference(model: nn.Module, backend: str = "auto", inplace: bool = False,
                            fused: bool = True, cuda_graphs: bool = False, max_graphs: int = 8,
-                           nhwc: bool | None = None) -> nn.Module:
+                           nhwc: bool | None = None, fp32_dot: str = "tf32x3") -> nn.Module:
     """Eval-only copy of ``model`` with every EIMN block folded and MOLRCM/SADFFM fused.
 
     Outputs equal the eval-mode original within fp32 rounding. The result is in eval mode,
@@ -129,8 +129,9 @@ def optimize_for_inference(model: nn.Module, backend: str = "auto", inplace: boo
     forward is captured once and replayed (``max_graphs`` shapes kept). ``nhwc`` (default: on for a fused model on
     a CUDA device) runs every EIMN block and the LayerNorm after it as the five NHWC kernels of
     :mod:`eimn_kernels.nhwc` (tensor-core 1x1s, channels_last between blocks; CUDA for backend cuda / auto where
-    built, Triton for triton or other widths); those blocks fall back to the folded layers for CPU tensors,
-    float64 or autograd.
+    built, Triton for triton or other widths), their float32 GEMMs as 3xTF32 (``fp32_dot="tf32x3"``, ~1e-6
+    relative) or one TF32 product (``"tf32"``, ~1e-3, eager cuDNN's default); those blocks fall back to the folded
+    layers for CPU tensors, float64 or autograd.
     """
     if not inplace:
         model = copy.deepcopy(model)
@@ -143,7 +144,7 @@ def optimize_for_inference(model: nn.Module, backend: str = "auto", inplace: boo
             fuse(model, backend=backend)
         if nhwc or (nhwc is None and _wants_nhwc(model, backend, fused)):
             from .nhwc import use_nhwc_blocks
-            use_nhwc_blocks(model, backend if backend in ("cuda", "triton") else "auto")
+            use_nhwc_blocks(model, backend if backend in ("cuda", "triton") else "auto", fp32_dot)
     for p in model.parameters():
         p.requires_grad_(False)
     if cuda_graphs:

@@ -48,7 +48,8 @@ def cuda_block_supports(pk) -> bool:
 def _register_fake() -> None:
     global _fake_registered
     if not _fake_registered:
-        torch.library.register_fake("eimn_C::nhwc_block_forward")(lambda x, w, eps, norm_eps: torch.empty_like(x))
+        torch.library.register_fake("eimn_C::nhwc_block_forward")(
+            lambda x, w, eps, norm_eps, tf32x3: torch.empty_like(x))
         _fake_registered = True
 
 
@@ -82,7 +83,8 @@ def block_forward(x: torch.Tensor, pk, norm: tuple | None = None, backend: str =
         ws = [getattr(pk, k) for k in CUDA_WEIGHTS]
         empty = x.new_empty(0, dtype=torch.float32)
         ws += [norm[0], norm[1]] if norm is not None else [empty, empty]
-        return torch.ops.eimn_C.nhwc_block_forward(x, ws, pk.eps, norm[2] if norm is not None else 0.0)
+        return torch.ops.eimn_C.nhwc_block_forward(x, ws, pk.eps, norm[2] if norm is not None else 0.0,
+                                                   pk.fp32_dot == "tf32x3")
     from .triton_kernels.block_molrcm import molrcm_mix, molrcm_region
     from .triton_kernels.block_sadffm import dffm_apply, dffm_global, sadffm_body
     a = molrcm_mix(molrcm_region(x, pk), x, pk)
@@ -112,21 +114,27 @@ class NHWCEIMNBlock(nn.Module):
 
     Runs the kernels on CUDA tensors (and CPU tensors under TRITON_INTERPRET=1) of float32 / float16 / bfloat16
     without autograd; under autocast in the autocast dtype. Otherwise it runs ``block`` and ``norm`` as they are.
-    ``backend``: the CUDA block kernels, the Triton ones, or auto (CUDA where they take the block, else Triton)."""
+    ``backend``: the CUDA block kernels, the Triton ones, or auto (CUDA where they take the block, else Triton).
+    ``fp32_dot``: the float32 GEMMs as 3xTF32 ('tf32x3', ~1e-6 relative) or one TF32 product ('tf32', ~1e-3, as
+    eager's cuDNN by default)."""
 
-    def __init__(self, block: nn.Module, norm: nn.Module | None = None, backend: str = "auto"):
+    def __init__(self, block: nn.Module, norm: nn.Module | None = None, backend: str = "auto",
+                 fp32_dot: str = "tf32x3"):
         super().__init__()
+        from .triton_kernels.block_common import FP32_DOTS
         if backend not in ("auto", "cuda", "triton"):
             raise ValueError(f"NHWCEIMNBlock: backend must be auto, cuda or triton, got {backend!r}")
-        self.block, self.norm, self.backend = block, norm, backend
+        if fp32_dot not in FP32_DOTS:
+            raise ValueError(f"NHWCEIMNBlock: fp32_dot must be one of {FP32_DOTS}, got {fp32_dot!r}")
+        self.block, self.norm, self.backend, self.fp32_dot = block, norm, backend, fp32_dot
         self._packs: dict = {}
 
     def _pack(self, dtype: torch.dtype, device: torch.device):
         from .triton_kernels.block_pack import pack_block
-        key = (dtype, device, tuple(p._version for p in self.parameters()))
+        key = (dtype, device, self.fp32_dot, tuple(p._version for p in self.parameters()))
         if key[:2] not in self._packs or self._packs[key[:2]][0] != key:
             self._packs[key[:2]] = (key, pack_block(self.block.attn, self.block.mlp, self.block.layer_scale_2,
-                                                    dtype, device))
+                                                    dtype, device, self.fp32_dot))
         return self._packs[key[:2]][1]
 
     def _fallback(self, x: torch.Tensor) -> torch.Tensor:
@@ -157,9 +165,9 @@ class NHWCEIMNBlock(nn.Module):
         return out.permute(0, 3, 1, 2)
 
 
-def use_nhwc_blocks(model: nn.Module, backend: str = "auto") -> int:
+def use_nhwc_blocks(model: nn.Module, backend: str = "auto", fp32_dot: str = "tf32x3") -> int:
     """Swap every folded block of an EIMN ``model`` (and the LayerNorm after it) for an NHWCEIMNBlock on ``backend``
-    (auto, cuda, triton), in place. Blocks the kernels cannot run (block_pack.unsupported) are left as they are.
+    (auto, cuda, triton) with float32 GEMMs in ``fp32_dot`` precision, in place. Blocks the kernels cannot run (block_pack.unsupported) are left as they are.
     Returns the number swapped."""
     from .inference import FoldedEIMNBlock
     from .triton_kernels.block_pack import unsupported
@@ -172,7 +180,7 @@ def use_nhwc_blocks(model: nn.Module, backend: str = "auto") -> int:
         blk = holder[0]
         if unsupported(blk.attn, blk.mlp) is not None:
             continue
-        holder[0] = NHWCEIMNBlock(blk, getattr(model, norm_name), backend)
+        holder[0] = NHWCEIMNBlock(blk, getattr(model, norm_name), backend, fp32_dot)
         setattr(model, norm_name, FusedAway())
         n += 1
     return n

@@ -178,3 +178,12 @@ def test_cuda_and_triton_block_kernels_agree(dt):
     _close(out_c, ref, dt)
     _close(out_t, ref, dt)
     _close(out_c, out_t.float(), dt)
+
+
+def test_fp32_dot_choice_is_validated_and_kept():
+    m = _model(16, 1, seed=9)
+    f = optimize_for_inference(m, nhwc=True, fp32_dot="tf32")
+    assert f.block1[0].fp32_dot == "tf32"
+    assert f.block1[0]._pack(torch.float32, torch.device("cpu")).fp32_dot == "tf32"
+    with pytest.raises(ValueError, match="fp32_dot"):
+        optimize_for_inference(m, nhwc=True, fp32_dot="fp16")

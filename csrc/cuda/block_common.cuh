@@ -180,15 +180,17 @@ template <> struct Mma<float> {  // 3xTF32
       lo.x[i] = wmma::__float_to_tf32(v - h);
     }
   }
-  static __device__ __forceinline__ void step(Acc& c, const float* a, int lda, const float* b, int ldb) {
+  static __device__ __forceinline__ void step(Acc& c, const float* a, int lda, const float* b, int ldb, bool x3) {
     A ah, al;
     B bh, bl;
     wmma::load_matrix_sync(ah, a, lda);
     wmma::load_matrix_sync(bh, b, ldb);
     split(ah, al);
     split(bh, bl);
-    wmma::mma_sync(c, al, bh, c);
-    wmma::mma_sync(c, ah, bl, c);
+    if (x3) {  // block-uniform
+      wmma::mma_sync(c, al, bh, c);
+      wmma::mma_sync(c, ah, bl, c);
+    }
     wmma::mma_sync(c, ah, bh, c);
   }
 };
@@ -199,7 +201,7 @@ template <typename H> struct MmaHalf {  // fp16 / bf16
   using A = wmma::fragment<wmma::matrix_a, 16, 16, 16, H, wmma::row_major>;
   using B = wmma::fragment<wmma::matrix_b, 16, 16, 16, H, wmma::row_major>;
   using Acc = wmma::fragment<wmma::accumulator, 16, 16, 16, float>;
-  static __device__ __forceinline__ void step(Acc& c, const H* a, int lda, const H* b, int ldb) {
+  static __device__ __forceinline__ void step(Acc& c, const H* a, int lda, const H* b, int ldb, bool) {
     A fa;
     B fb;
     wmma::load_matrix_sync(fa, a, lda);
@@ -212,9 +214,10 @@ template <> struct Mma<__nv_bfloat16> : MmaHalf<__nv_bfloat16> {};
 #endif
 
 // C (+)= A B, see the header. M, N multiples of 16, K a multiple of Mma<T>::kK. Every warp of the block calls it;
-// the caller synchronises before reading C.
+// the caller synchronises before reading C. tf32x3: float32 as 3xTF32 (else one TF32 product; halves ignore it).
 template <typename T, int M, int N, int K, bool kAccumulate>
-__device__ __forceinline__ void block_gemm(const T* A, int lda, const T* B, int ldb, float* C, int ldc) {
+__device__ __forceinline__ void block_gemm(const T* A, int lda, const T* B, int ldb, float* C, int ldc,
+                                           bool tf32x3) {
   static_assert(M % 16 == 0 && N % 16 == 0 && K % Mma<T>::kK == 0, "block_gemm: tile multiples");
   const int warp = static_cast<int>(threadIdx.x) / 32, nwarps = static_cast<int>(blockDim.x) / 32;
   for (int t = warp; t < (M / 16) * (N / 16); t += nwarps) {
@@ -225,7 +228,7 @@ __device__ __forceinline__ void block_gemm(const T* A, int lda, const T* B, int 
     else
       wmma::fill_fragment(c, 0.0f);
 #pragma unroll 4
-    for (int k = 0; k < K; k += Mma<T>::kK) Mma<T>::step(c, A + m0 * lda + k, lda, B + k * ldb + n0, ldb);
+    for (int k = 0; k < K; k += Mma<T>::kK) Mma<T>::step(c, A + m0 * lda + k, lda, B + k * ldb + n0, ldb, tf32x3);
     wmma::store_matrix_sync(C + m0 * ldc + n0, c, ldc, wmma::mem_row_major);
   }
 }

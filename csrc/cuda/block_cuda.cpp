@@ -35,7 +35,7 @@ DType block_dtype(const at::Tensor& x) {
   return DType::kFloat32;
 }
 
-at::Tensor nhwc_block_forward(const at::Tensor& x, at::TensorList w, double eps, double norm_eps) {
+at::Tensor nhwc_block_forward(const at::Tensor& x, at::TensorList w, double eps, double norm_eps, bool tf32x3) {
   TORCH_CHECK(x.is_cuda(), "nhwc_block_forward: x must be a CUDA tensor");
   TORCH_CHECK(x.dim() == 4 && x.size(3) == kC && x.is_contiguous(),
               "nhwc_block_forward: x must be NHWC contiguous [N, H, W, ", kC, "], got ", x.sizes());
@@ -71,6 +71,7 @@ at::Tensor nhwc_block_forward(const at::Tensor& x, at::TensorList w, double eps,
   bw.norm_w = f(32); bw.norm_b = f(33);
   bw.eps = static_cast<float>(eps);
   bw.norm_eps = static_cast<float>(norm_eps);
+  bw.tf32x3 = tf32x3;
   const cudaError_t e = block_forward(N, H, W, dt, bw, x.data_ptr(), out.data_ptr(), ws.data_ptr(),
                                       c10::cuda::getCurrentCUDAStream());
   TORCH_CHECK(e == cudaSuccess, "nhwc_block_forward: ", cudaGetErrorString(e));

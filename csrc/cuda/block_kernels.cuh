@@ -42,6 +42,7 @@ struct BlockWeights {
   const float *ls2;                                               // layer scale 2
   const float *norm_w, *norm_b;                                   // the LayerNorm after the block (or null)
   float eps, norm_eps;
+  bool tf32x3 = true;                                             // float32 GEMMs: 3xTF32, else one TF32 product
 };
 
 // Bytes of the workspace block_forward needs for an (N, H, W) input of element type dt.

@@ -42,7 +42,7 @@ __global__ void __launch_bounds__(kThreads) molrcm_region_kernel(Tiling tl, Bloc
   load_rows(xs, x, kRegRows, halo_pix);
   load_matrix(wq, kLd, static_cast<const T*>(w.wq_t), kC, kC, kC, kC, kC);
   __syncthreads();
-  block_gemm<T, kRegRows, kC, kC, false>(xs, kLd, wq, kLd, qs, kLd);
+  block_gemm<T, kRegRows, kC, kC, false>(xs, kLd, wq, kLd, qs, kLd, w.tf32x3);
   __syncthreads();
   for (int i = threadIdx.x; i < kRegRows * (kC / 4); i += blockDim.x) {  // q = GELU(. + bq), 0 outside the image
     const int row = i / (kC / 4), c = (i % (kC / 4)) * 4;
@@ -160,7 +160,7 @@ __global__ void __launch_bounds__(kThreads) molrcm_mix_kernel(Tiling tl, BlockWe
     for (int i = 0; i < kPix; ++i) stsv(ys + (pl + TG * i) * kLd + c, acc[i]);
   }
   __syncthreads();
-  block_gemm<T, kMixP, kC, kC, false>(ys, kLd, wf, kLd, fs, kLd);  // f = y Wf^T
+  block_gemm<T, kMixP, kC, kC, false>(ys, kLd, wf, kLd, fs, kLd, w.tf32x3);  // f = y Wf^T
   __syncthreads();
   auto pix = [&](int i) -> int64_t {
     const int64_t py = h0 + i / kMixTW, px = w0 + i % kMixTW;
@@ -168,7 +168,7 @@ __global__ void __launch_bounds__(kThreads) molrcm_mix_kernel(Tiling tl, BlockWe
   };
   load_rows(ys, x, kMixP, pix);
   __syncthreads();
-  block_gemm<T, kMixP, kC, kC, false>(ys, kLd, wv, kLd, vs, kLd);  // v = x Wv^T
+  block_gemm<T, kMixP, kC, kC, false>(ys, kLd, wv, kLd, vs, kLd, w.tf32x3);  // v = x Wv^T
   __syncthreads();
   for (int i = threadIdx.x; i < kMixP * (kC / 4); i += blockDim.x) {  // g = SiLU(f + bf) * (v + bv) -> ys
     const int p = i / (kC / 4), c = (i % (kC / 4)) * 4;
@@ -177,7 +177,7 @@ __global__ void __launch_bounds__(kThreads) molrcm_mix_kernel(Tiling tl, BlockWe
                                       silu(f.z + bf.z) * (v.z + bv.z), silu(f.w + bf.w) * (v.w + bv.w)));
   }
   __syncthreads();
-  block_gemm<T, kMixP, kC, kC, false>(ys, kLd, wo, kLd, fs, kLd);  // Wo g
+  block_gemm<T, kMixP, kC, kC, false>(ys, kLd, wo, kLd, fs, kLd, w.tf32x3);  // Wo g
   __syncthreads();
   constexpr int V = kVec<T>;
   for (int i = threadIdx.x; i < kMixP * (kC / V); i += blockDim.x) {  // a = x + Wo g + bo, 16-byte accesses

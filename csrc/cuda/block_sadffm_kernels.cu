@@ -61,7 +61,7 @@ __global__ void __launch_bounds__(kThreads) sadffm_body_kernel(Tiling tl, BlockW
     load_matrix(win + kHC, kLd, win_t + kHid + j0, 2 * kHid, kC, kHC, kC, nj);
     load_matrix(wout, kLd, wout_t + static_cast<int64_t>(j0) * kC, kC, kHC, kC, nj, kC);
     __syncthreads();
-    block_gemm<T, kBodyRows, 2 * kHC, kC, false>(as, kLd, win, kLd, us, kLd);  // U chunk
+    block_gemm<T, kBodyRows, 2 * kHC, kC, false>(as, kLd, win, kLd, us, kLd, w.tf32x3);  // U chunk
     __syncthreads();
     for (int i = threadIdx.x; i < kBodyRows * 2 * kHC; i += blockDim.x) {  // + b_in; 0 outside the image
       const int row = i / (2 * kHC), col = i % (2 * kHC), j = j0 + col % kHC;
@@ -100,9 +100,9 @@ __global__ void __launch_bounds__(kThreads) sadffm_body_kernel(Tiling tl, BlockW
     }
     __syncthreads();
     if (j0 == 0)
-      block_gemm<T, kBodyP, kC, kHC, false>(hs, kLdH, wout, kLd, ys, kLd);  // y = h W_out^T
+      block_gemm<T, kBodyP, kC, kHC, false>(hs, kLdH, wout, kLd, ys, kLd, w.tf32x3);  // y = h W_out^T
     else
-      block_gemm<T, kBodyP, kC, kHC, true>(hs, kLdH, wout, kLd, ys, kLd);
+      block_gemm<T, kBodyP, kC, kHC, true>(hs, kLdH, wout, kLd, ys, kLd, w.tf32x3);
     __syncthreads();
   }
   // epilogue: y out; LayerNorm z (4 lanes per pixel, 16 channels each); W_lr^T into win
@@ -143,7 +143,7 @@ __global__ void __launch_bounds__(kThreads) sadffm_body_kernel(Tiling tl, BlockW
     }
   }
   __syncthreads();
-  block_gemm<T, kBodyP, kR, kC, false>(as, kLd, win, kLd, ys, kLd);  // z W_lr^T
+  block_gemm<T, kBodyP, kR, kC, false>(as, kLd, win, kLd, ys, kLd, w.tf32x3);  // z W_lr^T
   __syncthreads();
   if (threadIdx.x < kC) {  // the tile's sums of z, pixel order
     float s = 0.0f;

@@ -132,7 +132,7 @@ def molrcm_region(x: torch.Tensor, pk) -> torch.Tensor:
     nprog = cfg.persistent_programs(x.device, ntiles, per_sm)
     r = torch.empty_like(x)
     scr = torch.empty(nprog, hp, pk.bc, device=x.device, dtype=x.dtype)
-    dot, prec = dot_config(x.dtype)
+    dot, prec = dot_config(x.dtype, pk.fp32_dot)
     molrcm_region_kernel[(nprog,)](x, pk.wq_t, pk.bq, pk.w0, pk.b0, r, scr, H, W, tiles_w, tpi, ntiles, nprog,
                                    C=C, BC=pk.bc, K0=pk.k0, TH=th, TW=tw, HP=hp, HM=min(hp, cfg.REGION_ROWS), DOT=dot, PREC=prec,
                                    num_warps=warps)
@@ -145,7 +145,7 @@ def molrcm_mix(r: torch.Tensor, x: torch.Tensor, pk) -> torch.Tensor:
     th, tw, warps, _ = cfg.MIX[cfg.dtype_class(x.dtype)]
     tiles_w, tpi = _tiles(N, H, W, th, tw)
     a = torch.empty_like(x)
-    dot, prec = dot_config(x.dtype)
+    dot, prec = dot_config(x.dtype, pk.fp32_dot)
     molrcm_mix_kernel[(N * tpi,)](r, x, pk.w1, pk.b1, pk.w2, pk.b2, pk.wf_t, pk.bf, pk.wv_t, pk.bv, pk.wo_t, pk.bo,
                                   a, H, W, tiles_w, tpi, C=C, BC=pk.bc, C1=pk.c1, C2=pk.c2, C1P=pk.c1p, C2P=pk.c2p,
                                   C3P=pk.c3p, K1=pk.k1, D1=pk.d1, K2=pk.k2, D2=pk.d2, TH=th, TW=tw, DOT=dot,

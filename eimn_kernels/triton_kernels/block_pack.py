@@ -69,6 +69,7 @@ class Packed:
     w_sg: torch.Tensor
     b_se: torch.Tensor
     ls2: torch.Tensor
+    fp32_dot: str = "tf32x3"  # float32 GEMMs: 'tf32x3' or 'tf32' (block_common.dot_config)
 
 
 def _conv(m: nn.Module) -> tuple[int, int]:
@@ -106,9 +107,13 @@ def _pad(v: torch.Tensor, width: int) -> torch.Tensor:
 
 @torch.no_grad()
 def pack_block(attn: nn.Module, mlp: nn.Module, layer_scale_2: torch.Tensor, dtype: torch.dtype,
-               device: torch.device) -> Packed:
+               device: torch.device, fp32_dot: str = "tf32x3") -> Packed:
     """Pack a folded block's MOLRCM ``attn`` and SADFFM ``mlp`` (eimn.model or fused modules, official names)
-    and its ``layer_scale_2`` for activations of ``dtype`` on ``device``."""
+    and its ``layer_scale_2`` for activations of ``dtype`` on ``device``; ``fp32_dot``: the float32 GEMMs' precision
+    ('tf32x3' or 'tf32')."""
+    from .block_common import FP32_DOTS
+    if fp32_dot not in FP32_DOTS:
+        raise ValueError(f"fp32_dot must be one of {FP32_DOTS}, got {fp32_dot!r}")
     why = unsupported(attn, mlp)
     if why is not None:
         raise ValueError(f"NHWC block kernels: unsupported layer: {why}")
@@ -146,4 +151,4 @@ def pack_block(attn: nn.Module, mlp: nn.Module, layer_scale_2: torch.Tensor, dty
         rr=rr, br=pow2_block(rr), wlr_t=t1x1(d.local_reduce), b_lr=f32(d.local_reduce.bias),
         w_sl=w_se[:rr].contiguous(), w_gr=f32(d.global_reduce.weight), b_gr=f32(d.global_reduce.bias),
         w_ce=f32(d.channel_expand.weight), b_ce=f32(d.channel_expand.bias), w_sg=w_se[rr:].contiguous(),
-        b_se=f32(d.spatial_expand.bias), ls2=f32(layer_scale_2))
+        b_se=f32(d.spatial_expand.bias), ls2=f32(layer_scale_2), fp32_dot=fp32_dot)

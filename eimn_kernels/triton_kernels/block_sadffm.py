@@ -155,7 +155,7 @@ def sadffm_body(a: torch.Tensor, pk):
     aloc = torch.empty(N * H * W, device=a.device, dtype=torch.float32)
     part = torch.empty(ntiles, pk.bc, device=a.device, dtype=torch.float32)
     scr = torch.empty(nprog, hp, 2 * hc, device=a.device, dtype=a.dtype)
-    dot, prec = dot_config(a.dtype)
+    dot, prec = dot_config(a.dtype, pk.fp32_dot)
     sadffm_body_kernel[(nprog,)](a, pk.win_t, pk.b_in, pk.w_dw, pk.b_dw, pk.wout_t, pk.b_out, pk.ln_w, pk.ln_b,
                                  pk.wlr_t, pk.b_lr, pk.w_sl, y, aloc, part, scr, H, W, tiles_w, tpi, ntiles, nprog,
                                  pk.eps, C=C, BC=pk.bc, HID=pk.hid, HC=hc, RR=pk.rr, BR=pk.br, TH=th, TW=tw, HP=hp,

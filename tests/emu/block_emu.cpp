@@ -22,9 +22,9 @@ void emu_set_smem_limit(int bytes) { emu::smem_limit = bytes; }
 int emu_max_smem_used() { return static_cast<int>(emu::max_smem_used); }
 
 // x: [N, H, W, 64] float32; w / numel: the 34 weight tensors in BlockWeights order (norm_w / norm_b numel 0: no
-// LayerNorm); out: [N, H, W, 64]; inter (may be null): r, a, y [N, H, W, 64] each, then a_loc [N*H*W].
+// LayerNorm); tf32x3: 3xTF32 float32 GEMMs (else one TF32 product); out: [N, H, W, 64]; inter (may be null): r, a, y [N, H, W, 64] each, then a_loc [N*H*W].
 int emu_block_forward(int64_t N, int64_t H, int64_t W, const float* x, const float* const* w, const int64_t* numel,
-                      float eps, float norm_eps, float* out, float* inter) {
+                      float eps, float norm_eps, int tf32x3, float* out, float* inter) {
   std::vector<std::vector<float>> ws(kActs + kFloats);
   for (int i = 0; i < kActs + kFloats; ++i) ws[i].assign(w[i], w[i] + numel[i]);
   auto at = [&](int i) -> const float* { return ws[i].empty() ? nullptr : ws[i].data(); };
@@ -38,6 +38,7 @@ int emu_block_forward(int64_t N, int64_t H, int64_t W, const float* x, const flo
   for (int i = 0; i < kFloats; ++i) *fl[i] = at(kActs + i);
   bw.eps = eps;
   bw.norm_eps = norm_eps;
+  bw.tf32x3 = tf32x3 != 0;
   const int64_t act = N * H * W * blk::kC;
   std::vector<float> xv(x, x + act), o(static_cast<size_t>(act));
   std::vector<float> work(blk::block_workspace_bytes(N, H, W, DType::kFloat32) / sizeof(float), NAN);
