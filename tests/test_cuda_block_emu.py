@@ -8,34 +8,23 @@ templates, checked for tensor-core instructions by tests/test_gpu_static.py). To
 Set EIMN_EMU_ASAN=1 for an AddressSanitizer build (see tests/test_cuda_molrcm_emu.py).
 """
 import ctypes
-import os
-import pathlib
 import shutil
-import subprocess
 
 import pytest
 import torch
-import torch.nn as nn
 
-from eimn.model import EIMN
+from _emu_build import REPO, build_emu
+from _perturbed import perturbed_eimn
 from eimn_kernels import optimize_for_inference
 from eimn_kernels.nhwc import CUDA_WEIGHTS
 from eimn_kernels.triton_kernels.block_pack import pack_block
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.skipif(shutil.which("g++") is None, reason="g++ is needed to build the CPU emulation")
 
 
 @pytest.fixture(scope="module")
 def emu(tmp_path_factory):
-    out = tmp_path_factory.mktemp("emu") / "block_emu.so"
-    flags = ["-O2", "-g"]
-    if os.environ.get("EIMN_EMU_ASAN") == "1":
-        flags += ["-fsanitize=address,undefined", "-fno-omit-frame-pointer"]
-    subprocess.run(["g++", "-std=c++17", *flags, "-fPIC", "-shared", "-pthread", "-I", str(REPO / "csrc"),
-                    "-I", str(REPO / "csrc" / "common"), "-I", str(REPO / "tests" / "emu"),
-                    str(REPO / "tests" / "emu" / "block_emu.cpp"), "-o", str(out)], check=True)
-    lib = ctypes.CDLL(str(out))
+    lib = build_emu(REPO / "tests" / "emu" / "block_emu.cpp", tmp_path_factory.mktemp("emu") / "block_emu.so", "-O2")
     lib.emu_block_forward.argtypes = [ctypes.c_int64] * 3 + [ctypes.c_void_p] * 3 + [ctypes.c_float] * 2 + \
         [ctypes.c_int] + [ctypes.c_void_p] * 2
     lib.emu_set_smem_limit(227 * 1024)
@@ -43,20 +32,8 @@ def emu(tmp_path_factory):
 
 
 def _folded(seed: int):
-    """A one-block EIMN at EIMN's width with every parameter and BN statistic moved off its initial value."""
-    torch.manual_seed(seed)
-    m = EIMN(embed_dims=64, scale=2, num_stages=1)
-    with torch.no_grad():
-        for mod in m.modules():
-            if isinstance(mod, nn.BatchNorm2d):
-                mod.running_mean.uniform_(-0.5, 0.5)
-                mod.running_var.uniform_(0.5, 2.0)
-        for name, p in m.named_parameters():
-            if "layer_scale" in name or ("norm" in name and name.endswith("weight")):
-                p.uniform_(0.5, 1.5)
-            elif "norm" in name and name.endswith("bias"):
-                p.uniform_(-0.2, 0.2)
-    return optimize_for_inference(m.eval(), fused=False, nhwc=False)
+    """A one-block EIMN at EIMN's width, perturbed, folded (eager layers)."""
+    return optimize_for_inference(perturbed_eimn(64, 1, seed), fused=False, nhwc=False)
 
 
 def _run(emu, f, x, norm: bool, tf32x3: bool = True):

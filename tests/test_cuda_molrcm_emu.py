@@ -9,33 +9,21 @@ Set EIMN_EMU_ASAN=1 to build with AddressSanitizer (out-of-bounds shared/global 
 run with LD_PRELOAD=$(g++ -print-file-name=libasan.so) ASAN_OPTIONS=detect_leaks=0.
 """
 import ctypes
-import os
-import pathlib
 import shutil
-import subprocess
 
 import pytest
 import torch
 import torch.nn.functional as F
 
+from _emu_build import REPO, build_emu
 from eimn_kernels import reference
-
-REPO = pathlib.Path(__file__).resolve().parents[1]
 
 pytestmark = pytest.mark.skipif(shutil.which("g++") is None, reason="g++ is needed to build the CPU emulation")
 
 
 @pytest.fixture(scope="module")
 def emu(tmp_path_factory):
-    out = tmp_path_factory.mktemp("emu") / "molrcm_emu.so"
-    flags = ["-O1", "-g"]
-    if os.environ.get("EIMN_EMU_ASAN") == "1":
-        flags += ["-fsanitize=address,undefined", "-fno-omit-frame-pointer"]
-    cmd = ["g++", "-std=c++17", *flags, "-fPIC", "-shared", "-pthread", "-I", str(REPO / "csrc"),
-           "-I", str(REPO / "csrc" / "common"), "-I", str(REPO / "tests" / "emu"),
-           str(REPO / "tests" / "emu" / "molrcm_emu.cpp"), "-o", str(out)]
-    subprocess.run(cmd, check=True)
-    lib = ctypes.CDLL(str(out))
+    lib = build_emu(REPO / "tests" / "emu" / "molrcm_emu.cpp", tmp_path_factory.mktemp("emu") / "molrcm_emu.so")
     yield lib
     lib.emu_set_smem_limit(48 * 1024)
 

@@ -11,9 +11,8 @@ import os
 
 import pytest
 import torch
-import torch.nn as nn
 
-from eimn.model import EIMN
+from _perturbed import perturbed_eimn
 from eimn_kernels import optimize_for_inference
 from eimn_kernels.nhwc import FusedAway, NHWCEIMNBlock, block_forward, use_nhwc_blocks
 
@@ -23,22 +22,8 @@ pytestmark = pytest.mark.skipif(DEV == "cpu" and os.environ.get("TRITON_INTERPRE
                                 reason="needs a CUDA device or TRITON_INTERPRET=1")
 
 
-def _model(C: int, stages: int, seed: int = 0) -> EIMN:
-    """An EIMN with every parameter and BatchNorm statistic away from its initial value (so folding and every
-    gate matter)."""
-    torch.manual_seed(seed)
-    m = EIMN(embed_dims=C, scale=2, num_stages=stages)
-    with torch.no_grad():
-        for mod in m.modules():
-            if isinstance(mod, nn.BatchNorm2d):
-                mod.running_mean.uniform_(-0.5, 0.5)
-                mod.running_var.uniform_(0.5, 2.0)
-        for name, p in m.named_parameters():
-            if "layer_scale" in name or ("norm" in name and name.endswith("weight")):
-                p.uniform_(0.5, 1.5)
-            elif "norm" in name and name.endswith("bias"):
-                p.uniform_(-0.2, 0.2)
-    return m.eval()
+def _model(C: int, stages: int, seed: int = 0):
+    return perturbed_eimn(C, stages, seed)
 
 
 def _close(out, ref, dt):

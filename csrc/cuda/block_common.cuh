@@ -38,32 +38,18 @@ constexpr int kLd = kC + 8;    // shared-memory row stride of a 64-channel tile 
 __device__ __forceinline__ float4 ld4(const float* p) { return *reinterpret_cast<const float4*>(p); }
 __device__ __forceinline__ void st4(float* p, float4 v) { *reinterpret_cast<float4*>(p) = v; }
 #ifndef EIMN_CUDA_EMU
-__device__ __forceinline__ float4 ld4(const __half* p) {
-  const uint2 u = *reinterpret_cast<const uint2*>(p);
-  const float2 a = __half22float2(*reinterpret_cast<const __half2*>(&u.x));
-  const float2 b = __half22float2(*reinterpret_cast<const __half2*>(&u.y));
-  return make_float4(a.x, a.y, b.x, b.y);
-}
-__device__ __forceinline__ void st4(__half* p, float4 v) {
-  __half2 a = __floats2half2_rn(v.x, v.y), b = __floats2half2_rn(v.z, v.w);
+__device__ __forceinline__ __half2 pack_half(float a, float b) { return __floats2half2_rn(a, b); }
+__device__ __forceinline__ __nv_bfloat162 pack_bf16(float a, float b) { return __floats2bfloat162_rn(a, b); }
+template <typename H, typename H2>
+__device__ __forceinline__ void st4_half(H* p, float4 v, H2 (*pack)(float, float)) {  // 8 bytes
+  H2 a = pack(v.x, v.y), b = pack(v.z, v.w);
   uint2 u;
   u.x = *reinterpret_cast<unsigned*>(&a);
   u.y = *reinterpret_cast<unsigned*>(&b);
   *reinterpret_cast<uint2*>(p) = u;
 }
-__device__ __forceinline__ float4 ld4(const __nv_bfloat16* p) {
-  const uint2 u = *reinterpret_cast<const uint2*>(p);
-  const float2 a = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&u.x));
-  const float2 b = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&u.y));
-  return make_float4(a.x, a.y, b.x, b.y);
-}
-__device__ __forceinline__ void st4(__nv_bfloat16* p, float4 v) {
-  __nv_bfloat162 a = __floats2bfloat162_rn(v.x, v.y), b = __floats2bfloat162_rn(v.z, v.w);
-  uint2 u;
-  u.x = *reinterpret_cast<unsigned*>(&a);
-  u.y = *reinterpret_cast<unsigned*>(&b);
-  *reinterpret_cast<uint2*>(p) = u;
-}
+__device__ __forceinline__ void st4(__half* p, float4 v) { st4_half(p, v, pack_half); }
+__device__ __forceinline__ void st4(__nv_bfloat16* p, float4 v) { st4_half(p, v, pack_bf16); }
 #endif
 
 // 16 bytes of T as floats: 4 (float32) or 8 (fp16 / bf16) consecutive channels per global access (ldv / stv: global
@@ -98,39 +84,34 @@ __device__ __forceinline__ void ldv_half(const H* p, float (&v)[8]) {
     v[2 * k + 1] = static_cast<float>(h.y);
   }
 }
-template <typename H2, typename H>
-__device__ __forceinline__ void stv_half(H* p, const float (&v)[8], H2 (*pack)(float, float)) {
+template <typename H2>  // 8 floats -> 8 half-type values in 16 bytes
+__device__ __forceinline__ uint4 pack8(const float (&v)[8], H2 (*pack)(float, float)) {
   unsigned w[4];
 #pragma unroll
   for (int k = 0; k < 4; ++k) {
     H2 h = pack(v[2 * k], v[2 * k + 1]);
     w[k] = *reinterpret_cast<unsigned*>(&h);
   }
-  __stwb(reinterpret_cast<uint4*>(p), make_uint4(w[0], w[1], w[2], w[3]));
+  return make_uint4(w[0], w[1], w[2], w[3]);
 }
-__device__ __forceinline__ __half2 pack_half(float a, float b) { return __floats2half2_rn(a, b); }
-__device__ __forceinline__ __nv_bfloat162 pack_bf16(float a, float b) { return __floats2bfloat162_rn(a, b); }
 __device__ __forceinline__ void ldv(const __half* p, float (&v)[8]) { ldv_half<__half2>(p, v); }
 __device__ __forceinline__ void ldv(const __nv_bfloat16* p, float (&v)[8]) { ldv_half<__nv_bfloat162>(p, v); }
-__device__ __forceinline__ void stv(__half* p, const float (&v)[8]) { stv_half(p, v, pack_half); }
-__device__ __forceinline__ void stv(__nv_bfloat16* p, const float (&v)[8]) { stv_half(p, v, pack_bf16); }
+__device__ __forceinline__ void stv(__half* p, const float (&v)[8]) {
+  __stwb(reinterpret_cast<uint4*>(p), pack8(v, pack_half));
+}
+__device__ __forceinline__ void stv(__nv_bfloat16* p, const float (&v)[8]) {
+  __stwb(reinterpret_cast<uint4*>(p), pack8(v, pack_bf16));
+}
 #endif
 // The same 16-byte vectors into shared memory.
 __device__ __forceinline__ void stsv(float* p, const float (&v)[4]) { st4(p, make_float4(v[0], v[1], v[2], v[3])); }
 #ifndef EIMN_CUDA_EMU
-template <typename H, typename H2>
-__device__ __forceinline__ void stsv_half(H* p, const float (&v)[8], H2 (*pack)(float, float)) {
-  uint4 u;
-  unsigned* w = reinterpret_cast<unsigned*>(&u);
-#pragma unroll
-  for (int k = 0; k < 4; ++k) {
-    H2 h = pack(v[2 * k], v[2 * k + 1]);
-    w[k] = *reinterpret_cast<unsigned*>(&h);
-  }
-  *reinterpret_cast<uint4*>(p) = u;
+__device__ __forceinline__ void stsv(__half* p, const float (&v)[8]) {
+  *reinterpret_cast<uint4*>(p) = pack8(v, pack_half);
 }
-__device__ __forceinline__ void stsv(__half* p, const float (&v)[8]) { stsv_half(p, v, pack_half); }
-__device__ __forceinline__ void stsv(__nv_bfloat16* p, const float (&v)[8]) { stsv_half(p, v, pack_bf16); }
+__device__ __forceinline__ void stsv(__nv_bfloat16* p, const float (&v)[8]) {
+  *reinterpret_cast<uint4*>(p) = pack8(v, pack_bf16);
+}
 #endif
 
 __device__ __forceinline__ float4 f4(float v) { return make_float4(v, v, v, v); }
@@ -262,6 +243,18 @@ struct Tiling {
     w0 = (r % tiles_w) * TW;
   }
 };
+
+// One block per TH x TW tile of every image, kThreads threads, `smem` bytes of dynamic shared memory.
+template <typename Kernel, typename... Args>
+cudaError_t launch_tiled(Kernel kernel, size_t smem, int TH, int TW, int64_t N, int64_t H, int64_t W,
+                         cudaStream_t stream, Args... args) {
+  const int64_t tw = (W + TW - 1) / TW;
+  const Tiling tl{H, W, tw, ((H + TH - 1) / TH) * tw};
+  cudaError_t e = prepare_dynamic_smem(kernel, smem);
+  if (e != cudaSuccess) return e;
+  EIMN_LAUNCH(kernel, static_cast<unsigned>(N * tl.tpi), kThreads, smem, stream)(tl, args...);
+  return cudaGetLastError();
+}
 
 }  // namespace
 }  // namespace eimn::cuda::block

@@ -194,25 +194,14 @@ __global__ void __launch_bounds__(kThreads) molrcm_mix_kernel(Tiling tl, BlockWe
   }
 }
 
-Tiling tiling(int64_t N, int64_t H, int64_t W, int TH, int TW) {
-  const int64_t tw = (W + TW - 1) / TW;
-  (void)N;
-  return Tiling{H, W, tw, ((H + TH - 1) / TH) * tw};
-}
-
 }  // namespace
 
 cudaError_t molrcm_region(int64_t N, int64_t H, int64_t W, DType dt, const BlockWeights& w, const void* x, void* r,
                           cudaStream_t stream) {
   return dispatch(dt, [&](auto tag) -> cudaError_t {
     using T = decltype(tag);
-    const Tiling tl = tiling(N, H, W, kRegTH, kRegTW);
-    const size_t smem = region_smem<T>();
-    cudaError_t e = prepare_dynamic_smem(molrcm_region_kernel<T>, smem);
-    if (e != cudaSuccess) return e;
-    EIMN_LAUNCH(molrcm_region_kernel<T>, static_cast<unsigned>(N * tl.tpi), kThreads, smem, stream)(
-        tl, w, static_cast<const T*>(x), static_cast<T*>(r));
-    return cudaGetLastError();
+    return launch_tiled(molrcm_region_kernel<T>, region_smem<T>(), kRegTH, kRegTW, N, H, W, stream, w,
+                        static_cast<const T*>(x), static_cast<T*>(r));
   });
 }
 
@@ -220,13 +209,8 @@ cudaError_t molrcm_mix(int64_t N, int64_t H, int64_t W, DType dt, const BlockWei
                        const void* x, void* a, cudaStream_t stream) {
   return dispatch(dt, [&](auto tag) -> cudaError_t {
     using T = decltype(tag);
-    const Tiling tl = tiling(N, H, W, kMixTH, kMixTW);
-    const size_t smem = mix_smem<T>();
-    cudaError_t e = prepare_dynamic_smem(molrcm_mix_kernel<T>, smem);
-    if (e != cudaSuccess) return e;
-    EIMN_LAUNCH(molrcm_mix_kernel<T>, static_cast<unsigned>(N * tl.tpi), kThreads, smem, stream)(
-        tl, w, static_cast<const T*>(r), static_cast<const T*>(x), static_cast<T*>(a));
-    return cudaGetLastError();
+    return launch_tiled(molrcm_mix_kernel<T>, mix_smem<T>(), kMixTH, kMixTW, N, H, W, stream, w,
+                        static_cast<const T*>(r), static_cast<const T*>(x), static_cast<T*>(a));
   });
 }
 

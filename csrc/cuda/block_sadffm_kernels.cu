@@ -241,14 +241,8 @@ cudaError_t sadffm_body(int64_t N, int64_t H, int64_t W, DType dt, const BlockWe
                         float* a_loc, float* part, cudaStream_t stream) {
   return dispatch(dt, [&](auto tag) -> cudaError_t {
     using T = decltype(tag);
-    const int64_t tw = (W + kBodyTW - 1) / kBodyTW;
-    const Tiling tl{H, W, tw, body_tiles_per_image(H, W)};
-    const size_t smem = body_smem<T>();
-    cudaError_t e = prepare_dynamic_smem(sadffm_body_kernel<T>, smem);
-    if (e != cudaSuccess) return e;
-    EIMN_LAUNCH(sadffm_body_kernel<T>, static_cast<unsigned>(N * tl.tpi), kThreads, smem, stream)(
-        tl, w, static_cast<const T*>(a), static_cast<T*>(y), a_loc, part);
-    return cudaGetLastError();
+    return launch_tiled(sadffm_body_kernel<T>, body_smem<T>(), kBodyTH, kBodyTW, N, H, W, stream, w,
+                        static_cast<const T*>(a), static_cast<T*>(y), a_loc, part);
   });
 }
 
