@@ -17,8 +17,8 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-__all__ = ["block_forward", "NHWCEIMNBlock", "use_nhwc_blocks", "FusedAway", "CUDA_WEIGHTS", "cuda_block_available",
-           "cuda_block_supports", "resolve_backend"]
+__all__ = ["block_forward", "NHWCEIMNBlock", "use_nhwc_blocks", "FusedAway", "CUDA_WEIGHTS", "CUDA_BLOCK_SMEM",
+           "cuda_block_available", "cuda_block_supports", "resolve_backend"]
 
 _DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 # The packed weights (triton_kernels/block_pack.Packed fields) in the order of the CUDA kernels' BlockWeights
@@ -40,9 +40,22 @@ def cuda_block_available() -> bool:
     return torch._C._dispatch_has_kernel_for_dispatch_key("eimn_C::nhwc_block_forward", "CUDA")
 
 
+# The largest dynamic shared memory of the CUDA block kernels per block (molrcm_region: the 12x20 haloed x tile,
+# Wq and q; csrc/cuda/block_molrcm_kernels.cu region_smem), checked by tests/test_cuda_block_emu.py.
+CUDA_BLOCK_SMEM = {torch.float32: 156672, torch.float16: 112896, torch.bfloat16: 112896}
+
+
 def cuda_block_supports(pk) -> bool:
     """Whether the CUDA block kernels take this packed block: EIMN's dim 64 layers (compile-time shapes)."""
     return all(getattr(pk, k) == v for k, v in _EIMN_SHAPE.items())
+
+
+def _cuda_smem_ok(x: torch.Tensor) -> bool:
+    """Whether x's GPU lets a block use the CUDA block kernels' shared memory (H100 / A100 yes; GPUs with ~100 KiB
+    per block, such as sm_86 / sm_89, no: they run the Triton kernels)."""
+    props = torch.cuda.get_device_properties(x.device)
+    optin = getattr(props, "shared_memory_per_block_optin", props.shared_memory_per_block)
+    return optin >= CUDA_BLOCK_SMEM.get(x.dtype, 1 << 30)
 
 
 def _register_fake() -> None:
@@ -55,15 +68,17 @@ def _register_fake() -> None:
 
 def resolve_backend(backend: str, x: torch.Tensor, pk) -> str:
     """'cuda' or 'triton' for ``backend`` in auto / cuda / triton: auto takes the CUDA kernels where the extension
-    has them and the block is EIMN's dim 64 one, else Triton."""
+    has them, the block is EIMN's dim 64 one and the GPU has their shared memory, else Triton."""
     if backend not in ("auto", "cuda", "triton"):
         raise ValueError(f"NHWC block backend must be auto, cuda or triton, got {backend!r}")
     if backend == "triton":
         return "triton"
-    ok = x.is_cuda and cuda_block_available() and cuda_block_supports(pk)
+    ok = x.is_cuda and cuda_block_available() and cuda_block_supports(pk) and _cuda_smem_ok(x)
     if backend == "cuda" and not ok:
         why = ("x is not a CUDA tensor" if not x.is_cuda else "the extension has no CUDA block kernels"
-               if not cuda_block_available() else "the CUDA block kernels take EIMN's dim 64 layers only")
+               if not cuda_block_available() else "the CUDA block kernels take EIMN's dim 64 layers only"
+               if not cuda_block_supports(pk) else
+               f"this GPU gives a block less than the {CUDA_BLOCK_SMEM.get(x.dtype)} bytes of shared memory they need")
         raise ValueError(f"NHWC block backend 'cuda': {why} (use 'triton' or 'auto')")
     return "cuda" if ok else "triton"
 

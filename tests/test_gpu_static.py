@@ -120,3 +120,23 @@ def test_block_kernels_budgets(tmp_path):
         apply = rows[f"dffm_apply[{dt}]"]
         assert apply.stg128 == apply.stg == per_thread and apply.ldg128 >= 2 * per_thread, apply
     assert {k.split("[")[0] for k in rows} == set(BLOCK_KERNELS)
+
+
+def test_triton_block_scratch_reads_are_coherent():
+    """The persistent Triton block kernels read back what their own program wrote to its scratch slot after a
+    barrier: those loads must not take the non-coherent (read-only, ld.global.nc) path, and the barriers must be
+    there (bar.sync) around every slot write."""
+    pytest.importorskip("triton")
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    code = ("import re; from eimn_kernels.triton_kernels.block_compile import compile_block\n"
+            "for dt in ('fp32', 'fp16'):\n"
+            "    for n, k in compile_block(dt, names=['molrcm_region', 'sadffm_body']).items():\n"
+            "        p = k.asm['ptx']\n"
+            "        print(dt, n, len(re.findall(r'ld\\.global\\.nc', p)), len(re.findall(r'bar\\.sync|barrier\\.sync', p)))\n")
+    out = subprocess.run([sys.executable, "-c", code], check=True, env=env, cwd=gpu_static.ROOT, capture_output=True,
+                         text=True).stdout.split("\n")
+    rows = [ln.split() for ln in out if ln.strip()]
+    assert len(rows) == 4
+    for dt, name, nc, bars in rows:
+        assert int(nc) == 0, f"{name}[{dt}]: non-coherent loads"
+        assert int(bars) >= 2, f"{name}[{dt}]: barriers missing"
