@@ -312,3 +312,31 @@ def test_cpp_checks_cpu():
     (y, v, *pg), _ = gate_out_args(1, 4, 3, 3, grad=False)
     with pytest.raises(RuntimeError, match="wf"):
         C.gate_out_forward(y, v, pg[0][:3], *pg[1:])
+
+
+def test_dw_mix_cpu_forward_paths_agree():
+    """The CPU dw_mix forward's two paths, per plane (wide images) and channel-blocked (below 30 pixels wide:
+    csrc/cpu/molrcm_dwblock.h), each forced by EIMN_DW_BLOCKED_MAX_W (0: never blocked, 1000: always), match the
+    reference in float64 on both sides of the threshold, with every group (split 3/1/4 of 40 channels: blocks of
+    8 lanes span groups), dilations and a 7-channel tail block."""
+    import os
+    import subprocess
+    import sys
+    if not ek.backend_status("cpu", "cpu")[0]:
+        pytest.skip("the cpu backend is not built")
+    code = (
+        "import torch, eimn_kernels as ek\n"
+        "from eimn_kernels import reference as R\n"
+        "g = torch.Generator().manual_seed(0)\n"
+        "for (C, H, W, c1, c2) in ((40, 9, 7, 15, 5), (47, 6, 29, 16, 8), (40, 5, 30, 15, 5), (23, 4, 45, 8, 3)):\n"
+        "    r = lambda *s: torch.randn(*s, generator=g, dtype=torch.float64)\n"
+        "    c3 = C - c1 - c2\n"
+        "    a = (r(2, C, H, W), r(C, 1, 5, 5), r(C), r(c1, 1, 5, 5), r(c1), r(c3, 1, 7, 7), r(c3))\n"
+        "    want = R.dw_mix(*a, c1, c2, 1, 2, 3)\n"
+        "    got = ek.dw_mix(*a, c1, c2, d0=1, d1=2, d2=3, backend='cpu')\n"
+        "    print(float((got - want).abs().max() / want.abs().max()))\n")
+    for force in ("0", "1000"):
+        env = dict(os.environ, EIMN_DW_BLOCKED_MAX_W=force)
+        out = subprocess.run([sys.executable, "-c", code], env=env, check=True, capture_output=True, text=True)
+        errs = [float(v) for v in out.stdout.split()]
+        assert len(errs) == 4 and max(errs) < 1e-13, (force, errs)

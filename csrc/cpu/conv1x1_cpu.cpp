@@ -43,24 +43,46 @@ int64_t check_inputs(const Tensor& x, const Tensor& w, const Tensor& b, const Te
   return Co;
 }
 
+// Output-channel blocks of the forward: 1 for large images; for images with fewer pixel tiles than 4 per thread
+// (VAN's 14x14 and 7x7 stages: one tile of 196 / 49 pixels) the rows are split too, so that every thread works
+// and packs only its rows of W.
+int64_t channel_blocks(int64_t pixel_tasks, int64_t Co) {
+  const int64_t want = 4 * at::get_num_threads();
+  int64_t ncb = 1;
+  while (pixel_tasks * ncb < want && Co / (2 * ncb) >= 2 * kMR) ncb *= 2;
+  return ncb;
+}
+
 template <typename T, bool Gelu, bool Gate, bool Res>
 void fwd_impl(const Tensor& x, const Tensor& w, const Tensor& b, const Tensor& gate, const Tensor& res, Tensor& out) {
   const int64_t N = x.size(0), C = x.size(1), HW = x.size(2) * x.size(3), Co = w.size(0);
-  const int64_t P = pixel_tile(HW, N), nt = (HW + P - 1) / P;
-  const T *xp = x.data_ptr<T>(), *bp = b.data_ptr<T>();
+  const int64_t P = pixel_tile(HW, N), nt = (HW + P - 1) / P, npix = N * nt;
+  const int64_t ncb = channel_blocks(npix, Co), cb = (Co + ncb - 1) / ncb;
+  const T *xp = x.data_ptr<T>(), *wp = w.data_ptr<T>(), *bp = b.data_ptr<T>();
   const T* gp = Gate ? gate.data_ptr<T>() : nullptr;
   const T* rp = Res ? res.data_ptr<T>() : nullptr;
   T* op = out.data_ptr<T>();
-  const std::vector<T> wk = pack_a(w.data_ptr<T>(), Co, C, C, 1);
   constexpr int64_t NR = 2 * (32 / sizeof(T));
-  at::parallel_for(0, N * nt, 1, [&](int64_t t0, int64_t t1) {
-    std::vector<T> panel(((P + NR - 1) / NR) * NR * C);
+  // tasks: channel block outer, so that a thread's consecutive tasks share their packed rows of W
+  at::parallel_for(0, ncb * npix, 1, [&](int64_t t0, int64_t t1) {
+    std::vector<T> panel(((P + NR - 1) / NR) * NR * C), wk;
+    int64_t packed_block = -1, packed_pix = -1;
     for (int64_t t = t0; t < t1; ++t) {
-      const int64_t n = t / nt, p0 = (t % nt) * P, np = std::min(P, HW - p0);
-      pack_b<T>(C, np, xp + n * C * HW + p0, HW, panel.data());
+      const int64_t blk = t / npix, pt = t % npix, o0 = blk * cb, o1 = std::min(Co, o0 + cb), M = o1 - o0;
+      if (M <= 0) continue;
+      const int64_t n = pt / nt, p0 = (pt % nt) * P, np = std::min(P, HW - p0);
+      if (blk != packed_block) {
+        wk = pack_a(wp + o0 * C, M, C, C, 1);
+        packed_block = blk;
+      }
+      if (pt != packed_pix) {
+        pack_b<T>(C, np, xp + n * C * HW + p0, HW, panel.data());
+        packed_pix = pt;
+      }
       for (int64_t pq = 0; pq * NR < np; ++pq) {
         const int64_t p = p0 + pq * NR, cnt = std::min(NR, np - pq * NR);
-        auto st = [&](int64_t o, vreg<T> c0, vreg<T> c1) {
+        auto st = [&](int64_t m, vreg<T> c0, vreg<T> c1) {
+          const int64_t o = o0 + m;
           const vreg<T> bias = vsplat<T>(bp[o]);
           c0 += bias;
           c1 += bias;
@@ -83,7 +105,7 @@ void fwd_impl(const Tensor& x, const Tensor& w, const Tensor& b, const Tensor& g
           }
           store_row<T>(op + at, c0, c1, cnt);
         };
-        panel_rows<T>(0, Co, C, wk.data(), Co, panel.data() + pq * NR * C, st);
+        panel_rows<T>(0, M, C, wk.data(), M, panel.data() + pq * NR * C, st);
       }
     }
   });

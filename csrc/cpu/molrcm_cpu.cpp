@@ -11,6 +11,7 @@
 #include "cpu/molrcm_vec.h"
 #include "cpu/cpu_gemm.h"
 #include "cpu/cpu_checks.h"
+#include "cpu/molrcm_dwblock.h"
 #include "cpu/molrcm_dwplane.h"
 #include "cpu/cpu_pool.h"
 #include "cpu/cpu_reduce.h"
@@ -20,6 +21,7 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <cstdlib>
 #include <vector>
 
 namespace eimn::cpu::molrcm {
@@ -337,6 +339,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> gate_out_backward(
 }
 
 // ================================================================ dw_mix
+constexpr int kDwBlockedMaxW = 30;  // measured at 7..56 pixels wide: see dw_blocked_max_w
+
 struct DwMixGeom {
   int64_t N, C, H, W, c1, c2, c3;
   int K0, K1, K2;
@@ -376,6 +380,16 @@ DwMixGeom dw_mix_check(const Tensor& q, const Tensor& w0, const Tensor& b0, cons
   return g;
 }
 
+// Widths below which dw_mix's forward runs channel-blocked (molrcm_dwblock.h) rather than per plane; the
+// environment variable EIMN_DW_BLOCKED_MAX_W overrides it (read once; 0 = never, for A/B timing).
+int64_t dw_blocked_max_w() {
+  static const int64_t v = [] {
+    const char* e = std::getenv("EIMN_DW_BLOCKED_MAX_W");
+    return e != nullptr ? std::max<int64_t>(0, std::atoll(e)) : int64_t(kDwBlockedMaxW);
+  }();
+  return v;
+}
+
 template <typename T>
 void copy_plane(const T* src, int64_t H, int64_t W, T* dst, int64_t ldd) {
   for (int64_t y = 0; y < H; ++y) std::copy(src + y * W, src + y * W + W, dst + y * ldd);
@@ -388,6 +402,8 @@ void dw_mix_fwd_impl(const DwMixGeom& g, const Tensor& q, const Tensor& w0, cons
   const T *w1p = w1.data_ptr<T>(), *b1p = b1.data_ptr<T>(), *w2p = w2.data_ptr<T>(), *b2p = b2.data_ptr<T>();
   T* op = out.data_ptr<T>();
   const int64_t HW = g.H * g.W;
+  if (g.W < dw_blocked_max_w())  // narrow images: channel-blocked vectors (molrcm_dwblock.h)
+    return dw_mix_fwd_blocked<T>(g, qp, w0p, b0p, w1p, b1p, w2p, b2p, op);
   at::parallel_for(0, g.N * g.C, 1, [&](int64_t t0, int64_t t1) {
     std::vector<T> qb(g.Hp * g.Wp, T(0)), rb(g.Hp * g.Wp, T(0));  // zero borders stay zero
     for (int64_t t = t0; t < t1; ++t) {
