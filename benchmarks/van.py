@@ -6,8 +6,9 @@ ratios 8/8/4/4; overlapping patch embeddings 7x7/4 then 3x3/2 with BatchNorm; bl
 (1x1, depthwise 3x3, GELU, 1x1) with layer scales; a LayerNorm per stage, mean pooling, a linear head). Weights are
 seeded random (speed does not depend on them); fused outputs are checked against eager.
 
-Rows: inference (batch 1 and 8, 224x224) and a training step (batch 8, cross-entropy, backward, SGD) for eager,
-fused (``ek.fuse``) and torch.compile of eager; per layer, the attention block alone at each stage's input shape
+Rows: inference (batch 1 and 8, 224x224) for eager, fused (``ek.fuse``), folded (``ek.optimize_for_inference``:
+BatchNorms and layer scales folded into the 1x1s, both residuals in their epilogues) and torch.compile of eager; a
+training step (batch 8, cross-entropy, backward, SGD) for eager and fused; per layer, the attention block alone at each stage's input shape
 (paired ratio over eager). Logged to the results log (benchmarks.history).
 
     python -m benchmarks.van [--threads 2] [--quick] [--no-compile] [--no-record] [--json FILE]
@@ -126,7 +127,8 @@ def bench(threads: int = 2, quick: bool = False, compile: bool = True, notes: li
     tkw = _tkw(quick, threads)
     eager = van_b0().eval()
     fused = ek.fuse(copy.deepcopy(eager))
-    variants = {"eager": eager, "fused[cpu]": fused}
+    folded = ek.optimize_for_inference(eager)  # BN and layer scales folded, fused layers
+    variants = {"eager": eager, "fused[cpu]": fused, "folded[cpu]": folded}
     if compile:
         torch._dynamo.reset()
         variants["compile"] = torch.compile(eager, dynamic=False)

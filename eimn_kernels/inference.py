@@ -1,4 +1,5 @@
-"""Eval-only folding of EIMN blocks: exact algebra that removes work at inference time.
+"""Eval-only folding of EIMN blocks (and VAN blocks, lka_inference.py): exact algebra that removes work at inference
+time.
 
 * BatchNorm (eval: per-channel affine) before MOLRCM folds into proj_query / proj_value,
   and before SADFFM into linear_in.
@@ -15,34 +16,11 @@ import torch
 import torch.nn as nn
 
 from .fuse import fuse, is_molrcm, is_sadffm
+from .inference_fold import bn_affine, fold_input_affine, fold_output_scale
+from .lka_inference import fold_conv_bn, fold_van_block, is_van_block
 from .modules import MOLRCM, SADFFM
 
 __all__ = ["optimize_for_inference", "FoldedEIMNBlock", "bn_affine"]
-
-
-def bn_affine(bn: nn.BatchNorm2d) -> tuple[torch.Tensor, torch.Tensor]:
-    """(scale, shift) in float64 of an eval-mode BatchNorm2d: bn(x) = x * scale + shift per channel."""
-    inv_std = 1.0 / torch.sqrt(bn.running_var.double() + bn.eps)
-    scale = bn.weight.double() * inv_std if bn.affine else inv_std
-    shift = (bn.bias.double() if bn.affine else 0.0) - bn.running_mean.double() * scale
-    return scale, shift
-
-
-def _fold_input_affine(conv: nn.Conv2d, scale: torch.Tensor, shift: torch.Tensor) -> None:
-    """conv(x * scale + shift) == conv'(x) for a 1x1 conv: rewrite its weight and bias in place."""
-    dt = conv.weight.dtype  # fold in float64, store in the model's dtype
-    w = conv.weight.double()  # (Cout, Cin, 1, 1)
-    b = conv.bias.double() if conv.bias is not None else torch.zeros(w.shape[0], dtype=w.dtype, device=w.device)
-    new_b = b + w[:, :, 0, 0] @ shift.double()
-    conv.weight = nn.Parameter((w * scale.double()[None, :, None, None]).to(dt))
-    conv.bias = nn.Parameter(new_b.to(dt))
-
-
-def _fold_output_scale(conv: nn.Conv2d, scale: torch.Tensor) -> None:
-    """scale * conv(x) == conv'(x): rewrite weight and bias in place."""
-    dt = conv.weight.dtype
-    conv.weight = nn.Parameter((conv.weight.double() * scale.double()[:, None, None, None]).to(dt))
-    conv.bias = nn.Parameter((conv.bias.double() * scale.double()).to(dt))
 
 
 class FoldedEIMNBlock(nn.Module):
@@ -81,19 +59,25 @@ def _fold_block(block: nn.Module, backend: str, fused: bool = True) -> FoldedEIM
         mlp = mlp if isinstance(mlp, SADFFM) else SADFFM.from_module(mlp, backend)
         attn.backend = mlp.backend = backend
     s1, t1 = bn_affine(block.norm1)
-    _fold_input_affine(attn.proj_query[0], s1, t1)
-    _fold_input_affine(attn.proj_value[0], s1, t1)
-    _fold_output_scale(attn.out, block.layer_scale_1)
+    fold_input_affine(attn.proj_query[0], s1, t1)
+    fold_input_affine(attn.proj_value[0], s1, t1)
+    fold_output_scale(attn.out, block.layer_scale_1)
     s2, t2 = bn_affine(block.norm2)
-    _fold_input_affine(mlp.linear_in, s2, t2)
+    fold_input_affine(mlp.linear_in, s2, t2)
     return FoldedEIMNBlock(attn, mlp, block.layer_scale_2)
 
 
 def _fold_tree(model: nn.Module, backend: str, fused: bool = True) -> int:
+    """Fold every EIMN block, VAN block and (in nn.Sequentials) Conv2d + BatchNorm2d pair below ``model``."""
     n = 0
+    if isinstance(model, nn.Sequential):
+        n += fold_conv_bn(model)
     for name, child in list(model.named_children()):
         if _is_block(child):
             setattr(model, name, _fold_block(child, backend, fused))
+            n += 1
+        elif is_van_block(child):
+            setattr(model, name, fold_van_block(child, fused, backend))
             n += 1
         else:
             n += _fold_tree(child, backend, fused)

@@ -191,3 +191,31 @@ def test_compile_fullgraph_fused_attention():
     f = torch.compile(m, fullgraph=True)
     with torch.no_grad():
         torch.testing.assert_close(f(x), m(x))
+
+
+@pytest.mark.parametrize("fused", [False, True])
+def test_optimize_for_inference_folds_van_blocks(fused):
+    """optimize_for_inference on VAN-style blocks (BatchNorms with moved statistics, layer scales away from 1e-2)
+    and a Conv2d + BatchNorm2d patch embedding: every block becomes a FoldedLKABlock, the BN after the conv an
+    Identity, output within 1e-5 of eager in fp32; at a width of 32 and more the MLP's depthwise conv runs as dw_mix
+    (fused), below it PyTorch's."""
+    from eimn_kernels.lka_inference import FoldedLKABlock
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.BatchNorm2d(16)),
+                        VANBlock(16), VANBlock(16, k0=3, k1=5, d=2))
+    net = _seeded(net)
+    with torch.no_grad():
+        for m in net.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.5, 0.5)
+                m.running_var.uniform_(0.5, 2.0)
+    net.eval()
+    opt = ek.optimize_for_inference(net, backend=BACKENDS[-1] if fused else "auto", fused=fused)
+    assert isinstance(opt[0][1], nn.Identity)
+    assert isinstance(opt[1], FoldedLKABlock) and isinstance(opt[2], FoldedLKABlock)
+    for hw in ((9, 13), (8, 33)):
+        x = torch.randn(2, 3, *hw)
+        with torch.no_grad():
+            assert _rel(opt(x), net(x)) <= 1e-5, hw
+    # the original is untouched
+    assert isinstance(net[0][1], nn.BatchNorm2d) and isinstance(net[1], VANBlock)
