@@ -93,6 +93,10 @@ TORCH_LIBRARY(eimn_C, m) {
   // x [N, H, W, 64] -> the same; w: the 34 packed weights (eimn_kernels.nhwc.CUDA_WEIGHTS, norm last or empty).
   // tf32x3: float32 GEMMs as 3xTF32 (else one TF32 product).
   m.def("nhwc_block_forward(Tensor x, Tensor[] w, float eps, float norm_eps, bool tf32x3) -> Tensor");
+  // The convolutional MLP of VAN-style blocks, inference (CPU): W_2 GELU(DW(W_1 x + b_1)) + b_2 [+ x], the hidden
+  // channels never in memory (csrc/cpu/sadffm_convmlp.h).
+  m.def("convmlp_infer_forward(Tensor x, Tensor w1, Tensor b1, Tensor w_dw, Tensor b_dw, Tensor w2, Tensor b2, "
+        "bool add_input) -> Tensor");
 }
 
 // Importable as eimn_kernels._C (registration happens at load time).

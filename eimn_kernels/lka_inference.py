@@ -11,8 +11,9 @@ becomes, exactly (the algebra in float64, stored in the model's dtype):
                                                                (its bias also takes ls1 t1; BN1 = s1 x + t1)
     out = a + fc2'(GELU(dw(fc1'(a))))                          fc1' = fc1 . BN2, fc2' = ls2 fc2
 
-with the 1x1s, GELU, the gate and both residuals in the fused ops' epilogues (``fused=True``) or as plain PyTorch
-operators (``fused=False``). A Conv2d followed by a BatchNorm2d in an nn.Sequential (VAN's patch embeddings) folds
+with the 1x1s, GELU, the gate and both residuals in the fused ops' epilogues (``fused=True``; on CPU the whole MLP
+is one kernel, eimn_C::convmlp_infer_forward: its hidden channels never reach memory) or as plain PyTorch operators
+(``fused=False``). A Conv2d followed by a BatchNorm2d in an nn.Sequential (VAN's patch embeddings) folds
 into the conv.
 """
 from __future__ import annotations
@@ -61,6 +62,14 @@ def is_van_block(m: nn.Module) -> bool:
     return _is_mlp(m.mlp, dim) and m.layer_scale_1.shape == (dim,) and m.layer_scale_2.shape == (dim,)
 
 
+def _convmlp_here(a: torch.Tensor, backend: str) -> bool:
+    """Whether the MLP runs as eimn_C::convmlp_infer_forward: a CPU float32 / float64 tensor without autograd,
+    backend auto or cpu, the extension built."""
+    from . import _ext
+    return (a.device.type == "cpu" and a.dtype in (torch.float32, torch.float64) and backend in ("auto", "cpu")
+            and not (torch.is_grad_enabled() and a.requires_grad) and _ext.extension_loaded())
+
+
 class FoldedLKABlock(nn.Module):
     """Inference VAN block (see the module doc). x: (N, dim, H, W) -> (N, dim, H, W). Built by fold_van_block."""
 
@@ -82,6 +91,9 @@ class FoldedLKABlock(nn.Module):
         u = lka(u, sgu.conv0.weight, sgu.conv0.bias, sgu.conv_spatial.weight, sgu.conv_spatial.bias,
                 sgu.conv1.weight, sgu.conv1.bias, sgu.conv_spatial.dilation[0], backend=b)
         a = conv1x1(u, at.proj_2.weight, at.proj_2.bias, residual=xs, backend=b)
+        if _convmlp_here(a, b):  # the whole MLP and the residual in one CPU kernel, h never in memory
+            return torch.ops.eimn_C.convmlp_infer_forward(a, fc1.weight, fc1.bias, dw.weight, dw.bias, fc2.weight,
+                                                          fc2.bias, True)
         h = fc1(a)
         if h.shape[-1] >= _OWN_DW_MIN_W:  # the MLP's depthwise conv: ours where it is faster (see _OWN_DW_MIN_W)
             none_w, none_b = h.new_empty(0, 1, 1, 1), h.new_empty(0)

@@ -219,3 +219,28 @@ def test_optimize_for_inference_folds_van_blocks(fused):
             assert _rel(opt(x), net(x)) <= 1e-5, hw
     # the original is untouched
     assert isinstance(net[0][1], nn.BatchNorm2d) and isinstance(net[1], VANBlock)
+
+
+@pytest.mark.skipif("cpu" not in BACKENDS, reason="the cpu backend is not built")
+@pytest.mark.parametrize("case", [(2, 16, 40, 16, 9, 13, 3, True), (1, 7, 30, 5, 5, 33, 5, False),
+                                  (1, 8, 64, 8, 1, 1, 3, True), (1, 12, 24, 12, 40, 6, 7, True)],
+                         ids=["batch2", "Co!=C-K5", "1x1-image", "tall-K7"])
+def test_convmlp_infer_op_matches_eager(case):
+    """eimn_C::convmlp_infer_forward (VAN's MLP in one CPU kernel, inference): 1x1 -> depthwise KxK -> GELU -> 1x1
+    [+ x] against PyTorch, float64 exact to rounding, float32 <= 1e-5 relative; partial hidden groups (40, 30, 24
+    channels: groups of 12), odd sizes and widths past one GEMM panel."""
+    N, C, hid, Co, H, W, K, add = case
+    g = torch.Generator().manual_seed(sum(case[:6]))
+    for dt, tol in ((torch.float64, 1e-12), (torch.float32, 1e-5)):
+        r = lambda *s: torch.randn(*s, generator=g, dtype=torch.float64).to(dt)  # noqa: E731
+        x, w1, b1 = r(N, C, H, W), r(hid, C, 1, 1) * 0.3, r(hid)
+        wdw, bdw, w2, b2 = r(hid, 1, K, K) * 0.3, r(hid), r(Co, hid, 1, 1) * 0.2, r(Co)
+        want = F.conv2d(F.gelu(F.conv2d(F.conv2d(x, w1, b1), wdw, bdw, padding=K // 2, groups=hid)), w2, b2)
+        if add:
+            want = want + x
+        got = torch.ops.eimn_C.convmlp_infer_forward(x, w1, b1, wdw, bdw, w2, b2, add)
+        assert _rel(got, want) <= tol, (dt, _rel(got, want))
+    with pytest.raises(RuntimeError, match="add_input"):
+        torch.ops.eimn_C.convmlp_infer_forward(x, w1, b1, wdw, bdw, r(C + 1, hid, 1, 1), r(C + 1), True)
+    with pytest.raises(RuntimeError, match="odd"):
+        torch.ops.eimn_C.convmlp_infer_forward(x, w1, b1, r(hid, 1, 2, 2), bdw, w2, b2, add)

@@ -25,7 +25,8 @@ from eimn_kernels.ops._registry import SPECS
 
 CSRC = pathlib.Path(__file__).resolve().parents[1] / "csrc"
 UTILITY_OPS = {"built_with_cuda", "cpu_pool_stats", "cpu_pool_clear"}
-BLOCK_OPS = {"nhwc_block_forward"}  # whole-block inference (eimn_kernels.nhwc), no autograd op of its own
+# inference-only ops with no autograd op of their own: the NHWC block (CUDA) and VAN's conv MLP (CPU)
+INFERENCE_OPS = {"nhwc_block_forward": "CUDA", "convmlp_infer_forward": "CPU"}
 SLOTS = ("forward", "backward", "forward_stash", "backward_stash", "infer")
 
 needs_ext = pytest.mark.skipif(not _ext.extension_loaded(), reason="eimn_kernels._C is not built")
@@ -99,7 +100,7 @@ def test_eimn_c_callables_match_their_slots(backend):
 @pytest.mark.parametrize("backend,key,pattern", [("cpu", "CPU", "cpu/*.cpp"), ("cuda", "CUDA", "cuda/*_cuda.cpp")])
 def test_tables_match_cpp_registrations(backend, key, pattern):
     used = {c for k in _tables()[backend].values() for c in map(_eimn_c_name, (getattr(k, s) for s in SLOTS)) if c}
-    registered = _registered(sorted(CSRC.glob(pattern)), key) - BLOCK_OPS
+    registered = _registered(sorted(CSRC.glob(pattern)), key) - set(INFERENCE_OPS)
     assert used == registered, f"table only: {used - registered}; C++ only: {registered - used}"
     if backend == "cpu":
         for c in used:
@@ -110,9 +111,11 @@ def test_every_schema_is_used():
     schemas = set(re.findall(r'm\.def\("(\w+)\(', (CSRC / "eimn_ops.cpp").read_text()))
     cpu_impl = _registered(sorted(CSRC.glob("cpu/*.cpp")), "CPU")
     cuda_impl = _registered(sorted(CSRC.glob("cuda/*_cuda.cpp")), "CUDA")
-    assert BLOCK_OPS <= cuda_impl and not BLOCK_OPS & cpu_impl
+    for name, key in INFERENCE_OPS.items():
+        assert name in (cuda_impl if key == "CUDA" else cpu_impl) and name not in (cpu_impl if key == "CUDA"
+                                                                                   else cuda_impl), name
     assert schemas - UTILITY_OPS == cpu_impl | cuda_impl
-    for name in schemas - UTILITY_OPS - BLOCK_OPS:
+    for name in schemas - UTILITY_OPS - set(INFERENCE_OPS):
         op = name.rsplit("_forward", 1)[0].rsplit("_backward", 1)[0].removesuffix("_infer")
         assert op in SPECS, f"eimn_C::{name} belongs to no registered op"
 

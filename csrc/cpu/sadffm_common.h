@@ -90,22 +90,25 @@ template <typename T> inline T scatter_to_panels(const T* src, int64_t n, int c,
 // non-temporal stores where dst is aligned to the vector size (the caller ends its parallel region with
 // stream_fence()).
 // Each value is the same expression as the plain loops' v_gelu(t1[p]) * t2[p], whole panels in vector registers.
-template <bool Stream, typename T>
+// t2 == nullptr (Gated = false): h = GELU(t1), the ConvMLP's activation (sadffm_convmlp.h).
+template <bool Stream, typename T, bool Gated = true>
 inline void gate_to_panels(const T* t1, const T* t2, int64_t n, int64_t p0, int c, int ldc, T* dst) {
   using V = dvec<T>;
   constexpr int NR = panel_width<T>(), L = kDLanes<T>;
   static_assert(NR % L == 0, "whole vectors per panel row");
+  auto h1 = [&](int64_t i) { return Gated ? v_gelu(t1[i]) * t2[i] : v_gelu(t1[i]); };
   int64_t i = 0;
-  for (; i < n && (p0 + i) % NR != 0; ++i) dst[((p0 + i) / NR * ldc + c) * NR + (p0 + i) % NR] = v_gelu(t1[i]) * t2[i];
+  for (; i < n && (p0 + i) % NR != 0; ++i) dst[((p0 + i) / NR * ldc + c) * NR + (p0 + i) % NR] = h1(i);
   T* d = dst + ((p0 + i) / NR * ldc + c) * NR;
   const bool stream = Stream && reinterpret_cast<uintptr_t>(d) % sizeof(V) == 0;
   for (; i + NR <= n; i += NR, d += int64_t(ldc) * NR)
     for (int j = 0; j < NR; j += L) {
-      const V h = v_gelu(dload(t1 + i + j)) * dload(t2 + i + j);
+      V h = v_gelu(dload(t1 + i + j));
+      if constexpr (Gated) h = h * dload(t2 + i + j);
       if (stream) stream_dstore(d + j, h);
       else dstore(d + j, h);
     }
-  for (int64_t j = 0; i < n; ++i, ++j) d[j] = v_gelu(t1[i]) * t2[i];
+  for (int64_t j = 0; i < n; ++i, ++j) d[j] = h1(i);
 }
 
 // Elements of `channels` planes of HW pixels in the packed panel layout ([blk][channel][NR]) of pack_b.

@@ -21,6 +21,7 @@
 #include "cpu/cpu_checks.h"
 #include "cpu/cpu_pool.h"
 #include "cpu/sadffm_common.h"
+#include "cpu/sadffm_convmlp.h"
 #include "cpu/sadffm_dffm.h"
 #include "cpu/sadffm_dffm_bwd.h"
 #include "cpu/sadffm_dwconv.h"
@@ -380,10 +381,42 @@ std::vector<at::Tensor> sadffm_backward_stash(
   return all;
 }
 
+// The convolutional MLP (VAN's), inference: W_2 GELU(DW(W_1 x + b_1) + b_dw) + b_2 [+ x] (sadffm_convmlp.h).
+at::Tensor convmlp_infer_forward(const at::Tensor& x_, const at::Tensor& w1, const at::Tensor& b1,
+                                 const at::Tensor& w_dw, const at::Tensor& b_dw, const at::Tensor& w2,
+                                 const at::Tensor& b2, bool add_input) {
+  check_image(x_, kOp, "x");
+  const int64_t N = x_.size(0), C = x_.size(1), H = x_.size(2), W = x_.size(3);
+  TORCH_CHECK(w1.dim() == 4 && w2.dim() == 4 && w_dw.dim() == 4, kOp, ": convmlp weights must be 4-d");
+  const int64_t hid = w1.size(0), Co = w2.size(0), K = w_dw.size(-1);
+  check_like(w1, kOp, "w1", x_, {hid, C, 1, 1});
+  check_like(b1, kOp, "b1", x_, {hid});
+  TORCH_CHECK(K % 2 == 1, kOp, ": the depthwise kernel must be odd and square, got ", w_dw.sizes());
+  check_like(w_dw, kOp, "w_dw", x_, {hid, 1, K, K});
+  check_like(b_dw, kOp, "b_dw", x_, {hid});
+  check_like(w2, kOp, "w2", x_, {Co, hid, 1, 1});
+  check_like(b2, kOp, "b2", x_, {Co});
+  TORCH_CHECK(!add_input || Co == C, kOp, ": add_input needs as many output channels as input channels (", Co,
+              " vs ", C, ")");
+  auto x = x_.contiguous();
+  auto out = pooled_empty({N, Co, H, W}, x.options());
+  if (out.numel() == 0) return out;
+  auto w1c = w1.contiguous(), b1c = b1.contiguous(), wdc = w_dw.contiguous(), bdc = b_dw.contiguous(),
+       w2c = w2.contiguous(), b2c = b2.contiguous();
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "convmlp_infer_forward", [&] {
+    using T = scalar_t;
+    convmlp_infer_kernel<T>(x.data_ptr<T>(), w1c.data_ptr<T>(), b1c.data_ptr<T>(), wdc.data_ptr<T>(),
+                            bdc.data_ptr<T>(), w2c.data_ptr<T>(), b2c.data_ptr<T>(), out.data_ptr<T>(), N, int(C),
+                            int(hid), int(Co), H, W, int(K), add_input);
+  });
+  return out;
+}
+
 }  // namespace
 }  // namespace eimn::cpu::sadffm
 
 TORCH_LIBRARY_IMPL(eimn_C, CPU, m) {
+  m.impl("convmlp_infer_forward", &eimn::cpu::sadffm::convmlp_infer_forward);
   m.impl("gated_dwconv_forward", &eimn::cpu::sadffm::gated_dwconv_forward);
   m.impl("gated_dwconv_backward", &eimn::cpu::sadffm::gated_dwconv_backward);
   m.impl("gated_dwconv_forward_stash", &eimn::cpu::sadffm::gated_dwconv_forward_stash);
