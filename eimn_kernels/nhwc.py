@@ -144,9 +144,18 @@ class NHWCEIMNBlock(nn.Module):
         self.block, self.norm, self.backend, self.fp32_dot = block, norm, backend, fp32_dot
         self._packs: dict = {}
 
+    def _param_list(self) -> list:
+        """The parameters, listed on first use (walking the module tree on every call cost tens of microseconds a
+        block). load_state_dict and in-place updates keep the same objects and bump their versions (a repack);
+        a module whose parameters are replaced by new objects must be wrapped again."""
+        params = self.__dict__.get("_params")
+        if params is None:
+            params = self.__dict__["_params"] = list(self.parameters())
+        return params
+
     def _pack(self, dtype: torch.dtype, device: torch.device):
         from .triton_kernels.block_pack import pack_block
-        key = (dtype, device, self.fp32_dot, tuple(p._version for p in self.parameters()))
+        key = (dtype, device, self.fp32_dot, tuple(p._version for p in self._param_list()))
         if key[:2] not in self._packs or self._packs[key[:2]][0] != key:
             self._packs[key[:2]] = (key, pack_block(self.block.attn, self.block.mlp, self.block.layer_scale_2,
                                                     dtype, device, self.fp32_dot))
@@ -166,7 +175,7 @@ class NHWCEIMNBlock(nn.Module):
             dt = torch.get_autocast_dtype("cuda")
         fast = ((x.is_cuda or _interpreting()) and dt in _DTYPES and x.dim() == 4
                 and not (torch.is_grad_enabled() and (x.requires_grad
-                                                      or any(p.requires_grad for p in self.parameters()))))
+                                                      or any(p.requires_grad for p in self._param_list()))))
         if not fast:
             return self._fallback(x)
         xn = x.to(dt).permute(0, 2, 3, 1)
