@@ -17,6 +17,7 @@ _TL = {torch.float32: tl.float32, torch.float16: tl.float16, torch.bfloat16: tl.
 
 
 def tl_dtype(dt: torch.dtype):
+    """The Triton dtype of torch dtype ``dt`` (float32, float16, bfloat16); TypeError for any other."""
     if dt not in _TL:
         raise TypeError(f"the NHWC block kernels take float32, float16 or bfloat16, got {dt}")
     return _TL[dt]

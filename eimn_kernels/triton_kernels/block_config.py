@@ -28,6 +28,7 @@ PROGRAMS_INTERP = 2
 
 
 def dtype_class(dt: torch.dtype) -> str:
+    """'fp32' or 'half': the key of the tile tables for activations of dtype ``dt``."""
     return "fp32" if dt in (torch.float32, torch.float64) else "half"
 
 
