@@ -193,12 +193,13 @@ def test_compile_fullgraph_fused_attention():
         torch.testing.assert_close(f(x), m(x))
 
 
-@pytest.mark.parametrize("fused", [False, True])
-def test_optimize_for_inference_folds_van_blocks(fused):
+@pytest.mark.parametrize("fused,backend", [(False, "auto")] + [(True, b) for b in FAST[1:] + BACKENDS[-1:]
+                                                                  if b != "reference"] + [(True, "reference")])
+def test_optimize_for_inference_folds_van_blocks(fused, backend):
     """optimize_for_inference on VAN-style blocks (BatchNorms with moved statistics, layer scales away from 1e-2)
     and a Conv2d + BatchNorm2d patch embedding: every block becomes a FoldedLKABlock, the BN after the conv an
-    Identity, output within 1e-5 of eager in fp32; at a width of 32 and more the MLP's depthwise conv runs as dw_mix
-    (fused), below it PyTorch's."""
+    Identity, output within 1e-5 of eager in fp32, on each backend (cpu: the C++ ops straight and the ConvMLP kernel;
+    others: the functional ops, the MLP's depthwise conv as dw_mix from a width of 32, PyTorch's below)."""
     from eimn_kernels.lka_inference import FoldedLKABlock
     torch.manual_seed(0)
     net = nn.Sequential(nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.BatchNorm2d(16)),
@@ -210,7 +211,7 @@ def test_optimize_for_inference_folds_van_blocks(fused):
                 m.running_mean.uniform_(-0.5, 0.5)
                 m.running_var.uniform_(0.5, 2.0)
     net.eval()
-    opt = ek.optimize_for_inference(net, backend=BACKENDS[-1] if fused else "auto", fused=fused)
+    opt = ek.optimize_for_inference(net, backend=backend, fused=fused)
     assert isinstance(opt[0][1], nn.Identity)
     assert isinstance(opt[1], FoldedLKABlock) and isinstance(opt[2], FoldedLKABlock)
     for hw in ((9, 13), (8, 33)):
