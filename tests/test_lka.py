@@ -245,3 +245,22 @@ def test_convmlp_infer_op_matches_eager(case):
         torch.ops.eimn_C.convmlp_infer_forward(x, w1, b1, wdw, bdw, r(C + 1, hid, 1, 1), r(C + 1), True)
     with pytest.raises(RuntimeError, match="odd"):
         torch.ops.eimn_C.convmlp_infer_forward(x, w1, b1, r(hid, 1, 2, 2), bdw, w2, b2, add)
+
+
+@pytest.mark.skipif("cpu" not in BACKENDS, reason="the cpu backend is not built")
+def test_convmlp_infer_op_same_bits_for_any_thread_count():
+    """A small image splits the hidden channels into slices summed in a fixed order: the result does not depend on
+    the number of threads (1 vs 2 bitwise)."""
+    g = torch.Generator().manual_seed(3)
+    r = lambda *s: torch.randn(*s, generator=g)  # noqa: E731
+    args = (r(1, 40, 7, 7), r(160, 40, 1, 1) * 0.2, r(160), r(160, 1, 3, 3) * 0.3, r(160), r(40, 160, 1, 1) * 0.1,
+            r(40), True)
+    before = torch.get_num_threads()
+    try:
+        outs = []
+        for t in (1, 2):
+            torch.set_num_threads(t)
+            outs.append(torch.ops.eimn_C.convmlp_infer_forward(*args))
+    finally:
+        torch.set_num_threads(before)
+    assert torch.equal(outs[0], outs[1])
