@@ -90,14 +90,8 @@ def _wants_nhwc(model: nn.Module, backend: str, fused: bool) -> bool:
     p = next(model.parameters(), None)
     if not fused or backend not in ("auto", "cuda", "triton") or p is None or p.device.type != "cuda":
         return False
-    from .nhwc import cuda_block_available
-    if backend != "triton" and cuda_block_available():
-        return True
-    try:
-        import triton  # noqa: F401
-    except ImportError:
-        return False
-    return True
+    from .nhwc import cuda_block_available, triton_runs_on
+    return (backend != "triton" and cuda_block_available()) or triton_runs_on("cuda")
 
 
 def optimize_for_inference(model: nn.Module, backend: str = "auto", inplace: bool = False,

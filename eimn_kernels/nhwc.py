@@ -14,11 +14,15 @@ fused layers instead.
 """
 from __future__ import annotations
 
+import functools
+
 import torch
 import torch.nn as nn
 
+from .triton_kernels.block_config import check_fp32_dot
+
 __all__ = ["block_forward", "NHWCEIMNBlock", "use_nhwc_blocks", "FusedAway", "CUDA_WEIGHTS", "CUDA_BLOCK_SMEM",
-           "cuda_block_available", "cuda_block_supports", "resolve_backend"]
+           "cuda_block_available", "cuda_block_supports", "resolve_backend", "triton_runs_on"]
 
 _DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 # The packed weights (triton_kernels/block_pack.Packed fields) in the order of the CUDA kernels' BlockWeights
@@ -108,9 +112,12 @@ def block_forward(x: torch.Tensor, pk, norm: tuple | None = None, backend: str =
     return dffm_apply(a, y, aloc, cg, kk, pk, norm)
 
 
-def _interpreting() -> bool:
-    import os
-    return os.environ.get("TRITON_INTERPRET") == "1"
+@functools.lru_cache(maxsize=None)
+def triton_runs_on(device_type: str) -> bool:
+    """Whether the Triton block kernels run on tensors of ``device_type`` here (backends.triton.available: Triton
+    installed; CUDA, or CPU under TRITON_INTERPRET=1). Cached: a failed ``import triton`` is not retried per call."""
+    from .backends import triton as triton_backend
+    return triton_backend.available(torch.device(device_type))[0]
 
 
 class FusedAway(nn.Module):
@@ -136,12 +143,9 @@ class NHWCEIMNBlock(nn.Module):
     def __init__(self, block: nn.Module, norm: nn.Module | None = None, backend: str = "auto",
                  fp32_dot: str = "tf32x3"):
         super().__init__()
-        from .triton_kernels.block_common import FP32_DOTS
         if backend not in ("auto", "cuda", "triton"):
             raise ValueError(f"NHWCEIMNBlock: backend must be auto, cuda or triton, got {backend!r}")
-        if fp32_dot not in FP32_DOTS:
-            raise ValueError(f"NHWCEIMNBlock: fp32_dot must be one of {FP32_DOTS}, got {fp32_dot!r}")
-        self.block, self.norm, self.backend, self.fp32_dot = block, norm, backend, fp32_dot
+        self.block, self.norm, self.backend, self.fp32_dot = block, norm, backend, check_fp32_dot(fp32_dot)
         self._packs: dict = {}
 
     def _param_list(self) -> list:
@@ -173,11 +177,15 @@ class NHWCEIMNBlock(nn.Module):
         dt = x.dtype
         if x.is_cuda and torch.is_autocast_enabled("cuda"):
             dt = torch.get_autocast_dtype("cuda")
-        fast = ((x.is_cuda or _interpreting()) and dt in _DTYPES and x.dim() == 4
+        fast = ((x.is_cuda or triton_runs_on(x.device.type)) and dt in _DTYPES and x.dim() == 4
                 and not (torch.is_grad_enabled() and (x.requires_grad
                                                       or any(p.requires_grad for p in self._param_list()))))
         if not fast:
             return self._fallback(x)
+        pk = self._pack(dt, x.device)
+        backend = resolve_backend(self.backend, x, pk)
+        if backend == "triton" and not triton_runs_on(x.device.type):
+            return self._fallback(x)  # a CUDA build without Triton, on a block its CUDA kernels do not take
         xn = x.to(dt).permute(0, 2, 3, 1)
         if not xn.is_contiguous():
             xn = xn.contiguous()
@@ -185,14 +193,14 @@ class NHWCEIMNBlock(nn.Module):
         if self.norm is not None:
             norm = (self.norm.weight.detach().float().contiguous(), self.norm.bias.detach().float().contiguous(),
                     float(self.norm.eps))
-        out = block_forward(xn, self._pack(dt, x.device), norm, self.backend)
+        out = block_forward(xn, pk, norm, backend)
         return out.permute(0, 3, 1, 2)
 
 
 def use_nhwc_blocks(model: nn.Module, backend: str = "auto", fp32_dot: str = "tf32x3") -> int:
     """Swap every folded block of an EIMN ``model`` (and the LayerNorm after it) for an NHWCEIMNBlock on ``backend``
-    (auto, cuda, triton) with float32 GEMMs in ``fp32_dot`` precision, in place. Blocks the kernels cannot run (block_pack.unsupported) are left as they are.
-    Returns the number swapped."""
+    (auto, cuda, triton) with float32 GEMMs in ``fp32_dot`` precision, in place. Blocks the kernels cannot run
+    (block_pack.unsupported) are left as they are. Returns the number swapped."""
     from .inference import FoldedEIMNBlock
     from .triton_kernels.block_pack import unsupported
     n = 0

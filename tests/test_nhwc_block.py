@@ -172,3 +172,31 @@ def test_fp32_dot_choice_is_validated_and_kept():
     assert f.block1[0]._pack(torch.float32, torch.device("cpu")).fp32_dot == "tf32"
     with pytest.raises(ValueError, match="fp32_dot"):
         optimize_for_inference(m, nhwc=True, fp32_dot="fp16")
+
+
+def test_nhwc_blocks_without_triton_fall_back():
+    """Packing and NHWCEIMNBlock need no Triton (a CUDA build may lack it): with ``import triton`` failing, the
+    blocks are still built, pack their weights and, where no block kernel can run, run their folded layers."""
+    import subprocess
+    import sys
+    code = (
+        "import sys; sys.modules['triton'] = None\n"
+        "import os; os.environ.pop('TRITON_INTERPRET', None)\n"
+        "import torch, sys as _s; _s.path.insert(0, 'tests')\n"
+        "from _perturbed import perturbed_eimn\n"
+        "from eimn_kernels import optimize_for_inference\n"
+        "from eimn_kernels.nhwc import use_nhwc_blocks, triton_runs_on\n"
+        "m = perturbed_eimn(16, 1, 0)\n"
+        "ref = optimize_for_inference(m, fused=False, nhwc=False)\n"
+        "f = optimize_for_inference(m, fused=False, nhwc=False)\n"
+        "assert use_nhwc_blocks(f) == 1 and not triton_runs_on('cpu') and not triton_runs_on('cuda')\n"
+        "pk = f.block1[0]._pack(torch.float32, torch.device('cpu'))\n"
+        "assert pk.bc == 16 and pk.c1p == 16\n"
+        "x = torch.rand(1, 3, 6, 7)\n"
+        "with torch.no_grad():\n"
+        "    assert torch.allclose(f(x), ref(x), atol=1e-6)\n"
+        "assert 'triton' not in [k for k, v in sys.modules.items() if v is not None]\n"
+        "print('ok')\n")
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    out = subprocess.run([sys.executable, "-c", code], cwd=repo, capture_output=True, text=True)
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr[-2000:]

@@ -13,6 +13,8 @@ import torch
 import triton
 import triton.language as tl
 
+from .block_config import check_fp32_dot
+
 _TL = {torch.float32: tl.float32, torch.float16: tl.float16, torch.bfloat16: tl.bfloat16}
 
 
@@ -23,18 +25,13 @@ def tl_dtype(dt: torch.dtype):
     return _TL[dt]
 
 
-FP32_DOTS = ("tf32x3", "tf32")
-
-
 def dot_config(dt: torch.dtype, fp32_dot: str = "tf32x3"):
     """(DOT operand dtype, input_precision) for activations of dtype ``dt``: fp16 / bf16 MMA with fp32
     accumulation, fp32 as ``fp32_dot``: 'tf32x3' (3xTF32 on tensor cores, ~1e-6 relative, the default) or 'tf32'
     (one TF32 product, ~1e-3, what eager's cuDNN convolutions do by default).
     The Triton interpreter multiplies bf16 dot operands wrongly (raw bits), so there bf16 is widened to fp32."""
     if dt == torch.float32:
-        if fp32_dot not in FP32_DOTS:
-            raise ValueError(f"fp32_dot must be one of {FP32_DOTS}, got {fp32_dot!r}")
-        return tl.float32, fp32_dot
+        return tl.float32, check_fp32_dot(fp32_dot)
     if dt == torch.bfloat16 and os.environ.get("TRITON_INTERPRET") == "1":
         return tl.float32, "ieee"
     return tl_dtype(dt), "ieee"

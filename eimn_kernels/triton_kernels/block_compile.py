@@ -18,7 +18,7 @@ from . import block_config as cfg
 from .block_common import halo_rows
 from .block_molrcm import molrcm_mix_kernel, molrcm_region_kernel
 from .block_sadffm import dffm_apply_kernel, dffm_global_kernel, sadffm_body_kernel
-from .molrcm_common import pow2_block
+from .molrcm_config import pow2_block
 
 __all__ = ["block_specs", "compile_block", "BLOCK_KERNELS"]
 

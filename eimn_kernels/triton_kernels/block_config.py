@@ -27,6 +27,16 @@ APPLY = {"fp32": (64, 4, 4), "half": (128, 4, 3)}
 PROGRAMS_INTERP = 2
 
 
+FP32_DOTS = ("tf32x3", "tf32")  # float32 GEMMs: 3xTF32 (~1e-6 relative) or one TF32 product (~1e-3)
+
+
+def check_fp32_dot(fp32_dot: str) -> str:
+    """``fp32_dot`` if it is one of FP32_DOTS, else ValueError."""
+    if fp32_dot not in FP32_DOTS:
+        raise ValueError(f"fp32_dot must be one of {FP32_DOTS}, got {fp32_dot!r}")
+    return fp32_dot
+
+
 def dtype_class(dt: torch.dtype) -> str:
     """'fp32' or 'half': the key of the tile tables for activations of dtype ``dt``."""
     return "fp32" if dt in (torch.float32, torch.float64) else "half"

@@ -11,7 +11,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 
-from .molrcm_common import pow2_block
+from .block_config import check_fp32_dot
+from .molrcm_config import pow2_block
 
 __all__ = ["Packed", "pack_block", "unsupported"]
 
@@ -111,9 +112,7 @@ def pack_block(attn: nn.Module, mlp: nn.Module, layer_scale_2: torch.Tensor, dty
     """Pack a folded block's MOLRCM ``attn`` and SADFFM ``mlp`` (eimn.model or fused modules, official names)
     and its ``layer_scale_2`` for activations of ``dtype`` on ``device``; ``fp32_dot``: the float32 GEMMs' precision
     ('tf32x3' or 'tf32')."""
-    from .block_common import FP32_DOTS
-    if fp32_dot not in FP32_DOTS:
-        raise ValueError(f"fp32_dot must be one of {FP32_DOTS}, got {fp32_dot!r}")
+    check_fp32_dot(fp32_dot)
     why = unsupported(attn, mlp)
     if why is not None:
         raise ValueError(f"NHWC block kernels: unsupported layer: {why}")

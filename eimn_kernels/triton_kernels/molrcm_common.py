@@ -7,6 +7,7 @@ import triton
 import triton.language as tl
 
 from . import molrcm_config as cfg
+from .molrcm_config import pow2_block  # noqa: F401  (re-exported: the kernels' launchers import it from here)
 
 _SQRT1_2 = 0.7071067811865476
 _INV_SQRT_2PI = 0.3989422804014327
@@ -55,11 +56,6 @@ def dot_precision(dt: torch.dtype) -> str:
     if dt == torch.float64:
         return "ieee"
     return cfg.FP32_DOT_PRECISION
-
-
-def pow2_block(n: int, minimum: int = 16) -> int:
-    """Padded block size (power of two, >= minimum: tl.dot needs dims >= 16) holding n."""
-    return max(minimum, triton.next_power_of_2(max(int(n), 1)))
 
 
 def reduce_rows(part: torch.Tensor, out_dtype: torch.dtype) -> torch.Tensor:

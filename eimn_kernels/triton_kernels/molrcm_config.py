@@ -43,6 +43,12 @@ BLOCK_RED = 256
 FP32_DOT_PRECISION = "tf32x3"
 
 
+def pow2_block(n: int, minimum: int = 16) -> int:
+    """Padded block size (power of two, >= minimum: tl.dot needs dims >= 16) holding n. Plain Python (no Triton
+    import), so that code packing weights for the kernels loads where Triton is missing."""
+    return max(minimum, 1 << (max(int(n), 1) - 1).bit_length())
+
+
 def gemm_config(dtype, backward: bool) -> tuple[int, int]:
     """(BLOCK_P, num_warps) of a 1x1 GEMM kernel for torch dtype ``dtype``."""
     if interpreting():
