@@ -28,8 +28,9 @@ from .ops import conv1x1, dw_mix, lka
 
 __all__ = ["FoldedLKABlock", "is_van_block", "fold_van_block", "fold_conv_bn"]
 
-# Widths from which the MLP's depthwise 3x3 runs as our dw_mix (one conv, the rest identity) rather than PyTorch's:
-# measured on the 2-core Xeon, 2 threads, ms per call: 1x256x56x56 0.48 vs 4.21 (oneDNN's NCHW depthwise);
+# Widths from which the MLP's depthwise 3x3 runs as our dw_mix (one conv, the rest identity) rather than PyTorch's,
+# where the whole-MLP CPU kernel does not run (autograd on CPU, other backends). Measured on the 2-core Xeon, 2
+# threads, ms per call (a GPU is unmeasured): 1x256x56x56 0.48 vs 4.21 (oneDNN's NCHW depthwise);
 # 1x512x28x28 0.70 vs 0.36, 1x640x14x14 0.24 vs 0.18, 1x1024x7x7 0.13 vs 0.12.
 _OWN_DW_MIN_W = 32
 
@@ -62,9 +63,9 @@ def is_van_block(m: nn.Module) -> bool:
     return _is_mlp(m.mlp, dim) and m.layer_scale_1.shape == (dim,) and m.layer_scale_2.shape == (dim,)
 
 
-def _convmlp_here(a: torch.Tensor, backend: str) -> bool:
-    """Whether the MLP runs as eimn_C::convmlp_infer_forward: a CPU float32 / float64 tensor without autograd,
-    backend auto or cpu, the extension built."""
+def _cpu_fast_path(a: torch.Tensor, backend: str) -> bool:
+    """Whether the block runs as the CPU C++ ops called straight, its MLP as eimn_C::convmlp_infer_forward: a CPU
+    float32 / float64 tensor without autograd, backend auto or cpu, the extension built."""
     from . import _ext
     return (a.device.type == "cpu" and a.dtype in (torch.float32, torch.float64) and backend in ("auto", "cpu")
             and not (torch.is_grad_enabled() and a.requires_grad) and _ext.extension_loaded())
@@ -87,7 +88,7 @@ class FoldedLKABlock(nn.Module):
             a = at.proj_2(u) + xs
             return a + fc2(F.gelu(dw(fc1(a))))
         b = self.backend
-        if _convmlp_here(x, b):
+        if _cpu_fast_path(x, b):
             return self._cpu_inference(x, xs)
         u = conv1x1(x, at.proj_1.weight, at.proj_1.bias, act="gelu", backend=b)
         u = lka(u, sgu.conv0.weight, sgu.conv0.bias, sgu.conv_spatial.weight, sgu.conv_spatial.bias,
@@ -100,7 +101,6 @@ class FoldedLKABlock(nn.Module):
         else:
             h = dw(h)
         return conv1x1(F.gelu(h), fc2.weight, fc2.bias, residual=a, backend=b)
-
 
     def _cpu_inference(self, x: torch.Tensor, xs: torch.Tensor) -> torch.Tensor:
         """The fused path on CPU without autograd: the C++ ops called straight (they check their inputs; the block's

@@ -71,6 +71,9 @@ void dw_mix_fwd_blocked(const Geom& g, const T* qp, const T* w0p, const T* b0p, 
                         const T* w2p, const T* b2p, T* op) {
   constexpr int L = 64 / static_cast<int>(sizeof(T));  // one 64-byte vector of channels
   const int64_t HW = g.H * g.W, nb = (g.C + L - 1) / L, plane = g.Hp * g.Wp * L;
+  // a padded block buffer's pixel (y, x) of the interior, and its (-P, -P) for a conv of padding P
+  auto at = [&](T* buf, int64_t y, int64_t x) { return buf + ((g.Pm + y) * g.Wp + g.Pm + x) * L; };
+  auto padded = [&](T* buf, int64_t P) { return buf + ((g.Pm - P) * g.Wp + (g.Pm - P)) * L; };
   at::parallel_for(0, g.N * nb, 1, [&](int64_t t0, int64_t t1) {
     // zero borders stay zero; interiors rewritten per block; slack for dw_block_taps' last register block
     std::vector<T> qb(plane + kBlockXB * L, T(0)), rb(plane + kBlockXB * L, T(0));
@@ -81,18 +84,16 @@ void dw_mix_fwd_blocked(const Geom& g, const T* qp, const T* w0p, const T* b0p, 
       // q block in, transposed to [y][x][lane]; lanes past C zero
       for (int64_t y = 0; y < g.H; ++y)
         for (int64_t x = 0; x < g.W; ++x) {
-          T* dst = qb.data() + ((g.Pm + y) * g.Wp + g.Pm + x) * L;
+          T* dst = at(qb.data(), y, x);
           for (int l = 0; l < L; ++l) dst[l] = l < cl ? qp[(n * g.C + c0 + l) * HW + y * g.W + x] : T(0);
         }
       // r = DW0(q) + b0 into rb's interior
       std::fill(b0b.begin(), b0b.end(), T(0));
       dw_block_weights<T, L>(w0p, b0p, g.K0, 0, g.C, c0, g.C, w0b.data(), b0b.data());
       for (int64_t p = 0; p < HW; ++p) std::copy(b0b.begin(), b0b.end(), acc.begin() + p * L);
-      dw_block_taps<T, L>(qb.data() + ((g.Pm - g.P0) * g.Wp + (g.Pm - g.P0)) * L, g.Wp, g.H, g.W, w0b.data(), g.K0,
-                          g.d0, acc.data(), g.W * L);
+      dw_block_taps<T, L>(padded(qb.data(), g.P0), g.Wp, g.H, g.W, w0b.data(), g.K0, g.d0, acc.data(), g.W * L);
       for (int64_t y = 0; y < g.H; ++y)
-        std::copy(acc.begin() + y * g.W * L, acc.begin() + (y + 1) * g.W * L,
-                  rb.begin() + ((g.Pm + y) * g.Wp + g.Pm) * L);
+        std::copy(acc.begin() + y * g.W * L, acc.begin() + (y + 1) * g.W * L, at(rb.data(), y, 0));
       // y = identity lanes' r + the groups' convs of r + their biases
       std::fill(ybias.begin(), ybias.end(), T(0));
       dw_block_weights<T, L>(w1p, b1p, g.K1, 0, g.c1, c0, g.C, w1b.data(), ybias.data());
@@ -100,18 +101,16 @@ void dw_mix_fwd_blocked(const Geom& g, const T* qp, const T* w0p, const T* b0p, 
       for (int l = 0; l < L; ++l) idm[l] = (c0 + l >= g.c1 && c0 + l < g.c1 + g.c2) ? T(1) : T(0);
       for (int64_t y = 0; y < g.H; ++y)
         for (int64_t x = 0; x < g.W; ++x) {
-          const T* r = rb.data() + ((g.Pm + y) * g.Wp + g.Pm + x) * L;
+          const T* r = at(rb.data(), y, x);
           T* a = acc.data() + (y * g.W + x) * L;
 #pragma omp simd
           for (int l = 0; l < L; ++l) a[l] = ybias[l] + idm[l] * r[l];
         }
       const bool has1 = g.c1 > 0 && c0 < g.c1, has2 = g.c3 > 0 && c0 + cl > g.c1 + g.c2;
       if (has1)
-        dw_block_taps<T, L>(rb.data() + ((g.Pm - g.P1) * g.Wp + (g.Pm - g.P1)) * L, g.Wp, g.H, g.W, w1b.data(),
-                            g.K1, g.d1, acc.data(), g.W * L);
+        dw_block_taps<T, L>(padded(rb.data(), g.P1), g.Wp, g.H, g.W, w1b.data(), g.K1, g.d1, acc.data(), g.W * L);
       if (has2)
-        dw_block_taps<T, L>(rb.data() + ((g.Pm - g.P2) * g.Wp + (g.Pm - g.P2)) * L, g.Wp, g.H, g.W, w2b.data(),
-                            g.K2, g.d2, acc.data(), g.W * L);
+        dw_block_taps<T, L>(padded(rb.data(), g.P2), g.Wp, g.H, g.W, w2b.data(), g.K2, g.d2, acc.data(), g.W * L);
       // out, transposed back
       for (int l = 0; l < cl; ++l) {
         T* o = op + (n * g.C + c0 + l) * HW;
