@@ -6,6 +6,7 @@
 #include <torch/library.h>
 #include <Python.h>
 
+#include "cpu/cpu_gemm_bf16.h"
 #include "cpu/cpu_pool.h"
 
 namespace eimn {
@@ -18,6 +19,7 @@ bool built_with_cuda() {
 }
 std::vector<int64_t> cpu_pool_stats() { return cpu::pool().stats(); }
 void cpu_pool_clear() { cpu::pool().clear(); }
+std::string cpu_bf16_engine() { return cpu::bf16::available() ? "avx512_bf16" : ""; }
 }  // namespace eimn
 
 TORCH_LIBRARY(eimn_C, m) {
@@ -26,6 +28,8 @@ TORCH_LIBRARY(eimn_C, m) {
   // misses, cap bytes], and freeing every cached block.
   m.def("cpu_pool_stats() -> int[]", &eimn::cpu_pool_stats);
   m.def("cpu_pool_clear() -> ()", &eimn::cpu_pool_clear);
+  // The engine of the CPU ops' bfloat16 GEMMs on this CPU (csrc/cpu/cpu_gemm_bf16.h): "avx512_bf16", or "" (none).
+  m.def("cpu_bf16_engine() -> str", &eimn::cpu_bf16_engine);
   // MOLRCM spatial mixing: y = cat(DW1(r[:c1]), r[c1:c1+c2], DW2(r[c1+c2:])), r = DW0(q).
   m.def("dw_mix_forward(Tensor q, Tensor w0, Tensor b0, Tensor w1, Tensor b1, Tensor w2, Tensor b2, "
         "int c1, int c2, int d0, int d1, int d2) -> Tensor");
@@ -80,7 +84,12 @@ TORCH_LIBRARY(eimn_C, m) {
   // Whole SADFFM layer, forward only (inference; CPU): dffm_out(gated_dwconv(x)) without writing h.
   m.def("sadffm_infer_forward(Tensor x, Tensor w_in, Tensor b_in, Tensor w_dw, Tensor b_dw, Tensor w_out, "
         "Tensor b_out, Tensor ln_w, Tensor ln_b, Tensor w_gr, Tensor b_gr, Tensor w_lr, Tensor b_lr, Tensor w_ce, "
-        "Tensor b_ce, Tensor w_se, Tensor b_se, float eps) -> Tensor");
+        "Tensor b_ce, Tensor w_se, Tensor b_se, float eps, bool bf16=False) -> Tensor");
+  // Whole MOLRCM layer, forward only (inference; CPU): gate_out(dw_mix(proj_qv(x))) in one call. bf16 (here and in
+  // sadffm_infer_forward): the 1x1 GEMMs in bfloat16 with float32 sums (float32 tensors, AVX512-BF16 CPUs).
+  m.def("molrcm_infer_forward(Tensor x, Tensor wq, Tensor bq, Tensor wv, Tensor bv, Tensor w0, Tensor b0, "
+        "Tensor w1, Tensor b1, Tensor w2, Tensor b2, Tensor wf, Tensor bf, Tensor wo, Tensor bo, int c1, int c2, "
+        "int d0, int d1, int d2, bool bf16) -> Tensor");
   // Whole SADFFM layer for training (CPU): (out, stash) with h kept only in the GEMM's packed layout inside the
   // stash; the backward returns the gradients of x and of the 16 weights, in argument order.
   m.def("sadffm_forward_stash(Tensor x, Tensor w_in, Tensor b_in, Tensor w_dw, Tensor b_dw, Tensor w_out, "

@@ -34,7 +34,10 @@ def _common(p: argparse.ArgumentParser) -> None:
     g.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (cuda when available)")
     prec = g.add_mutually_exclusive_group()
     prec.add_argument("--half", action="store_true", help="run the model in float16")
-    prec.add_argument("--bf16", action="store_true", help="run the model in bfloat16")
+    prec.add_argument("--bf16", action="store_true",
+                      help="bfloat16: on a GPU (or with --unfused) the model in bfloat16; on CPU the fused model's "
+                           "1x1 GEMMs in bfloat16 with float32 sums, the rest float32 (needs AVX512-BF16; without "
+                           "AMX not faster than float32, see the README)")
     g.add_argument("--threads", type=int, default=0, help="CPU threads for torch (default: torch's choice)")
     t = p.add_argument_group("tiling")
     t.add_argument("--tile", type=_nonneg_int, default=0,
@@ -182,6 +185,26 @@ def _dtype(args):
     return torch.float16 if args.half else torch.bfloat16 if args.bf16 else torch.float32
 
 
+def _cpu_bf16(args, device, fused: bool) -> bool:
+    """--bf16 on CPU for the fused model (backend auto or cpu): float32 tensors with bfloat16 GEMMs
+    (optimize_for_inference(precision="bf16")) rather than a bfloat16 model, which only the slow reference ops would
+    run (--backend reference still does that). Fails early, in one line, where the CPU has no bfloat16 instructions."""
+    if not (args.bf16 and fused and device.type == "cpu" and args.backend in ("auto", "cpu")):
+        return False
+    ek = _import_kernels()
+    try:
+        ek.require_bf16_engine()
+    except RuntimeError as e:
+        raise CLIError(f"--bf16 on CPU: {e}") from None
+    return True
+
+
+def _run_dtype(args, device, fused: bool):
+    """The dtype the model and its inputs run in: float32 where --bf16 means bfloat16 GEMMs on CPU."""
+    import torch
+    return torch.float32 if _cpu_bf16(args, device, fused) else _dtype(args)
+
+
 def _import_kernels():
     """Import eimn_kernels without its 'extension not built' warning: an explicit --backend that
     cannot run is reported by _check_backend, and 'auto' shows what it picked."""
@@ -204,10 +227,11 @@ def _check_backend(args, device, dtype) -> str:
         raise CLIError(str(e)) from None
 
 
-def _load(path: str, fused: bool, backend: str, device, dtype):
+def _load(path: str, fused: bool, backend: str, device, dtype, cpu_bf16: bool = False):
     """The model of weight file ``path`` on ``device`` / ``dtype``, eval mode. ``fused``: the inference form of the
     fused model (eimn_kernels.optimize_for_inference: BatchNorm and layer scales folded, fused layers and channel
-    LayerNorms; the CLI only runs inference), else the eager port."""
+    LayerNorms; the CLI only runs inference), else the eager port. ``cpu_bf16``: its 1x1 GEMMs in bfloat16
+    (precision="bf16"; float32 model)."""
     from .load import load_model
     if fused:
         ek = _import_kernels()
@@ -216,7 +240,8 @@ def _load(path: str, fused: bool, backend: str, device, dtype):
     except (FileNotFoundError, ValueError) as e:
         raise CLIError(_weights_error(path, e)) from None
     if fused:
-        model = ek.optimize_for_inference(model, backend=backend, inplace=True)
+        model = ek.optimize_for_inference(model, backend=backend, inplace=True,
+                                          precision="bf16" if cpu_bf16 else "fp32")
     return model.to(device=device, dtype=dtype)
 
 
@@ -289,9 +314,11 @@ def cmd_upscale(args) -> int:
     files = list_images(args.inputs, recursive=args.recursive)
     for f in files:            # fail on a bad file before loading the model
         check_image(f)
-    device, dtype = _device(args.device), _dtype(args)
+    device = _device(args.device)
+    cpu_bf16 = _cpu_bf16(args, device, not args.unfused)
+    dtype = _run_dtype(args, device, not args.unfused)
     resolved = _check_backend(args, device, dtype)
-    model = _load(args.weights, not args.unfused, args.backend, device, dtype)
+    model = _load(args.weights, not args.unfused, args.backend, device, dtype, cpu_bf16)
     scale = model.scale
     outs = [_output_path(args, f, scale) for f in files]
     dup = {o for o in outs if outs.count(o) > 1}
@@ -302,7 +329,7 @@ def cmd_upscale(args) -> int:
         raise CLIError(f"{args.output}: exists and is not a folder")
     os.makedirs(args.output, exist_ok=True)
     _note(args, f"{model.variant} x{scale}, path {_path_label(args, resolved)}, {device}, "
-          f"{str(dtype).replace('torch.', '')}, {len(files)} image(s)")
+          f"{str(dtype).replace('torch.', '')}{' with bfloat16 GEMMs' if cpu_bf16 else ''}, {len(files)} image(s)")
 
     def run(x_np: np.ndarray, bar) -> np.ndarray:
         x = torch.from_numpy(x_np).permute(2, 0, 1)[None].to(device=device, dtype=dtype)
@@ -410,7 +437,7 @@ def cmd_eval(args) -> int:
     if False in paths:
         saved = args.unfused
         args.unfused = False
-        resolved = _check_backend(args, device, dtype)
+        resolved = _check_backend(args, device, _run_dtype(args, device, True))
         args.unfused = saved
 
     out = sys.stderr if args.json == "-" else sys.stdout
@@ -430,11 +457,13 @@ def cmd_eval(args) -> int:
             for eager in paths:
                 label = "reference" if eager else f"fused:{args.backend}" + (
                     f"->{resolved}" if args.backend == "auto" else "")
-                model = _load(w, not eager, args.backend, device, dtype)
+                cpu_bf16, run_dtype = _cpu_bf16(args, device, not eager), _run_dtype(args, device, not eager)
+                label += "+bf16gemm" if cpu_bf16 else ""
+                model = _load(w, not eager, args.backend, device, run_dtype, cpu_bf16)
                 desc = f"{os.path.basename(w)} {name} {label}"
                 with _tqdm(args, total=len(samples), desc=desc, unit="img", leave=False) as bar:
                     res = evaluate_samples(model, samples, scale, dataset=name, path=label, device=device,
-                                           dtype=dtype, tile=args.tile, overlap=args.tile_overlap,
+                                           dtype=run_dtype, tile=args.tile, overlap=args.tile_overlap,
                                            progress=bar.update)
                 row = {"weights": w, "model": os.path.splitext(os.path.basename(w))[0],
                        "variant": variant_name(cfg), **res.to_dict()}

@@ -15,6 +15,7 @@ import copy
 import torch
 import torch.nn as nn
 
+from .cpu_bf16 import mark_bf16, require_bf16_engine
 from .fuse import fuse, is_molrcm, is_sadffm
 from .inference_fold import bn_affine, fold_input_affine, fold_output_scale
 from .lka_inference import fold_conv_bn, fold_van_block, is_van_block
@@ -84,6 +85,21 @@ def _fold_tree(model: nn.Module, backend: str, fused: bool = True) -> int:
     return n
 
 
+def _check_bf16(model: nn.Module, fused: bool, backend: str) -> None:
+    """precision="bf16" asks for the CPU path's bfloat16 GEMMs: a fused model on the CPU, backend auto or cpu, with
+    the engine."""
+    if not fused:
+        raise ValueError("precision='bf16' runs the fused layers' bfloat16 GEMMs: it needs fused=True")
+    if backend not in ("auto", "cpu"):
+        raise ValueError(f"precision='bf16' runs the cpu backend's bfloat16 GEMMs: backend must be 'auto' or 'cpu', "
+                         f"got {backend!r}")
+    p = next(model.parameters(), None)
+    if p is not None and p.device.type != "cpu":
+        raise ValueError(f"precision='bf16' is the CPU path (the model is on {p.device}); on a GPU run a bfloat16 "
+                         "model instead: model.to(torch.bfloat16)")
+    require_bf16_engine()
+
+
 def _wants_nhwc(model: nn.Module, backend: str, fused: bool) -> bool:
     """The default of ``nhwc``: a fused model on a CUDA device, backend auto / cuda / triton, with block kernels
     for it (the compiled CUDA ones, or Triton importable)."""
@@ -96,7 +112,7 @@ def _wants_nhwc(model: nn.Module, backend: str, fused: bool) -> bool:
 
 def optimize_for_inference(model: nn.Module, backend: str = "auto", inplace: bool = False,
                            fused: bool = True, cuda_graphs: bool = False, max_graphs: int = 8,
-                           nhwc: bool | None = None, fp32_dot: str = "tf32x3") -> nn.Module:
+                           nhwc: bool | None = None, fp32_dot: str = "tf32x3", precision: str = "fp32") -> nn.Module:
     """Eval-only copy of ``model`` with every EIMN block folded and MOLRCM/SADFFM fused.
 
     Outputs equal the eval-mode original within fp32 rounding. The result is in eval mode,
@@ -109,8 +125,15 @@ def optimize_for_inference(model: nn.Module, backend: str = "auto", inplace: boo
     :mod:`eimn_kernels.nhwc` (tensor-core 1x1s, channels_last between blocks; CUDA for backend cuda / auto where
     built, Triton for triton or other widths), their float32 GEMMs as 3xTF32 (``fp32_dot="tf32x3"``, ~1e-6
     relative) or one TF32 product (``"tf32"``, ~1e-3, eager cuDNN's default); those blocks fall back to the folded
-    layers for CPU tensors, float64 or autograd.
+    layers for CPU tensors, float64 or autograd. ``precision="bf16"`` (fused, CPU): the 1x1 GEMMs of every MOLRCM and
+    SADFFM layer in bfloat16 with float32 sums on float32 CPU inputs (:mod:`eimn_kernels.cpu_bf16`; RuntimeError on a
+    CPU without AVX512-BF16); everything else, and the model's inputs and outputs, stay float32. On a GPU, run a
+    bfloat16 model instead (``model.to(torch.bfloat16)``).
     """
+    if precision not in ("fp32", "bf16"):
+        raise ValueError(f"precision must be 'fp32' or 'bf16', got {precision!r}")
+    if precision == "bf16":
+        _check_bf16(model, fused, backend)
     if not inplace:
         model = copy.deepcopy(model)
     model.eval()
@@ -123,6 +146,8 @@ def optimize_for_inference(model: nn.Module, backend: str = "auto", inplace: boo
         if nhwc or (nhwc is None and _wants_nhwc(model, backend, fused)):
             from .nhwc import use_nhwc_blocks
             use_nhwc_blocks(model, backend if backend in ("cuda", "triton") else "auto", fp32_dot)
+    if precision == "bf16":
+        mark_bf16(model)
     for p in model.parameters():
         p.requires_grad_(False)
     if cuda_graphs:

@@ -4,6 +4,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
+from .cpu_bf16 import runs_bf16
 from .ops import channel_layer_norm, dw_mix, gate_out, proj_qv, sadffm_layer
 
 __all__ = ["MOLRCM", "SADFFM", "ChannelLayerNorm"]
@@ -130,7 +131,13 @@ class MOLRCM(nn.Module):
                ("spatial_1", "bias"), ("spatial_2", "weight"), ("spatial_2", "bias"), ("fusion", "weight"),
                ("fusion", "bias"), ("out", "weight"), ("out", "bias"))
 
+    cpu_bf16 = False  # set by optimize_for_inference(precision="bf16") (eimn_kernels.cpu_bf16)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.cpu_bf16 and runs_bf16(self, x):
+            c1, c2, _ = self.split
+            return torch.ops.eimn_C.molrcm_infer_forward(x, *_params(self, self._PARAMS), c1, c2, *self.dilations,
+                                                         True)
         return _forward(self, x)
 
     def _run(self, x, wq, bq, wv, bv, w0, b0, w1, b1, w2, b2, wf, bf, wo, bo):
@@ -140,7 +147,8 @@ class MOLRCM(nn.Module):
         return gate_out(y, v, wf, bf, wo, bo, backend=self.backend)
 
     def extra_repr(self) -> str:
-        return f"dim={self.dim}, split={self.split}, dilations={self.dilations}, backend={self.backend!r}"
+        bf = ", cpu_bf16=True" if self.cpu_bf16 else ""
+        return f"dim={self.dim}, split={self.split}, dilations={self.dilations}, backend={self.backend!r}{bf}"
 
 
 class SADFFM(nn.Module):
@@ -172,14 +180,20 @@ class SADFFM(nn.Module):
                ("DFFM", "channel_expand", "weight"), ("DFFM", "channel_expand", "bias"),
                ("DFFM", "spatial_expand", "weight"), ("DFFM", "spatial_expand", "bias"))
 
+    cpu_bf16 = False  # set by optimize_for_inference(precision="bf16") (eimn_kernels.cpu_bf16)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.cpu_bf16 and runs_bf16(self, x):
+            return torch.ops.eimn_C.sadffm_infer_forward(x, *_params(self, self._PARAMS),
+                                                         getattr(self.DFFM.norm, "eps", 1e-6), True)
         return _forward(self, x)
 
     def _run(self, x: torch.Tensor, *params: torch.Tensor) -> torch.Tensor:
         return sadffm_layer(x, *params, getattr(self.DFFM.norm, "eps", 1e-6), backend=self.backend)
 
     def extra_repr(self) -> str:
-        return f"dim={self.dim}, hidden={self.hidden}, backend={self.backend!r}"
+        bf = ", cpu_bf16=True" if self.cpu_bf16 else ""
+        return f"dim={self.dim}, hidden={self.hidden}, backend={self.backend!r}{bf}"
 
 
 class ChannelLayerNorm(nn.Module):

@@ -2,6 +2,8 @@
 #pragma once
 #include <ATen/ATen.h>
 
+#include "cpu/cpu_gemm_bf16.h"
+
 namespace eimn::cpu {
 
 // An NCHW image of the CPU kernels: 4-d, on the CPU, float32 or float64, no empty dimension.
@@ -20,6 +22,13 @@ inline void check_like(const at::Tensor& t, const char* op, const char* name, co
   TORCH_CHECK(t.scalar_type() == ref.scalar_type(), op, ": ", name, " has dtype ", t.scalar_type(),
               ", the input has ", ref.scalar_type());
   TORCH_CHECK(t.sizes() == shape, op, ": ", name, " must have shape ", shape, ", got ", t.sizes());
+}
+
+// The bfloat16 GEMM path (precision="bf16"): float32 tensors on a CPU with the engine of cpu_gemm_bf16.h.
+inline void check_bf16(const at::Tensor& x, const char* op) {
+  TORCH_CHECK(x.scalar_type() == at::kFloat, op, ": bf16 GEMMs take float32 tensors, got ", x.scalar_type());
+  TORCH_CHECK(bf16::available(), op, ": bf16 GEMMs need a CPU with AVX512-BF16 (Cooper Lake, Sapphire Rapids or "
+              "later, Zen 4); this one has none: use precision=\"fp32\"");
 }
 
 }  // namespace eimn::cpu

@@ -293,15 +293,17 @@ at::Tensor sadffm_infer_forward(const at::Tensor& x_, const at::Tensor& w_in_, c
                                 const at::Tensor& b_out, const at::Tensor& ln_w, const at::Tensor& ln_b,
                                 const at::Tensor& w_gr, const at::Tensor& b_gr, const at::Tensor& w_lr,
                                 const at::Tensor& b_lr, const at::Tensor& w_ce, const at::Tensor& b_ce,
-                                const at::Tensor& w_se, const at::Tensor& b_se, double eps) {
+                                const at::Tensor& w_se, const at::Tensor& b_se, double eps, bool bf16) {
   check_gated_dwconv(x_, w_in_, b_in_, w_dw_, b_dw_);
+  if (bf16) check_bf16(x_, "eimn_C::sadffm_infer_forward (cpu)");
   const int64_t N = x_.size(0), C = x_.size(1), H = x_.size(2), W = x_.size(3), hid = w_in_.size(0) / 2;
   auto ws = check_dffm_weights(hid, x_, {w_out, b_out, ln_w, ln_b, w_gr, b_gr, w_lr, b_lr, w_ce, b_ce, w_se, b_se});
   // Below the threshold the two kernels run back to back, h passed between them in the packed panel layout that
   // the second one's GEMM reads in place (streaming stores; no strided re-read of h per tile). Measured, 2 threads,
   // the single kernel against the two: 4x64x64x64 (h = 11 MB) 1.03-1.04x, 8x64x64x64 1.03x, 1x64x64x64 1.00x,
   // 1x64x32x32 0.91x; 1x64x180x320 (h = 39 MB) 0.96x, kept there as it never holds h in memory.
-  const bool single = N * hid * H * W * int64_t(x_.element_size()) >= infer_min_hidden_bytes();
+  // bf16 runs the single kernel at every size (its GEMMs are the bfloat16 ones).
+  const bool single = bf16 || N * hid * H * W * int64_t(x_.element_size()) >= infer_min_hidden_bytes();
   auto x = x_.contiguous(), w_in = w_in_.contiguous(), b_in = b_in_.contiguous(), w_dw = w_dw_.contiguous(),
        b_dw = b_dw_.contiguous();
   const int64_t Co = ws[0].size(0), K = w_dw.size(-1);
@@ -311,7 +313,7 @@ at::Tensor sadffm_infer_forward(const at::Tensor& x_, const at::Tensor& w_in_, c
     const DffmW<T> dw = dffm_weights<T>(ws, hid, eps);
     if (single) {
       sadffm_infer_kernel<T>(x.data_ptr<T>(), w_in.data_ptr<T>(), b_in.data_ptr<T>(), w_dw.data_ptr<T>(),
-                             b_dw.data_ptr<T>(), dw, out.data_ptr<T>(), N, int(C), H, W, int(K));
+                             b_dw.data_ptr<T>(), dw, out.data_ptr<T>(), N, int(C), H, W, int(K), bf16);
       return;
     }
     auto hp = pooled_empty({N * panel_image_numel<T>(hid, H * W)}, x.options());

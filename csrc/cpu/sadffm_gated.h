@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "cpu/cpu_gemm.h"
+#include "cpu/cpu_gemm_bf16.h"
 #include "cpu/cpu_reduce.h"
 #include "cpu/sadffm_common.h"
 #include "cpu/sadffm_dwconv.h"
@@ -39,6 +40,20 @@ template <typename T> struct PairGroupWeights {
     }
   }
 };
+
+// W_in in PairGroupWeights' row order as bfloat16 pairs (cpu_gemm_bf16.h), for the bf16 inference GEMMs: group g's
+// rows from row 2 * c0 on.
+template <typename T> bf16::Weights bf16_pair_group_weights(const T* w_in, int C, int hid) {
+  std::vector<T> rows(size_t(2) * hid * C);
+  for (int c0 = 0; c0 < hid; c0 += kGroup) {
+    const int gs = std::min(kGroup, hid - c0);
+    for (int j = 0; j < gs; ++j)
+      for (int s = 0; s < 2; ++s)
+        std::copy(w_in + int64_t(s * hid + c0 + j) * C, w_in + int64_t(s * hid + c0 + j + 1) * C,
+                  rows.data() + int64_t(2 * c0 + s * gs + j) * C);
+  }
+  return bf16_weights<T>(rows.data(), 2 * hid, C);
+}
 
 // The gated_dwconv forward's stash for its backward (gated_dwconv_forward_stash): U = W_in x + b_in, all 2*hid
 // channels in linear_in's order, (N, 2*hid, H, W) contiguous after kRowGuard zeros and followed by kRowGuard zeros

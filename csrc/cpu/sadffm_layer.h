@@ -19,9 +19,11 @@ namespace {  // one translation unit: sadffm_cpu.cpp includes every slice
 // Whole SADFFM layer, forward only (inference): h = gated_dwconv(x) is produced band by band into packed GEMM
 // panels and consumed at once by y = W_out h + b_out, so h (N x hid x H x W) never goes to memory; y goes to
 // out, and the DFFM gate is applied to it in place in a second pass (the global mean needs all of y first).
+// bf16: W_in and W_out in bfloat16 with float32 sums (cpu_gemm_bf16.h; x packed straight into bfloat16 pairs);
+// the depthwise convolution, the gate and the DFFM (its small W_lr GEMM included) stay float32.
 template <typename T>
 void sadffm_infer_kernel(const T* x, const T* w_in, const T* b_in, const T* w_dw, const T* b_dw, const DffmW<T>& w,
-                         T* out, int64_t N, int C, int64_t H, int64_t W, int K) {
+                         T* out, int64_t N, int C, int64_t H, int64_t W, int K, bool bf16 = false) {
   const int hid = w.hid, pad = K / 2, Co = w.C, R = w.R;
   const int64_t HW = H * W;
   // Bands of ~6144 pixels: the 1x1 recompute on the K/2-row halos stays ~10%.
@@ -30,11 +32,14 @@ void sadffm_infer_kernel(const T* x, const T* w_in, const T* b_in, const T* w_dw
   const int64_t tpb = (band * W + kPT - 1) / kPT;  // LayerNorm-sum slots per band (the last band may use fewer)
   const int ngroups = (hid + kGroup - 1) / kGroup;
   const PairGroupWeights<T> pw(w_in, b_in, C, hid);
+  const bf16::Weights win_b = bf16 ? bf16_pair_group_weights<T>(w_in, C, hid) : bf16::Weights();
+  const bf16::Weights wout_b = bf16 ? bf16_weights<T>(w.w_out, Co, hid) : bf16::Weights();
   Scratch<T> aloc(size_t(N) * HW);
   std::vector<T> ysum(size_t(items) * tpb * Co, T(0));
   at::parallel_for(0, items, 1, [&](int64_t i0, int64_t i1) {
     const int64_t maxPu = std::min(H, band + 2 * pad) * W;
-    Scratch<T> xpack(panel_image_numel<T>(C, maxPu)), acc(2 * size_t(band) * W);  // written before read
+    Scratch<T> xpack(bf16 ? 0 : panel_image_numel<T>(C, maxPu)), acc(2 * size_t(band) * W);  // written before read
+    std::vector<uint32_t> xpairs(bf16 ? size_t((maxPu + bf16::kNR - 1) / bf16::kNR) * bf16::kNR * win_b.KP : 0);
     GuardedBuf<T> ubuf(size_t(2 * kGroup) * maxPu), zeros(W);
     // hpack: lanes past the band's last pixel are never read into a stored column (GEMM columns are independent),
     // so it is not cleared.
@@ -45,11 +50,15 @@ void sadffm_infer_kernel(const T* x, const T* w_in, const T* b_in, const T* w_dw
       const int64_t n = it / nbands, r0 = (it % nbands) * band, r1 = std::min(H, r0 + band);
       const int64_t ua = std::max<int64_t>(0, r0 - pad), ub = std::min(H, r1 + pad);
       const int64_t Pu = (ub - ua) * W, Pb = (r1 - r0) * W;
-      pack_b<T>(C, Pu, x + n * C * HW + ua * W, HW, xpack.data());
+      if (bf16) bf16_pack_pairs<T>(C, Pu, x + n * C * HW + ua * W, HW, xpairs.data());
+      else pack_b<T>(C, Pu, x + n * C * HW + ua * W, HW, xpack.data());
       for (int g = 0; g < ngroups; ++g) {
         const int c0 = g * kGroup, gs = std::min(kGroup, hid - c0);
-        gemm_blk_packed<T>(2 * gs, C, Pu, pw.w.data() + int64_t(2 * c0) * C, xpack.data(), ubuf.data(), Pu,
-                          pw.b.data() + 2 * c0, false);
+        if (bf16)
+          bf16_gemm_pairs<T>(2 * c0, 2 * c0 + 2 * gs, win_b, Pu, xpairs.data(), ubuf.data(), Pu, pw.b.data() + 2 * c0);
+        else
+          gemm_blk_packed<T>(2 * gs, C, Pu, pw.w.data() + int64_t(2 * c0) * C, xpack.data(), ubuf.data(), Pu,
+                            pw.b.data() + 2 * c0, false);
         for (int j = 0; j < gs; ++j) {
           const int c = c0 + j;
           const T* u1 = ubuf.data() + int64_t(j) * Pu;
@@ -64,7 +73,8 @@ void sadffm_infer_kernel(const T* x, const T* w_in, const T* b_in, const T* w_dw
         }
       }
       T* y = out + n * Co * HW + r0 * W;
-      gemm_blk_packed<T>(Co, hid, Pb, w.w_out_k.data(), hpack.data(), y, HW, w.b_out, false);
+      if (bf16) bf16_gemm_panels<T>(0, Co, wout_b, Pb, hpack.data(), y, HW, w.b_out);
+      else gemm_blk_packed<T>(Co, hid, Pb, w.w_out_k.data(), hpack.data(), y, HW, w.b_out, false);
       for (int64_t s = 0; s * kPT < Pb; ++s)
         dffm_tile_stats(w, y + s * kPT, HW, std::min(kPT, Pb - s * kPT), mu, rs, z, lpre,
                         aloc.data() + n * HW + r0 * W + s * kPT, ysum.data() + (it * tpb + s) * Co);
