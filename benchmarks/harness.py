@@ -410,6 +410,8 @@ def machine_info(device: torch.device | str = "cpu") -> dict:
         info["backends"] = ek.available_backends(device)
         info["extension"] = "loaded" if ek._ext.extension_loaded() else f"not loaded: {ek._ext.extension_error()}"
         info["extension_cuda"] = ek._ext.built_with_cuda()
+        info["cpu_isa"] = ek.cpu_isa()  # the CPU kernels' ISA level (csrc/cpu/cpu_dispatch.cpp)
+        info["cpu_bf16_engine"] = ek.bf16_engine()
     except Exception as e:  # pragma: no cover
         info["eimn_kernels"] = f"import failed: {e}"
     return info

@@ -5,7 +5,11 @@ Inference rows (batch 1): ``eager`` (eimn.model, eval), ``fused[<backend>]`` (ei
 it is not importable) and ``compile`` (torch.compile of the eager model; EIMN_L x4 only (the issue's case), or the quick case on
 CUDA: compiling the whole model takes minutes). CPU: fp32. CUDA: fp32 and fp16
 autocast, plus EIMN_L x2 on a 640x480 input in fp16 beside the published 7.34 FPS (RTX 4090). ``--peers`` (CPU):
-``onnxruntime``, ``openvino[f32]`` and ``openvino[default]`` rows on the model exported to ONNX (eimn.export).
+``onnxruntime``, ``openvino[f32]`` and ``openvino[default]`` rows on the model exported to ONNX (eimn.export), every
+row's speed-up over eager also as a paired, interleaved ratio, the folded rows' over the fastest peer too, and for the
+reduced-precision rows (``folded[cpu,bf16]``: optimize_for_inference(precision="bf16") where the CPU has AVX512-BF16;
+``openvino[default]`` where it picks bf16) the PSNR they cost on Set5 with the official weights (../shared; rows of
+a model without weights there say so).
 Training rows: one step of EIMN_L x2 (L1 loss, backward, Adam), batch 4, LR 64x64, eager vs fused, with peak
 memory. Weights are seeded random (speed does not depend on them); outputs are checked against eager.
 
@@ -26,8 +30,10 @@ import eimn_kernels as ek
 from eimn.model import EIMN_A, EIMN_L
 
 from .complexity import LR_SIZES, count_complexity
+from .psnr_cost import openvino_default_precision, psnr_costs
 from .report import add_record_args, print_result, record_run
-from .harness import add_malloc_arg, error_text, machine_info, max_rel_err, measure, progress, set_malloc_mode
+from .harness import (add_malloc_arg, error_text, machine_info, max_rel_err, measure, paired_speedup, progress,
+                      set_malloc_mode)
 from .ops import kernel_backends
 
 __all__ = ["PUBLISHED", "inference_plan", "bench_inference", "bench_training", "format_rows", "main"]
@@ -81,8 +87,8 @@ class _OnnxModel:
     """A model exported to ONNX (eimn.export) run by ONNX Runtime or OpenVINO: (N, 3, H, W) float32 tensor in,
     tensor out, like the torch variants."""
 
-    def __init__(self, run):
-        self.run = run
+    def __init__(self, run, precision: str = "f32"):
+        self.run, self.precision = run, precision
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         return torch.from_numpy(self.run(x.detach().cpu().numpy()))
@@ -118,7 +124,7 @@ def _peers(eager: torch.nn.Module, threads: int | None, notes: list, tmpdir: str
             if threads:
                 cfg = dict(cfg, INFERENCE_NUM_THREADS=threads)
             compiled = core.compile_model(path, "CPU", cfg)
-            out[name] = _OnnxModel(lambda x, c=compiled: c(x)[0])
+            out[name] = _OnnxModel(lambda x, c=compiled: c(x)[0], openvino_default_precision(compiled))
     return out
 
 
@@ -136,6 +142,8 @@ def _variants(eager: torch.nn.Module, backends: list[str], compile: bool, notes:
     else:
         for b in backends:
             out[f"folded[{b}]"] = fold(eager, backend=b)
+        if "cpu" in backends and ek.bf16_engine():
+            out["folded[cpu,bf16]"] = fold(eager, backend="cpu", precision="bf16")
     if compile:
         torch._dynamo.reset()
         out["compile"] = torch.compile(eager, dynamic=False)
@@ -157,7 +165,8 @@ def bench_inference(device: str = "cpu", quick: bool = False, threads: int | Non
         compile = False
         notes.append("model: torch.compile rows skipped in --quick on CPU (compiling 16 blocks takes minutes)")
     elif compile:
-        notes.append("model: torch.compile rows only for EIMN_L x4 (compiling the whole model takes minutes)")
+        notes.append("model: torch.compile rows only for EIMN_L x4 and with --peers (compiling the whole model takes "
+                     "minutes)")
     rows = []
     for name, scale, (h, w), prec in progress(plan or inference_plan(device, quick, only), "model inference"):
         eager = _seeded(name, scale, device).eval()
@@ -165,9 +174,10 @@ def bench_inference(device: str = "cpu", quick: bool = False, threads: int | Non
             madds = count_complexity(_BUILD[name](scale=scale), (1, 3, h, w))["multi_adds"]
         x = torch.rand(1, 3, h, w, device=device)
         want = None
-        do_compile = compile and (quick or (name, scale) == ("EIMN_L", 4))
+        do_compile = compile and (quick or peers or (name, scale) == ("EIMN_L", 4))
         tmp = tempfile.TemporaryDirectory()
         peer = _peers(eager, threads, notes, tmp.name) if peers and device == "cpu" and prec == "fp32" else None
+        fns, case_rows = {}, []
         for vname, model in _variants(eager, backends, do_compile, notes, peer).items():
             row = {"group": "inference", "model": name, "scale": scale, "lr": f"{w}x{h}",
                    "hr": f"{w * scale}x{h * scale}", "precision": prec, "variant": vname, "device": device,
@@ -192,13 +202,42 @@ def bench_inference(device: str = "cpu", quick: bool = False, threads: int | Non
                 rows.append(row)
                 continue
             row.update(_timing_fields(t, row, rows), fps=1.0 / t.median_s, GMACs_per_s=madds / t.median_s / 1e9)
+            if isinstance(model, _OnnxModel):
+                row["runs_precision"] = model.precision
+            fns[vname] = fn
+            case_rows.append(row)
             if device == "cuda" and (name, (h, w), prec) == ("EIMN_L", (480, 640), "fp16"):
                 row["published_fps"] = PUBLISHED["fps"]
                 row["published_note"] = f"{PUBLISHED['model']} {PUBLISHED['input']} fp16 on {PUBLISHED['gpu']}"
             rows.append(row)
-        del eager, x, want, peer
+        if peer:
+            _paired_and_psnr(case_rows, fns, name, scale, threads, notes)
+        del eager, x, want, peer, fns
         tmp.cleanup()
     return rows
+
+
+def _paired_and_psnr(case_rows: list[dict], fns: dict, name: str, scale: int, threads: int | None,
+                     notes: list) -> None:
+    """--peers: each row's speed-up over eager as a paired, interleaved ratio (``paired_vs_eager``), the folded
+    rows' over the fastest peer (``paired_vs_best_peer``), and the reduced-precision rows' ``psnr_cost_dB``."""
+    peers = [r for r in case_rows if r["variant"].startswith(("onnxruntime", "openvino")) and "median_ms" in r]
+    best = min(peers, key=lambda r: r["median_ms"])["variant"] if peers else None
+    for r in case_rows:
+        v = r["variant"]
+        if v != "eager" and "eager" in fns and v in fns:
+            r["paired_vs_eager"] = paired_speedup(fns["eager"], fns[v], rounds=5, threads=threads)["median"]
+        if v.startswith("folded") and best:
+            r["best_peer"] = best
+            r["paired_vs_best_peer"] = paired_speedup(fns[best], fns[v], rounds=5, threads=threads)["median"]
+    reduced = [r["variant"] for r in case_rows
+               if r["variant"] == "folded[cpu,bf16]" or r.get("runs_precision") not in (None, "f32")]
+    costs, note = psnr_costs(name, scale, reduced, threads)
+    if note and note not in notes:
+        notes.append(note)
+    for r in case_rows:
+        if r["variant"] in costs:
+            r["psnr_cost_dB"] = costs[r["variant"]]
 
 
 def _same_case(a: dict, b: dict) -> bool:
@@ -283,6 +322,11 @@ def format_rows(rows: list[dict]) -> str:
         note = f"published {r['published_fps']} FPS ({r['published_note']})" if "published_fps" in r else ""
         if "compile_s" in r:
             note = (note + f" compile {r['compile_s']:.0f} s").strip()
+        extra = [f"paired {r['paired_vs_eager']:.2f}x eager" if "paired_vs_eager" in r else "",
+                 f"{r['paired_vs_best_peer']:.2f}x {r['best_peer']}" if "paired_vs_best_peer" in r else "",
+                 f"runs {r['runs_precision']}" if r.get("runs_precision") not in (None, "f32") else "",
+                 f"PSNR cost {r['psnr_cost_dB']:.4f} dB (Set5)" if "psnr_cost_dB" in r else ""]
+        note = "; ".join(x for x in [note, *extra] if x)
 
         def f(v, fmt):
             return "" if v is None else format(v, fmt)

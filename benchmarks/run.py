@@ -38,12 +38,14 @@ def _section(name: str, notes: list, fn, /, *a, **kw):
 
 def run_all(device: str, quick: bool, threads: int, compile: bool = True, sections=("complexity", "ops", "subops",
             "model", "train"), malloc: str = "default", checkpoint_dir: str | None = None,
-            omp_wait: str = "inherit") -> dict:
+            omp_wait: str = "inherit", peers: bool | None = None) -> dict:
     """Run the sections on ``device`` and return the results dict (see benchmarks.report); ``malloc``: the
     allocator mode of harness.set_malloc_mode (set for the rest of the process); ``omp_wait``: the OpenMP wait
     policy of the per-shape processes of the CPU op rows (benchmarks.ops.OMP_WAIT). With ``checkpoint_dir`` the
     results so far are written there as JSON (``"partial": true``) after every section, so a run killed at a
-    time limit (a lent GPU's call) keeps its finished sections."""
+    time limit (a lent GPU's call) keeps its finished sections. ``peers`` (default: CPU without ``quick``): the model
+    rows also run ONNX Runtime and OpenVINO with paired ratios and the PSNR cost of reduced precision (benchmarks.model
+    --peers)."""
     t0 = time.perf_counter()
     if device == "cpu":
         torch.set_num_threads(threads)
@@ -73,8 +75,9 @@ def run_all(device: str, quick: bool, threads: int, compile: bool = True, sectio
                                ceilings=res["ceilings"], notes=notes) or []
         checkpoint()
     if "model" in sections:
+        peers = device == "cpu" and not quick if peers is None else peers
         res["model"] += _section("model", notes, model.bench_inference, device, quick, threads, compile=compile,
-                                 notes=notes) or []
+                                 notes=notes, peers=peers) or []
         checkpoint()
     if "train" in sections:
         res["model"] += _section("train", notes, model.bench_training, device, quick, threads, notes=notes) or []
@@ -89,6 +92,8 @@ def main(argv=None) -> dict:
                     help="auto: cuda when available, else cpu; all: cuda (if any) then cpu")
     ap.add_argument("--threads", type=int, default=2, help="torch threads for CPU timings (default 2)")
     ap.add_argument("--no-compile", action="store_true", help="skip the torch.compile rows")
+    ap.add_argument("--no-peers", action="store_true",
+                    help="skip the ONNX Runtime / OpenVINO model rows (on by default for a full CPU run)")
     ap.add_argument("--sections", default="complexity,ops,subops,model,train",
                     help="comma-separated subset of complexity,ops,subops,model,train")
     ap.add_argument("--no-tf32", action="store_true",
@@ -112,7 +117,7 @@ def main(argv=None) -> dict:
     out = {}
     for dev in devices:
         res = run_all(dev, a.quick, a.threads, compile=not a.no_compile, sections=sections, malloc=a.malloc,
-                      checkpoint_dir=a.out_dir, omp_wait=a.omp_wait)
+                      checkpoint_dir=a.out_dir, omp_wait=a.omp_wait, peers=False if a.no_peers else None)
         paths = write_all(res, a.out_dir) if a.out_dir else {}
         record_run(res, a, "benchmarks.run", argv)
         out[dev] = {"results": res, "paths": paths}

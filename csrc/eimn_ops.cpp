@@ -1,5 +1,5 @@
 // Schemas of the eimn_C ops: one definition, implemented per device by
-//   csrc/cpu/*_cpu.cpp   (TORCH_LIBRARY_IMPL(eimn_C, CPU, m))
+//   csrc/cpu/*_cpu.cpp   (register_<group>(m) per ISA level; csrc/cpu/cpu_dispatch.cpp registers one level for CPU)
 //   csrc/cuda/*_cuda.cpp (TORCH_LIBRARY_IMPL(eimn_C, CUDA, m)), launching csrc/cuda/*.cu kernels.
 // Python wraps them as autograd-aware custom ops in eimn_kernels/ops/.
 // All image tensors are contiguous NCHW; weights have conv shapes (Cout, Cin, 1, 1) / (C, 1, K, K).
@@ -8,6 +8,7 @@
 
 #include "cpu/cpu_gemm_bf16.h"
 #include "cpu/cpu_pool.h"
+#include "cpu/cpu_register.h"
 
 namespace eimn {
 bool built_with_cuda() {
@@ -30,6 +31,8 @@ TORCH_LIBRARY(eimn_C, m) {
   m.def("cpu_pool_clear() -> ()", &eimn::cpu_pool_clear);
   // The engine of the CPU ops' bfloat16 GEMMs on this CPU (csrc/cpu/cpu_gemm_bf16.h): "avx512_bf16", or "" (none).
   m.def("cpu_bf16_engine() -> str", &eimn::cpu_bf16_engine);
+  // The ISA level the CPU kernels run at (csrc/cpu/cpu_dispatch.cpp): [level or "", why none, levels built, forced].
+  m.def("cpu_isa() -> str[]", &eimn::cpu::cpu_isa);
   // MOLRCM spatial mixing: y = cat(DW1(r[:c1]), r[c1:c1+c2], DW2(r[c1+c2:])), r = DW0(q).
   m.def("dw_mix_forward(Tensor q, Tensor w0, Tensor b0, Tensor w1, Tensor b1, Tensor w2, Tensor b2, "
         "int c1, int c2, int d0, int d1, int d2) -> Tensor");

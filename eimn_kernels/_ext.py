@@ -27,6 +27,35 @@ except Exception as e:  # not built, or an undefined symbol from a stale build
         RuntimeWarning, stacklevel=2)
 
 
+# [level, why none, levels built, forced] from eimn_C::cpu_isa (csrc/cpu/cpu_dispatch.cpp), fixed when _C loaded.
+_isa = list(torch.ops.eimn_C.cpu_isa()) if _C is not None else ["", "", "", "0"]
+if _isa[1] and _isa[3] == "1":
+    # EIMN_CPU_ISA named a level this CPU or build cannot run: an explicit setting is not silently replaced
+    raise RuntimeError(f"eimn_kernels: {_isa[1]}")
+
+
+def cpu_isa() -> str:
+    """The ISA level the CPU kernels run at: ``"avx512"`` or ``"avx2"`` (a multi-level build on x86-64, chosen from the
+    CPU's features or forced by the environment variable ``EIMN_CPU_ISA``), ``"native"`` (a single-level build,
+    EIMN_NATIVE=1 or another architecture), or ``""`` where none runs (no extension, or a CPU below AVX2+FMA)."""
+    return _isa[0]
+
+
+def cpu_kernels_loaded() -> bool:
+    """True when the extension is loaded with a level of CPU kernels that this CPU runs (torch.ops.eimn_C's CPU
+    ops are registered)."""
+    return bool(_isa[0])
+
+
+def cpu_isa_info() -> dict:
+    """``level`` (as :func:`cpu_isa`), ``error`` (why no level runs, or ""), ``built`` (the levels in this build),
+    ``forced`` (EIMN_CPU_ISA chose)."""
+    if _C is None:
+        return {"level": "", "error": f"eimn_kernels._C is not built ({_error})", "built": [], "forced": False}
+    level, err, built, forced = _isa
+    return {"level": level, "error": err, "built": built.split(",") if built else [], "forced": forced == "1"}
+
+
 def extension_loaded() -> bool:
     """True when eimn_kernels._C imported."""
     return _C is not None

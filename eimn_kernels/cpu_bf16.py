@@ -19,17 +19,17 @@ __all__ = ["bf16_engine", "require_bf16_engine", "mark_bf16", "runs_bf16"]
 
 def bf16_engine() -> str:
     """The CPU ops' bfloat16 GEMM engine on this CPU: ``"avx512_bf16"``, or ``""`` where there is none (no
-    AVX512-BF16, the extension not built, or ``EIMN_CPU_BF16=off``)."""
-    if not _ext.extension_loaded():
+    AVX512-BF16, no CPU kernels loaded, or ``EIMN_CPU_BF16=off``)."""
+    if not _ext.cpu_kernels_loaded():
         return ""
     return str(torch.ops.eimn_C.cpu_bf16_engine())
 
 
 def require_bf16_engine() -> str:
     """The engine name; RuntimeError with the reason where the CPU path cannot run bfloat16 GEMMs."""
-    if not _ext.extension_loaded():
-        raise RuntimeError(f"precision='bf16' on CPU needs the compiled extension eimn_kernels._C "
-                           f"({_ext.extension_error()})")
+    if not _ext.cpu_kernels_loaded():
+        why = _ext.cpu_isa_info()["error"]
+        raise RuntimeError(f"precision='bf16' on CPU needs the CPU kernels of eimn_kernels._C ({why})")
     eng = bf16_engine()
     if not eng:
         raise RuntimeError("precision='bf16' on CPU needs AVX512-BF16 instructions (Intel Cooper Lake, Sapphire "

@@ -68,7 +68,7 @@ def _cpu_fast_path(a: torch.Tensor, backend: str) -> bool:
     float32 / float64 tensor without autograd, backend auto or cpu, the extension built."""
     from . import _ext
     return (a.device.type == "cpu" and a.dtype in (torch.float32, torch.float64) and backend in ("auto", "cpu")
-            and not (torch.is_grad_enabled() and a.requires_grad) and _ext.extension_loaded())
+            and not (torch.is_grad_enabled() and a.requires_grad) and _ext.cpu_kernels_loaded())
 
 
 class FoldedLKABlock(nn.Module):

@@ -1,7 +1,7 @@
 """The CPU GEMM kernels (csrc/cpu/cpu_gemm.h) against plain fma loops, bitwise, on both micro-kernels.
 
-The extension is built for the machine that runs it (-march=native), so the test suite exercises only one of the
-two micro-kernels (AVX-512 or AVX2). tests/native/gemm_check.cpp includes the torch-free header directly and is
+The extension's kernels run at one ISA level per process (the best this CPU has, tests/test_cpu_isa.py runs the
+others in subprocesses); this file checks both micro-kernels (AVX-512 or AVX2) directly. tests/native/gemm_check.cpp includes the torch-free header directly and is
 compiled here twice: for AVX2 + FMA and for the native target; each binary checks every GEMM entry point on
 float and double over shapes with remainder rows, partial panels and multi-block pixel reductions.
 """

@@ -24,7 +24,7 @@ from eimn_kernels.backends.table import OpKernels
 from eimn_kernels.ops._registry import SPECS
 
 CSRC = pathlib.Path(__file__).resolve().parents[1] / "csrc"
-UTILITY_OPS = {"built_with_cuda", "cpu_pool_stats", "cpu_pool_clear", "cpu_bf16_engine"}
+UTILITY_OPS = {"built_with_cuda", "cpu_pool_stats", "cpu_pool_clear", "cpu_bf16_engine", "cpu_isa"}
 # inference-only ops with no autograd op of their own: the NHWC block (CUDA), VAN's conv MLP (CPU) and the whole
 # MOLRCM layer (CPU: the bfloat16 GEMM path, eimn_kernels.cpu_bf16)
 INFERENCE_OPS = {"nhwc_block_forward": "CUDA", "convmlp_infer_forward": "CPU", "molrcm_infer_forward": "CPU"}
@@ -49,11 +49,14 @@ def _eimn_c_name(fn) -> str | None:
 
 
 def _registered(paths, key: str) -> set[str]:
-    """Op names of ``m.impl("NAME", ...)`` in the TORCH_LIBRARY_IMPL(eimn_C, key, m) blocks of ``paths``."""
+    """Op names of ``m.impl("NAME", ...)`` in the TORCH_LIBRARY_IMPL(eimn_C, key, m) blocks of ``paths`` (CPU: in the
+    kernel files' register_<group>(torch::Library& m) functions, which csrc/cpu/cpu_dispatch.cpp calls per level)."""
     names = set()
+    head = r"TORCH_LIBRARY_IMPL\(eimn_C,\s*" + key + r",\s*m\)" if key == "CUDA" else \
+        r"void register_\w+\(torch::Library& m\)"
     for p in paths:
         text = p.read_text()
-        for block in re.findall(r"TORCH_LIBRARY_IMPL\(eimn_C,\s*" + key + r",\s*m\)\s*\{(.*?)\n\}", text, re.S):
+        for block in re.findall(head + r"\s*\{(.*?)\n\}", text, re.S):
             names |= set(re.findall(r'm\.impl\("(\w+)"', block))
     return names
 

@@ -1,10 +1,12 @@
 // Channel LayerNorm statistics of a tile of pixels of an NCHW image, shared by the CPU kernels of the channel
 // LayerNorm op (channel_norm_cpu.cpp) and of the DFFM gate (sadffm_cpu.cpp): the same two-pass arithmetic in both.
 #pragma once
+#include "cpu/cpu_isa.h"
 #include <cmath>
 #include <cstdint>
 
 namespace eimn::cpu {
+inline namespace EIMN_ISA {
 
 // Pixels [0, P) of C channel rows x[c * ld + p]: mu[p] = mean_c x, rstd[p] = 1 / sqrt(mean_c (x - mu)^2 + eps)
 // (two passes: the mean first, then the centred squares; channel order fixed).
@@ -29,4 +31,5 @@ inline void channel_stats(const T* x, int64_t ld, int C, int64_t P, T eps, T* mu
   for (int64_t p = 0; p < P; ++p) rstd[p] = T(1) / std::sqrt(rstd[p] * invC + eps);
 }
 
+}  // namespace EIMN_ISA
 }  // namespace eimn::cpu

@@ -6,6 +6,8 @@
 // each tile's C x kTile block is read from L2 for the statistics and once more for the output, so the image is read
 // from memory once and written once. Weight gradients: per-tile partials summed in tile order (fixed order, not
 // dependent on the number of threads).
+#include "cpu/cpu_isa.h"
+#include "cpu/cpu_register.h"
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
@@ -18,7 +20,9 @@
 #include "cpu/cpu_pool.h"
 #include "cpu/cpu_reduce.h"
 
-namespace eimn::cpu::channel_norm {
+namespace eimn::cpu {
+inline namespace EIMN_ISA {
+namespace channel_norm {
 namespace {
 
 constexpr int64_t kTile = 256;  // pixels per tile (C = 64: a 64 KB block of the image)
@@ -182,11 +186,18 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> channel_layer_norm_backward_stash
   return cln_backward(gy, x, w, b, &stash, eps);
 }
 
-}  // namespace eimn::cpu::channel_norm
+}  // namespace channel_norm
+}  // namespace EIMN_ISA
+}  // namespace eimn::cpu
 
-TORCH_LIBRARY_IMPL(eimn_C, CPU, m) {
-  m.impl("channel_layer_norm_forward", &eimn::cpu::channel_norm::channel_layer_norm_forward);
-  m.impl("channel_layer_norm_forward_stash", &eimn::cpu::channel_norm::channel_layer_norm_forward_stash);
-  m.impl("channel_layer_norm_backward", &eimn::cpu::channel_norm::channel_layer_norm_backward);
-  m.impl("channel_layer_norm_backward_stash", &eimn::cpu::channel_norm::channel_layer_norm_backward_stash);
+namespace eimn::cpu {
+inline namespace EIMN_ISA {
+// This level's kernels of the channel_norm ops (cpu_register.h; cpu_dispatch.cpp registers one level's).
+void register_channel_norm(torch::Library& m) {
+  m.impl("channel_layer_norm_forward", &channel_norm::channel_layer_norm_forward);
+  m.impl("channel_layer_norm_forward_stash", &channel_norm::channel_layer_norm_forward_stash);
+  m.impl("channel_layer_norm_backward", &channel_norm::channel_layer_norm_backward);
+  m.impl("channel_layer_norm_backward_stash", &channel_norm::channel_layer_norm_backward_stash);
 }
+}  // namespace EIMN_ISA
+}  // namespace eimn::cpu

@@ -7,6 +7,8 @@
 // pixel tiles of one image (cpu_tiles.h); the forward stores each output row from the GEMM's accumulators with the
 // epilogue applied (no output-sized temporary); the backward recomputes W x + b per tile where the epilogue needs
 // it, and sums the weight-gradient partials of the tiles in a fixed order (results independent of thread count).
+#include "cpu/cpu_isa.h"
+#include "cpu/cpu_register.h"
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
@@ -21,7 +23,9 @@
 #include "cpu/cpu_tiles.h"
 #include "cpu/cpu_vmath.h"
 
-namespace eimn::cpu::conv1x1 {
+namespace eimn::cpu {
+inline namespace EIMN_ISA {
+namespace conv1x1 {
 namespace {
 
 using at::Tensor;
@@ -212,9 +216,16 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> conv1x1_backward(const Tensor
 }
 
 }  // namespace
-}  // namespace eimn::cpu::conv1x1
+}  // namespace conv1x1
+}  // namespace EIMN_ISA
+}  // namespace eimn::cpu
 
-TORCH_LIBRARY_IMPL(eimn_C, CPU, m) {
-  m.impl("conv1x1_forward", &eimn::cpu::conv1x1::conv1x1_forward);
-  m.impl("conv1x1_backward", &eimn::cpu::conv1x1::conv1x1_backward);
+namespace eimn::cpu {
+inline namespace EIMN_ISA {
+// This level's kernels of the conv1x1 ops (cpu_register.h; cpu_dispatch.cpp registers one level's).
+void register_conv1x1(torch::Library& m) {
+  m.impl("conv1x1_forward", &conv1x1::conv1x1_forward);
+  m.impl("conv1x1_backward", &conv1x1::conv1x1_backward);
 }
+}  // namespace EIMN_ISA
+}  // namespace eimn::cpu

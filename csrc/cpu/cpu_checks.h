@@ -1,10 +1,12 @@
 // Input checks shared by the CPU ops. Every message starts with the op's prefix `op` (e.g. "sadffm cpu").
 #pragma once
+#include "cpu/cpu_isa.h"
 #include <ATen/ATen.h>
 
 #include "cpu/cpu_gemm_bf16.h"
 
 namespace eimn::cpu {
+inline namespace EIMN_ISA {
 
 // An NCHW image of the CPU kernels: 4-d, on the CPU, float32 or float64, no empty dimension.
 inline void check_image(const at::Tensor& t, const char* op, const char* name) {
@@ -31,4 +33,5 @@ inline void check_bf16(const at::Tensor& x, const char* op) {
               "later, Zen 4); this one has none: use precision=\"fp32\"");
 }
 
+}  // namespace EIMN_ISA
 }  // namespace eimn::cpu

@@ -18,6 +18,7 @@
 //   gemm_nt / _apacked       : C[M x N] += A[M x P] * B[N x P]^T     (weight gradients: reduction over pixels)
 // Every reduction order depends only on the shapes (deterministic).
 #pragma once
+#include "cpu/cpu_isa.h"
 #include <algorithm>
 #include <cstdint>
 #include <cstring>
@@ -25,6 +26,7 @@
 #include <vector>
 
 namespace eimn::cpu {
+inline namespace EIMN_ISA {
 
 // 32-byte SIMD register of T (8 floats / 4 doubles); the unaligned variant for loads and stores.
 template <typename T> struct vreg_t {
@@ -579,4 +581,5 @@ inline void gemm_nt_apacked(int64_t M, int64_t N, int64_t P, const T* Ap, const 
   }, B, ldb, C, ldc);
 }
 
+}  // namespace EIMN_ISA
 }  // namespace eimn::cpu

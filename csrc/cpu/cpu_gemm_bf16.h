@@ -19,6 +19,7 @@
 //                operand); an image band as [blk][KP][16] (pack_pairs).
 // Every reduction order depends only on the shapes (deterministic).
 #pragma once
+#include "cpu/cpu_isa.h"
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
@@ -37,7 +38,9 @@
 #define EIMN_BF16_TARGET
 #endif
 
-namespace eimn::cpu::bf16 {
+namespace eimn::cpu {
+inline namespace EIMN_ISA {
+namespace bf16 {
 
 constexpr int kNR = 16;    // pixels per panel: pack_b's float32 panel width with AVX-512 or AVX2 (2 x 32 bytes)
 constexpr int kRows = 16;  // rows per micro-kernel call: 16 accumulators + the pair row + broadcasts in 32 zmm
@@ -119,12 +122,15 @@ EIMN_BF16_TARGET inline void to_pairs(const float* bp, int64_t K, uint32_t* out)
 // B (K x P, row stride ldb) -> pair panels [blk][KP][16], zero past P (pack_b's layout, in pairs). Two pair rows
 // (four rows of B) at a time across the whole width: four sequential read streams, as pack_b reads (one panel at
 // a time would read K rows a large stride apart per 64 bytes).
+// Row k of B at pixels [p0, p0 + 16) under mask m (zero past K). A function, not a lambda: a lambda does not take
+// its enclosing function's target attribute.
+EIMN_BF16_TARGET inline __m512 load_b_row(const float* B, int64_t k, int64_t K, int64_t ldb, int64_t p0, __mmask16 m) {
+  return k < K ? _mm512_maskz_loadu_ps(m, B + k * ldb + p0) : _mm512_setzero_ps();
+}
+
 EIMN_BF16_TARGET inline void pack_pairs(int64_t K, int64_t P, const float* B, int64_t ldb, uint32_t* out) {
   const __m512i idx = interleave_index();
   const int64_t KP = (K + 1) / 2, nblk = (P + kNR - 1) / kNR;
-  auto load = [&](int64_t k, int64_t p0, __mmask16 m) {
-    return k < K ? _mm512_maskz_loadu_ps(m, B + k * ldb + p0) : _mm512_setzero_ps();
-  };
   for (int64_t j0 = 0; j0 < KP; j0 += 2) {
     const int64_t jn = KP - j0 < 2 ? KP - j0 : 2;
     for (int64_t blk = 0; blk < nblk; ++blk) {
@@ -133,7 +139,8 @@ EIMN_BF16_TARGET inline void pack_pairs(int64_t K, int64_t P, const float* B, in
       uint32_t* d = out + (blk * KP + j0) * kNR;
       for (int64_t j = 0; j < jn; ++j) {
         const int64_t k = 2 * (j0 + j);
-        _mm512_storeu_si512(d + j * kNR, pair_row(load(k, p0, m), load(k + 1, p0, m), idx));
+        _mm512_storeu_si512(d + j * kNR, pair_row(load_b_row(B, k, K, ldb, p0, m), load_b_row(B, k + 1, K, ldb, p0, m),
+                                                  idx));
       }
     }
   }
@@ -213,9 +220,12 @@ EIMN_BF16_TARGET inline void gemm_panels(int64_t mb, int64_t me, const Weights& 
 }
 #endif  // EIMN_BF16_ENGINE
 
-}  // namespace eimn::cpu::bf16
+}  // namespace bf16
+}  // namespace EIMN_ISA
+}  // namespace eimn::cpu
 
 namespace eimn::cpu {
+inline namespace EIMN_ISA {
 // The engine's front for kernels templated on the element type: float runs it; double compiles to nothing (the ops
 // reject bf16 with float64 before any kernel runs), as does a build without the engine (available() is false).
 template <typename T> inline bf16::Weights bf16_weights(const T* A, int64_t M, int64_t K) {
@@ -253,4 +263,5 @@ inline void bf16_gemm_pairs(int64_t mb, int64_t me, const bf16::Weights& w, int6
   if constexpr (std::is_same_v<T, float>) bf16::gemm_pairs(mb, me, w, P, Bpairs, C, ldc, bias);
 #endif
 }
+}  // namespace EIMN_ISA
 }  // namespace eimn::cpu

@@ -2,6 +2,7 @@
 // a backward are written per task (or per fixed chunk of tasks) and then summed task by task, so the result does
 // not depend on the number of threads.
 #pragma once
+#include "cpu/cpu_isa.h"
 #include <algorithm>
 #include <cstdint>
 #include <vector>
@@ -9,6 +10,7 @@
 #include <ATen/Parallel.h>
 
 namespace eimn::cpu {
+inline namespace EIMN_ISA {
 
 // out[e] = Out(sum over rows k = 0, 1, ..., rows-1 of Acc(parts[k * stride + e])) for e < n: each element summed
 // from zero in row order, in an Acc accumulator. The rows are read contiguously and the elements split over the
@@ -26,4 +28,5 @@ void sum_rows(const P* parts, int64_t rows, int64_t stride, int64_t n, Out* out)
   });
 }
 
+}  // namespace EIMN_ISA
 }  // namespace eimn::cpu

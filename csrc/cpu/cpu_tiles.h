@@ -1,9 +1,11 @@
 // Pixel tiles of the CPU 1x1-convolution ops (MOLRCM's proj_qv / gate_out, conv1x1) and the row sums of a tile.
 #pragma once
+#include "cpu/cpu_isa.h"
 #include <algorithm>
 #include <cstdint>
 
 namespace eimn::cpu {
+inline namespace EIMN_ISA {
 
 // Pixels per tile for the 1x1-conv ops: <= 512 (tile buffers stay in L2), smaller for small inputs so
 // that there are ~16 tasks. Independent of the thread count, so the per-task weight-gradient partials,
@@ -27,4 +29,5 @@ void row_sums(const T* a, int64_t R, int64_t P, int64_t ld, double* out) {
   }
 }
 
+}  // namespace EIMN_ISA
 }  // namespace eimn::cpu

@@ -5,6 +5,7 @@
 //   double, vreg<double> : the exact std:: functions of eimn_math.h (gradcheck-exact), lane by lane.
 // MOLRCM's at::vec loops reach these through to_vec / from_vec (molrcm_vec.h).
 #pragma once
+#include "cpu/cpu_isa.h"
 #include <cmath>
 #include <cstdint>
 #include <cstring>
@@ -13,6 +14,7 @@
 #include "common/eimn_math.h"
 
 namespace eimn::cpu {
+inline namespace EIMN_ISA {
 
 // Always inlined: called once per element or vector inside the kernels' loops, where GCC's own choice for the
 // 64-byte forms, an out-of-line call, spills the loop's live vector registers around it, and where a call to the
@@ -127,4 +129,5 @@ inline xreg<double> v_gelu_grad(xreg<double> x) { return lanes_d(x, [](double v)
 inline xreg<double> v_sigmoid(xreg<double> x) { return lanes_d(x, [](double v) { return sigmoid(v); }); }
 #endif
 
+}  // namespace EIMN_ISA
 }  // namespace eimn::cpu

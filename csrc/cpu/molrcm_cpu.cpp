@@ -8,6 +8,8 @@
 // * Backwards recompute intermediates (pre-activations, r) from the inputs. Weight/bias gradients are
 //   written per task (tile or plane) and summed over tasks in a fixed order: deterministic.
 // * Image-sized outputs come from the buffer cache of cpu_pool.h (no page faults on every call).
+#include "cpu/cpu_isa.h"
+#include "cpu/cpu_register.h"
 #include "cpu/molrcm_vec.h"
 #include "cpu/cpu_gemm.h"
 #include "cpu/cpu_gemm_bf16.h"
@@ -25,7 +27,9 @@
 #include <cstdlib>
 #include <vector>
 
-namespace eimn::cpu::molrcm {
+namespace eimn::cpu {
+inline namespace EIMN_ISA {
+namespace molrcm {
 namespace {
 
 using at::Tensor;
@@ -566,14 +570,21 @@ Tensor molrcm_infer_forward(const Tensor& x, const Tensor& wq, const Tensor& bq,
 }
 
 }  // namespace
-}  // namespace eimn::cpu::molrcm
+}  // namespace molrcm
+}  // namespace EIMN_ISA
+}  // namespace eimn::cpu
 
-TORCH_LIBRARY_IMPL(eimn_C, CPU, m) {
-  m.impl("dw_mix_forward", &eimn::cpu::molrcm::dw_mix_forward);
-  m.impl("dw_mix_backward", &eimn::cpu::molrcm::dw_mix_backward);
-  m.impl("proj_qv_forward", &eimn::cpu::molrcm::proj_qv_forward);
-  m.impl("proj_qv_backward", &eimn::cpu::molrcm::proj_qv_backward);
-  m.impl("gate_out_forward", &eimn::cpu::molrcm::gate_out_forward);
-  m.impl("gate_out_backward", &eimn::cpu::molrcm::gate_out_backward);
-  m.impl("molrcm_infer_forward", &eimn::cpu::molrcm::molrcm_infer_forward);
+namespace eimn::cpu {
+inline namespace EIMN_ISA {
+// This level's kernels of the molrcm ops (cpu_register.h; cpu_dispatch.cpp registers one level's).
+void register_molrcm(torch::Library& m) {
+  m.impl("dw_mix_forward", &molrcm::dw_mix_forward);
+  m.impl("dw_mix_backward", &molrcm::dw_mix_backward);
+  m.impl("proj_qv_forward", &molrcm::proj_qv_forward);
+  m.impl("proj_qv_backward", &molrcm::proj_qv_backward);
+  m.impl("gate_out_forward", &molrcm::gate_out_forward);
+  m.impl("gate_out_backward", &molrcm::gate_out_backward);
+  m.impl("molrcm_infer_forward", &molrcm::molrcm_infer_forward);
 }
+}  // namespace EIMN_ISA
+}  // namespace eimn::cpu

@@ -8,13 +8,16 @@
 // padding r. A block whose L channels span several groups runs each group's conv with the other lanes' weights
 // zero. Private to csrc/cpu/molrcm_cpu.cpp.
 #pragma once
+#include "cpu/cpu_isa.h"
 #include <ATen/Parallel.h>
 
 #include <algorithm>
 #include <cstdint>
 #include <vector>
 
-namespace eimn::cpu::molrcm {
+namespace eimn::cpu {
+inline namespace EIMN_ISA {
+namespace molrcm {
 
 // acc[y][x][:] += sum_taps w[tap][:] * src[y + ky*d][x + kx*d][:]; src addresses (-P, -P) of a padded block
 // buffer (row stride Wp * L), acc an H x W x L block (row stride lda_row). Four pixels at a time with their L-lane
@@ -120,4 +123,6 @@ void dw_mix_fwd_blocked(const Geom& g, const T* qp, const T* w0p, const T* b0p, 
   });
 }
 
-}  // namespace eimn::cpu::molrcm
+}  // namespace molrcm
+}  // namespace EIMN_ISA
+}  // namespace eimn::cpu

@@ -2,9 +2,12 @@
 // A "padded source" pointer addresses element (-P, -P) of a plane whose border of P = d*(K-1)/2
 // rows/columns is zero, so the inner loops need no bounds checks and vectorise over W.
 #pragma once
+#include "cpu/cpu_isa.h"
 #include <cstdint>
 
-namespace eimn::cpu::molrcm {
+namespace eimn::cpu {
+inline namespace EIMN_ISA {
+namespace molrcm {
 
 // dw_plane_wgrad's row dot products stay in 32-byte vectors (out of line, so its callers' preference does not
 // apply): with 64-byte ones (-mprefer-vector-width=512, setup.py) the per-row horizontal sums of 49 taps made the
@@ -86,4 +89,6 @@ EIMN_VEC256 void dw_plane_wgrad(const T* src, int64_t lds, int64_t H, int64_t W,
   *gb += bsum;
 }
 
-}  // namespace eimn::cpu::molrcm
+}  // namespace molrcm
+}  // namespace EIMN_ISA
+}  // namespace eimn::cpu

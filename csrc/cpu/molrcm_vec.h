@@ -9,6 +9,7 @@
 #define CPU_CAPABILITY_AVX2
 #define CPU_CAPABILITY eimn_molrcm_avx2
 #endif
+#include "cpu/cpu_isa.h"
 #include <ATen/ATen.h>
 #include <ATen/cpu/vec/vec.h>
 #include <cstdint>
@@ -17,7 +18,9 @@
 #include "cpu/cpu_vmath.h"
 #include "common/eimn_math.h"
 
-namespace eimn::cpu::molrcm {
+namespace eimn::cpu {
+inline namespace EIMN_ISA {
+namespace molrcm {
 
 template <typename T> using Vec = at::vec::Vectorized<T>;
 
@@ -47,4 +50,6 @@ template <typename T> inline vreg<T> from_vec(Vec<T> v) {
 template <typename T> inline Vec<T> vgelu_grad(Vec<T> x) { return to_vec<T>(v_gelu_grad(from_vec<T>(x))); }
 template <typename T> inline Vec<T> vsigmoid(Vec<T> x) { return to_vec<T>(v_sigmoid(from_vec<T>(x))); }
 
-}  // namespace eimn::cpu::molrcm
+}  // namespace molrcm
+}  // namespace EIMN_ISA
+}  // namespace eimn::cpu

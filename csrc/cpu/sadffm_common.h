@@ -2,6 +2,7 @@
 // into panels, addressing), streaming stores, fixed chunking and band heights.
 // Private to csrc/cpu/sadffm_cpu.cpp (one translation unit; the slices' functions live in an anonymous namespace).
 #pragma once
+#include "cpu/cpu_isa.h"
 #include <ATen/ATen.h>
 
 #include <algorithm>
@@ -15,7 +16,9 @@
 #endif
 #include "cpu/cpu_vmath.h"
 
-namespace eimn::cpu::sadffm {
+namespace eimn::cpu {
+inline namespace EIMN_ISA {
+namespace sadffm {
 namespace {  // one translation unit: sadffm_cpu.cpp includes every slice
 
 // Uninitialised scratch array (no zero fill of large buffers; large ones from the buffer pool of cpu_pool.h).
@@ -157,4 +160,6 @@ inline int64_t band_rows(int64_t N, int64_t H, int64_t W, int64_t target_px, int
 }
 
 }  // namespace
-}  // namespace eimn::cpu::sadffm
+}  // namespace sadffm
+}  // namespace EIMN_ISA
+}  // namespace eimn::cpu

@@ -7,6 +7,7 @@
 // The input is added while the band is in cache. Small images split the hidden channels into slices as well
 // (convmlp_slices). Private to csrc/cpu/sadffm_cpu.cpp.
 #pragma once
+#include "cpu/cpu_isa.h"
 #include <ATen/Parallel.h>
 
 #include <algorithm>
@@ -15,7 +16,9 @@
 
 #include "cpu/sadffm_dwconv.h"
 
-namespace eimn::cpu::sadffm {
+namespace eimn::cpu {
+inline namespace EIMN_ISA {
+namespace sadffm {
 namespace {  // one translation unit: sadffm_cpu.cpp includes every slice
 
 constexpr int kMlpGroup = 12;  // hidden channels per U GEMM (two 6-row micro-tiles, as the gated front's pairs)
@@ -128,4 +131,6 @@ void convmlp_infer_kernel(const T* x, const T* w1, const T* b1, const T* w_dw, c
 }
 
 }  // namespace
-}  // namespace eimn::cpu::sadffm
+}  // namespace sadffm
+}  // namespace EIMN_ISA
+}  // namespace eimn::cpu

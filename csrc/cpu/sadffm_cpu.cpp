@@ -9,6 +9,8 @@
 // Semantics: eimn_kernels/reference.py. Layouts: contiguous NCHW; 1x1 weights (Cout, Cin, 1, 1), depthwise
 // (C, 1, K, K). Weight gradients are reduced per tile / chunk and then summed in a fixed order, so results
 // do not depend on the number of threads.
+#include "cpu/cpu_isa.h"
+#include "cpu/cpu_register.h"
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
@@ -28,7 +30,9 @@
 #include "cpu/sadffm_gated.h"
 #include "cpu/sadffm_layer.h"
 
-namespace eimn::cpu::sadffm {
+namespace eimn::cpu {
+inline namespace EIMN_ISA {
+namespace sadffm {
 namespace {
 
 // ---------------------------------------------------------------------------------------------- checks
@@ -415,19 +419,26 @@ at::Tensor convmlp_infer_forward(const at::Tensor& x_, const at::Tensor& w1, con
 }
 
 }  // namespace
-}  // namespace eimn::cpu::sadffm
+}  // namespace sadffm
+}  // namespace EIMN_ISA
+}  // namespace eimn::cpu
 
-TORCH_LIBRARY_IMPL(eimn_C, CPU, m) {
-  m.impl("convmlp_infer_forward", &eimn::cpu::sadffm::convmlp_infer_forward);
-  m.impl("gated_dwconv_forward", &eimn::cpu::sadffm::gated_dwconv_forward);
-  m.impl("gated_dwconv_backward", &eimn::cpu::sadffm::gated_dwconv_backward);
-  m.impl("gated_dwconv_forward_stash", &eimn::cpu::sadffm::gated_dwconv_forward_stash);
-  m.impl("gated_dwconv_backward_stash", &eimn::cpu::sadffm::gated_dwconv_backward_stash);
-  m.impl("dffm_out_forward", &eimn::cpu::sadffm::dffm_out_forward);
-  m.impl("dffm_out_backward", &eimn::cpu::sadffm::dffm_out_backward);
-  m.impl("dffm_out_forward_stash", &eimn::cpu::sadffm::dffm_out_forward_stash);
-  m.impl("dffm_out_backward_stash", &eimn::cpu::sadffm::dffm_out_backward_stash);
-  m.impl("sadffm_infer_forward", &eimn::cpu::sadffm::sadffm_infer_forward);
-  m.impl("sadffm_forward_stash", &eimn::cpu::sadffm::sadffm_forward_stash);
-  m.impl("sadffm_backward_stash", &eimn::cpu::sadffm::sadffm_backward_stash);
+namespace eimn::cpu {
+inline namespace EIMN_ISA {
+// This level's kernels of the sadffm ops (cpu_register.h; cpu_dispatch.cpp registers one level's).
+void register_sadffm(torch::Library& m) {
+  m.impl("convmlp_infer_forward", &sadffm::convmlp_infer_forward);
+  m.impl("gated_dwconv_forward", &sadffm::gated_dwconv_forward);
+  m.impl("gated_dwconv_backward", &sadffm::gated_dwconv_backward);
+  m.impl("gated_dwconv_forward_stash", &sadffm::gated_dwconv_forward_stash);
+  m.impl("gated_dwconv_backward_stash", &sadffm::gated_dwconv_backward_stash);
+  m.impl("dffm_out_forward", &sadffm::dffm_out_forward);
+  m.impl("dffm_out_backward", &sadffm::dffm_out_backward);
+  m.impl("dffm_out_forward_stash", &sadffm::dffm_out_forward_stash);
+  m.impl("dffm_out_backward_stash", &sadffm::dffm_out_backward_stash);
+  m.impl("sadffm_infer_forward", &sadffm::sadffm_infer_forward);
+  m.impl("sadffm_forward_stash", &sadffm::sadffm_forward_stash);
+  m.impl("sadffm_backward_stash", &sadffm::sadffm_backward_stash);
 }
+}  // namespace EIMN_ISA
+}  // namespace eimn::cpu

@@ -3,6 +3,7 @@
 // y * c * s once the image-wide mean is known. The stash layout the backward reads (DffmStash) is defined here.
 // Private to csrc/cpu/sadffm_cpu.cpp.
 #pragma once
+#include "cpu/cpu_isa.h"
 #include <ATen/Parallel.h>
 
 #include <algorithm>
@@ -14,7 +15,9 @@
 #include "cpu/cpu_gemm.h"
 #include "cpu/sadffm_common.h"
 
-namespace eimn::cpu::sadffm {
+namespace eimn::cpu {
+inline namespace EIMN_ISA {
+namespace sadffm {
 namespace {  // one translation unit: sadffm_cpu.cpp includes every slice
 
 constexpr int64_t kPT = 256;  // pixels per dffm tile
@@ -181,4 +184,6 @@ void dffm_fwd_kernel(const DffmW<T>& w, const T* h, T* out, int64_t N, int64_t H
 }
 
 }  // namespace
-}  // namespace eimn::cpu::sadffm
+}  // namespace sadffm
+}  // namespace EIMN_ISA
+}  // namespace eimn::cpu

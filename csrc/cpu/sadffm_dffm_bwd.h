@@ -2,6 +2,7 @@
 // 256-pixel tiles (below). Weight gradients are summed per tile or chunk, then in a fixed order.
 // Private to csrc/cpu/sadffm_cpu.cpp.
 #pragma once
+#include "cpu/cpu_isa.h"
 #include <ATen/Parallel.h>
 
 #include <algorithm>
@@ -13,7 +14,9 @@
 #include "cpu/cpu_reduce.h"
 #include "cpu/sadffm_dffm.h"
 
-namespace eimn::cpu::sadffm {
+namespace eimn::cpu {
+inline namespace EIMN_ISA {
+namespace sadffm {
 namespace {  // one translation unit: sadffm_cpu.cpp includes every slice
 
 // The DFFM backward (dffm_bwd_kernel) in passes over 256-pixel tiles:
@@ -361,4 +364,6 @@ void dffm_bwd_kernel(const DffmW<T>& w, const T* go, const T* h, const T* stash,
 }
 
 }  // namespace
-}  // namespace eimn::cpu::sadffm
+}  // namespace sadffm
+}  // namespace EIMN_ISA
+}  // namespace eimn::cpu

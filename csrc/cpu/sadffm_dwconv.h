@@ -3,6 +3,7 @@
 // gate's gradient as t2 is produced), and its weight gradient. Compile-time K for 1, 3, 5, 7; generic loops else.
 // Private to csrc/cpu/sadffm_cpu.cpp.
 #pragma once
+#include "cpu/cpu_isa.h"
 #include <algorithm>
 #include <cstdint>
 #include <type_traits>
@@ -10,7 +11,9 @@
 
 #include "cpu/sadffm_common.h"
 
-namespace eimn::cpu::sadffm {
+namespace eimn::cpu {
+inline namespace EIMN_ISA {
+namespace sadffm {
 namespace {  // one translation unit: sadffm_cpu.cpp includes every slice
 
 // ----------------------------------------------------------------------------- depthwise plane helper
@@ -412,4 +415,6 @@ void dw_wgrad(const T* d, const T* plane, int64_t a, int64_t b, int64_t r0, int6
 }
 
 }  // namespace
-}  // namespace eimn::cpu::sadffm
+}  // namespace sadffm
+}  // namespace EIMN_ISA
+}  // namespace eimn::cpu

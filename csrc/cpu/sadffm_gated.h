@@ -3,6 +3,7 @@
 // + b_in stays in L2 (or, for training, is kept in the stash); the depthwise rows come from sadffm_dwconv.h.
 // Private to csrc/cpu/sadffm_cpu.cpp.
 #pragma once
+#include "cpu/cpu_isa.h"
 #include <ATen/Parallel.h>
 
 #include <algorithm>
@@ -15,7 +16,9 @@
 #include "cpu/sadffm_common.h"
 #include "cpu/sadffm_dwconv.h"
 
-namespace eimn::cpu::sadffm {
+namespace eimn::cpu {
+inline namespace EIMN_ISA {
+namespace sadffm {
 namespace {  // one translation unit: sadffm_cpu.cpp includes every slice
 
 constexpr int kGroup = 6;  // channel pairs per tile (2*kGroup rows = two 6-row GEMM micro-tiles)
@@ -217,4 +220,6 @@ void gated_dwconv_bwd_kernel(const T* gh, const T* x, const T* w_in, const T* b_
 }
 
 }  // namespace
-}  // namespace eimn::cpu::sadffm
+}  // namespace sadffm
+}  // namespace EIMN_ISA
+}  // namespace eimn::cpu

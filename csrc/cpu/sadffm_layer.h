@@ -3,6 +3,7 @@
 // on small inputs, and training), and the training stash's layout.
 // Private to csrc/cpu/sadffm_cpu.cpp.
 #pragma once
+#include "cpu/cpu_isa.h"
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 
@@ -13,7 +14,9 @@
 #include "cpu/sadffm_dffm.h"
 #include "cpu/sadffm_gated.h"
 
-namespace eimn::cpu::sadffm {
+namespace eimn::cpu {
+inline namespace EIMN_ISA {
+namespace sadffm {
 namespace {  // one translation unit: sadffm_cpu.cpp includes every slice
 
 // Whole SADFFM layer, forward only (inference): h = gated_dwconv(x) is produced band by band into packed GEMM
@@ -120,4 +123,6 @@ SadffmStash sadffm_stash(at::ScalarType st, int64_t N, int64_t hid, int64_t C, i
 }
 
 }  // namespace
-}  // namespace eimn::cpu::sadffm
+}  // namespace sadffm
+}  // namespace EIMN_ISA
+}  // namespace eimn::cpu

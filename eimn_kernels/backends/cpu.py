@@ -17,12 +17,16 @@ DTYPES = (torch.float32, torch.float64)
 
 
 def available(device: torch.device) -> tuple[bool, str]:
-    """CPU tensors, with the extension built."""
+    """CPU tensors, with the extension built and a level of its kernels that this CPU runs (the reason names the
+    level: "C++ kernels (avx512)")."""
     if device.type != "cpu":
         return False, "the cpu backend runs on CPU tensors only"
     if not _ext.extension_loaded():
         return False, f"eimn_kernels._C is not built ({_ext.extension_error()})"
-    return True, "C++ kernels"
+    info = _ext.cpu_isa_info()
+    if not info["level"]:
+        return False, info["error"]
+    return True, f"C++ kernels ({info['level']})"
 
 
 def _sadffm_backward_recompute(grad_out, *args):
@@ -56,4 +60,4 @@ def _table() -> dict[str, OpKernels]:
     }
 
 
-OPS: dict[str, OpKernels] = _table() if _ext.extension_loaded() else {}
+OPS: dict[str, OpKernels] = _table() if _ext.cpu_kernels_loaded() else {}
