@@ -6,7 +6,8 @@ what code and command (``commit``, ``command``), what was timed (``section``: op
 ``case``: the op or model; ``shape``; ``mode``: fwd, bwd, fwd+bwd, or the model's LR size; ``dtype``;
 ``provider``: eager, compile, fused[cpu], folded[cuda], ...), and the numbers (``median_ms``, ``q1_ms``,
 ``q3_ms``, ``speedup_vs_eager``: eager median / this median in the same run, ``paired``: median of the
-interleaved per-call ratios t_eager / t_this with ``paired_q1`` / ``paired_q3``), plus the conditions that move
+interleaved per-call ratios t_eager / t_this with ``paired_q1`` / ``paired_q3``; model rows with peers also
+``paired_vs_best_peer`` and, for reduced-precision rows, ``psnr_cost_dB`` on Set5), plus the conditions that move
 CPU timings (``omp_wait_policy``, ``malloc``).
 
     python -m benchmarks.history [--machine TAG]     # regenerate latest-*.md/.png from the log
@@ -69,13 +70,14 @@ def rows_of(results: dict, command: str, commit: str | None = None) -> list[dict
                     "shape": f"LR {r['lr']}" + (f" batch {r['batch']}" if r.get("batch") else ""),
                     "mode": "train step" if r.get("group") == "training" else "inference",
                     "dtype": r.get("precision", "fp32"), "provider": r["variant"], **_numbers(r),
+                    "paired_vs_best_peer": _f(r.get("paired_vs_best_peer")), "psnr_cost_dB": _f(r.get("psnr_cost_dB")),
                     "omp_wait_policy": m.get("omp_wait_policy")})
     return out
 
 
 def _numbers(r: dict) -> dict:
     return {"median_ms": _f(r["median_ms"]), "q1_ms": _f(r.get("q1_ms")), "q3_ms": _f(r.get("q3_ms")),
-            "speedup_vs_eager": _f(r.get("speedup_vs_eager")), "paired": _f(r.get("paired_speedup")),
+            "speedup_vs_eager": _f(r.get("speedup_vs_eager")), "paired": _f(r.get("paired_speedup", r.get("paired_vs_eager"))),
             "paired_q1": _f(r.get("paired_q1")), "paired_q3": _f(r.get("paired_q3"))}
 
 
@@ -123,6 +125,10 @@ def _x(v) -> str:
     return "" if v is None else f"{v:.2f}x"
 
 
+def _db(v) -> str:
+    return "" if v is None else f"{v:.4f} dB"
+
+
 def to_markdown(rows: list[dict], machine: str) -> str:
     """The latest table of ``machine`` (rows from :func:`latest`) as markdown."""
     if not rows:
@@ -132,14 +138,17 @@ def to_markdown(rows: list[dict], machine: str) -> str:
     lines = [f"# Latest results: {machine}", "",
              f"{where}; torch {r0.get('torch')}. Generated from `{LOG_NAME}` by `python -m benchmarks.history`: "
              "for every case the newest run that timed it. *vs eager*: eager's median / this median in the same "
-             "run; *paired*: median (quartiles) of t_eager / t_this over interleaved single calls.", "",
-             "| section | case | shape | mode | dtype | provider | median ms | vs eager | paired (IQR) | date | "
-             "commit | command |", "|---|---|---|---|---|---|---:|---:|---:|---|---|---|"]
+             "run; *paired*: median (quartiles) of t_eager / t_this over interleaved single calls (model rows: "
+             "also over the fastest ONNX Runtime / OpenVINO row, *vs peer*); *PSNR cost*: Set5 PSNR lost by a "
+             "reduced-precision row with the official weights.", "",
+             "| section | case | shape | mode | dtype | provider | median ms | vs eager | paired (IQR) | vs peer | "
+             "PSNR cost | date | commit | command |", "|---|---|---|---|---|---|---:|---:|---:|---:|---:|---|---|---|"]
     for r in sorted(rows, key=lambda r: (_group(r), r["provider"] != "eager", r["provider"])):
         paired = "" if r.get("paired") is None else (f"{r['paired']:.2f}x ({r['paired_q1']:.2f}-{r['paired_q3']:.2f})"
                                                      if r.get("paired_q1") is not None else f"{r['paired']:.2f}x")
         lines.append(f"| {r['section']} | {r['case']} | {r['shape']} | {r['mode']} | {r['dtype']} | {r['provider']} "
-                     f"| {r['median_ms']:.2f} | {_x(r.get('speedup_vs_eager'))} | {paired} | {r['date'][:16]} "
+                     f"| {r['median_ms']:.2f} | {_x(r.get('speedup_vs_eager'))} | {paired} | {_x(r.get('paired_vs_best_peer'))} "
+                     f"| {_db(r.get('psnr_cost_dB'))} | {r['date'][:16]} "
                      f"| {r.get('commit', '')} | `{r.get('command', '')}` |")
     return "\n".join(lines) + "\n"
 

@@ -20,6 +20,7 @@ achieved as a fraction of this machine's sgemm rate (benchmarks.harness.measure_
 from __future__ import annotations
 
 import argparse
+import datetime
 import json
 import statistics
 import time
@@ -32,6 +33,7 @@ from eimn.model import EIMN_A, EIMN_L
 
 from .complexity import LR_SIZES
 from .harness import _threads, machine_info, measure_ceilings, progress
+from .history import git_commit
 
 __all__ = ["GROUPS", "layer_group", "conv_gflop_by_group", "profile_model", "format_profile", "main"]
 
@@ -178,7 +180,8 @@ def main(argv=None) -> list[dict]:
         out.append(p)
     if a.json:
         with open(a.json, "w") as f:
-            json.dump({"machine": machine_info("cpu"), "command": "python -m benchmarks.model_profile "
+            json.dump({"machine": machine_info("cpu"), "date": datetime.datetime.now().isoformat(timespec="minutes"),
+                       "commit": git_commit(), "command": "python -m benchmarks.model_profile "
                        + " ".join(argv if argv is not None else __import__("sys").argv[1:]), "profiles": out}, f,
                       indent=1)
     return out
