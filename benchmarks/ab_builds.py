@@ -92,6 +92,7 @@ def op_calls(ns: str, shape: tuple[int, int, int, int]) -> dict:
           r(1, 2 * R, 1, 1), r(1)]
     h = r(N, hid, H, W, scale=1.0)
     gh = r(N, hid, H, W, scale=1.0)
+    none = torch.empty(0)  # conv1x1_forward's absent gate / residual
 
     def train(name, grad, tensors, scalars=()):
         """Forward + backward of op ``name`` as autograd runs them on the cpu backend: through the forward's stash
@@ -128,6 +129,8 @@ def op_calls(ns: str, shape: tuple[int, int, int, int]) -> dict:
         "gated_dwconv_train": lambda: train("gated_dwconv", gh, (x, *gw)),
         "dffm_out_train": lambda: train("dffm_out", gy, (h, *fw), (1e-6,)),
         "sadffm_train": sadffm_train,
+        "conv1x1_gate_forward": lambda: o.conv1x1_forward(x, wq, bq, y, none, 0),
+        "conv1x1_gelu_residual_forward": lambda: o.conv1x1_forward(x, wq, bq, none, y, 1),
         "channel_layer_norm_forward": lambda: o.channel_layer_norm_forward(x, 1 + fw[2], fw[3], 1e-5),
         "channel_layer_norm_backward": lambda: o.channel_layer_norm_backward(gy, x, 1 + fw[2], fw[3], 1e-5),
         "channel_layer_norm_train": lambda: train("channel_layer_norm", gy, (x, 1 + fw[2], fw[3]), (1e-5,)),

@@ -1,16 +1,18 @@
 """Where the folded model's time goes: a per-layer profile of EIMN inference on the CPU at a 720p output.
 
 The model is ``optimize_for_inference`` of EIMN_A / EIMN_L (seeded weights; speed does not depend on them), fp32
-or with bf16 GEMMs (``--precision bf16``, CPUs with AVX512-BF16). Each forward is timed whole, and, in separate
-calls, every layer of one group is timed by forward hooks (the CPU ops are synchronous, so a layer's time is the
-wall time between its pre- and post-hook). Rows, one per group, largest first:
+or with bf16 GEMMs (``--precision bf16``, CPUs with AVX512-BF16). Each forward is timed whole and every layer by
+forward hooks (the CPU ops are synchronous, so a layer's time is the wall time between its pre- and post-hook);
+the forward with the median wall time is broken down. Rows, one per group, largest first:
 
 - ``MOLRCM``, ``SADFFM``: the fused layers (all blocks together), ``LayerNorm``: the channel LayerNorms between
-  blocks, ``head conv`` / ``tail conv``: the 3x3 convolutions (PyTorch's), ``pixel shuffle``;
+  blocks where they run on their own (the CPU fold applies them, the blocks' second residual and ls2 in the SADFFM
+  kernel's last pass: then they are in SADFFM's row and this one is 0), ``head conv`` / ``tail conv``: the 3x3
+  convolutions (PyTorch's), ``pixel shuffle``;
 - ``residual and glue``: the rest of the forward, the blocks' residual sums and the Python between layers
   (wall time minus the groups').
 
-Columns: ms per forward (median over ``--iters`` forwards), share of the wall time, GFLOP (2 x the conv
+Columns: ms in that forward, share of its wall time, GFLOP (2 x the conv
 multiply-adds of the layers in the group, counted on the eager model as benchmarks.complexity counts) and the rate
 achieved as a fraction of this machine's sgemm rate (benchmarks.harness.measure_ceilings, same threads).
 
@@ -22,7 +24,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
-import statistics
 import time
 
 import torch
@@ -83,34 +84,39 @@ def conv_gflop_by_group(variant: str, scale: int, lr: tuple[int, int]) -> dict[s
     return flop
 
 
-def _time_groups(model: nn.Module, x: torch.Tensor, group: str) -> float:
-    """Seconds spent in the layers of ``group`` during one forward."""
-    spent, start = [0.0], {}
+def _timed_forward(model: nn.Module, x: torch.Tensor) -> tuple[float, dict[str, float]]:
+    """Wall seconds of one forward and the seconds spent in the layers of each group (forward hooks on every
+    group's layers: a few microseconds per layer)."""
+    spent, start = dict.fromkeys(GROUPS, 0.0), {}
 
     def pre(mod, inp):
         start[mod] = time.perf_counter()
 
-    def post(mod, inp, out):
-        spent[0] += time.perf_counter() - start.pop(mod)
+    def post(mod, inp, out, group):
+        spent[group] += time.perf_counter() - start.pop(mod)
 
     hs = []
     for name, mod in model.named_modules():
-        if layer_group(name, mod) == group:
-            hs += [mod.register_forward_pre_hook(pre), mod.register_forward_hook(post)]
+        g = layer_group(name, mod)
+        if g is not None:
+            hs += [mod.register_forward_pre_hook(pre),
+                   mod.register_forward_hook(lambda m, i, o, g=g: post(m, i, o, g))]
     try:
         with torch.no_grad():
+            t0 = time.perf_counter()
             model(x)
+            wall = time.perf_counter() - t0
     finally:
         for h in hs:
             h.remove()
-    return spent[0]
+    return wall, spent
 
 
 def profile_model(variant: str, scale: int, threads: int | None = 2, iters: int = 5, precision: str = "fp32",
                   sgemm_gflops: float | None = None, progress_bar: bool = True,
                   lr: tuple[int, int] | None = None) -> dict:
     """Profile of the folded ``variant`` x``scale`` at a 720p output (LR input (H, W) from benchmarks.complexity, or
-    ``lr``).
+    ``lr``): of ``iters`` timed forwards, the one with the median wall time, broken down by group.
 
     Returns {'case', 'precision', 'threads', 'wall_ms', 'sgemm_GFLOPs', 'rows': [{'group', 'ms', 'share',
     'GFLOP', 'of_sgemm'}]}; the rows' ms add up to wall_ms (the 'residual and glue' row is the remainder)."""
@@ -125,21 +131,15 @@ def profile_model(variant: str, scale: int, threads: int | None = 2, iters: int 
             sgemm_gflops = measure_ceilings("cpu", quick=True, threads=threads)["sgemm_GFLOPs"]
         with torch.no_grad():
             model(x)  # warm-up: caches, packed weights, pages
-        walls, per_group = [], {g: [] for g in GROUPS}
-        for _ in progress(range(iters), f"profile {variant}_x{scale}", disable=not progress_bar):
-            t0 = time.perf_counter()
-            with torch.no_grad():
-                model(x)
-            walls.append(time.perf_counter() - t0)
-            for g in GROUPS:  # one forward per group: the hooks of one group only perturb that forward
-                per_group[g].append(_time_groups(model, x, g))
-    wall = statistics.median(walls)
+        runs = [_timed_forward(model, x) for _ in progress(range(iters), f"profile {variant}_x{scale}",
+                                                            disable=not progress_bar)]
+    wall, spent = sorted(runs, key=lambda r: r[0])[(len(runs) - 1) // 2]
     rows = []
     for g in GROUPS:
-        s = statistics.median(per_group[g])
+        s = spent[g]
         rows.append({"group": g, "ms": 1e3 * s, "share": s / wall, "GFLOP": flop[g],
                      "of_sgemm": (flop[g] / s / sgemm_gflops) if flop[g] and s else None})
-    rest = wall - sum(r["ms"] for r in rows) / 1e3
+    rest = wall - sum(spent.values())
     rows.append({"group": "residual and glue", "ms": 1e3 * rest, "share": rest / wall, "GFLOP": 0.0,
                  "of_sgemm": None})
     rows.sort(key=lambda r: -r["ms"])

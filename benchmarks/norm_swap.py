@@ -1,10 +1,14 @@
-"""Interleaved A/B of the fused channel LayerNorm in the whole model: the folded EIMN_L
-(eimn_kernels.optimize_for_inference, cpu backend) against the same model with nn.LayerNorm put back in place of
-every ChannelLayerNorm (same weights), one call of each per round in one process.
+"""Interleaved A/B of the LayerNorms between blocks in the whole model: the folded EIMN_L
+(eimn_kernels.optimize_for_inference, cpu backend: each LayerNorm applied, with the block's second residual, in the
+SADFFM kernel's last pass) against the same model with the LayerNorms put back between the blocks as modules of
+their own (same weights): nn.LayerNorm (``--a nn``, PyTorch's, with the model's permutes) or the fused
+ChannelLayerNorm op (``--a channel``). One call of each per round in one process.
 
-    python -m benchmarks.norm_swap [--scale 2] [--lr 360x640] [--rounds 3] [--threads 2] [--malloc default|steady]
+    python -m benchmarks.norm_swap [--a nn|channel] [--scale 2] [--lr 360x640] [--rounds 3] [--threads 2]
+        [--malloc default|steady]
 
-Prints the largest output difference and, per round, both times and their ratio (> 1: the fused norm is faster).
+Prints the largest output difference and, per round, both times and their ratio (> 1: B, the folded model, is
+faster).
 """
 from __future__ import annotations
 
@@ -22,19 +26,29 @@ from .harness import add_malloc_arg, set_malloc_mode
 __all__ = ["with_layer_norms", "main"]
 
 
-def with_layer_norms(model: torch.nn.Module) -> torch.nn.Module:
-    """A copy of a fused EIMN whose ChannelLayerNorms are nn.LayerNorm again (shared weights)."""
+def with_layer_norms(model: torch.nn.Module, kind: str = "nn") -> torch.nn.Module:
+    """A copy of a folded EIMN whose LayerNorms between blocks are modules of their own again (shared weights):
+    nn.LayerNorm (``kind="nn"``) or ChannelLayerNorm (``"channel"``), taken out of the folded blocks."""
+    if kind not in ("nn", "channel"):
+        raise ValueError(f"kind must be 'nn' or 'channel', got {kind!r}")
     out = copy.deepcopy(model)
-    for name in out.channel_norm_names():
-        n = getattr(out, name)
-        ln = torch.nn.LayerNorm(n.dim, eps=n.eps)
-        ln.weight, ln.bias = n.weight, n.bias
+    for i, name in enumerate(out.channel_norm_names(), start=1):
+        blk = getattr(out, f"block{i}")[0]
+        n = getattr(blk, "norm", None) or getattr(out, name)
+        if getattr(blk, "norm", None) is not None:
+            blk.norm = None
+        if kind == "nn":
+            ln = torch.nn.LayerNorm(n.dim, eps=n.eps)
+            ln.weight, ln.bias = n.weight, n.bias
+        else:
+            ln = n
         setattr(out, name, ln)
     return out
 
 
 def main(argv=None) -> list[tuple[float, float]]:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--a", choices=("nn", "channel"), default="nn", help="the A side's LayerNorm modules")
     ap.add_argument("--scale", type=int, default=2)
     ap.add_argument("--lr", default="360x640", help="LR image H x W")
     ap.add_argument("--rounds", type=int, default=3)
@@ -46,7 +60,7 @@ def main(argv=None) -> list[tuple[float, float]]:
     h, w = (int(s) for s in a.lr.split("x"))
     torch.manual_seed(0)
     new = ek.optimize_for_inference(EIMN_L(scale=a.scale).eval(), backend="cpu")
-    old = with_layer_norms(new)
+    old = with_layer_norms(new, a.a)
     x = torch.rand(1, 3, h, w)
     rounds = []
     with torch.no_grad():
@@ -58,7 +72,7 @@ def main(argv=None) -> list[tuple[float, float]]:
             new(x)
             t2 = time.perf_counter()
             rounds.append((t1 - t0, t2 - t1))
-            print(f"nn.LayerNorm {1e3 * (t1 - t0):9.1f} ms   ChannelLayerNorm {1e3 * (t2 - t1):9.1f} ms   "
+            print(f"A ({a.a} LayerNorm modules) {1e3 * (t1 - t0):9.1f} ms   B (folded) {1e3 * (t2 - t1):9.1f} ms   "
                   f"x{(t1 - t0) / (t2 - t1):.2f}", flush=True)
     return rounds
 

@@ -84,10 +84,13 @@ TORCH_LIBRARY(eimn_C, m) {
   m.def("conv1x1_forward(Tensor x, Tensor w, Tensor b, Tensor gate, Tensor residual, int act) -> Tensor");
   m.def("conv1x1_backward(Tensor grad_out, Tensor x, Tensor w, Tensor b, Tensor gate, Tensor residual, int act) "
         "-> (Tensor, Tensor, Tensor, Tensor, Tensor)");
-  // Whole SADFFM layer, forward only (inference; CPU): dffm_out(gated_dwconv(x)) without writing h.
+  // Whole SADFFM layer, forward only (inference; CPU): dffm_out(gated_dwconv(x)) without writing h. With ls (C):
+  // the EIMN block's tail in the same pass, x + ls * SADFFM(x), then with norm_w / norm_b (C) the channel LayerNorm
+  // after the block (norm_eps).
   m.def("sadffm_infer_forward(Tensor x, Tensor w_in, Tensor b_in, Tensor w_dw, Tensor b_dw, Tensor w_out, "
         "Tensor b_out, Tensor ln_w, Tensor ln_b, Tensor w_gr, Tensor b_gr, Tensor w_lr, Tensor b_lr, Tensor w_ce, "
-        "Tensor b_ce, Tensor w_se, Tensor b_se, float eps, bool bf16=False) -> Tensor");
+        "Tensor b_ce, Tensor w_se, Tensor b_se, float eps, bool bf16=False, Tensor? ls=None, Tensor? norm_w=None, "
+        "Tensor? norm_b=None, float norm_eps=1e-5) -> Tensor");
   // Whole MOLRCM layer, forward only (inference; CPU): gate_out(dw_mix(proj_qv(x))) in one call. bf16 (here and in
   // sadffm_infer_forward): the 1x1 GEMMs in bfloat16 with float32 sums (float32 tensors, AVX512-BF16 CPUs).
   m.def("molrcm_infer_forward(Tensor x, Tensor wq, Tensor bq, Tensor wv, Tensor bv, Tensor w0, Tensor b0, "

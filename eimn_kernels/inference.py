@@ -25,25 +25,55 @@ __all__ = ["optimize_for_inference", "FoldedEIMNBlock", "bn_affine"]
 
 
 class FoldedEIMNBlock(nn.Module):
-    """Inference EIMN block: x + attn'(x), then x + ls2 * mlp'(x), with BN and ls1 folded in.
+    """Inference EIMN block: x + attn'(x), then x + ls2 * mlp'(x), with BN and ls1 folded in; with ``norm`` (the
+    model's LayerNorm after the block, nn.LayerNorm(C) or ChannelLayerNorm) that too.
 
-    x: (N, dim, H, W) -> (N, dim, H, W). Built by :func:`optimize_for_inference`.
+    x: (N, dim, H, W) -> (N, dim, H, W). Built by :func:`optimize_for_inference`. On CPU without autograd the
+    residual, ls2 and the LayerNorm run in the fused SADFFM kernel's last pass (SADFFM.runs_block_tail).
     """
 
-    def __init__(self, attn: nn.Module, mlp: nn.Module, layer_scale_2: torch.Tensor):
+    def __init__(self, attn: nn.Module, mlp: nn.Module, layer_scale_2: torch.Tensor, norm: nn.Module | None = None):
         super().__init__()
         self.attn, self.mlp = attn, mlp
         self.layer_scale_2 = nn.Parameter(layer_scale_2.detach().clone(), requires_grad=False)
+        self.norm = norm
+
+    def _norm(self, x: torch.Tensor) -> torch.Tensor:
+        if self.norm is None:
+            return x
+        if getattr(self.norm, "channels_first", False):
+            return self.norm(x)
+        return self.norm(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if torch.is_grad_enabled():
             x = x + self.attn(x)
-            return torch.addcmul(x, self.layer_scale_2[:, None, None], self.mlp(x))
+            return self._norm(torch.addcmul(x, self.layer_scale_2[:, None, None], self.mlp(x)))
         # No autograd: both residual sums go into attn's fresh output (same values: a + x == x + a), so the block
         # allocates no image-sized tensor of its own (at 640x360 each one is 59 MB of fresh pages).
         a = self.attn(x)
         a.add_(x)
-        return a.addcmul_(self.layer_scale_2[:, None, None], self.mlp(a))
+        if isinstance(self.mlp, SADFFM) and self.mlp.runs_block_tail(a, self.norm):
+            return self.mlp(a, tail=(self.layer_scale_2, self.norm))
+        return self._norm(a.addcmul_(self.layer_scale_2[:, None, None], self.mlp(a)))
+
+
+def _attach_norms(model: nn.Module) -> int:
+    """Move the LayerNorm after each folded block of an EIMN ``model`` (eimn.model.EIMN: ``block<i>`` holding one
+    FoldedEIMNBlock, then ``norm<i>``) into the block, leaving a FusedAway in its place, so that the CPU kernels
+    apply it in the SADFFM's last pass. Returns the number moved."""
+    from .nhwc import FusedAway
+    n = 0
+    names = model.channel_norm_names() if hasattr(model, "channel_norm_names") else []
+    for i, norm_name in enumerate(names, start=1):
+        holder, norm = getattr(model, f"block{i}", None), getattr(model, norm_name, None)
+        if (not isinstance(holder, nn.Sequential) or len(holder) != 1 or not isinstance(holder[0], FoldedEIMNBlock)
+                or holder[0].norm is not None or norm is None or isinstance(norm, FusedAway)):
+            continue
+        holder[0].norm = norm
+        setattr(model, norm_name, FusedAway())
+        n += 1
+    return n
 
 
 def _is_block(m: nn.Module) -> bool:
@@ -125,7 +155,9 @@ def optimize_for_inference(model: nn.Module, backend: str = "auto", inplace: boo
     :mod:`eimn_kernels.nhwc` (tensor-core 1x1s, channels_last between blocks; CUDA for backend cuda / auto where
     built, Triton for triton or other widths), their float32 GEMMs as 3xTF32 (``fp32_dot="tf32x3"``, ~1e-6
     relative) or one TF32 product (``"tf32"``, ~1e-3, eager cuDNN's default); those blocks fall back to the folded
-    layers for CPU tensors, float64 or autograd. ``precision="bf16"`` (fused, CPU): the 1x1 GEMMs of every MOLRCM and
+    layers for CPU tensors, float64 or autograd. Other fused blocks take the LayerNorm after them
+    (FoldedEIMNBlock.norm; a FusedAway stands in the model's ``norm<i>``): on CPU without autograd the SADFFM
+    kernel applies the block's second residual, ls2 and that LayerNorm in its last pass. ``precision="bf16"`` (fused, CPU): the 1x1 GEMMs of every MOLRCM and
     SADFFM layer in bfloat16 with float32 sums on float32 CPU inputs (:mod:`eimn_kernels.cpu_bf16`; RuntimeError on a
     CPU without AVX512-BF16); everything else, and the model's inputs and outputs, stay float32. On a GPU, run a
     bfloat16 model instead (``model.to(torch.bfloat16)``).
@@ -146,6 +178,8 @@ def optimize_for_inference(model: nn.Module, backend: str = "auto", inplace: boo
         if nhwc or (nhwc is None and _wants_nhwc(model, backend, fused)):
             from .nhwc import use_nhwc_blocks
             use_nhwc_blocks(model, backend if backend in ("cuda", "triton") else "auto", fp32_dot)
+        if fused:
+            _attach_norms(model)
     if precision == "bf16":
         mark_bf16(model)
     for p in model.parameters():

@@ -4,6 +4,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
+from ._ext import cpu_kernels_loaded
 from .cpu_bf16 import runs_bf16
 from .ops import channel_layer_norm, dw_mix, gate_out, proj_qv, sadffm_layer
 
@@ -182,7 +183,32 @@ class SADFFM(nn.Module):
 
     cpu_bf16 = False  # set by optimize_for_inference(precision="bf16") (eimn_kernels.cpu_bf16)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def runs_block_tail(self, x: torch.Tensor, norm: nn.Module | None = None) -> bool:
+        """Whether ``forward(x, tail=(ls, norm))`` runs: the EIMN block's tail in the CPU kernel's gate pass. x a
+        non-empty float32/64 (N, C, H, W) CPU tensor with C the output width, backend auto or cpu with the C++
+        kernels loaded, grad mode off, no autocast, not under torch.compile; ``norm`` None or a LayerNorm over the
+        channels (ChannelLayerNorm or nn.LayerNorm(C) with weight and bias)."""
+        if (x.device.type != "cpu" or x.dtype not in (torch.float32, torch.float64) or x.dim() != 4
+                or x.numel() == 0 or x.shape[1] != self.dim or self.backend not in ("auto", "cpu")
+                or torch.is_grad_enabled() or torch.is_autocast_enabled("cpu") or torch.compiler.is_compiling()
+                or not cpu_kernels_loaded()):
+            return False
+        if norm is None:
+            return True
+        shape = getattr(norm, "normalized_shape", (getattr(norm, "dim", None),))
+        return (isinstance(norm, (ChannelLayerNorm, nn.LayerNorm)) and tuple(shape) == (self.dim,)
+                and norm.weight is not None and norm.bias is not None and norm.weight.dtype == x.dtype)
+
+    def forward(self, x: torch.Tensor, tail: tuple[torch.Tensor, nn.Module | None] | None = None) -> torch.Tensor:
+        """x: (N, dim, H, W) -> (N, dim, H, W). ``tail`` = (ls (dim,), norm) (eimn_kernels.inference's folded
+        block, where :meth:`runs_block_tail` says so): returns norm(x + ls * SADFFM(x)) from one kernel, the
+        residual, layer scale and LayerNorm applied in its gate pass (norm None: no LayerNorm)."""
+        if tail is not None:
+            ls, norm = tail
+            nw, nb, ne = (None, None, 1e-5) if norm is None else (norm.weight, norm.bias, float(norm.eps))
+            return torch.ops.eimn_C.sadffm_infer_forward(x, *_params(self, self._PARAMS),
+                                                         getattr(self.DFFM.norm, "eps", 1e-6),
+                                                         bool(self.cpu_bf16 and runs_bf16(self, x)), ls, nw, nb, ne)
         if self.cpu_bf16 and runs_bf16(self, x):
             return torch.ops.eimn_C.sadffm_infer_forward(x, *_params(self, self._PARAMS),
                                                          getattr(self.DFFM.norm, "eps", 1e-6), True)

@@ -87,8 +87,10 @@ def test_optimize_for_inference_reference_backend_exact_algebra():
 
 @pytest.mark.parametrize("backend", ["reference", "cpu"])
 def test_folded_block_without_autograd_sums_in_place(backend):
-    """Without autograd the folded block adds both residuals into attn's output: bitwise the result of the
-    grad-mode path, and the block's input (e.g. the model's global skip) is left untouched."""
+    """Without autograd the folded block adds both residuals into attn's output: the result of the grad-mode path
+    (bitwise for the reference; the cpu backend applies ls2, the residual and the LayerNorm after the block in the
+    SADFFM kernel's last pass: within fp32 rounding), and the block's input (e.g. the model's global skip) is left
+    untouched."""
     if backend == "cpu":
         backend = cpu_backend()
     torch.manual_seed(0)
@@ -104,12 +106,43 @@ def test_folded_block_without_autograd_sums_in_place(backend):
         want = block(x).detach()
     with torch.no_grad():
         got = block(x)
-    assert torch.equal(got, want) and torch.equal(x, x0)
+    same = torch.equal if backend == "reference" else lambda a, b: torch.allclose(a, b, rtol=1e-5, atol=1e-5)
+    assert same(got, want) and torch.equal(x, x0)
     img = torch.rand(1, 3, 9, 10)
     with torch.enable_grad():
         want = folded(img).detach()
     with torch.inference_mode():  # the whole model: its global skip is the first block's input
-        assert torch.equal(folded(img), want)
+        assert same(folded(img), want)
+
+
+def test_folded_cpu_blocks_take_the_layer_norm_after_them():
+    """optimize_for_inference moves each LayerNorm between blocks into the folded block before it (a FusedAway in
+    its place); on CPU without autograd the SADFFM kernel applies it with the residual. Same outputs as the eager
+    model (fp32 1e-5 relative), in fp64 to 1e-12; the folded block falls back to block-then-norm with autograd."""
+    from eimn_kernels.inference import FoldedEIMNBlock
+    from eimn_kernels.nhwc import FusedAway
+    backend = cpu_backend()
+    torch.manual_seed(0)
+    ref = eimn.EIMN(embed_dims=16, scale=2, num_stages=3).eval()
+    for n, p in ref.named_parameters():
+        if "layer_scale" in n:
+            p.data.uniform_(0.1, 1.0)
+    folded = ek.optimize_for_inference(ref, backend=backend)
+    for i in (1, 2, 3):
+        assert isinstance(getattr(folded, f"norm{i}"), FusedAway)
+        blk = getattr(folded, f"block{i}")[0]
+        assert isinstance(blk, FoldedEIMNBlock) and isinstance(blk.norm, ek.ChannelLayerNorm)
+    img = torch.rand(2, 3, 11, 13)
+    for dtype, tol in ((torch.float32, 1e-5), (torch.float64, 1e-12)):
+        r, x = copy.deepcopy(ref).to(dtype), img.to(dtype)
+        f = ek.optimize_for_inference(r, backend=backend)  # folded in dtype
+        with torch.no_grad():
+            want, got = r(x), f(x)
+            assert f.block1[0].mlp.runs_block_tail(torch.rand(1, 16, 4, 4, dtype=dtype), f.block1[0].norm)
+        assert ((got - want).abs().max() / want.abs().max()).item() <= tol
+    with torch.enable_grad():
+        assert not folded.block1[0].mlp.runs_block_tail(torch.rand(1, 16, 4, 4), folded.block1[0].norm)
+        torch.testing.assert_close(folded(img), ref(img), rtol=1e-5, atol=1e-5)
 
 
 def test_fused_training_matches_reference_loss_curve():

@@ -443,3 +443,44 @@ def test_sadffm_layer_bad_input(backend):
             ek.sadffm_layer(x[:, :5], *gw, *dw, 1e-6, backend=name)
         with pytest.raises(ValueError):
             ek.sadffm_layer(x[0], *gw, *dw, 1e-6, backend=name)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+@pytest.mark.parametrize("shape", [LAYER_SHAPES[0], LAYER_SHAPES[3], LAYER_SHAPES[4]],
+                         ids=lambda s: "x".join(map(str, s)))
+@pytest.mark.parametrize("single_kernel", [True, False], ids=["single-kernel", "two-kernels"])
+@pytest.mark.parametrize("norm", [True, False], ids=["tail+norm", "tail"])
+def test_sadffm_infer_block_tail(shape, dtype, single_kernel, norm, monkeypatch):
+    """sadffm_infer_forward with the EIMN block's tail (CPU): LN(x + ls * SADFFM(x)) from the gate pass, against
+    the reference composition (the LayerNorm over channels as EIMN's, eps 1e-5; fp32 1e-5, fp64 1e-12 relative)."""
+    skip_unless_backend("cpu", "cpu")
+    monkeypatch.setenv("EIMN_SADFFM_FUSED_MIN_BYTES", "0" if single_kernel else str(1 << 40))
+    N, C, hid, H, W, K = shape
+    x, *gw = gdw_inputs(N, C, hid, H, W, K, dtype, "cpu")
+    _, *dw = dffm_inputs(1, hid, C, 1, 1, dtype, "cpu")
+    g = torch.Generator().manual_seed(3)
+    ls, nw, nb = (torch.randn(C, generator=g, dtype=torch.float64).to(dtype) for _ in range(3))
+    t = x + ls[:, None, None] * reference.dffm_out(reference.gated_dwconv(x, *gw), *dw, 1e-6)
+    want = reference.channel_layer_norm(t, nw, nb, 1e-5) if norm else t
+    args = (nw, nb, 1e-5) if norm else (None, None, 1e-5)
+    got = torch.ops.eimn_C.sadffm_infer_forward(x, *gw, *dw, 1e-6, False, ls, *args)
+    assert got.shape == want.shape and got.dtype == dtype
+    assert rel_err(got, want) <= (1e-5 if dtype == torch.float32 else 1e-12)
+
+
+def test_sadffm_infer_block_tail_errors():
+    skip_unless_backend("cpu", "cpu")
+    x, *gw = gdw_inputs(1, 8, 6, 5, 5, 3, torch.float32, "cpu")
+    _, *dw = dffm_inputs(1, 6, 8, 1, 1, torch.float32, "cpu")
+    op, ones = torch.ops.eimn_C.sadffm_infer_forward, torch.ones(8)
+    with pytest.raises(RuntimeError, match="norm_w needs ls"):
+        op(x, *gw, *dw, 1e-6, False, None, ones, ones, 1e-5)
+    with pytest.raises(RuntimeError, match="come together"):
+        op(x, *gw, *dw, 1e-6, False, ones, ones, None, 1e-5)
+    with pytest.raises(RuntimeError, match="ls must have shape"):
+        op(x, *gw, *dw, 1e-6, False, torch.ones(7))
+    with pytest.raises(RuntimeError, match="norm_b has dtype"):
+        op(x, *gw, *dw, 1e-6, False, ones, ones, ones.double(), 1e-5)
+    _, *dw6 = dffm_inputs(1, 6, 6, 1, 1, torch.float32, "cpu")  # 6 output channels: no residual over 8
+    with pytest.raises(RuntimeError, match="residual needs"):
+        op(x, *gw, *dw6, 1e-6, False, ones)

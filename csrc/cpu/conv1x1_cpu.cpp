@@ -68,8 +68,12 @@ void fwd_impl(const Tensor& x, const Tensor& w, const Tensor& b, const Tensor& g
   T* op = out.data_ptr<T>();
   constexpr int64_t NR = 2 * (32 / sizeof(T));
   // tasks: channel block outer, so that a thread's consecutive tasks share their packed rows of W
+  // The gate and the residual of the task's rows are packed into panels like x (their epilogue loads then come
+  // from L1, not from one cache line in each of M image rows HW apart per panel: in MOLRCM's gate_out, which reads
+  // v that way, packing made the forward 1.5x faster).
   at::parallel_for(0, ncb * npix, 1, [&](int64_t t0, int64_t t1) {
-    std::vector<T> panel(((P + NR - 1) / NR) * NR * C), wk;
+    const int64_t pn = ((P + NR - 1) / NR) * NR;
+    std::vector<T> panel(pn * C), gpanel(Gate ? pn * cb : 0), rpanel(Res ? pn * cb : 0), wk;
     int64_t packed_block = -1, packed_pix = -1;
     for (int64_t t = t0; t < t1; ++t) {
       const int64_t blk = t / npix, pt = t % npix, o0 = blk * cb, o1 = std::min(Co, o0 + cb), M = o1 - o0;
@@ -83,6 +87,8 @@ void fwd_impl(const Tensor& x, const Tensor& w, const Tensor& b, const Tensor& g
         pack_b<T>(C, np, xp + n * C * HW + p0, HW, panel.data());
         packed_pix = pt;
       }
+      if constexpr (Gate) pack_b<T>(M, np, gp + (n * Co + o0) * HW + p0, HW, gpanel.data());
+      if constexpr (Res) pack_b<T>(M, np, rp + (n * Co + o0) * HW + p0, HW, rpanel.data());
       for (int64_t pq = 0; pq * NR < np; ++pq) {
         const int64_t p = p0 + pq * NR, cnt = std::min(NR, np - pq * NR);
         auto st = [&](int64_t m, vreg<T> c0, vreg<T> c1) {
@@ -94,18 +100,14 @@ void fwd_impl(const Tensor& x, const Tensor& w, const Tensor& b, const Tensor& g
             c0 = v_gelu(c0);
             c1 = v_gelu(c1);
           }
-          const int64_t at = (n * Co + o) * HW + p;
+          const int64_t at = (n * Co + o) * HW + p, pm = (pq * M + m) * NR;  // pm: row m of panel pq
           if constexpr (Gate) {
-            vreg<T> g0, g1;
-            load_row<T>(gp + at, cnt, g0, g1);
-            c0 *= g0;
-            c1 *= g1;
+            c0 *= vload(gpanel.data() + pm);
+            c1 *= vload(gpanel.data() + pm + NR / 2);
           }
           if constexpr (Res) {
-            vreg<T> r0, r1;
-            load_row<T>(rp + at, cnt, r0, r1);
-            c0 += r0;
-            c1 += r1;
+            c0 += vload(rpanel.data() + pm);
+            c1 += vload(rpanel.data() + pm + NR / 2);
           }
           store_row<T>(op + at, c0, c1, cnt);
         };

@@ -201,29 +201,52 @@ void gate_out_fwd_impl(const Tensor& y, const Tensor& v, const Tensor& wf, const
   const bf16::Weights wf_b = bf16 ? bf16_weights<T>(wfp, C, C) : bf16::Weights();
   const bf16::Weights wo_b = bf16 ? bf16_weights<T>(wop, Co, C) : bf16::Weights();
   // Per panel of NR pixels: m = SiLU(Wf y + bf) * v goes from the accumulators into a K x NR panel
-  // (L1-resident), which feeds the Wo GEMM right away; out is stored once, with the bias.
+  // (L1-resident), which feeds the Wo GEMM right away; out is stored once, with the bias. Where the micro-kernel
+  // takes two panels at once (AVX-512: one broadcast of W feeds two FMAs), both GEMMs run on pairs of panels.
   constexpr int64_t NR = 2 * (32 / sizeof(T));
   at::parallel_for(0, N * nt, 1, [&](int64_t t0, int64_t t1) {
-    std::vector<T> panel(bf16 ? 0 : ((P + NR - 1) / NR) * NR * C), mpan(NR * C);
+    std::vector<T> panel(bf16 ? 0 : ((P + NR - 1) / NR) * NR * C), mpan(2 * NR * C),
+        vpanel(((P + NR - 1) / NR) * NR * C);
     std::vector<uint32_t> pairs(bf16 ? ((P + NR - 1) / NR) * NR * wf_b.KP : 0), mpairs(bf16 ? NR * wo_b.KP : 0);
     for (int64_t t = t0; t < t1; ++t) {
       const int64_t n = t / nt, p0 = (t % nt) * P, np = std::min(P, HW - p0);
       if (bf16) bf16_pack_pairs<T>(C, np, yp + n * C * HW + p0, HW, pairs.data());
       else pack_b<T>(C, np, yp + n * C * HW + p0, HW, panel.data());
-      for (int64_t pq = 0; pq * NR < np; ++pq) {
-        const int64_t p = p0 + pq * NR, cnt = std::min(NR, np - pq * NR);
-        auto st_m = [&](int64_t c, vreg<T> c0, vreg<T> c1) {
+      // v in panels too: the epilogue reads each channel's NR values from L1, not one cache line from each of C
+      // image rows (C streams HW apart per panel; those loads held the gate_out forward at half proj_qv's rate).
+      pack_b<T>(C, np, vp + n * C * HW + p0, HW, vpanel.data());
+      // Epilogues of panel pq (pixels p0 + pq * NR on): m into the m panel mp, out with the bias.
+      auto epilogue_m = [&](int64_t pq, T* mp) {
+        const T* vpan = vpanel.data() + pq * NR * C;
+        return [&, vpan, mp](int64_t c, vreg<T> c0, vreg<T> c1) {
           const vreg<T> bias = vsplat<T>(bfp[c]);
-          vreg<T> v0, v1;
-          load_row<T>(vp + (n * C + c) * HW + p, cnt, v0, v1);
+          const vreg<T> v0 = vload(vpan + c * NR), v1 = vload(vpan + c * NR + NR / 2);
           const vreg<T> f0 = c0 + bias, f1 = c1 + bias;
-          vstore(mpan.data() + c * NR, f0 * v_sigmoid(f0) * v0);
-          vstore(mpan.data() + c * NR + NR / 2, f1 * v_sigmoid(f1) * v1);
+          vstore(mp + c * NR, f0 * v_sigmoid(f0) * v0);
+          vstore(mp + c * NR + NR / 2, f1 * v_sigmoid(f1) * v1);
         };
-        auto st_o = [&](int64_t o, vreg<T> c0, vreg<T> c1) {
+      };
+      auto epilogue_o = [&](int64_t pq) {
+        const int64_t p = p0 + pq * NR, cnt = std::min(NR, np - pq * NR);
+        return [&, p, cnt](int64_t o, vreg<T> c0, vreg<T> c1) {
           const vreg<T> bias = vsplat<T>(bop[o]);
           store_row<T>(op + (n * Co + o) * HW + p, c0 + bias, c1 + bias, cnt);
         };
+      };
+      for (int64_t pq = 0; pq * NR < np; ++pq) {
+        if constexpr (kTwoPanels) {
+          if (!bf16 && (pq + 1) * NR < np) {
+            auto st_m0 = epilogue_m(pq, mpan.data()), st_m1 = epilogue_m(pq + 1, mpan.data() + NR * C);
+            rows_panel2<T, ALay::KMajor>(0, C, C, wf_k.data(), C, panel.data() + pq * NR * C,
+                                         panel.data() + (pq + 1) * NR * C, st_m0, st_m1);
+            auto st_o0 = epilogue_o(pq), st_o1 = epilogue_o(pq + 1);
+            rows_panel2<T, ALay::KMajor>(0, Co, C, wo_k.data(), Co, mpan.data(), mpan.data() + NR * C, st_o0, st_o1);
+            ++pq;
+            continue;
+          }
+        }
+        auto st_m = epilogue_m(pq, mpan.data());
+        auto st_o = epilogue_o(pq);
         if (bf16) {
           bf16_rows<T>(0, C, wf_b, pairs.data() + pq * NR * wf_b.KP, st_m);
           bf16_to_pairs<T>(mpan.data(), C, mpairs.data());

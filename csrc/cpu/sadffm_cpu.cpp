@@ -17,6 +17,7 @@
 
 #include <algorithm>
 #include <cstdlib>
+#include <optional>
 #include <tuple>
 #include <vector>
 
@@ -297,9 +298,23 @@ at::Tensor sadffm_infer_forward(const at::Tensor& x_, const at::Tensor& w_in_, c
                                 const at::Tensor& b_out, const at::Tensor& ln_w, const at::Tensor& ln_b,
                                 const at::Tensor& w_gr, const at::Tensor& b_gr, const at::Tensor& w_lr,
                                 const at::Tensor& b_lr, const at::Tensor& w_ce, const at::Tensor& b_ce,
-                                const at::Tensor& w_se, const at::Tensor& b_se, double eps, bool bf16) {
+                                const at::Tensor& w_se, const at::Tensor& b_se, double eps, bool bf16,
+                                const std::optional<at::Tensor>& ls, const std::optional<at::Tensor>& norm_w,
+                                const std::optional<at::Tensor>& norm_b, double norm_eps) {
   check_gated_dwconv(x_, w_in_, b_in_, w_dw_, b_dw_);
   if (bf16) check_bf16(x_, "eimn_C::sadffm_infer_forward (cpu)");
+  // The EIMN block's tail (inference): x + ls * SADFFM(x), then the LayerNorm after the block (norm_w, norm_b).
+  const int64_t C0 = x_.size(1);
+  TORCH_CHECK(ls.has_value() || !norm_w.has_value(), "eimn_C::sadffm_infer_forward (cpu): norm_w needs ls");
+  TORCH_CHECK(norm_w.has_value() == norm_b.has_value(),
+              "eimn_C::sadffm_infer_forward (cpu): norm_w and norm_b come together");
+  TORCH_CHECK(!ls.has_value() || w_out.size(0) == C0, "eimn_C::sadffm_infer_forward (cpu): the residual needs ",
+              "w_out's output channels (", w_out.size(0), ") to equal x's (", C0, ")");
+  if (ls) check_like(*ls, kOp, "ls", x_, {C0});
+  if (norm_w) check_like(*norm_w, kOp, "norm_w", x_, {C0});
+  if (norm_b) check_like(*norm_b, kOp, "norm_b", x_, {C0});
+  const at::Tensor ls_c = ls ? ls->contiguous() : at::Tensor(), nw_c = norm_w ? norm_w->contiguous() : at::Tensor(),
+                   nb_c = norm_b ? norm_b->contiguous() : at::Tensor();
   const int64_t N = x_.size(0), C = x_.size(1), H = x_.size(2), W = x_.size(3), hid = w_in_.size(0) / 2;
   auto ws = check_dffm_weights(hid, x_, {w_out, b_out, ln_w, ln_b, w_gr, b_gr, w_lr, b_lr, w_ce, b_ce, w_se, b_se});
   // Below the threshold the two kernels run back to back, h passed between them in the packed panel layout that
@@ -315,13 +330,19 @@ at::Tensor sadffm_infer_forward(const at::Tensor& x_, const at::Tensor& w_in_, c
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "sadffm_infer_forward", [&] {
     using T = scalar_t;
     const DffmW<T> dw = dffm_weights<T>(ws, hid, eps);
+    BlockTail<T> tail;
+    if (ls) {
+      tail.a = x.data_ptr<T>();
+      tail.ls = ls_c.data_ptr<T>();
+      if (norm_w) tail.ln_w = nw_c.data_ptr<T>(), tail.ln_b = nb_c.data_ptr<T>(), tail.ln_eps = T(norm_eps);
+    }
     if (single) {
       sadffm_infer_kernel<T>(x.data_ptr<T>(), w_in.data_ptr<T>(), b_in.data_ptr<T>(), w_dw.data_ptr<T>(),
-                             b_dw.data_ptr<T>(), dw, out.data_ptr<T>(), N, int(C), H, W, int(K), bf16);
+                             b_dw.data_ptr<T>(), dw, out.data_ptr<T>(), N, int(C), H, W, int(K), bf16, &tail);
       return;
     }
     auto hp = pooled_empty({N * panel_image_numel<T>(hid, H * W)}, x.options());
-    sadffm_panels_fwd<T>(x, w_in, b_in, w_dw, b_dw, dw, hp.data_ptr<T>(), out.data_ptr<T>(), nullptr, nullptr);
+    sadffm_panels_fwd<T>(x, w_in, b_in, w_dw, b_dw, dw, hp.data_ptr<T>(), out.data_ptr<T>(), nullptr, nullptr, &tail);
   });
   return out;
 }

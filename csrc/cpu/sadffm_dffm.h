@@ -120,20 +120,30 @@ template <typename T> struct DffmStash {
   T* ysum(int64_t n) const { return base + N * stride() + n * C; }
 };
 
+// The EIMN block's tail after its SADFFM, fused into the gate pass (inference): out = a + ls[ch] * gated, then,
+// with ln_w, EIMN's channel LayerNorm between blocks over it: (t - mean_c t) * rstd * ln_w[ch] + ln_b[ch]. a is the
+// SADFFM's input (N, C, HW); it may not alias out.
+template <typename T> struct BlockTail {
+  const T *a = nullptr, *ls = nullptr, *ln_w = nullptr, *ln_b = nullptr;
+  T ln_eps = T(1e-5);
+};
+
 // Second pass of the DFFM forward: per image, the global branch from the per-tile sums of yhat (ntiles slots
-// per image, in order), then out = y * c[n, ch] * sigmoid(aloc + k[n]) (y may be out itself: in place).
-// y and aloc of image n start at y + n * y_stride, aloc + n * aloc_stride; out is (N, C, HW).
+// per image, in order), then out = y * c[n, ch] * sigmoid(aloc + k[n]) (y may be out itself: in place), or with
+// a block tail (tail->a set) the tail of that. y and aloc of image n start at y + n * y_stride,
+// aloc + n * aloc_stride; out is (N, C, HW).
 template <typename T>
 void dffm_apply_gate(const DffmW<T>& w, const T* ysum, int64_t ntiles, const T* aloc, int64_t aloc_stride,
-                     const T* y, int64_t y_stride, T* out, int64_t N, int64_t HW) {
+                     const T* y, int64_t y_stride, T* out, int64_t N, int64_t HW, const BlockTail<T>* tail = nullptr) {
   const int C = w.C, R = w.R;
   std::vector<T> cc(size_t(N) * C), kn(N), tmp(size_t(C) + 2 * R);
   for (int64_t n = 0; n < N; ++n)
     dffm_global(w, ysum + n * ntiles * C, ntiles, HW, tmp.data(), tmp.data() + C, tmp.data() + C + R,
                 cc.data() + n * C, kn.data() + n);
+  const bool res = tail && tail->a, norm = res && tail->ln_w;
   const int64_t nt = (HW + kPT - 1) / kPT;
   at::parallel_for(0, N * nt, 1, [&](int64_t i0, int64_t i1) {
-    std::vector<T> s(kPT);
+    std::vector<T> s(kPT), tb(norm ? size_t(C) * kPT + 2 * kPT : 0);
     for (int64_t it = i0; it < i1; ++it) {
       const int64_t n = it / nt, p0 = (it % nt) * kPT, P = std::min(kPT, HW - p0);
       const T* al = aloc + n * aloc_stride + p0;
@@ -144,8 +154,26 @@ void dffm_apply_gate(const DffmW<T>& w, const T* ysum, int64_t ntiles, const T* 
         const T* yc = y + n * y_stride + c * HW + p0;
         T* o = out + (n * C + c) * HW + p0;
         const T cv = cc[n * C + c];
+        if (!res) {
 #pragma omp simd
-        for (int64_t p = 0; p < P; ++p) o[p] = yc[p] * (cv * s[p]);
+          for (int64_t p = 0; p < P; ++p) o[p] = yc[p] * (cv * s[p]);
+          continue;
+        }
+        const T* ac = tail->a + (n * C + c) * HW + p0;
+        T* t = norm ? tb.data() + c * kPT : o;
+        const T lc = tail->ls[c];
+#pragma omp simd
+        for (int64_t p = 0; p < P; ++p) t[p] = ac[p] + lc * (yc[p] * (cv * s[p]));
+      }
+      if (!norm) continue;
+      T *mu = tb.data() + size_t(C) * kPT, *rs = mu + kPT;
+      channel_stats(tb.data(), kPT, C, P, tail->ln_eps, mu, rs);
+      for (int c = 0; c < C; ++c) {
+        const T* t = tb.data() + c * kPT;
+        T* o = out + (n * C + c) * HW + p0;
+        const T wc = tail->ln_w[c], bc = tail->ln_b[c];
+#pragma omp simd
+        for (int64_t p = 0; p < P; ++p) o[p] = (t[p] - mu[p]) * rs[p] * wc + bc;
       }
     }
   });
@@ -155,7 +183,8 @@ void dffm_apply_gate(const DffmW<T>& w, const T* ysum, int64_t ntiles, const T* 
 // backward, and out is written once by the gate pass; without, y is written to out and gated in place.
 // h_panels: h is in the panel layout of gated_dwconv_fwd_kernel's h_panels output.
 template <typename T>
-void dffm_fwd_kernel(const DffmW<T>& w, const T* h, T* out, int64_t N, int64_t HW, T* stash, bool h_panels = false) {
+void dffm_fwd_kernel(const DffmW<T>& w, const T* h, T* out, int64_t N, int64_t HW, T* stash, bool h_panels = false,
+                     const BlockTail<T>* tail = nullptr) {
   const int C = w.C, R = w.R;
   const int64_t nt = (HW + kPT - 1) / kPT, items = N * nt;
   const DffmStash<T> st(stash, N, C, R, HW);
@@ -177,7 +206,7 @@ void dffm_fwd_kernel(const DffmW<T>& w, const T* h, T* out, int64_t N, int64_t H
         for (int r = 0; r < R; ++r) std::copy(lpre + r * kPT, lpre + r * kPT + P, st.lpre(n) + r * HW + p0);
     }
   });
-  if (!stash) return dffm_apply_gate(w, ysum.data(), nt, aloc_own.data(), HW, out, int64_t(C) * HW, out, N, HW);
+  if (!stash) return dffm_apply_gate(w, ysum.data(), nt, aloc_own.data(), HW, out, int64_t(C) * HW, out, N, HW, tail);
   for (int64_t n = 0; n < N; ++n)
     for (int c = 0; c < C; ++c) st.ysum(n)[c] = sum_tiles(ysum.data() + n * nt * C, nt, C, c);
   dffm_apply_gate(w, ysum.data(), nt, st.aloc(0), st.stride(), st.y(0), st.stride(), out, N, HW);

@@ -21,12 +21,14 @@ namespace {  // one translation unit: sadffm_cpu.cpp includes every slice
 
 // Whole SADFFM layer, forward only (inference): h = gated_dwconv(x) is produced band by band into packed GEMM
 // panels and consumed at once by y = W_out h + b_out, so h (N x hid x H x W) never goes to memory; y goes to
-// out, and the DFFM gate is applied to it in place in a second pass (the global mean needs all of y first).
+// out, and the DFFM gate is applied to it in place in a second pass (the global mean needs all of y first), with
+// the EIMN block's tail (residual, layer scale, the LayerNorm after the block) where tail says so.
 // bf16: W_in and W_out in bfloat16 with float32 sums (cpu_gemm_bf16.h; x packed straight into bfloat16 pairs);
 // the depthwise convolution, the gate and the DFFM (its small W_lr GEMM included) stay float32.
 template <typename T>
 void sadffm_infer_kernel(const T* x, const T* w_in, const T* b_in, const T* w_dw, const T* b_dw, const DffmW<T>& w,
-                         T* out, int64_t N, int C, int64_t H, int64_t W, int K, bool bf16 = false) {
+                         T* out, int64_t N, int C, int64_t H, int64_t W, int K, bool bf16 = false,
+                         const BlockTail<T>* tail = nullptr) {
   const int hid = w.hid, pad = K / 2, Co = w.C, R = w.R;
   const int64_t HW = H * W;
   // Bands of ~6144 pixels: the 1x1 recompute on the K/2-row halos stays ~10%.
@@ -83,7 +85,7 @@ void sadffm_infer_kernel(const T* x, const T* w_in, const T* b_in, const T* w_dw
                         aloc.data() + n * HW + r0 * W + s * kPT, ysum.data() + (it * tpb + s) * Co);
     }
   });
-  dffm_apply_gate(w, ysum.data(), nbands * tpb, aloc.data(), HW, out, int64_t(Co) * HW, out, N, HW);
+  dffm_apply_gate(w, ysum.data(), nbands * tpb, aloc.data(), HW, out, int64_t(Co) * HW, out, N, HW, tail);
 }
 
 // The layer's two kernels back to back with h in the packed panel layout at hp (N * panel_image_numel(hid, H*W)
@@ -92,7 +94,8 @@ void sadffm_infer_kernel(const T* x, const T* w_in, const T* b_in, const T* w_dw
 // pixel of each image's last panel are never read into a result; they are zeroed so that hp is fully defined.
 template <typename T>
 void sadffm_panels_fwd(const at::Tensor& x, const at::Tensor& w_in, const at::Tensor& b_in, const at::Tensor& w_dw,
-                       const at::Tensor& b_dw, const DffmW<T>& dw, T* hp, T* out, T* ustash, T* dstash) {
+                       const at::Tensor& b_dw, const DffmW<T>& dw, T* hp, T* out, T* ustash, T* dstash,
+                       const BlockTail<T>* tail = nullptr) {
   const int64_t N = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3), HW = H * W, hid = dw.hid;
   constexpr int64_t NR = panel_width<T>();
   if (HW % NR != 0)
@@ -103,7 +106,7 @@ void sadffm_panels_fwd(const at::Tensor& x, const at::Tensor& w_in, const at::Te
       }
   gated_dwconv_fwd_kernel<T>(x.data_ptr<T>(), w_in.data_ptr<T>(), b_in.data_ptr<T>(), w_dw.data_ptr<T>(),
                              b_dw.data_ptr<T>(), hp, N, int(C), int(hid), H, W, int(w_dw.size(-1)), ustash, true);
-  dffm_fwd_kernel<T>(dw, hp, out, N, HW, dstash, true);
+  dffm_fwd_kernel<T>(dw, hp, out, N, HW, dstash, true, tail);
 }
 
 // ----------------------------------------------------------------------------- whole layer, training
