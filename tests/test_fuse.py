@@ -85,6 +85,16 @@ def test_optimize_for_inference_reference_backend_exact_algebra():
     assert any(isinstance(m, torch.nn.BatchNorm2d) for m in ref.modules())
 
 
+def small_eimn(num_stages: int) -> torch.nn.Module:
+    """A seeded eval EIMN of width 16 with layer scales in [0.1, 1] (not the 1e-2 init, so the blocks matter)."""
+    torch.manual_seed(0)
+    m = eimn.EIMN(embed_dims=16, scale=2, num_stages=num_stages).eval()
+    for n, p in m.named_parameters():
+        if "layer_scale" in n:
+            p.data.uniform_(0.1, 1.0)
+    return m
+
+
 @pytest.mark.parametrize("backend", ["reference", "cpu"])
 def test_folded_block_without_autograd_sums_in_place(backend):
     """Without autograd the folded block adds both residuals into attn's output: the result of the grad-mode path
@@ -93,11 +103,7 @@ def test_folded_block_without_autograd_sums_in_place(backend):
     untouched."""
     if backend == "cpu":
         backend = cpu_backend()
-    torch.manual_seed(0)
-    ref = eimn.EIMN(embed_dims=16, scale=2, num_stages=2).eval()
-    for n, p in ref.named_parameters():
-        if "layer_scale" in n:
-            p.data.uniform_(0.1, 1.0)
+    ref = small_eimn(2)
     folded = ek.optimize_for_inference(ref, backend=backend)
     block = folded.block1[0]
     x = torch.rand(1, 16, 9, 10)
@@ -122,11 +128,7 @@ def test_folded_cpu_blocks_take_the_layer_norm_after_them():
     from eimn_kernels.inference import FoldedEIMNBlock
     from eimn_kernels.nhwc import FusedAway
     backend = cpu_backend()
-    torch.manual_seed(0)
-    ref = eimn.EIMN(embed_dims=16, scale=2, num_stages=3).eval()
-    for n, p in ref.named_parameters():
-        if "layer_scale" in n:
-            p.data.uniform_(0.1, 1.0)
+    ref = small_eimn(3)
     folded = ek.optimize_for_inference(ref, backend=backend)
     for i in (1, 2, 3):
         assert isinstance(getattr(folded, f"norm{i}"), FusedAway)
