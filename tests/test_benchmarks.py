@@ -264,9 +264,10 @@ def test_ab_builds_op_calls_run_every_cpu_op():
     if not eimn_kernels._ext.extension_loaded():
         pytest.skip("eimn_kernels._C is not built")
     calls = ab_builds.op_calls("eimn_C", (1, 8, 5, 7))
-    # every forward / backward op, the whole-layer inference op, and the training steps through the stashes
-    assert len(calls) == 17 and {"gated_dwconv_train", "dffm_out_train", "sadffm_train",
-                                 "channel_layer_norm_train"} <= set(calls)
+    # every forward / backward op, the whole-layer inference op, the training steps through the stashes, and
+    # conv1x1 with a gate / with GELU and a residual
+    assert len(calls) == 19 and {"gated_dwconv_train", "dffm_out_train", "sadffm_train", "channel_layer_norm_train",
+                                 "conv1x1_gate_forward", "conv1x1_gelu_residual_forward"} <= set(calls)
 
     for name, f in calls.items():
         assert all(torch.isfinite(t).all() for t in ab_builds._flat(f())), name
