@@ -35,6 +35,7 @@ from eimn.model import EIMN_A, EIMN_L
 from .complexity import LR_SIZES
 from .harness import _threads, machine_info, measure_ceilings, progress
 from .history import git_commit
+from .roofline import _conv_macs
 
 __all__ = ["GROUPS", "layer_group", "conv_gflop_by_group", "profile_model", "format_profile", "main"]
 
@@ -74,7 +75,7 @@ def conv_gflop_by_group(variant: str, scale: int, lr: tuple[int, int]) -> dict[s
     def hook(mod, inp, out):
         g = owner.get(mod)
         if g is not None:
-            flop[g] += 2.0 * out.numel() * mod.in_channels // mod.groups * mod.kernel_size[0] * mod.kernel_size[1] / 1e9
+            flop[g] += 2.0 * _conv_macs(out.shape, mod.weight) / 1e9
 
     hs = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, nn.Conv2d)]
     with torch.no_grad():

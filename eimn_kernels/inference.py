@@ -19,7 +19,7 @@ from .cpu_bf16 import mark_bf16, require_bf16_engine
 from .fuse import fuse, is_molrcm, is_sadffm
 from .inference_fold import bn_affine, fold_input_affine, fold_output_scale
 from .lka_inference import fold_conv_bn, fold_van_block, is_van_block
-from .modules import MOLRCM, SADFFM
+from .modules import MOLRCM, SADFFM, apply_channel_norm
 
 __all__ = ["optimize_for_inference", "FoldedEIMNBlock", "bn_affine"]
 
@@ -38,24 +38,17 @@ class FoldedEIMNBlock(nn.Module):
         self.layer_scale_2 = nn.Parameter(layer_scale_2.detach().clone(), requires_grad=False)
         self.norm = norm
 
-    def _norm(self, x: torch.Tensor) -> torch.Tensor:
-        if self.norm is None:
-            return x
-        if getattr(self.norm, "channels_first", False):
-            return self.norm(x)
-        return self.norm(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if torch.is_grad_enabled():
             x = x + self.attn(x)
-            return self._norm(torch.addcmul(x, self.layer_scale_2[:, None, None], self.mlp(x)))
+            return apply_channel_norm(self.norm, torch.addcmul(x, self.layer_scale_2[:, None, None], self.mlp(x)))
         # No autograd: both residual sums go into attn's fresh output (same values: a + x == x + a), so the block
         # allocates no image-sized tensor of its own (at 640x360 each one is 59 MB of fresh pages).
         a = self.attn(x)
         a.add_(x)
         if isinstance(self.mlp, SADFFM) and self.mlp.runs_block_tail(a, self.norm):
             return self.mlp(a, tail=(self.layer_scale_2, self.norm))
-        return self._norm(a.addcmul_(self.layer_scale_2[:, None, None], self.mlp(a)))
+        return apply_channel_norm(self.norm, a.addcmul_(self.layer_scale_2[:, None, None], self.mlp(a)))
 
 
 def _attach_norms(model: nn.Module) -> int:
@@ -157,8 +150,8 @@ def optimize_for_inference(model: nn.Module, backend: str = "auto", inplace: boo
     relative) or one TF32 product (``"tf32"``, ~1e-3, eager cuDNN's default); those blocks fall back to the folded
     layers for CPU tensors, float64 or autograd. Other fused blocks take the LayerNorm after them
     (FoldedEIMNBlock.norm; a FusedAway stands in the model's ``norm<i>``): on CPU without autograd the SADFFM
-    kernel applies the block's second residual, ls2 and that LayerNorm in its last pass. ``precision="bf16"`` (fused, CPU): the 1x1 GEMMs of every MOLRCM and
-    SADFFM layer in bfloat16 with float32 sums on float32 CPU inputs (:mod:`eimn_kernels.cpu_bf16`; RuntimeError on a
+    kernel applies the block's second residual, ls2 and that LayerNorm in its last pass. ``precision="bf16"``
+    (fused, CPU): the 1x1 GEMMs of every MOLRCM and SADFFM layer in bfloat16 with float32 sums on float32 CPU inputs (:mod:`eimn_kernels.cpu_bf16`; RuntimeError on a
     CPU without AVX512-BF16); everything else, and the model's inputs and outputs, stay float32. On a GPU, run a
     bfloat16 model instead (``model.to(torch.bfloat16)``).
     """

@@ -8,7 +8,7 @@ from ._ext import cpu_kernels_loaded
 from .cpu_bf16 import runs_bf16
 from .ops import channel_layer_norm, dw_mix, gate_out, proj_qv, sadffm_layer
 
-__all__ = ["MOLRCM", "SADFFM", "ChannelLayerNorm"]
+__all__ = ["MOLRCM", "SADFFM", "ChannelLayerNorm", "apply_channel_norm"]
 
 
 def _params(m: nn.Module, paths: tuple[tuple[str, ...], ...]) -> list[torch.Tensor]:
@@ -203,16 +203,13 @@ class SADFFM(nn.Module):
         """x: (N, dim, H, W) -> (N, dim, H, W). ``tail`` = (ls (dim,), norm) (eimn_kernels.inference's folded
         block, where :meth:`runs_block_tail` says so): returns norm(x + ls * SADFFM(x)) from one kernel, the
         residual, layer scale and LayerNorm applied in its gate pass (norm None: no LayerNorm)."""
-        if tail is not None:
-            ls, norm = tail
-            nw, nb, ne = (None, None, 1e-5) if norm is None else (norm.weight, norm.bias, float(norm.eps))
-            return torch.ops.eimn_C.sadffm_infer_forward(x, *_params(self, self._PARAMS),
-                                                         getattr(self.DFFM.norm, "eps", 1e-6),
-                                                         bool(self.cpu_bf16 and runs_bf16(self, x)), ls, nw, nb, ne)
-        if self.cpu_bf16 and runs_bf16(self, x):
-            return torch.ops.eimn_C.sadffm_infer_forward(x, *_params(self, self._PARAMS),
-                                                         getattr(self.DFFM.norm, "eps", 1e-6), True)
-        return _forward(self, x)
+        bf16 = bool(self.cpu_bf16 and runs_bf16(self, x))
+        if tail is None and not bf16:
+            return _forward(self, x)
+        ls, norm = tail if tail is not None else (None, None)
+        nw, nb, ne = (None, None, 1e-5) if norm is None else (norm.weight, norm.bias, float(norm.eps))
+        return torch.ops.eimn_C.sadffm_infer_forward(x, *_params(self, self._PARAMS),
+                                                     getattr(self.DFFM.norm, "eps", 1e-6), bf16, ls, nw, nb, ne)
 
     def _run(self, x: torch.Tensor, *params: torch.Tensor) -> torch.Tensor:
         return sadffm_layer(x, *params, getattr(self.DFFM.norm, "eps", 1e-6), backend=self.backend)
@@ -220,6 +217,16 @@ class SADFFM(nn.Module):
     def extra_repr(self) -> str:
         bf = ", cpu_bf16=True" if self.cpu_bf16 else ""
         return f"dim={self.dim}, hidden={self.hidden}, backend={self.backend!r}{bf}"
+
+
+def apply_channel_norm(norm: nn.Module | None, x: torch.Tensor) -> torch.Tensor:
+    """EIMN's LayerNorm between blocks on an NCHW x, as eimn.model.EIMN applies it: ``norm`` (ChannelLayerNorm or
+    any module with ``channels_first``) on x directly, nn.LayerNorm(C) through NHWC permutes; None: x itself."""
+    if norm is None:
+        return x
+    if getattr(norm, "channels_first", False):
+        return norm(x)
+    return norm(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
 
 
 class ChannelLayerNorm(nn.Module):

@@ -19,6 +19,7 @@ import functools
 import torch
 import torch.nn as nn
 
+from .modules import apply_channel_norm
 from .triton_kernels.block_config import check_fp32_dot
 
 __all__ = ["block_forward", "NHWCEIMNBlock", "use_nhwc_blocks", "FusedAway", "CUDA_WEIGHTS", "CUDA_BLOCK_SMEM",
@@ -166,12 +167,7 @@ class NHWCEIMNBlock(nn.Module):
         return self._packs[key[:2]][1]
 
     def _fallback(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.block(x)
-        if self.norm is None:
-            return x
-        if getattr(self.norm, "channels_first", False):
-            return self.norm(x)
-        return self.norm(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+        return apply_channel_norm(self.norm, self.block(x))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         dt = x.dtype

@@ -47,13 +47,7 @@ void cln_fwd_kernel(const T* x, const T* w, const T* b, T* y, int64_t N, int C, 
       const T* xt = x + n * C * HW + p0;
       T* yt = y + n * C * HW + p0;
       channel_stats(xt, HW, C, P, eps, mu, rs);
-      for (int c = 0; c < C; ++c) {
-        const T* xc = xt + c * HW;
-        T* yc = yt + c * HW;
-        const T wc = w[c], bc = b[c];
-#pragma omp simd
-        for (int64_t p = 0; p < P; ++p) yc[p] = (xc[p] - mu[p]) * rs[p] * wc + bc;
-      }
+      channel_norm_apply(xt, HW, C, P, mu, rs, w, b, yt, HW);
       if (mean) {
         std::copy(mu, mu + P, mean + n * HW + p0);
         std::copy(rs, rs + P, rstd + n * HW + p0);

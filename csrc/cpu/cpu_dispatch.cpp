@@ -112,12 +112,11 @@ std::vector<std::string> cpu_isa() {
 
 TORCH_LIBRARY_IMPL(eimn_C, CPU, m) {
   const std::string& level = eimn::cpu::isa_choice().level;
-#define EIMN_REGISTER_LEVEL(lv)                                            \
-  if (level == #lv) {                                                      \
-    eimn::cpu::lv::register_molrcm(m);                                     \
-    eimn::cpu::lv::register_sadffm(m);                                     \
-    eimn::cpu::lv::register_conv1x1(m);                                    \
-    eimn::cpu::lv::register_channel_norm(m);                               \
+#define EIMN_CALL_REGISTER(group) register_##group(m);
+#define EIMN_REGISTER_LEVEL(lv)               \
+  if (level == #lv) {                         \
+    using namespace eimn::cpu::lv;            \
+    EIMN_CPU_OP_GROUPS(EIMN_CALL_REGISTER)    \
   }
 #if defined(EIMN_MULTI_ISA)
   EIMN_REGISTER_LEVEL(avx2)
@@ -126,4 +125,5 @@ TORCH_LIBRARY_IMPL(eimn_C, CPU, m) {
   EIMN_REGISTER_LEVEL(native)
 #endif
 #undef EIMN_REGISTER_LEVEL
+#undef EIMN_CALL_REGISTER
 }

@@ -204,10 +204,10 @@ void gate_out_fwd_impl(const Tensor& y, const Tensor& v, const Tensor& wf, const
   // (L1-resident), which feeds the Wo GEMM right away; out is stored once, with the bias. Where the micro-kernel
   // takes two panels at once (AVX-512: one broadcast of W feeds two FMAs), both GEMMs run on pairs of panels.
   constexpr int64_t NR = 2 * (32 / sizeof(T));
+  const int64_t pn = ((P + NR - 1) / NR) * NR;  // a tile's pixels in whole panels
   at::parallel_for(0, N * nt, 1, [&](int64_t t0, int64_t t1) {
-    std::vector<T> panel(bf16 ? 0 : ((P + NR - 1) / NR) * NR * C), mpan(2 * NR * C),
-        vpanel(((P + NR - 1) / NR) * NR * C);
-    std::vector<uint32_t> pairs(bf16 ? ((P + NR - 1) / NR) * NR * wf_b.KP : 0), mpairs(bf16 ? NR * wo_b.KP : 0);
+    std::vector<T> panel(bf16 ? 0 : pn * C), mpan(2 * NR * C), vpanel(pn * C);
+    std::vector<uint32_t> pairs(bf16 ? pn * wf_b.KP : 0), mpairs(bf16 ? NR * wo_b.KP : 0);
     for (int64_t t = t0; t < t1; ++t) {
       const int64_t n = t / nt, p0 = (t % nt) * P, np = std::min(P, HW - p0);
       if (bf16) bf16_pack_pairs<T>(C, np, yp + n * C * HW + p0, HW, pairs.data());

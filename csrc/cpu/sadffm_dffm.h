@@ -168,13 +168,7 @@ void dffm_apply_gate(const DffmW<T>& w, const T* ysum, int64_t ntiles, const T* 
       if (!norm) continue;
       T *mu = tb.data() + size_t(C) * kPT, *rs = mu + kPT;
       channel_stats(tb.data(), kPT, C, P, tail->ln_eps, mu, rs);
-      for (int c = 0; c < C; ++c) {
-        const T* t = tb.data() + c * kPT;
-        T* o = out + (n * C + c) * HW + p0;
-        const T wc = tail->ln_w[c], bc = tail->ln_b[c];
-#pragma omp simd
-        for (int64_t p = 0; p < P; ++p) o[p] = (t[p] - mu[p]) * rs[p] * wc + bc;
-      }
+      channel_norm_apply(tb.data(), kPT, C, P, mu, rs, tail->ln_w, tail->ln_b, out + n * C * HW + p0, HW);
     }
   });
 }
