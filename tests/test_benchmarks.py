@@ -265,9 +265,10 @@ def test_ab_builds_op_calls_run_every_cpu_op():
         pytest.skip("eimn_kernels._C is not built")
     calls = ab_builds.op_calls("eimn_C", (1, 8, 5, 7))
     # every forward / backward op, the whole-layer inference op, the training steps through the stashes, and
-    # conv1x1 with a gate / with GELU and a residual
-    assert len(calls) == 19 and {"gated_dwconv_train", "dffm_out_train", "sadffm_train", "channel_layer_norm_train",
-                                 "conv1x1_gate_forward", "conv1x1_gelu_residual_forward"} <= set(calls)
+    # conv1x1 with a gate / with GELU and a residual, VAN's convolutional MLP
+    assert len(calls) == 20 and {"gated_dwconv_train", "dffm_out_train", "sadffm_train", "channel_layer_norm_train",
+                                 "conv1x1_gate_forward", "conv1x1_gelu_residual_forward",
+                                 "convmlp_infer_forward"} <= set(calls)
 
     for name, f in calls.items():
         assert all(torch.isfinite(t).all() for t in ab_builds._flat(f())), name

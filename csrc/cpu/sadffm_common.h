@@ -119,6 +119,18 @@ template <typename T> constexpr int64_t panel_image_numel(int64_t channels, int6
   return channels * ((HW + panel_width<T>() - 1) / panel_width<T>()) * panel_width<T>();
 }
 
+// Zeroes the lanes past pixel n of the last, partial panel of `channels` channels in the packed panel layout
+// [blk][channel][NR] (nothing where n fills its panels). A GEMM computes those lanes and never stores them, but
+// left as the buffer's old contents they may be subnormal, and every FMA on a subnormal input takes a microcode
+// assist: VAN's 7x7-stage MLP (1x256x7x7, 49 of 64 lanes used) ran 1.1 ms or 10-16 ms a call, by what the pool
+// buffer last held.
+template <typename T> inline void clear_panel_tail(T* panels, int64_t channels, int64_t n) {
+  constexpr int64_t NR = panel_width<T>();
+  if (n % NR == 0) return;
+  T* last = panels + (n / NR) * channels * NR;
+  for (int64_t c = 0; c < channels; ++c) std::fill(last + c * NR + n % NR, last + (c + 1) * NR, T(0));
+}
+
 // Pixels [p0, ...) of image n of a `channels`-channel tensor h of HW pixels per image: (N, channels, H, W) (row
 // stride HW), or, with panels, its packed panel layout (p0 a multiple of the panel width).
 template <typename T> inline const T* image_tile(const T* h, bool panels, int64_t n, int64_t p0, int64_t channels,

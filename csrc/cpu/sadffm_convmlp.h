@@ -66,7 +66,8 @@ void convmlp_infer_kernel(const T* x, const T* w1, const T* b1, const T* w_dw, c
     const int maxhs = gps * kMlpGroup;
     Scratch<T> xpack(panel_image_numel<T>(C, maxPu)), acc(size_t(band) * W);  // written before read
     GuardedBuf<T> ubuf(size_t(kMlpGroup) * maxPu), zeros(W);
-    Scratch<T> hpack(panel_image_numel<T>(std::min(hid, maxhs), band * W));  // lanes past the band: never read out
+    // hpack: lanes past the band are never read out; cleared per task (clear_panel_tail)
+    Scratch<T> hpack(panel_image_numel<T>(std::min(hid, maxhs), band * W));
     int64_t packed = -1;
     for (int64_t task = i0; task < i1; ++task) {
       const int64_t it = task / S;
@@ -79,6 +80,7 @@ void convmlp_infer_kernel(const T* x, const T* w1, const T* b1, const T* w_dw, c
         pack_b<T>(C, Pu, x + n * C * HW + ua * W, HW, xpack.data());
         packed = it;
       }
+      clear_panel_tail(hpack.data(), hs, Pb);
       for (int c0 = ca; c0 < cb; c0 += kMlpGroup) {
         const int gs = std::min(kMlpGroup, cb - c0);
         gemm_blk_packed<T>(gs, C, Pu, w1k.data() + int64_t(c0) * C, xpack.data(), ubuf.data(), Pu, b1 + c0, false);

@@ -158,7 +158,8 @@ void gated_dwconv_bwd_kernel(const T* gh, const T* x, const T* w_in, const T* b_
     Scratch<T> xpack(ustash ? 0 : panel_image_numel<T>(C, maxPu));  // pack_b writes every element
     GuardedBuf<T> ubuf(ustash ? 0 : size_t(2 * kGroup) * maxPu), dt(2 * size_t(maxPt)), zeros(W);
     // dub: every panel lane of the band's pixels is written before the GEMMs read it; lanes past the band's last
-    // pixel are never read into a stored column (the dx GEMM) or into the pixel reduction (gemm_nt), so no clearing.
+    // pixel are never read into a stored column (the dx GEMM) or into the pixel reduction (gemm_nt), but they are
+    // cleared per band (clear_panel_tail: subnormal garbage slows the dx GEMM).
     Scratch<T> dub(panel_image_numel<T>(C2, band * W));
     std::vector<T> duband(size_t(band) * W);
     std::vector<T> colacc(dw_wgrad_colacc_size(K, W));
@@ -172,6 +173,7 @@ void gated_dwconv_bwd_kernel(const T* gh, const T* x, const T* w_in, const T* b_
         const int64_t Pu = (ub - ua) * W, Pt = (tb - ta) * W, Pb = (r1 - r0) * W;
         const T* xn = x + n * C * HW;
         if (!ustash) pack_b<T>(C, Pu, xn + ua * W, HW, xpack.data());
+        clear_panel_tail(dub.data(), C2, Pb);
         for (int g = 0; g < ngroups; ++g) {
           const int c0 = g * kGroup, gs = std::min(kGroup, hid - c0);
           if (!ustash)

@@ -46,8 +46,8 @@ void sadffm_infer_kernel(const T* x, const T* w_in, const T* b_in, const T* w_dw
     Scratch<T> xpack(bf16 ? 0 : panel_image_numel<T>(C, maxPu)), acc(2 * size_t(band) * W);  // written before read
     std::vector<uint32_t> xpairs(bf16 ? size_t((maxPu + bf16::kNR - 1) / bf16::kNR) * bf16::kNR * win_b.KP : 0);
     GuardedBuf<T> ubuf(size_t(2 * kGroup) * maxPu), zeros(W);
-    // hpack: lanes past the band's last pixel are never read into a stored column (GEMM columns are independent),
-    // so it is not cleared.
+    // hpack: lanes past the band's last pixel are never read into a stored column (GEMM columns are independent);
+    // they are cleared per band all the same (clear_panel_tail: subnormal garbage slows the GEMM).
     Scratch<T> hpack(panel_image_numel<T>(hid, band * W));
     std::vector<T> buf(size_t(Co + R + 2) * kPT);
     T *z = buf.data(), *lpre = z + Co * kPT, *mu = lpre + R * kPT, *rs = mu + kPT;
@@ -57,6 +57,7 @@ void sadffm_infer_kernel(const T* x, const T* w_in, const T* b_in, const T* w_dw
       const int64_t Pu = (ub - ua) * W, Pb = (r1 - r0) * W;
       if (bf16) bf16_pack_pairs<T>(C, Pu, x + n * C * HW + ua * W, HW, xpairs.data());
       else pack_b<T>(C, Pu, x + n * C * HW + ua * W, HW, xpack.data());
+      clear_panel_tail(hpack.data(), hid, Pb);
       for (int g = 0; g < ngroups; ++g) {
         const int c0 = g * kGroup, gs = std::min(kGroup, hid - c0);
         if (bf16)
@@ -91,19 +92,14 @@ void sadffm_infer_kernel(const T* x, const T* w_in, const T* b_in, const T* w_dw
 // The layer's two kernels back to back with h in the packed panel layout at hp (N * panel_image_numel(hid, H*W)
 // elements, 64-byte aligned for the streaming stores): the front scatters h there, the DFFM forward's GEMM reads it
 // in place. ustash / dstash: the two halves' stashes (sadffm_forward_stash), or nullptr. The lanes past the last
-// pixel of each image's last panel are never read into a result; they are zeroed so that hp is fully defined.
+// pixel of each image's last panel are never read into a result; they are zeroed so that hp is fully defined (and
+// free of subnormal garbage: clear_panel_tail).
 template <typename T>
 void sadffm_panels_fwd(const at::Tensor& x, const at::Tensor& w_in, const at::Tensor& b_in, const at::Tensor& w_dw,
                        const at::Tensor& b_dw, const DffmW<T>& dw, T* hp, T* out, T* ustash, T* dstash,
                        const BlockTail<T>* tail = nullptr) {
   const int64_t N = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3), HW = H * W, hid = dw.hid;
-  constexpr int64_t NR = panel_width<T>();
-  if (HW % NR != 0)
-    for (int64_t n = 0; n < N; ++n)
-      for (int64_t c = 0; c < hid; ++c) {
-        T* last = hp + n * panel_image_numel<T>(hid, HW) + ((HW / NR) * hid + c) * NR;
-        std::fill(last + HW % NR, last + NR, T(0));
-      }
+  for (int64_t n = 0; n < N; ++n) clear_panel_tail(hp + n * panel_image_numel<T>(hid, HW), hid, HW);
   gated_dwconv_fwd_kernel<T>(x.data_ptr<T>(), w_in.data_ptr<T>(), b_in.data_ptr<T>(), w_dw.data_ptr<T>(),
                              b_dw.data_ptr<T>(), hp, N, int(C), int(hid), H, W, int(w_dw.size(-1)), ustash, true);
   dffm_fwd_kernel<T>(dw, hp, out, N, HW, dstash, true, tail);
