@@ -47,21 +47,23 @@ int64_t check_inputs(const Tensor& x, const Tensor& w, const Tensor& b, const Te
   return Co;
 }
 
-// Output-channel blocks of the forward: 1 for large images; for images with fewer pixel tiles than 4 per thread
-// (VAN's 14x14 and 7x7 stages: one tile of 196 / 49 pixels) the rows are split too, so that every thread works
-// and packs only its rows of W.
-int64_t channel_blocks(int64_t pixel_tasks, int64_t Co) {
+// Rows per output-channel block of the forward: all Co for large images; for images with fewer pixel tiles than 4
+// per thread (VAN's 14x14 and 7x7 stages: one tile of 196 / 49 pixels) the rows are split too, so that every
+// thread works and packs only its rows of W; in whole micro-kernels of kMR rows (Co 256 in 8 blocks of 32 rows
+// ran each as 14 + 14 + 4, the 4-row call at a third of the FMA rate).
+int64_t channel_block_rows(int64_t pixel_tasks, int64_t Co) {
   const int64_t want = 4 * at::get_num_threads();
   int64_t ncb = 1;
   while (pixel_tasks * ncb < want && Co / (2 * ncb) >= 2 * kMR) ncb *= 2;
-  return ncb;
+  const int64_t cb = (Co + ncb - 1) / ncb;
+  return ncb == 1 ? Co : (cb + kMR - 1) / kMR * kMR;
 }
 
 template <typename T, bool Gelu, bool Gate, bool Res>
 void fwd_impl(const Tensor& x, const Tensor& w, const Tensor& b, const Tensor& gate, const Tensor& res, Tensor& out) {
   const int64_t N = x.size(0), C = x.size(1), HW = x.size(2) * x.size(3), Co = w.size(0);
   const int64_t P = pixel_tile(HW, N), nt = (HW + P - 1) / P, npix = N * nt;
-  const int64_t ncb = channel_blocks(npix, Co), cb = (Co + ncb - 1) / ncb;
+  const int64_t cb = channel_block_rows(npix, Co), ncb = (Co + cb - 1) / cb;
   const T *xp = x.data_ptr<T>(), *wp = w.data_ptr<T>(), *bp = b.data_ptr<T>();
   const T* gp = Gate ? gate.data_ptr<T>() : nullptr;
   const T* rp = Res ? res.data_ptr<T>() : nullptr;
@@ -89,9 +91,10 @@ void fwd_impl(const Tensor& x, const Tensor& w, const Tensor& b, const Tensor& g
       }
       if constexpr (Gate) pack_b<T>(M, np, gp + (n * Co + o0) * HW + p0, HW, gpanel.data());
       if constexpr (Res) pack_b<T>(M, np, rp + (n * Co + o0) * HW + p0, HW, rpanel.data());
-      for (int64_t pq = 0; pq * NR < np; ++pq) {
+      // the epilogue of panel pq: row m of the task's rows gets the bias, GELU, gate, residual and is stored
+      auto epilogue = [&](int64_t pq) {
         const int64_t p = p0 + pq * NR, cnt = std::min(NR, np - pq * NR);
-        auto st = [&](int64_t m, vreg<T> c0, vreg<T> c1) {
+        return [&, pq, p, cnt](int64_t m, vreg<T> c0, vreg<T> c1) {
           const int64_t o = o0 + m;
           const vreg<T> bias = vsplat<T>(bp[o]);
           c0 += bias;
@@ -111,6 +114,18 @@ void fwd_impl(const Tensor& x, const Tensor& w, const Tensor& b, const Tensor& g
           }
           store_row<T>(op + at, c0, c1, cnt);
         };
+      };
+      for (int64_t pq = 0; pq * NR < np; ++pq) {
+        if constexpr (kTwoPanels) {  // pairs of panels: one broadcast of W feeds two FMAs (as gate_out)
+          if ((pq + 1) * NR < np) {
+            auto st0 = epilogue(pq), st1 = epilogue(pq + 1);
+            rows_panel2<T, ALay::KMajor>(0, M, C, wk.data(), M, panel.data() + pq * NR * C,
+                                         panel.data() + (pq + 1) * NR * C, st0, st1);
+            ++pq;
+            continue;
+          }
+        }
+        auto st = epilogue(pq);
         panel_rows<T>(0, M, C, wk.data(), M, panel.data() + pq * NR * C, st);
       }
     }
