@@ -350,15 +350,20 @@ inline void panel_rows(int64_t mb, int64_t me, int64_t K, const T* ap, int64_t M
   rows_panel<T, ALay::KMajor>(mb, me, K, ap, M, bp, st);
 }
 
-// Packs a small (M x K) matrix A, given by element strides, in k-major blocks of kMR rows (ALay::Blocks).
+// Packs a small (M x K) matrix A, given by element strides, in k-major blocks of kMR rows (ALay::Blocks), into
+// ap (M * K elements).
 template <typename T>
-inline std::vector<T> pack_a_blocks(const T* A, int64_t M, int64_t K, int64_t rs, int64_t cs) {
-  std::vector<T> ap(M * K);
+inline void pack_a_blocks_into(const T* A, int64_t M, int64_t K, int64_t rs, int64_t cs, T* ap) {
   for (int64_t m0 = 0; m0 < M; m0 += kMR) {
     const int64_t mr = M - m0 < kMR ? M - m0 : kMR;
     for (int64_t k = 0; k < K; ++k)
       for (int64_t i = 0; i < mr; ++i) ap[m0 * K + k * mr + i] = A[(m0 + i) * rs + k * cs];
   }
+}
+template <typename T>
+inline std::vector<T> pack_a_blocks(const T* A, int64_t M, int64_t K, int64_t rs, int64_t cs) {
+  std::vector<T> ap(M * K);
+  pack_a_blocks_into(A, M, K, rs, cs, ap.data());
   return ap;
 }
 

@@ -21,7 +21,8 @@ inline namespace EIMN_ISA {
 namespace sadffm {
 namespace {  // one translation unit: sadffm_cpu.cpp includes every slice
 
-constexpr int kMlpGroup = 12;  // hidden channels per U GEMM (two 6-row micro-tiles, as the gated front's pairs)
+// Hidden channels per U GEMM: one micro-kernel call of kMR = 14 rows on AVX-512, two of 6 rows on AVX2.
+constexpr int kMlpGroup = kMR == 14 ? 14 : 12;
 
 // Slices of the hidden channels the work is split into as well as (image, band) items: 1 where there are at least
 // 8 items; small images (VAN's late stages: one band per image) take 2, 4, 8 slices, each with its own partial
@@ -44,23 +45,23 @@ void convmlp_infer_kernel(const T* x, const T* w1, const T* b1, const T* w_dw, c
   const int gps = (ngroups + S - 1) / S;  // groups per slice; slice s: hidden channels [cs[s], cs[s + 1])
   std::vector<int> cs(S + 1);
   for (int s = 0; s <= S; ++s) cs[s] = std::min(hid, s * gps * kMlpGroup);
-  // W_1 packed per group of kMlpGroup rows (pack_a_blocks, for gemm_blk_packed); W_2's columns per slice
-  std::vector<T> w1k(size_t(hid) * C);
-  std::vector<std::vector<T>> w2k(S);
+  // W_1 packed per group of kMlpGroup rows (pack_a_blocks, for gemm_blk_packed); W_2's columns per slice, slice s
+  // from element Co * cs[s] on (packed in place: no zero fill, no copies; at VAN's 7x7 stage, hid 1024, packing
+  // is a quarter of the call)
+  Scratch<T> w1k(size_t(hid) * C), w2k(size_t(hid) * Co);
   at::parallel_for(0, ngroups + S, 1, [&](int64_t j0, int64_t j1) {
     for (int64_t j = j0; j < j1; ++j) {
       if (j < ngroups) {
         const int c0 = int(j) * kMlpGroup, gs = std::min(kMlpGroup, hid - c0);
-        const std::vector<T> blk = pack_a_blocks<T>(w1 + int64_t(c0) * C, gs, C, C, 1);
-        std::copy(blk.begin(), blk.end(), w1k.begin() + int64_t(c0) * C);
+        pack_a_blocks_into<T>(w1 + int64_t(c0) * C, gs, C, C, 1, w1k.data() + int64_t(c0) * C);
       } else {
         const int s = int(j - ngroups);
-        if (cs[s + 1] > cs[s]) w2k[s] = pack_a_blocks<T>(w2 + cs[s], Co, cs[s + 1] - cs[s], hid, 1);
+        pack_a_blocks_into<T>(w2 + cs[s], Co, cs[s + 1] - cs[s], hid, 1, w2k.data() + int64_t(Co) * cs[s]);
       }
     }
   });
-  // with slices, each writes its partial W_2 h (bias and input added in the reduction below)
-  std::vector<T> part(S > 1 ? size_t(S) * N * Co * HW : 0);
+  // with slices, each writes its partial W_2 h (bias and input added in the reduction below), every element
+  Scratch<T> part(S > 1 ? size_t(S) * N * Co * HW : 0);
   at::parallel_for(0, items * S, 1, [&](int64_t i0, int64_t i1) {
     const int64_t maxPu = std::min(H, band + 2 * pad) * W;
     const int maxhs = gps * kMlpGroup;
@@ -92,12 +93,12 @@ void convmlp_infer_kernel(const T* x, const T* w1, const T* b1, const T* w_dw, c
         }
       }
       if (S > 1) {
-        gemm_blk_packed<T>(Co, hs, Pb, w2k[s].data(), hpack.data(), part.data() + (s * N + n) * Co * HW + r0 * W,
-                           HW, nullptr, false);
+        gemm_blk_packed<T>(Co, hs, Pb, w2k.data() + int64_t(Co) * ca, hpack.data(),
+                           part.data() + (s * N + n) * Co * HW + r0 * W, HW, nullptr, false);
         continue;
       }
       T* y = out + n * Co * HW + r0 * W;
-      gemm_blk_packed<T>(Co, hid, Pb, w2k[0].data(), hpack.data(), y, HW, b2, false);
+      gemm_blk_packed<T>(Co, hid, Pb, w2k.data(), hpack.data(), y, HW, b2, false);
       if (add_input) {
         const T* xb = x + n * C * HW + r0 * W;
         for (int o = 0; o < Co; ++o) {
