@@ -83,13 +83,42 @@ inline void transpose_lanes(vreg<double>* r) {
 // Pixels per packed panel (two vectors).
 template <typename T> constexpr int panel_width() { return 2 * kLanes<T>; }
 
-// Pack a small (M x K) matrix A, given by element strides, as ap[k * M + m] = A[m][k]; in 16 x 16 tiles, so that a
-// row-major A is read and written a cache line at a time rather than one line per element (a 256 x 256 weight:
-// the 1x1 convolutions of small images pack theirs on every call).
+// dst[j * ds + i] = src[i * rs + j] for i, j < L = kLanes<T>: one L x L tile transposed through registers.
+template <typename T> inline void transpose_tile(const T* src, int64_t rs, T* dst, int64_t ds) {
+  constexpr int L = kLanes<T>;
+  vreg<T> r[L];
+  for (int i = 0; i < L; ++i) r[i] = vload(src + i * rs);
+  transpose_lanes(r);
+  for (int j = 0; j < L; ++j) vstore(dst + j * ds, r[j]);
+}
+
+// dst[k * ds + m] = A[m * rs + k] for m < M, k < K (A row-major: unit column stride), M, K >= L: in L x L register
+// transposes, the last tile of each dimension overlapping the one before (its shared elements written twice, with
+// the same values), so that every element moves in whole vectors.
+template <typename T> inline void transpose_tiles(const T* A, int64_t M, int64_t K, int64_t rs, T* dst, int64_t ds) {
+  constexpr int64_t L = kLanes<T>;
+  for (int64_t m0 = 0;; m0 += L) {
+    const int64_t m = m0 + L <= M ? m0 : M - L;
+    for (int64_t k0 = 0;; k0 += L) {
+      const int64_t k = k0 + L <= K ? k0 : K - L;
+      transpose_tile(A + m * rs + k, rs, dst + k * ds + m, ds);
+      if (k + L >= K) break;
+    }
+    if (m + L >= M) break;
+  }
+}
+
+// Pack a small (M x K) matrix A, given by element strides, as ap[k * M + m] = A[m][k]. A row-major A (cs = 1) moves
+// in register transposes of whole vectors (transpose_tiles): the 1x1 convolutions of small images pack their
+// weights on every call, and a scalar pack of a 256 x 256 weight (VAN's 7x7 stage) took 40% of the conv's time.
 template <typename T>
 inline std::vector<T> pack_a(const T* A, int64_t M, int64_t K, int64_t rs, int64_t cs) {
   std::vector<T> ap(M * K);
-  constexpr int64_t B = 16;
+  if (cs == 1 && M >= kLanes<T> && K >= kLanes<T>) {
+    transpose_tiles(A, M, K, rs, ap.data(), M);
+    return ap;
+  }
+  constexpr int64_t B = 16;  // else in 16 x 16 tiles: a cache line at a time rather than one line per element
   for (int64_t m0 = 0; m0 < M; m0 += B)
     for (int64_t k0 = 0; k0 < K; k0 += B) {
       const int64_t m1 = m0 + B < M ? m0 + B : M, k1 = k0 + B < K ? k0 + B : K;
@@ -356,6 +385,10 @@ template <typename T>
 inline void pack_a_blocks_into(const T* A, int64_t M, int64_t K, int64_t rs, int64_t cs, T* ap) {
   for (int64_t m0 = 0; m0 < M; m0 += kMR) {
     const int64_t mr = M - m0 < kMR ? M - m0 : kMR;
+    if (cs == 1 && mr >= kLanes<T> && K >= kLanes<T>) {  // a block is its rows transposed (see pack_a)
+      transpose_tiles(A + m0 * rs, mr, K, rs, ap + m0 * K, mr);
+      continue;
+    }
     for (int64_t k = 0; k < K; ++k)
       for (int64_t i = 0; i < mr; ++i) ap[m0 * K + k * mr + i] = A[(m0 + i) * rs + k * cs];
   }

@@ -92,6 +92,24 @@ template <typename T> void check_shape(int64_t M, int64_t K, int64_t P, std::mt1
   gemm_nt_apacked<T>(M, N, P, Ap.data(), Bt.data(), P, got.data(), N);
   expect_equal("gemm_nt_apacked", got, want, M, N, P);
 }
+// pack_a / pack_a_blocks (register transposes for a row-major A, scalar otherwise) against their definitions, on a
+// sub-matrix of a wider one (row stride K + 3, as a slice of W's columns) and on its transpose (column stride).
+template <typename T> void check_pack(int64_t M, int64_t K, std::mt19937& g) {
+  const int64_t rs = K + 3;
+  const auto A = random_vec<T>(M * rs, g);
+  const std::vector<T> ap = pack_a<T>(A.data(), M, K, rs, 1), ab = pack_a_blocks<T>(A.data(), M, K, rs, 1);
+  const std::vector<T> apt = pack_a<T>(A.data(), K, M, 1, rs);  // A^T (K x M) given by strides
+  for (int64_t m = 0; m < M; ++m)
+    for (int64_t k = 0; k < K; ++k) {
+      const int64_t m0 = m / kMR * kMR, mr = std::min<int64_t>(kMR, M - m0);
+      const T a = A[m * rs + k];
+      if (ap[k * M + m] != a || ab[m0 * K + k * mr + (m - m0)] != a || apt[m * K + k] != a) {
+        if (failures++ < 10) std::printf("pack M %ld K %ld: element (%ld, %ld) misplaced\n", long(M), long(K),
+                                         long(m), long(k));
+        return;
+      }
+    }
+}
 }  // namespace
 
 int main() {
@@ -104,6 +122,11 @@ int main() {
         check_shape<double>(M, K, P, g);
         ++shapes;
       }
+  for (int64_t M : {1, 4, 7, 8, 9, 14, 15, 16, 23, 28, 64, 170})
+    for (int64_t K : {1, 3, 8, 9, 16, 17, 64, 170}) {
+      check_pack<float>(M, K, g);
+      check_pack<double>(M, K, g);
+    }
   std::printf("kMR %d: %d shapes x 2 dtypes, %d failures\n", kMR, shapes, failures);
   return failures ? 1 : 0;
 }
