@@ -7,9 +7,10 @@ ratios 8/8/4/4; overlapping patch embeddings 7x7/4 then 3x3/2 with BatchNorm; bl
 seeded random (speed does not depend on them); fused outputs are checked against eager.
 
 Rows: inference (batch 1 and 8, 224x224) for eager, fused (``ek.fuse``), folded (``ek.optimize_for_inference``:
-BatchNorms and layer scales folded into the 1x1s, both residuals in their epilogues) and torch.compile of eager; a
-training step (batch 8, cross-entropy, backward, SGD) for eager and fused; per layer, the attention block alone at each stage's input shape
-(paired ratio over eager). Logged to the results log (benchmarks.history).
+BatchNorms and layer scales folded into the 1x1s, both residuals in their epilogues) and torch.compile of eager,
+with paired, interleaved ratios over eager and (folded) over torch.compile; a training step (batch 8,
+cross-entropy, backward, SGD) for eager and fused; per layer, the attention block alone at each stage's input
+shape (paired ratio over eager). Logged to the results log (benchmarks.history).
 
     python -m benchmarks.van [--threads 2] [--quick] [--no-compile] [--no-record] [--json FILE]
 """
@@ -120,6 +121,20 @@ def _timed(row: dict, fn, tkw: dict) -> dict:
     return row
 
 
+def _paired(rows: list[dict], fns: dict, rounds: int, threads: int) -> None:
+    """Each timed row's speed-up over eager as a paired, interleaved ratio (``paired_vs_eager``), and the folded
+    row's over torch.compile, the fastest peer here (``paired_vs_best_peer``)."""
+    for r in rows:
+        v = r["variant"]
+        if "median_ms" not in r or v == "eager":
+            continue
+        r["paired_vs_eager"] = paired_speedup(fns["eager"], fns[v], "cpu", rounds=rounds, threads=threads)["median"]
+        if v.startswith("folded") and any(b["variant"] == "compile" and "median_ms" in b for b in rows):
+            r["best_peer"] = "compile"
+            r["paired_vs_best_peer"] = paired_speedup(fns["compile"], fns[v], "cpu", rounds=rounds,
+                                                      threads=threads)["median"]
+
+
 def bench(threads: int = 2, quick: bool = False, compile: bool = True, notes: list | None = None) -> tuple:
     """(op rows, model rows) of the VAN benchmark on CPU."""
     notes = notes if notes is not None else []
@@ -137,6 +152,7 @@ def bench(threads: int = 2, quick: bool = False, compile: bool = True, notes: li
         x = torch.rand(batch, 3, 224, 224)
         with torch.no_grad():
             want = eager(x)
+        fns, batch_rows = {}, []
         for vname, m in progress(list(variants.items()), f"VAN-B0 batch {batch}"):
             row = {"group": "inference", "model": "VAN-B0", "scale": 1, "lr": "224x224", "batch": batch,
                    "precision": "fp32", "variant": vname, "device": "cpu"}
@@ -145,7 +161,10 @@ def bench(threads: int = 2, quick: bool = False, compile: bool = True, notes: li
                 with torch.no_grad():
                     return m(x)
             row["max_rel_err"] = max_rel_err(fn(), want)
-            model_rows.append(_timed(row, fn, tkw))
+            batch_rows.append(_timed(row, fn, tkw))
+            fns[vname] = fn
+        _paired(batch_rows, fns, 5 if quick else 9, threads)
+        model_rows += batch_rows
     # training step, eager vs fused
     tb = 2 if quick else 8
     x, y = torch.rand(tb, 3, 224, 224), torch.randint(0, 1000, (tb,))
@@ -192,6 +211,8 @@ def bench(threads: int = 2, quick: bool = False, compile: bool = True, notes: li
 
 def format_rows(op_rows: list[dict], model_rows: list[dict]) -> str:
     lines = ["| case | variant | median ms | vs eager | paired | max rel err |", "|---|---|---:|---:|---:|---:|"]
+    paired = lambda r: (f"{r['paired_vs_eager']:.2f}x" if "paired_vs_eager" in r else "") + (
+        f", {r['paired_vs_best_peer']:.2f}x vs {r['best_peer']}" if "paired_vs_best_peer" in r else "")
     for r in op_rows:
         lines.append(f"| LKA attention {r['shape']} | {r['variant']} | {r['median_ms']:.2f} "
                      f"| {r.get('speedup_vs_eager', 0):.2f}x | {r.get('paired_speedup') or 0:.2f}x "
@@ -201,8 +222,8 @@ def format_rows(op_rows: list[dict], model_rows: list[dict]) -> str:
         if "error" in r:
             lines.append(f"| {case} | {r['variant']} | error: {r['error']} | | | |")
             continue
-        lines.append(f"| {case} | {r['variant']} | {r['median_ms']:.1f} | {r.get('speedup_vs_eager', 0):.2f}x | "
-                     f"| {r.get('max_rel_err', 0):.1e} |")
+        lines.append(f"| {case} | {r['variant']} | {r['median_ms']:.1f} | {r.get('speedup_vs_eager', 0):.2f}x "
+                     f"| {paired(r)} | {r.get('max_rel_err', 0):.1e} |")
     return "\n".join(lines)
 
 

@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from .inference_fold import bn_affine, fold_input_affine, fold_output_scale
 from .lka_modules import is_lka_attention
 from .ops import conv1x1, dw_mix, lka
+from .ops.lka import lka_attention_cpu
 
 __all__ = ["FoldedLKABlock", "is_van_block", "fold_van_block", "fold_conv_bn"]
 
@@ -105,15 +106,13 @@ class FoldedLKABlock(nn.Module):
     def _cpu_inference(self, x: torch.Tensor, xs: torch.Tensor) -> torch.Tensor:
         """The fused path on CPU without autograd: the C++ ops called straight (they check their inputs; the block's
         weights were checked when it was folded), sparing the functional wrappers' ~20-40 us a call."""
-        E, at, sgu = torch.ops.eimn_C, self.attn, self.attn.spatial_gating_unit
+        at, sgu = self.attn, self.attn.spatial_gating_unit
         fc1, dw, _, fc2 = self.mlp
-        none, none_w = x.new_empty(0), x.new_empty(0, 1, 1, 1)
-        u = E.conv1x1_forward(x, at.proj_1.weight, at.proj_1.bias, none, none, 1)  # GELU(proj_1' x)
-        r = E.dw_mix_forward(u, sgu.conv0.weight, sgu.conv0.bias, none_w, none, sgu.conv_spatial.weight,
-                             sgu.conv_spatial.bias, 0, 0, 1, 1, sgu.conv_spatial.dilation[0])
-        u = E.conv1x1_forward(r, sgu.conv1.weight, sgu.conv1.bias, u, none, 0)      # LKA: u * conv1(r)
-        a = E.conv1x1_forward(u, at.proj_2.weight, at.proj_2.bias, none, xs, 0)     # + x (1 + ls1 s1)
-        return E.convmlp_infer_forward(a, fc1.weight, fc1.bias, dw.weight, dw.bias, fc2.weight, fc2.bias, True)
+        a = lka_attention_cpu(x, at.proj_1.weight, at.proj_1.bias, sgu.conv0.weight, sgu.conv0.bias,
+                              sgu.conv_spatial.weight, sgu.conv_spatial.bias, sgu.conv1.weight, sgu.conv1.bias,
+                              at.proj_2.weight, at.proj_2.bias, sgu.conv_spatial.dilation[0], xs)  # + x (1 + ls1 s1)
+        return torch.ops.eimn_C.convmlp_infer_forward(a, fc1.weight, fc1.bias, dw.weight, dw.bias, fc2.weight,
+                                                      fc2.bias, True)
 
 
 @torch.no_grad()

@@ -264,3 +264,36 @@ def test_convmlp_infer_op_same_bits_for_any_thread_count():
     finally:
         torch.set_num_threads(before)
     assert torch.equal(outs[0], outs[1])
+
+
+@pytest.mark.skipif("cpu" not in BACKENDS, reason="the cpu backend is not built")
+def test_lka_ops_call_the_cpu_kernels_straight_without_autograd(monkeypatch):
+    """Without autograd, ek.lka / ek.lka_attention on CPU call the C++ kernels straight (no custom-op dispatch):
+    the same bits as the custom ops' path, which they take when an input needs a gradient; bad weights still stop
+    with an error naming them."""
+    import sys
+    lka_ops = sys.modules["eimn_kernels.ops.lka"]  # the module (eimn_kernels.ops.lka is the function)
+    torch.manual_seed(0)
+    m = _seeded(EagerAttention(12, k0=3, k1=5, d=2))
+    sgu = m.spatial_gating_unit
+    w_lka = [sgu.conv0.weight, sgu.conv0.bias, sgu.conv_spatial.weight, sgu.conv_spatial.bias, sgu.conv1.weight,
+             sgu.conv1.bias]
+    w_att = [m.proj_1.weight, m.proj_1.bias, *w_lka, m.proj_2.weight, m.proj_2.bias]
+    x = torch.randn(2, 12, 9, 11)
+    xg = x.clone().requires_grad_()
+    want_lka, want_att = ek.lka(xg, *w_lka, 2, backend="cpu"), ek.lka_attention(xg, *w_att, 2, backend="cpu")
+
+    def no_custom_op(*a, **k):
+        raise AssertionError("the custom op was called")
+    monkeypatch.setattr(lka_ops, "_conv1x1_op", no_custom_op)
+    with torch.no_grad():
+        assert torch.equal(ek.lka(x, *w_lka, 2, backend="cpu"), want_lka.detach())
+        assert torch.equal(ek.lka_attention(x, *w_att, 2, backend="cpu"), want_att.detach())
+        assert torch.equal(ek.LKAAttention.from_module(m, backend="cpu")(x), want_att.detach())
+        bad = torch.randn(11, 1, 3, 3)  # conv0 with one channel too few
+        with pytest.raises((RuntimeError, ValueError), match="w0"):
+            ek.lka_attention(x, *w_att[:2], bad, *w_att[3:], 2, backend="cpu")
+        with pytest.raises((RuntimeError, ValueError), match="w1"):
+            ek.lka(x, *w_lka[:4], torch.randn(12, 11, 1, 1), w_lka[5], 2, backend="cpu")
+    with pytest.raises(AssertionError, match="custom op"):  # autograd needs the custom ops
+        ek.lka(xg, *w_lka, 2, backend="cpu")
