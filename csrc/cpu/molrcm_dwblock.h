@@ -20,26 +20,34 @@ inline namespace EIMN_ISA {
 namespace molrcm {
 
 // acc[y][x][:] += sum_taps w[tap][:] * src[y + ky*d][x + kx*d][:]; src addresses (-P, -P) of a padded block
-// buffer (row stride Wp * L), acc an H x W x L block (row stride lda_row). Four pixels at a time with their L-lane
-// accumulators in registers across all taps: per tap one weight load, four source loads and four FMAs. Reads up to
+// buffer (row stride Wp * L) whose interior is H x W, acc an H x W x L block (row stride lda_row). Four pixels at a
+// time with their L-lane accumulators in registers across all taps: per tap one weight load, four source loads and
+// four FMAs. Taps that read only the zero border for a register block are skipped (they add w * 0): on VAN's 7x7
+// stage the dilated 7x7 (d 3, P 9) reaches the image with 3 of its 7 rows and about half its columns. Reads up to
 // kBlockXB - 1 pixels past a row's end (the buffer needs that much slack after its last row).
 constexpr int kBlockXB = 4;  // pixels per register block of dw_block_taps
 
 template <typename T, int L>
-inline void dw_block_taps(const T* __restrict src, int64_t Wp, int64_t H, int64_t W, const T* __restrict w, int K,
-                          int64_t d, T* __restrict acc, int64_t lda_row) {
+inline void dw_block_taps(const T* __restrict src, int64_t Wp, int64_t H, int64_t W, int64_t P,
+                          const T* __restrict w, int K, int64_t d, T* __restrict acc, int64_t lda_row) {
   constexpr int XB = kBlockXB;
   for (int64_t y = 0; y < H; ++y) {
     T* __restrict arow = acc + y * lda_row;
+    // tap rows whose source row y + ky*d - P lies in the image
+    const int ky0 = static_cast<int>(std::max<int64_t>(0, (P - y + d - 1) / d));
+    const int ky1 = static_cast<int>(std::min<int64_t>(K, (P + H - 1 - y) / d + 1));
     for (int64_t x0 = 0; x0 < W; x0 += XB) {
       const int nx = static_cast<int>(std::min<int64_t>(XB, W - x0));
+      // tap columns that reach the image for some pixel of the block: x0 + nx - 1 + kx*d >= P, x0 + kx*d <= P+W-1
+      const int kx0 = static_cast<int>(std::max<int64_t>(0, (P - (x0 + nx - 1) + d - 1) / d));
+      const int kx1 = static_cast<int>(std::min<int64_t>(K, (P + W - 1 - x0) / d + 1));
       alignas(64) T a[XB][L];
       for (int i = 0; i < XB; ++i)
 #pragma omp simd
         for (int l = 0; l < L; ++l) a[i][l] = i < nx ? arow[(x0 + i) * L + l] : T(0);
-      for (int ky = 0; ky < K; ++ky) {
+      for (int ky = ky0; ky < ky1; ++ky) {
         const T* s_row = src + (y + ky * d) * Wp * L + x0 * L;
-        for (int kx = 0; kx < K; ++kx) {
+        for (int kx = kx0; kx < kx1; ++kx) {
           const T* __restrict wk = w + (ky * K + kx) * L;
           const T* __restrict s = s_row + kx * d * L;
           for (int i = 0; i < XB; ++i)  // pixels past W read the zero border or the next row: discarded
@@ -94,7 +102,7 @@ void dw_mix_fwd_blocked(const Geom& g, const T* qp, const T* w0p, const T* b0p, 
       std::fill(b0b.begin(), b0b.end(), T(0));
       dw_block_weights<T, L>(w0p, b0p, g.K0, 0, g.C, c0, g.C, w0b.data(), b0b.data());
       for (int64_t p = 0; p < HW; ++p) std::copy(b0b.begin(), b0b.end(), acc.begin() + p * L);
-      dw_block_taps<T, L>(padded(qb.data(), g.P0), g.Wp, g.H, g.W, w0b.data(), g.K0, g.d0, acc.data(), g.W * L);
+      dw_block_taps<T, L>(padded(qb.data(), g.P0), g.Wp, g.H, g.W, g.P0, w0b.data(), g.K0, g.d0, acc.data(), g.W * L);
       for (int64_t y = 0; y < g.H; ++y)
         std::copy(acc.begin() + y * g.W * L, acc.begin() + (y + 1) * g.W * L, at(rb.data(), y, 0));
       // y = identity lanes' r + the groups' convs of r + their biases
@@ -111,9 +119,9 @@ void dw_mix_fwd_blocked(const Geom& g, const T* qp, const T* w0p, const T* b0p, 
         }
       const bool has1 = g.c1 > 0 && c0 < g.c1, has2 = g.c3 > 0 && c0 + cl > g.c1 + g.c2;
       if (has1)
-        dw_block_taps<T, L>(padded(rb.data(), g.P1), g.Wp, g.H, g.W, w1b.data(), g.K1, g.d1, acc.data(), g.W * L);
+        dw_block_taps<T, L>(padded(rb.data(), g.P1), g.Wp, g.H, g.W, g.P1, w1b.data(), g.K1, g.d1, acc.data(), g.W * L);
       if (has2)
-        dw_block_taps<T, L>(padded(rb.data(), g.P2), g.Wp, g.H, g.W, w2b.data(), g.K2, g.d2, acc.data(), g.W * L);
+        dw_block_taps<T, L>(padded(rb.data(), g.P2), g.Wp, g.H, g.W, g.P2, w2b.data(), g.K2, g.d2, acc.data(), g.W * L);
       // out, transposed back
       for (int l = 0; l < cl; ++l) {
         T* o = op + (n * g.C + c0 + l) * HW;
