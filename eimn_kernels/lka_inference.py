@@ -24,8 +24,9 @@ import torch.nn.functional as F
 
 from .inference_fold import bn_affine, fold_input_affine, fold_output_scale
 from .lka_modules import is_lka_attention
+from .backends import resolve_backend
 from .ops import conv1x1, dw_mix, lka
-from .ops.lka import lka_attention_cpu
+from .ops.lka import cpu_direct, lka_attention_cpu
 
 __all__ = ["FoldedLKABlock", "is_van_block", "fold_van_block", "fold_conv_bn"]
 
@@ -64,14 +65,6 @@ def is_van_block(m: nn.Module) -> bool:
     return _is_mlp(m.mlp, dim) and m.layer_scale_1.shape == (dim,) and m.layer_scale_2.shape == (dim,)
 
 
-def _cpu_fast_path(a: torch.Tensor, backend: str) -> bool:
-    """Whether the block runs as the CPU C++ ops called straight, its MLP as eimn_C::convmlp_infer_forward: a CPU
-    float32 / float64 tensor without autograd, backend auto or cpu, the extension built."""
-    from . import _ext
-    return (a.device.type == "cpu" and a.dtype in (torch.float32, torch.float64) and backend in ("auto", "cpu")
-            and not (torch.is_grad_enabled() and a.requires_grad) and _ext.cpu_kernels_loaded())
-
-
 class FoldedLKABlock(nn.Module):
     """Inference VAN block (see the module doc). x: (N, dim, H, W) -> (N, dim, H, W). Built by fold_van_block."""
 
@@ -89,7 +82,7 @@ class FoldedLKABlock(nn.Module):
             a = at.proj_2(u) + xs
             return a + fc2(F.gelu(dw(fc1(a))))
         b = self.backend
-        if _cpu_fast_path(x, b):
+        if cpu_direct(resolve_backend(b, x), x):  # the C++ kernels straight, the MLP as convmlp_infer_forward
             return self._cpu_inference(x, xs)
         u = conv1x1(x, at.proj_1.weight, at.proj_1.bias, act="gelu", backend=b)
         u = lka(u, sgu.conv0.weight, sgu.conv0.bias, sgu.conv_spatial.weight, sgu.conv_spatial.bias,

@@ -222,6 +222,17 @@ def test_optimize_for_inference_folds_van_blocks(fused, backend):
     assert isinstance(net[0][1], nn.BatchNorm2d) and isinstance(net[1], VANBlock)
 
 
+def test_compile_fullgraph_folded_van_block():
+    """torch.compile(fullgraph=True) traces a folded VAN block: while compiling it takes the custom ops (with fake
+    impls), not the C++ kernels called straight; same output as the eager folded block."""
+    torch.manual_seed(0)
+    opt = ek.optimize_for_inference(_seeded(nn.Sequential(VANBlock(16))).eval(), backend=BACKENDS[-1])
+    x = torch.randn(1, 16, 12, 10)
+    torch._dynamo.reset()
+    with torch.no_grad():
+        assert _rel(torch.compile(opt, fullgraph=True)(x), opt(x)) <= 1e-5
+
+
 @pytest.mark.skipif("cpu" not in BACKENDS, reason="the cpu backend is not built")
 @pytest.mark.parametrize("case", [(2, 16, 40, 16, 9, 13, 3, True), (1, 7, 30, 5, 5, 33, 5, False),
                                   (1, 8, 64, 8, 1, 1, 3, True), (1, 12, 24, 12, 40, 6, 7, True)],

@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import torch
 
-from .. import _ext, reference
+from .. import reference
 from ..backends import op_kernels, resolve_backend
 from ._registry import OpSpec, register
 from .checks import check_image, check_weight, empty_result, is_empty, odd_kernel
 from .molrcm import dw_mix
 
-__all__ = ["conv1x1", "lka", "lka_attention", "lka_attention_cpu", "ACTIVATIONS"]
+__all__ = ["conv1x1", "lka", "lka_attention", "cpu_direct", "lka_cpu", "lka_attention_cpu", "ACTIVATIONS"]
 
 _T = torch.Tensor
 ACTIVATIONS = {"none": 0, "gelu": 1}
@@ -64,25 +64,31 @@ def _dw_chain(x: _T, w0: _T, b0: _T, w_sp: _T, b_sp: _T, dilation: int, backend:
     return dw_mix(x, w0, b0, none_w, none_b, w_sp, b_sp, 0, 0, d0=1, d1=1, d2=int(dilation), backend=backend)
 
 
-def _cpu_direct(backend: str, x: _T, *tensors: _T) -> bool:
-    """Whether the ops may call the CPU C++ kernels straight, sparing the custom ops' dispatch (~30-50 us a call,
-    most of the time of a block at VAN's 7x7 stage): backend ``backend`` resolved to cpu, a plain CPU tensor (no
-    subclass such as a fake tensor), nothing to differentiate, not being traced by torch.compile."""
+def cpu_direct(backend: str, x: _T, *tensors: _T) -> bool:
+    """Whether the CPU C++ kernels may be called straight, sparing the custom ops' dispatch (~30-50 us a call,
+    most of the time of a block at VAN's 7x7 stage): ``backend`` resolved to cpu (the kernels are loaded), a plain
+    tensor x (no subclass such as a fake tensor), nothing of x and ``tensors`` to differentiate, not being traced by
+    torch.compile (the eimn_C kernels have no fake impls)."""
     return (backend == "cpu" and type(x) is torch.Tensor and not torch.compiler.is_compiling()
-            and not (torch.is_grad_enabled() and any(t.requires_grad for t in (x, *tensors)))
-            and _ext.cpu_kernels_loaded())
+            and not (torch.is_grad_enabled() and any(t.requires_grad for t in (x, *tensors))))
+
+
+def lka_cpu(x: _T, w0: _T, b0: _T, w_sp: _T, b_sp: _T, w1: _T, b1: _T, dilation: int) -> _T:
+    """:func:`lka` as two calls of the CPU C++ kernels, without autograd (the kernels check their inputs)."""
+    E = torch.ops.eimn_C
+    none, none_w = x.new_empty(0), x.new_empty(0, 1, 1, 1)
+    r = E.dw_mix_forward(x, w0, b0, none_w, none, w_sp, b_sp, 0, 0, 1, 1, int(dilation))  # conv_spatial(conv0 x)
+    return E.conv1x1_forward(r, w1, b1, x, none, 0)                                       # x * conv1(r)
 
 
 def lka_attention_cpu(x: _T, w_p1: _T, b_p1: _T, w0: _T, b0: _T, w_sp: _T, b_sp: _T, w1: _T, b1: _T, w_p2: _T,
                       b_p2: _T, dilation: int, residual: _T) -> _T:
     """:func:`lka_attention` as four calls of the CPU C++ kernels, without autograd, the residual given:
     ``proj_2(lka(GELU(proj_1(x)))) + residual``. CPU float32 / float64 tensors (the kernels check their inputs)."""
-    E = torch.ops.eimn_C
-    none, none_w = x.new_empty(0), x.new_empty(0, 1, 1, 1)
-    u = E.conv1x1_forward(x, w_p1, b_p1, none, none, 1)                                  # GELU(proj_1 x)
-    r = E.dw_mix_forward(u, w0, b0, none_w, none, w_sp, b_sp, 0, 0, 1, 1, int(dilation))  # conv_spatial(conv0 u)
-    u = E.conv1x1_forward(r, w1, b1, u, none, 0)                                          # u * conv1(r)
-    return E.conv1x1_forward(u, w_p2, b_p2, none, residual, 0)
+    E, none = torch.ops.eimn_C, x.new_empty(0)
+    u = E.conv1x1_forward(x, w_p1, b_p1, none, none, 1)  # GELU(proj_1 x)
+    a = lka_cpu(u, w0, b0, w_sp, b_sp, w1, b1, dilation)
+    return E.conv1x1_forward(a, w_p2, b_p2, none, residual, 0)
 
 
 def lka(x: _T, w0: _T, b0: _T, w_sp: _T, b_sp: _T, w1: _T, b1: _T, dilation: int = 3, backend: str = "auto") -> _T:
@@ -96,11 +102,8 @@ def lka(x: _T, w0: _T, b0: _T, w_sp: _T, b_sp: _T, w1: _T, b1: _T, dilation: int
         odd_kernel(n, w)
     check_weight("w1", w1, (x.shape[1], x.shape[1], 1, 1), x)
     backend = resolve_backend(backend, x)
-    if _cpu_direct(backend, x, w0, b0, w_sp, b_sp, w1, b1) and not is_empty(x):
-        none, none_w = x.new_empty(0), x.new_empty(0, 1, 1, 1)
-        E = torch.ops.eimn_C
-        r = E.dw_mix_forward(x, w0, b0, none_w, none, w_sp, b_sp, 0, 0, 1, 1, int(dilation))
-        return E.conv1x1_forward(r, w1, b1, x, none, 0)
+    if cpu_direct(backend, x, w0, b0, w_sp, b_sp, w1, b1) and not is_empty(x):
+        return lka_cpu(x, w0, b0, w_sp, b_sp, w1, b1, dilation)
     r = _dw_chain(x, w0, b0, w_sp, b_sp, dilation, backend)
     return conv1x1(r, w1, b1, gate=x, backend=backend)
 
@@ -112,7 +115,7 @@ def lka_attention(x: _T, w_p1: _T, b_p1: _T, w0: _T, b0: _T, w_sp: _T, b_sp: _T,
     check_image("x", x)
     backend = resolve_backend(backend, x)
     ws = (w_p1, b_p1, w0, b0, w_sp, b_sp, w1, b1, w_p2, b_p2)
-    if _cpu_direct(backend, x, *ws) and not is_empty(x):
+    if cpu_direct(backend, x, *ws) and not is_empty(x):
         for n, w in (("w0", w0), ("w_sp", w_sp)):
             odd_kernel(n, w)
         return lka_attention_cpu(x, *ws, dilation, x)
