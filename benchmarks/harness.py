@@ -194,6 +194,23 @@ def paired_speedup(ref_fn: Callable, fn: Callable, device: torch.device | str = 
     return {"median": med, "q1": q1, "q3": q3, "n": len(ratios)}
 
 
+def add_paired_ratios(rows: list[dict], fns: dict, best_peer: str | None, *, rounds: int, threads: int | None,
+                      device: torch.device | str = "cpu") -> None:
+    """Each row's speed-up over eager as a paired, interleaved ratio (``paired_vs_eager``), and the folded rows'
+    over ``best_peer`` (``best_peer``, ``paired_vs_best_peer``; skipped where it is None). rows: dicts with a
+    ``variant``; fns: variant -> zero-argument callable (rows without one, and all without "eager", are left
+    alone)."""
+    for r in rows:
+        v = r["variant"]
+        if v == "eager" or "eager" not in fns or v not in fns:
+            continue
+        r["paired_vs_eager"] = paired_speedup(fns["eager"], fns[v], device, rounds=rounds, threads=threads)["median"]
+        if v.startswith("folded") and best_peer:
+            r["best_peer"] = best_peer
+            r["paired_vs_best_peer"] = paired_speedup(fns[best_peer], fns[v], device, rounds=rounds,
+                                                      threads=threads)["median"]
+
+
 def tensor_list(o) -> list:
     """A tensor or a tuple/list of tensors as a list."""
     return [o] if torch.is_tensor(o) else list(o)

@@ -32,7 +32,7 @@ from eimn.model import EIMN_A, EIMN_L
 from .complexity import LR_SIZES, count_complexity
 from .psnr_cost import openvino_default_precision, psnr_costs
 from .report import add_record_args, print_result, record_run
-from .harness import (add_malloc_arg, error_text, machine_info, max_rel_err, measure, paired_speedup, progress,
+from .harness import (add_malloc_arg, add_paired_ratios, error_text, machine_info, max_rel_err, measure, progress,
                       set_malloc_mode)
 from .ops import kernel_backends
 
@@ -223,13 +223,7 @@ def _paired_and_psnr(case_rows: list[dict], fns: dict, name: str, scale: int, th
     rows' over the fastest peer (``paired_vs_best_peer``), and the reduced-precision rows' ``psnr_cost_dB``."""
     peers = [r for r in case_rows if r["variant"].startswith(("onnxruntime", "openvino")) and "median_ms" in r]
     best = min(peers, key=lambda r: r["median_ms"])["variant"] if peers else None
-    for r in case_rows:
-        v = r["variant"]
-        if v != "eager" and "eager" in fns and v in fns:
-            r["paired_vs_eager"] = paired_speedup(fns["eager"], fns[v], rounds=5, threads=threads)["median"]
-        if v.startswith("folded") and best:
-            r["best_peer"] = best
-            r["paired_vs_best_peer"] = paired_speedup(fns[best], fns[v], rounds=5, threads=threads)["median"]
+    add_paired_ratios(case_rows, fns, best, rounds=5, threads=threads)
     reduced = [r["variant"] for r in case_rows
                if r["variant"] == "folded[cpu,bf16]" or r.get("runs_precision") not in (None, "f32")]
     costs, note = psnr_costs(name, scale, reduced, threads)

@@ -25,7 +25,7 @@ import torch.nn.functional as F
 
 import eimn_kernels as ek
 
-from .harness import error_text, machine_info, max_rel_err, measure, paired_speedup, progress
+from .harness import add_paired_ratios, error_text, machine_info, max_rel_err, measure, paired_speedup, progress
 from .report import add_record_args, print_result, record_run
 
 __all__ = ["LKA", "Attention", "Block", "VAN", "van_b0", "bench", "main"]
@@ -121,20 +121,6 @@ def _timed(row: dict, fn, tkw: dict) -> dict:
     return row
 
 
-def _paired(rows: list[dict], fns: dict, rounds: int, threads: int) -> None:
-    """Each timed row's speed-up over eager as a paired, interleaved ratio (``paired_vs_eager``), and the folded
-    row's over torch.compile, the fastest peer here (``paired_vs_best_peer``)."""
-    for r in rows:
-        v = r["variant"]
-        if "median_ms" not in r or v == "eager":
-            continue
-        r["paired_vs_eager"] = paired_speedup(fns["eager"], fns[v], "cpu", rounds=rounds, threads=threads)["median"]
-        if v.startswith("folded") and any(b["variant"] == "compile" and "median_ms" in b for b in rows):
-            r["best_peer"] = "compile"
-            r["paired_vs_best_peer"] = paired_speedup(fns["compile"], fns[v], "cpu", rounds=rounds,
-                                                      threads=threads)["median"]
-
-
 def bench(threads: int = 2, quick: bool = False, compile: bool = True, notes: list | None = None) -> tuple:
     """(op rows, model rows) of the VAN benchmark on CPU."""
     notes = notes if notes is not None else []
@@ -161,9 +147,12 @@ def bench(threads: int = 2, quick: bool = False, compile: bool = True, notes: li
                 with torch.no_grad():
                     return m(x)
             row["max_rel_err"] = max_rel_err(fn(), want)
-            batch_rows.append(_timed(row, fn, tkw))
-            fns[vname] = fn
-        _paired(batch_rows, fns, 5 if quick else 9, threads)
+            if "median_ms" in _timed(row, fn, tkw):
+                fns[vname] = fn
+            batch_rows.append(row)
+        # paired ratios of the timed rows over eager, and the folded one's over torch.compile (the fastest peer)
+        add_paired_ratios(batch_rows, fns, "compile" if "compile" in fns else None, rounds=5 if quick else 9,
+                          threads=threads)
         model_rows += batch_rows
     # training step, eager vs fused
     tb = 2 if quick else 8
@@ -211,8 +200,10 @@ def bench(threads: int = 2, quick: bool = False, compile: bool = True, notes: li
 
 def format_rows(op_rows: list[dict], model_rows: list[dict]) -> str:
     lines = ["| case | variant | median ms | vs eager | paired | max rel err |", "|---|---|---:|---:|---:|---:|"]
-    paired = lambda r: (f"{r['paired_vs_eager']:.2f}x" if "paired_vs_eager" in r else "") + (
-        f", {r['paired_vs_best_peer']:.2f}x vs {r['best_peer']}" if "paired_vs_best_peer" in r else "")
+
+    def paired(r: dict) -> str:
+        return (f"{r['paired_vs_eager']:.2f}x" if "paired_vs_eager" in r else "") + (
+            f", {r['paired_vs_best_peer']:.2f}x vs {r['best_peer']}" if "paired_vs_best_peer" in r else "")
     for r in op_rows:
         lines.append(f"| LKA attention {r['shape']} | {r['variant']} | {r['median_ms']:.2f} "
                      f"| {r.get('speedup_vs_eager', 0):.2f}x | {r.get('paired_speedup') or 0:.2f}x "
