@@ -318,7 +318,8 @@ def test_dw_mix_cpu_forward_paths_agree():
     """The CPU dw_mix forward's two paths, per plane (wide images) and channel-blocked (below 30 pixels wide:
     csrc/cpu/molrcm_dwblock.h), each forced by EIMN_DW_BLOCKED_MAX_W (0: never blocked, 1000: always), match the
     reference in float64 on both sides of the threshold, with every group (split 3/1/4 of 40 channels: blocks of
-    8 lanes span groups), dilations and a 7-channel tail block."""
+    8 lanes span groups), dilations and a 7-channel tail block. 11 x 85 pixels: the per-plane path's row pairs
+    (y, y + d) with single rows left over, its column blocks and the columns past them (molrcm_dwplane.h)."""
     import os
     import subprocess
     import sys
@@ -328,7 +329,8 @@ def test_dw_mix_cpu_forward_paths_agree():
         "import torch, eimn_kernels as ek\n"
         "from eimn_kernels import reference as R\n"
         "g = torch.Generator().manual_seed(0)\n"
-        "for (C, H, W, c1, c2) in ((40, 9, 7, 15, 5), (47, 6, 29, 16, 8), (40, 5, 30, 15, 5), (23, 4, 45, 8, 3)):\n"
+        "for (C, H, W, c1, c2) in ((40, 9, 7, 15, 5), (47, 6, 29, 16, 8), (40, 5, 30, 15, 5), (23, 4, 45, 8, 3),\n"
+        "                         (16, 11, 85, 6, 2)):\n"
         "    r = lambda *s: torch.randn(*s, generator=g, dtype=torch.float64)\n"
         "    c3 = C - c1 - c2\n"
         "    a = (r(2, C, H, W), r(C, 1, 5, 5), r(C), r(c1, 1, 5, 5), r(c1), r(c3, 1, 7, 7), r(c3))\n"
@@ -339,4 +341,4 @@ def test_dw_mix_cpu_forward_paths_agree():
         env = dict(os.environ, EIMN_DW_BLOCKED_MAX_W=force)
         out = subprocess.run([sys.executable, "-c", code], env=env, check=True, capture_output=True, text=True)
         errs = [float(v) for v in out.stdout.split()]
-        assert len(errs) == 4 and max(errs) < 1e-13, (force, errs)
+        assert len(errs) == 5 and max(errs) < 1e-13, (force, errs)

@@ -69,6 +69,7 @@ void fwd_impl(const Tensor& x, const Tensor& w, const Tensor& b, const Tensor& g
   const T* rp = Res ? res.data_ptr<T>() : nullptr;
   T* op = out.data_ptr<T>();
   constexpr int64_t NR = 2 * (32 / sizeof(T));
+  const bool stream = stream_output(int64_t(sizeof(T)) * out.numel());  // cpu_stream.h
   // tasks: channel block outer, so that a thread's consecutive tasks share their packed rows of W
   // The gate and the residual of the task's rows are packed into panels like x (their epilogue loads then come
   // from L1, not from one cache line in each of M image rows HW apart per panel: in MOLRCM's gate_out, which reads
@@ -91,28 +92,21 @@ void fwd_impl(const Tensor& x, const Tensor& w, const Tensor& b, const Tensor& g
       }
       if constexpr (Gate) pack_b<T>(M, np, gp + (n * Co + o0) * HW + p0, HW, gpanel.data());
       if constexpr (Res) pack_b<T>(M, np, rp + (n * Co + o0) * HW + p0, HW, rpanel.data());
-      // the epilogue of panel pq: row m of the task's rows gets the bias, GELU, gate, residual and is stored
+      // the epilogue of panel pq: row m of the task's rows (one 64-byte part or two halves) gets the bias, GELU,
+      // gate, residual and is stored
       auto epilogue = [&](int64_t pq) {
         const int64_t p = p0 + pq * NR, cnt = std::min(NR, np - pq * NR);
-        return [&, pq, p, cnt](int64_t m, vreg<T> c0, vreg<T> c1) {
+        return [&, pq, p, cnt](int64_t m, auto... c) {
           const int64_t o = o0 + m;
-          const vreg<T> bias = vsplat<T>(bp[o]);
-          c0 += bias;
-          c1 += bias;
-          if constexpr (Gelu) {
-            c0 = v_gelu(c0);
-            c1 = v_gelu(c1);
-          }
+          const T bias = bp[o];
           const int64_t at = (n * Co + o) * HW + p, pm = (pq * M + m) * NR;  // pm: row m of panel pq
-          if constexpr (Gate) {
-            c0 *= vload(gpanel.data() + pm);
-            c1 *= vload(gpanel.data() + pm + NR / 2);
-          }
-          if constexpr (Res) {
-            c0 += vload(rpanel.data() + pm);
-            c1 += vload(rpanel.data() + pm + NR / 2);
-          }
-          store_row<T>(op + at, c0, c1, cnt);
+          store_row_as(op + at, cnt, stream, [&](auto r, int64_t off) {
+            r = r + bias;
+            if constexpr (Gelu) r = v_gelu(r);
+            if constexpr (Gate) r = r * load_vec<decltype(r)>(gpanel.data() + pm + off);
+            if constexpr (Res) r = r + load_vec<decltype(r)>(rpanel.data() + pm + off);
+            return r;
+          }, c...);
         };
       };
       for (int64_t pq = 0; pq * NR < np; ++pq) {
@@ -129,6 +123,7 @@ void fwd_impl(const Tensor& x, const Tensor& w, const Tensor& b, const Tensor& g
         panel_rows<T>(0, M, C, wk.data(), M, panel.data() + pq * NR * C, st);
       }
     }
+    stream_fence();
   });
 }
 

@@ -19,6 +19,7 @@
 // Every reduction order depends only on the shapes (deterministic).
 #pragma once
 #include "cpu/cpu_isa.h"
+#include "cpu/cpu_stream.h"
 #include <algorithm>
 #include <cstdint>
 #include <cstring>
@@ -417,6 +418,26 @@ inline void store_row(T* dst, vreg<T> c0, vreg<T> c1, int64_t n, bool acc = fals
   vstore(tmp, c0);
   vstore(tmp + L, c1);
   for (int64_t j = 0; j < n; ++j) dst[j] = acc ? dst[j] + tmp[j] : tmp[j];
+}
+
+// Stores row f(part, offset) of a micro-kernel's output row, given as the parts store_rows hands an epilogue (one
+// 64-byte register, or two 32-byte halves; offset: the part's first pixel), to dst: its first n values; with
+// streaming stores where `stream`, the row is whole and dst is aligned to the parts (cpu_stream.h). f may read
+// other panel rows at the offset; each part's value is the same expression whichever form the parts take.
+template <typename T, typename F, typename... V>
+__attribute__((always_inline)) inline void store_row_as(T* dst, int64_t n, bool stream, F&& f, V... parts) {
+  constexpr int64_t NR = 2 * kLanes<T>, L = NR / int64_t(sizeof...(V));
+  int64_t off = 0;
+  if (n == NR) {
+    if (stream && reinterpret_cast<uintptr_t>(dst) % (L * sizeof(T)) == 0)
+      ((stream_vec(dst + off, f(parts, off)), off += L), ...);
+    else
+      ((store_vec(dst + off, f(parts, off)), off += L), ...);
+    return;
+  }
+  alignas(64) T tmp[NR];
+  ((store_vec(tmp + off, f(parts, off)), off += L), ...);
+  std::memcpy(dst, tmp, sizeof(T) * n);
 }
 
 // Loads n <= NR values of src as two vectors (zero past n).

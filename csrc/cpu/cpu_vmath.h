@@ -112,6 +112,23 @@ EIMN_VMATH_INLINE xreg<float> v_gelu(xreg<float> x) { return gelu_fast(x); }
 EIMN_VMATH_INLINE xreg<float> v_gelu_grad(xreg<float> x) { return gelu_grad_fast(x); }
 EIMN_VMATH_INLINE xreg<float> v_sigmoid(xreg<float> x) { return sigmoid_fast(x); }
 #endif
+#if !defined(__AVX512F__)
+// 64-byte float vectors at levels without AVX-512 (whole rows of the bf16 GEMM, cpu_gemm_bf16.h, which the
+// epilogues written for whole rows take): the 32-byte forms on both halves, so each lane has the same bits.
+typedef float f32x16_halves __attribute__((vector_size(64)));
+template <typename F> inline f32x16_halves by_halves(f32x16_halves x, F f) {
+  vreg<float> h[2];
+  std::memcpy(h, &x, sizeof(x));
+  h[0] = f(h[0]);
+  h[1] = f(h[1]);
+  std::memcpy(&x, h, sizeof(x));
+  return x;
+}
+inline f32x16_halves v_gelu(f32x16_halves x) { return by_halves(x, [](vreg<float> v) { return gelu_fast(v); }); }
+inline f32x16_halves v_sigmoid(f32x16_halves x) {
+  return by_halves(x, [](vreg<float> v) { return sigmoid_fast(v); });
+}
+#endif
 inline double v_gelu(double x) { return gelu(x); }
 inline double v_gelu_grad(double x) { return gelu_grad(x); }
 inline double v_sigmoid(double x) { return sigmoid(x); }

@@ -48,29 +48,50 @@ void proj_qv_fwd_impl(const Tensor& x, const Tensor& wqv, const Tensor& bq, cons
   const T *xp = x.data_ptr<T>(), *w = wqv.data_ptr<T>(), *bqp = bq.data_ptr<T>(), *bvp = bv.data_ptr<T>();
   T *qp = q.data_ptr<T>(), *vp = v.data_ptr<T>();
   const std::vector<T> wk = pack_a(w, Co, C, C, 1);
-  // Per tile: x packed once into panels of NR pixels; per panel, the q rows (GELU epilogue) and v rows
-  // (bias) are stored straight from the accumulators (no tile-sized output buffer).
+  // dw_mix and gate_out read q and v only after the whole image: streamed past the caches where large.
+  const bool stream = stream_output(int64_t(sizeof(T)) * (q.numel() + v.numel()));
+  // Per tile: x packed once into panels of NR pixels; per panel (or pair of panels, where the micro-kernel takes
+  // two), the q rows (GELU epilogue) and v rows (bias) are stored straight from the accumulators.
   constexpr int64_t NR = 2 * (32 / sizeof(T));
   at::parallel_for(0, N * nt, 1, [&](int64_t t0, int64_t t1) {
     std::vector<T> panel(((P + NR - 1) / NR) * NR * C);
     for (int64_t t = t0; t < t1; ++t) {
       const int64_t n = t / nt, p0 = (t % nt) * P, np = std::min(P, HW - p0);
       pack_b<T>(C, np, xp + n * C * HW + p0, HW, panel.data());
-      for (int64_t pq = 0; pq * NR < np; ++pq) {
+      // the epilogues of panel pq (pixels p0 + pq * NR on); rows come as one 64-byte part or two halves
+      auto epilogue_q = [&](int64_t pq) {
         const int64_t p = p0 + pq * NR, cnt = std::min(NR, np - pq * NR);
+        return [&, p, cnt](int64_t o, auto... c) {
+          const T bias = bqp[o];
+          store_row_as(qp + (n * Cq + o) * HW + p, cnt, stream, [&](auto r, int64_t) { return v_gelu(r + bias); },
+                       c...);
+        };
+      };
+      auto epilogue_v = [&](int64_t pq) {
+        const int64_t p = p0 + pq * NR, cnt = std::min(NR, np - pq * NR);
+        return [&, p, cnt](int64_t o, auto... c) {
+          const T bias = bvp[o - Cq];
+          store_row_as(vp + (n * Cv + o - Cq) * HW + p, cnt, stream, [&](auto r, int64_t) { return r + bias; },
+                       c...);
+        };
+      };
+      for (int64_t pq = 0; pq * NR < np; ++pq) {
         const T* bp = panel.data() + pq * NR * C;
-        auto st_q = [&](int64_t o, vreg<T> c0, vreg<T> c1) {
-          const vreg<T> bias = vsplat<T>(bqp[o]);
-          store_row<T>(qp + (n * Cq + o) * HW + p, v_gelu(c0 + bias), v_gelu(c1 + bias), cnt);
-        };
-        auto st_v = [&](int64_t o, vreg<T> c0, vreg<T> c1) {
-          const vreg<T> bias = vsplat<T>(bvp[o - Cq]);
-          store_row<T>(vp + (n * Cv + o - Cq) * HW + p, c0 + bias, c1 + bias, cnt);
-        };
+        if constexpr (kTwoPanels) {  // pairs of panels: one broadcast of W feeds two FMAs (1.08x at 64x180x320)
+          if ((pq + 1) * NR < np) {
+            auto q0 = epilogue_q(pq), q1 = epilogue_q(pq + 1), v0 = epilogue_v(pq), v1 = epilogue_v(pq + 1);
+            rows_panel2<T, ALay::KMajor>(0, Cq, C, wk.data(), Co, bp, bp + NR * C, q0, q1);
+            rows_panel2<T, ALay::KMajor>(Cq, Co, C, wk.data(), Co, bp, bp + NR * C, v0, v1);
+            ++pq;
+            continue;
+          }
+        }
+        auto st_q = epilogue_q(pq), st_v = epilogue_v(pq);
         panel_rows<T>(0, Cq, C, wk.data(), Co, bp, st_q);
         panel_rows<T>(Cq, Co, C, wk.data(), Co, bp, st_v);
       }
     }
+    stream_fence();
   });
 }
 
@@ -200,6 +221,7 @@ void gate_out_fwd_impl(const Tensor& y, const Tensor& v, const Tensor& wf, const
   const std::vector<T> wo_k = bf16 ? std::vector<T>() : pack_a(wop, Co, C, C, 1);
   const bf16::Weights wf_b = bf16 ? bf16_weights<T>(wfp, C, C) : bf16::Weights();
   const bf16::Weights wo_b = bf16 ? bf16_weights<T>(wop, Co, C) : bf16::Weights();
+  const bool stream = stream_output(int64_t(sizeof(T)) * out.numel());  // read by the next op after the whole image
   // Per panel of NR pixels: m = SiLU(Wf y + bf) * v goes from the accumulators into a K x NR panel
   // (L1-resident), which feeds the Wo GEMM right away; out is stored once, with the bias. Where the micro-kernel
   // takes two panels at once (AVX-512: one broadcast of W feeds two FMAs), both GEMMs run on pairs of panels.
@@ -215,22 +237,23 @@ void gate_out_fwd_impl(const Tensor& y, const Tensor& v, const Tensor& wf, const
       // v in panels too: the epilogue reads each channel's NR values from L1, not one cache line from each of C
       // image rows (C streams HW apart per panel; those loads held the gate_out forward at half proj_qv's rate).
       pack_b<T>(C, np, vp + n * C * HW + p0, HW, vpanel.data());
-      // Epilogues of panel pq (pixels p0 + pq * NR on): m into the m panel mp, out with the bias.
+      // Epilogues of panel pq (pixels p0 + pq * NR on): m into the m panel mp, out with the bias; rows come as one
+      // 64-byte part or two halves.
       auto epilogue_m = [&](int64_t pq, T* mp) {
         const T* vpan = vpanel.data() + pq * NR * C;
-        return [&, vpan, mp](int64_t c, vreg<T> c0, vreg<T> c1) {
-          const vreg<T> bias = vsplat<T>(bfp[c]);
-          const vreg<T> v0 = vload(vpan + c * NR), v1 = vload(vpan + c * NR + NR / 2);
-          const vreg<T> f0 = c0 + bias, f1 = c1 + bias;
-          vstore(mp + c * NR, f0 * v_sigmoid(f0) * v0);
-          vstore(mp + c * NR + NR / 2, f1 * v_sigmoid(f1) * v1);
+        return [&, vpan, mp](int64_t c, auto... a) {
+          const T bias = bfp[c];
+          store_row_as(mp + c * NR, NR, false, [&](auto r, int64_t off) {
+            auto f = r + bias;
+            return f * v_sigmoid(f) * load_vec<decltype(f)>(vpan + c * NR + off);
+          }, a...);
         };
       };
       auto epilogue_o = [&](int64_t pq) {
         const int64_t p = p0 + pq * NR, cnt = std::min(NR, np - pq * NR);
-        return [&, p, cnt](int64_t o, vreg<T> c0, vreg<T> c1) {
-          const vreg<T> bias = vsplat<T>(bop[o]);
-          store_row<T>(op + (n * Co + o) * HW + p, c0 + bias, c1 + bias, cnt);
+        return [&, p, cnt](int64_t o, auto... a) {
+          const T bias = bop[o];
+          store_row_as(op + (n * Co + o) * HW + p, cnt, stream, [&](auto r, int64_t) { return r + bias; }, a...);
         };
       };
       for (int64_t pq = 0; pq * NR < np; ++pq) {
@@ -257,6 +280,7 @@ void gate_out_fwd_impl(const Tensor& y, const Tensor& v, const Tensor& wf, const
         panel_rows<T>(0, Co, C, wo_k.data(), Co, mpan.data(), st_o);
       }
     }
+    stream_fence();
   });
 }
 
@@ -449,6 +473,7 @@ void dw_mix_fwd_impl(const DwMixGeom& g, const Tensor& q, const Tensor& w0, cons
   const int64_t HW = g.H * g.W;
   if (g.W < dw_blocked_max_w())  // narrow images: channel-blocked vectors (molrcm_dwblock.h)
     return dw_mix_fwd_blocked<T>(g, qp, w0p, b0p, w1p, b1p, w2p, b2p, op);
+  const bool stream = stream_output(int64_t(sizeof(T)) * out.numel());  // gate_out reads y after the whole image
   at::parallel_for(0, g.N * g.C, 1, [&](int64_t t0, int64_t t1) {
     std::vector<T> qb(g.Hp * g.Wp, T(0)), rb(g.Hp * g.Wp, T(0));  // zero borders stay zero
     for (int64_t t = t0; t < t1; ++t) {
@@ -457,17 +482,20 @@ void dw_mix_fwd_impl(const DwMixGeom& g, const Tensor& q, const Tensor& w0, cons
       T* dst = op + t * HW;
       const T* q0 = g.at_pad(qb.data(), g.P0);
       if (c >= g.c1 && c < g.c1 + g.c2) {  // identity group: y = r
-        dilated_dw_plane<T>(q0, g.Wp, g.H, g.W, w0p + c * g.K0 * g.K0, g.K0, g.d0, b0p[c], dst, g.W);
+        dilated_dw_plane<T>(q0, g.Wp, g.H, g.W, w0p + c * g.K0 * g.K0, g.K0, g.d0, b0p[c], dst, g.W, stream);
         continue;
       }
       dilated_dw_plane<T>(q0, g.Wp, g.H, g.W, w0p + c * g.K0 * g.K0, g.K0, g.d0, b0p[c], g.interior(rb.data()), g.Wp);
       if (c < g.c1) {
-        dilated_dw_plane<T>(g.at_pad(rb.data(), g.P1), g.Wp, g.H, g.W, w1p + c * g.K1 * g.K1, g.K1, g.d1, b1p[c], dst, g.W);
+        dilated_dw_plane<T>(g.at_pad(rb.data(), g.P1), g.Wp, g.H, g.W, w1p + c * g.K1 * g.K1, g.K1, g.d1, b1p[c], dst,
+                            g.W, stream);
       } else {
         const int64_t j = c - g.c1 - g.c2;
-        dilated_dw_plane<T>(g.at_pad(rb.data(), g.P2), g.Wp, g.H, g.W, w2p + j * g.K2 * g.K2, g.K2, g.d2, b2p[j], dst, g.W);
+        dilated_dw_plane<T>(g.at_pad(rb.data(), g.P2), g.Wp, g.H, g.W, w2p + j * g.K2 * g.K2, g.K2, g.d2, b2p[j], dst,
+                            g.W, stream);
       }
     }
+    stream_fence();
   });
 }
 

@@ -48,18 +48,8 @@ template <typename T> constexpr int kDLanes = int(sizeof(dvec<T>) / sizeof(T));
 template <typename T> inline dvec<T> dsplat(T x) { return dvec<T>{} + x; }
 template <typename T> using dmask = decltype(dvec<T>{} < dvec<T>{});
 
-// Non-temporal store of one dvec to an address aligned to its size (a plain store without AVX).
-template <typename T> inline void stream_dstore(T* d, dvec<T> v) {
-#if defined(__AVX512F__)
-  if constexpr (sizeof(T) == 4) _mm512_stream_ps(reinterpret_cast<float*>(d), reinterpret_cast<__m512>(v));
-  else _mm512_stream_pd(reinterpret_cast<double*>(d), reinterpret_cast<__m512d>(v));
-#elif defined(__AVX__)
-  if constexpr (sizeof(T) == 4) _mm256_stream_ps(reinterpret_cast<float*>(d), reinterpret_cast<__m256>(v));
-  else _mm256_stream_pd(reinterpret_cast<double*>(d), reinterpret_cast<__m256d>(v));
-#else
-  dstore(d, v);
-#endif
-}
+// Non-temporal store of one dvec to an address aligned to its size (cpu_stream.h).
+template <typename T> inline void stream_dstore(T* d, dvec<T> v) { stream_vec(d, v); }
 
 // Copies pixels [0, n) of channel c (contiguous in src) into packed GEMM panels dst[blk][ch][NR] (blk = pixel /
 // NR, ldc channels per panel): the layout pack_b produces, written without a second pass, in whole-panel vector
@@ -150,11 +140,6 @@ template <typename T> inline void copy_streaming(const T* src, int64_t n, T* dst
   for (; i < n; ++i) dst[i] = src[i];
 #else
   std::copy(src, src + n, dst);
-#endif
-}
-inline void stream_fence() {
-#if defined(__AVX__)
-  _mm_sfence();
 #endif
 }
 
