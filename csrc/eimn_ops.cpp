@@ -91,11 +91,12 @@ TORCH_LIBRARY(eimn_C, m) {
         "Tensor b_out, Tensor ln_w, Tensor ln_b, Tensor w_gr, Tensor b_gr, Tensor w_lr, Tensor b_lr, Tensor w_ce, "
         "Tensor b_ce, Tensor w_se, Tensor b_se, float eps, bool bf16=False, Tensor? ls=None, Tensor? norm_w=None, "
         "Tensor? norm_b=None, float norm_eps=1e-5) -> Tensor");
-  // Whole MOLRCM layer, forward only (inference; CPU): gate_out(dw_mix(proj_qv(x))) in one call. bf16 (here and in
-  // sadffm_infer_forward): the 1x1 GEMMs in bfloat16 with float32 sums (float32 tensors, AVX512-BF16 CPUs).
+  // Whole MOLRCM layer, forward only (inference; CPU): gate_out(dw_mix(proj_qv(x))) [+ residual] in one call.
+  // bf16 (here and in sadffm_infer_forward): the 1x1 GEMMs in bfloat16 with float32 sums (float32 tensors,
+  // AVX512-BF16 CPUs).
   m.def("molrcm_infer_forward(Tensor x, Tensor wq, Tensor bq, Tensor wv, Tensor bv, Tensor w0, Tensor b0, "
         "Tensor w1, Tensor b1, Tensor w2, Tensor b2, Tensor wf, Tensor bf, Tensor wo, Tensor bo, int c1, int c2, "
-        "int d0, int d1, int d2, bool bf16) -> Tensor");
+        "int d0, int d1, int d2, bool bf16, Tensor? residual=None) -> Tensor");
   // Whole SADFFM layer for training (CPU): (out, stash) with h kept only in the GEMM's packed layout inside the
   // stash; the backward returns the gradients of x and of the 16 weights, in argument order.
   m.def("sadffm_forward_stash(Tensor x, Tensor w_in, Tensor b_in, Tensor w_dw, Tensor b_dw, Tensor w_out, "

@@ -28,8 +28,9 @@ class FoldedEIMNBlock(nn.Module):
     """Inference EIMN block: x + attn'(x), then x + ls2 * mlp'(x), with BN and ls1 folded in; with ``norm`` (the
     model's LayerNorm after the block, nn.LayerNorm(C) or ChannelLayerNorm) that too.
 
-    x: (N, dim, H, W) -> (N, dim, H, W). Built by :func:`optimize_for_inference`. On CPU without autograd the
-    residual, ls2 and the LayerNorm run in the fused SADFFM kernel's last pass (SADFFM.runs_block_tail).
+    x: (N, dim, H, W) -> (N, dim, H, W). Built by :func:`optimize_for_inference`. On CPU without autograd the first
+    residual runs in the MOLRCM kernel's last epilogue (MOLRCM.runs_residual), the second, ls2 and the LayerNorm in
+    the fused SADFFM kernel's last pass (SADFFM.runs_block_tail).
     """
 
     def __init__(self, attn: nn.Module, mlp: nn.Module, layer_scale_2: torch.Tensor, norm: nn.Module | None = None):
@@ -43,9 +44,13 @@ class FoldedEIMNBlock(nn.Module):
             x = x + self.attn(x)
             return apply_channel_norm(self.norm, torch.addcmul(x, self.layer_scale_2[:, None, None], self.mlp(x)))
         # No autograd: both residual sums go into attn's fresh output (same values: a + x == x + a), so the block
-        # allocates no image-sized tensor of its own (at 640x360 each one is 59 MB of fresh pages).
-        a = self.attn(x)
-        a.add_(x)
+        # allocates no image-sized tensor of its own (at 640x360 each one is 59 MB of fresh pages); the first in the
+        # MOLRCM kernel's last epilogue where it runs (no pass of its own).
+        if isinstance(self.attn, MOLRCM) and self.attn.runs_residual(x):
+            a = self.attn(x, residual=x)
+        else:
+            a = self.attn(x)
+            a.add_(x)
         if isinstance(self.mlp, SADFFM) and self.mlp.runs_block_tail(a, self.norm):
             return self.mlp(a, tail=(self.layer_scale_2, self.norm))
         return apply_channel_norm(self.norm, a.addcmul_(self.layer_scale_2[:, None, None], self.mlp(a)))

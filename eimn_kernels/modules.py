@@ -134,12 +134,26 @@ class MOLRCM(nn.Module):
 
     cpu_bf16 = False  # set by optimize_for_inference(precision="bf16") (eimn_kernels.cpu_bf16)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.cpu_bf16 and runs_bf16(self, x):
+    def runs_residual(self, x: torch.Tensor) -> bool:
+        """Whether ``forward(x, residual=r)`` runs as one C++ call that adds r in the last GEMM's epilogue (the EIMN
+        block's x + attn(x) without a pass of its own): x a non-empty float32/64 (N, C, H, W) CPU tensor with C
+        the layer's width, backend auto or cpu with the C++ kernels loaded, grad mode off, no autocast, not under
+        torch.compile."""
+        return (x.device.type == "cpu" and x.dtype in (torch.float32, torch.float64) and x.dim() == 4
+                and x.numel() > 0 and x.shape[1] == self.dim and self.backend in ("auto", "cpu")
+                and not torch.is_grad_enabled() and not torch.is_autocast_enabled("cpu")
+                and not torch.compiler.is_compiling() and cpu_kernels_loaded())
+
+    def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
+        """x: (N, dim, H, W) -> (N, dim, H, W); with ``residual`` (the output's shape): the output + residual,
+        added in the kernel where :meth:`runs_residual` says so."""
+        bf16 = self.cpu_bf16 and runs_bf16(self, x)
+        if bf16 or (residual is not None and self.runs_residual(x)):
             c1, c2, _ = self.split
             return torch.ops.eimn_C.molrcm_infer_forward(x, *_params(self, self._PARAMS), c1, c2, *self.dilations,
-                                                         True)
-        return _forward(self, x)
+                                                         bf16, residual)
+        out = _forward(self, x)
+        return out if residual is None else out + residual
 
     def _run(self, x, wq, bq, wv, bv, w0, b0, w1, b1, w2, b2, wf, bf, wo, bo):
         c1, c2, _ = self.split

@@ -342,3 +342,44 @@ def test_dw_mix_cpu_forward_paths_agree():
         out = subprocess.run([sys.executable, "-c", code], env=env, check=True, capture_output=True, text=True)
         errs = [float(v) for v in out.stdout.split()]
         assert len(errs) == 5 and max(errs) < 1e-13, (force, errs)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_molrcm_infer_residual_in_the_epilogue(dtype):
+    """eimn_C::molrcm_infer_forward with ``residual`` (the folded EIMN block's x + attn(x), added in gate_out's
+    epilogue from packed panels): the bits of the layer's output plus the residual, both with rows that fill whole
+    panels and with a partial last panel (13 x 11 pixels); a residual of another shape stops with its name."""
+    if not ek.backend_status("cpu", "cpu")[0]:
+        pytest.skip("the cpu backend is not built")
+    C = torch.ops.eimn_C
+    g = _g(3)
+    for (N, dim, H, W) in ((2, 16, 8, 16), (1, 24, 13, 11)):
+        c1, c2 = dim * 3 // 8, dim // 8
+        c3 = dim - c1 - c2
+        r = lambda *s: _randn(*s, dtype=dtype, device="cpu", gen=g) * 0.3  # noqa: E731
+        x, res = r(N, dim, H, W), r(N, dim, H, W)
+        ws = [r(dim, dim, 1, 1), r(dim), r(dim, dim, 1, 1), r(dim), r(dim, 1, 5, 5), r(dim), r(c1, 1, 5, 5), r(c1),
+              r(c3, 1, 7, 7), r(c3), r(dim, dim, 1, 1), r(dim), r(dim, dim, 1, 1), r(dim)]
+        plain = C.molrcm_infer_forward(x, *ws, c1, c2, 1, 2, 3, False)
+        assert torch.equal(C.molrcm_infer_forward(x, *ws, c1, c2, 1, 2, 3, False, res), plain + res)
+        with pytest.raises(RuntimeError, match="residual"):
+            C.molrcm_infer_forward(x, *ws, c1, c2, 1, 2, 3, False, res[:, :, :-1])
+
+
+def test_molrcm_module_residual_runs_in_the_kernel():
+    """ek.MOLRCM.forward(x, residual=r) without autograd on CPU runs the one-call kernel (runs_residual) and gives
+    the bits of forward(x) + r (the custom ops' path); with autograd it falls back to the sum, gradients intact."""
+    if not ek.backend_status("cpu", "cpu")[0]:
+        pytest.skip("the cpu backend is not built")
+    from eimn.model import MOLRCM as EagerMOLRCM
+    torch.manual_seed(0)
+    m = ek.MOLRCM.from_module(EagerMOLRCM(16), backend="cpu")
+    x, r = torch.randn(1, 16, 9, 20), torch.randn(1, 16, 9, 20)
+    with torch.no_grad():
+        assert m.runs_residual(x)
+        assert torch.equal(m(x, residual=r), m(x) + r)
+    xg = x.clone().requires_grad_(True)
+    assert not m.runs_residual(xg)
+    out = m(xg, residual=r)
+    out.sum().backward()
+    assert xg.grad is not None and torch.allclose(out.detach(), m(x).detach() + r)

@@ -206,16 +206,18 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> proj_qv_backward(const Tensor
 }
 
 // ================================================================ gate_out
-// out = Wo (SiLU(Wf y + bf) * v) + bo. y, v: (N, C, H, W); wf: (C, C, 1, 1); wo: (Co, C, 1, 1).
+// out = Wo (SiLU(Wf y + bf) * v) + bo [+ res]. y, v: (N, C, H, W); wf: (C, C, 1, 1); wo: (Co, C, 1, 1); res
+// (inference, molrcm_infer_forward): (N, Co, H, W) or undefined, added last (the bits of out + res).
 // bf16: the Wf and Wo GEMMs in bfloat16 with float32 sums (cpu_gemm_bf16.h; y packed straight into
 // bfloat16 pairs, m converted per panel); the epilogues are the same.
 template <typename T>
 void gate_out_fwd_impl(const Tensor& y, const Tensor& v, const Tensor& wf, const Tensor& bf, const Tensor& wo,
-                       const Tensor& bo, Tensor& out, bool bf16 = false) {
+                       const Tensor& bo, Tensor& out, bool bf16 = false, const Tensor& res = Tensor()) {
   const int64_t N = y.size(0), C = y.size(1), HW = y.size(2) * y.size(3), Co = wo.size(0);
   const int64_t P = pixel_tile(HW, N), nt = (HW + P - 1) / P;
   const T *yp = y.data_ptr<T>(), *vp = v.data_ptr<T>(), *wfp = wf.data_ptr<T>(), *bfp = bf.data_ptr<T>();
   const T *wop = wo.data_ptr<T>(), *bop = bo.data_ptr<T>();
+  const T* rp = res.defined() ? res.data_ptr<T>() : nullptr;
   T* op = out.data_ptr<T>();
   const std::vector<T> wf_k = bf16 ? std::vector<T>() : pack_a(wfp, C, C, C, 1);
   const std::vector<T> wo_k = bf16 ? std::vector<T>() : pack_a(wop, Co, C, C, 1);
@@ -228,7 +230,7 @@ void gate_out_fwd_impl(const Tensor& y, const Tensor& v, const Tensor& wf, const
   constexpr int64_t NR = 2 * (32 / sizeof(T));
   const int64_t pn = ((P + NR - 1) / NR) * NR;  // a tile's pixels in whole panels
   at::parallel_for(0, N * nt, 1, [&](int64_t t0, int64_t t1) {
-    std::vector<T> panel(bf16 ? 0 : pn * C), mpan(2 * NR * C), vpanel(pn * C);
+    std::vector<T> panel(bf16 ? 0 : pn * C), mpan(2 * NR * C), vpanel(pn * C), rpanel(rp ? pn * Co : 0);
     std::vector<uint32_t> pairs(bf16 ? pn * wf_b.KP : 0), mpairs(bf16 ? NR * wo_b.KP : 0);
     for (int64_t t = t0; t < t1; ++t) {
       const int64_t n = t / nt, p0 = (t % nt) * P, np = std::min(P, HW - p0);
@@ -237,6 +239,7 @@ void gate_out_fwd_impl(const Tensor& y, const Tensor& v, const Tensor& wf, const
       // v in panels too: the epilogue reads each channel's NR values from L1, not one cache line from each of C
       // image rows (C streams HW apart per panel; those loads held the gate_out forward at half proj_qv's rate).
       pack_b<T>(C, np, vp + n * C * HW + p0, HW, vpanel.data());
+      if (rp) pack_b<T>(Co, np, rp + n * Co * HW + p0, HW, rpanel.data());  // the residual likewise
       // Epilogues of panel pq (pixels p0 + pq * NR on): m into the m panel mp, out with the bias; rows come as one
       // 64-byte part or two halves.
       auto epilogue_m = [&](int64_t pq, T* mp) {
@@ -251,9 +254,14 @@ void gate_out_fwd_impl(const Tensor& y, const Tensor& v, const Tensor& wf, const
       };
       auto epilogue_o = [&](int64_t pq) {
         const int64_t p = p0 + pq * NR, cnt = std::min(NR, np - pq * NR);
-        return [&, p, cnt](int64_t o, auto... a) {
+        const T* rpan = rp ? rpanel.data() + pq * NR * Co : nullptr;
+        return [&, p, cnt, rpan](int64_t o, auto... a) {
           const T bias = bop[o];
-          store_row_as(op + (n * Co + o) * HW + p, cnt, stream, [&](auto r, int64_t) { return r + bias; }, a...);
+          store_row_as(op + (n * Co + o) * HW + p, cnt, stream, [&](auto r, int64_t off) {
+            r = r + bias;
+            if (rpan) r = r + load_vec<decltype(r)>(rpan + o * NR + off);
+            return r;
+          }, a...);
         };
       };
       for (int64_t pq = 0; pq * NR < np; ++pq) {
@@ -299,16 +307,21 @@ int64_t check_gate_out(const Tensor& y, const Tensor& v, const Tensor& wf, const
   return Co;
 }
 
+// res: undefined, or (N, Co, H, W) added to out (checked by the caller).
 Tensor gate_out_run(const Tensor& y_, const Tensor& v_, const Tensor& wf_, const Tensor& bf_, const Tensor& wo_,
-                    const Tensor& bo_, bool bf16) {
+                    const Tensor& bo_, bool bf16, const Tensor& res_ = Tensor()) {
   const int64_t Co = check_gate_out(y_, v_, wf_, bf_, wo_, bo_);
   const int64_t N = y_.size(0), C = y_.size(1), H = y_.size(2), W = y_.size(3);
   Tensor out = pooled_empty({N, Co, H, W}, y_.options());
   if (out.numel() == 0) return out;
-  if (C == 0) return out.copy_(bo_.view({1, Co, 1, 1}).expand_as(out));
-  Tensor y = y_.contiguous(), v = v_.contiguous();
+  if (C == 0) {
+    out.copy_(bo_.view({1, Co, 1, 1}).expand_as(out));
+    return res_.defined() ? out.add_(res_) : out;
+  }
+  Tensor y = y_.contiguous(), v = v_.contiguous(), res = res_.defined() ? res_.contiguous() : res_;
   AT_DISPATCH_FLOATING_TYPES(y.scalar_type(), "gate_out_forward", [&] {
-    gate_out_fwd_impl<scalar_t>(y, v, wf_.contiguous(), bf_.contiguous(), wo_.contiguous(), bo_.contiguous(), out, bf16);
+    gate_out_fwd_impl<scalar_t>(y, v, wf_.contiguous(), bf_.contiguous(), wo_.contiguous(), bo_.contiguous(), out, bf16,
+                                res);
   });
   return out;
 }
@@ -610,14 +623,19 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> dw_mix_backwa
 // with AVX512-BF16; an error otherwise). Wq / Wv stay float32: they read the residual stream, and rounding it to
 // bfloat16 cost EIMN_L x3 0.007 dB PSNR on Set5 and Set14, against <= 0.0024 dB for the other GEMMs in bfloat16 (all
 // five official weights). The depthwise convolutions and every epilogue stay float32.
+// residual: a tensor of the output's shape added in gate_out's epilogue (the EIMN block's x + attn(x), same bits
+// as adding it afterwards, without a pass of its own), or none.
 Tensor molrcm_infer_forward(const Tensor& x, const Tensor& wq, const Tensor& bq, const Tensor& wv, const Tensor& bv,
                             const Tensor& w0, const Tensor& b0, const Tensor& w1, const Tensor& b1, const Tensor& w2,
                             const Tensor& b2, const Tensor& wf, const Tensor& bf, const Tensor& wo, const Tensor& bo,
-                            int64_t c1, int64_t c2, int64_t d0, int64_t d1, int64_t d2, bool bf16) {
+                            int64_t c1, int64_t c2, int64_t d0, int64_t d1, int64_t d2, bool bf16,
+                            const std::optional<Tensor>& residual) {
   if (bf16) check_bf16(x, "eimn_C::molrcm_infer_forward (cpu)");
+  if (residual.has_value())
+    check_like(*residual, kOp, "residual", x, {x.size(0), wo.size(0), x.size(2), x.size(3)});
   auto [q, v] = proj_qv_forward(x, wq, bq, wv, bv);
   const Tensor y = dw_mix_forward(q, w0, b0, w1, b1, w2, b2, c1, c2, d0, d1, d2);
-  return gate_out_run(y, v, wf, bf, wo, bo, bf16);
+  return gate_out_run(y, v, wf, bf, wo, bo, bf16, residual.has_value() ? *residual : Tensor());
 }
 
 }  // namespace
