@@ -53,6 +53,16 @@ def _autocast_args(owner: nn.Module, x: torch.Tensor, *params: torch.Tensor) -> 
     return (x.to(dt), *cache[1])
 
 
+def _runs_cpu_inference_kernel(layer: nn.Module, x: torch.Tensor) -> bool:
+    """Whether a fused layer's one-call CPU inference kernel (MOLRCM with a residual, SADFFM with the block tail)
+    runs for x: a non-empty float32/64 (N, C, H, W) CPU tensor with C the layer's width (``layer.dim``), backend
+    auto or cpu with the C++ kernels loaded, grad mode off, no autocast, not under torch.compile."""
+    return (x.device.type == "cpu" and x.dtype in (torch.float32, torch.float64) and x.dim() == 4
+            and x.numel() > 0 and x.shape[1] == layer.dim and layer.backend in ("auto", "cpu")
+            and not torch.is_grad_enabled() and not torch.is_autocast_enabled("cpu")
+            and not torch.compiler.is_compiling() and cpu_kernels_loaded())
+
+
 def _forward(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """A fused layer's forward: ``layer._run(x, *params)`` with the parameters at ``layer._PARAMS``; under autocast
     with x and the parameters in the autocast dtype and autocast off inside (the fused ops take one dtype)."""
@@ -136,18 +146,13 @@ class MOLRCM(nn.Module):
 
     def runs_residual(self, x: torch.Tensor) -> bool:
         """Whether ``forward(x, residual=r)`` runs as one C++ call that adds r in the last GEMM's epilogue (the EIMN
-        block's x + attn(x) without a pass of its own): x a non-empty float32/64 (N, C, H, W) CPU tensor with C
-        the layer's width, backend auto or cpu with the C++ kernels loaded, grad mode off, no autocast, not under
-        torch.compile."""
-        return (x.device.type == "cpu" and x.dtype in (torch.float32, torch.float64) and x.dim() == 4
-                and x.numel() > 0 and x.shape[1] == self.dim and self.backend in ("auto", "cpu")
-                and not torch.is_grad_enabled() and not torch.is_autocast_enabled("cpu")
-                and not torch.compiler.is_compiling() and cpu_kernels_loaded())
+        block's x + attn(x) without a pass of its own): :func:`_runs_cpu_inference_kernel`."""
+        return _runs_cpu_inference_kernel(self, x)
 
     def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
         """x: (N, dim, H, W) -> (N, dim, H, W); with ``residual`` (the output's shape): the output + residual,
         added in the kernel where :meth:`runs_residual` says so."""
-        bf16 = self.cpu_bf16 and runs_bf16(self, x)
+        bf16 = runs_bf16(self, x)
         if bf16 or (residual is not None and self.runs_residual(x)):
             c1, c2, _ = self.split
             return torch.ops.eimn_C.molrcm_infer_forward(x, *_params(self, self._PARAMS), c1, c2, *self.dilations,
@@ -198,14 +203,10 @@ class SADFFM(nn.Module):
     cpu_bf16 = False  # set by optimize_for_inference(precision="bf16") (eimn_kernels.cpu_bf16)
 
     def runs_block_tail(self, x: torch.Tensor, norm: nn.Module | None = None) -> bool:
-        """Whether ``forward(x, tail=(ls, norm))`` runs: the EIMN block's tail in the CPU kernel's gate pass. x a
-        non-empty float32/64 (N, C, H, W) CPU tensor with C the output width, backend auto or cpu with the C++
-        kernels loaded, grad mode off, no autocast, not under torch.compile; ``norm`` None or a LayerNorm over the
-        channels (ChannelLayerNorm or nn.LayerNorm(C) with weight and bias)."""
-        if (x.device.type != "cpu" or x.dtype not in (torch.float32, torch.float64) or x.dim() != 4
-                or x.numel() == 0 or x.shape[1] != self.dim or self.backend not in ("auto", "cpu")
-                or torch.is_grad_enabled() or torch.is_autocast_enabled("cpu") or torch.compiler.is_compiling()
-                or not cpu_kernels_loaded()):
+        """Whether ``forward(x, tail=(ls, norm))`` runs: the EIMN block's tail in the CPU kernel's gate pass, where
+        :func:`_runs_cpu_inference_kernel` and ``norm`` is None or a LayerNorm over the channels (ChannelLayerNorm or
+        nn.LayerNorm(C) with weight and bias)."""
+        if not _runs_cpu_inference_kernel(self, x):
             return False
         if norm is None:
             return True

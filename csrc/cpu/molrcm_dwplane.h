@@ -102,7 +102,8 @@ __attribute__((always_inline)) inline void dw_rowpair_cols(const T* __restrict s
   }
   T* d0 = dst + y * ldd + x;
   T* d1 = dst + (y + d) * ldd + x;
-  if (stream && reinterpret_cast<uintptr_t>(d0) % sizeof(V) == 0 && (!Two || reinterpret_cast<uintptr_t>(d1) % sizeof(V) == 0)) {
+  auto aligned = [](const T* p) { return reinterpret_cast<uintptr_t>(p) % sizeof(V) == 0; };
+  if (stream && aligned(d0) && (!Two || aligned(d1))) {
 #pragma GCC unroll 8
     for (int i = 0; i < XB; ++i) {
       stream_vec(d0 + i * L, a[i]);
@@ -122,13 +123,12 @@ inline void dw_plane_rowpairs(const T* src, int64_t lds, int64_t H, int64_t W, c
                               T* dst, int64_t ldd, bool stream) {
   constexpr int64_t XW = kDwBlock * (kDwVecBytes / sizeof(T));  // pixels per column block
   const int64_t Wb = W / XW * XW;
-  if (Wb > 0)
-    for (int64_t g = 0; g < H; g += 2 * d)  // rows [g, g + d) pair with [g + d, g + 2d)
-      for (int64_t y = g; y < std::min(H, g + d); ++y)
-        for (int64_t x = 0; x < Wb; x += XW) {
-          if (y + d < H) dw_rowpair_cols<T, K, kDwBlock, true>(src, lds, y, w, d, bias, dst, ldd, x, stream);
-          else dw_rowpair_cols<T, K, kDwBlock, false>(src, lds, y, w, d, bias, dst, ldd, x, stream);
-        }
+  for (int64_t g = 0; g < H; g += 2 * d)  // rows [g, g + d) pair with [g + d, g + 2d)
+    for (int64_t y = g; y < std::min(H, g + d); ++y)
+      for (int64_t x = 0; x < Wb; x += XW) {
+        if (y + d < H) dw_rowpair_cols<T, K, kDwBlock, true>(src, lds, y, w, d, bias, dst, ldd, x, stream);
+        else dw_rowpair_cols<T, K, kDwBlock, false>(src, lds, y, w, d, bias, dst, ldd, x, stream);
+      }
   if (Wb < W) dilated_dw_plane_k<T, K>(src + Wb, lds, H, W - Wb, w, K, d, bias, dst + Wb, ldd);
 }
 

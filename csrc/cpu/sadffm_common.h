@@ -48,9 +48,6 @@ template <typename T> constexpr int kDLanes = int(sizeof(dvec<T>) / sizeof(T));
 template <typename T> inline dvec<T> dsplat(T x) { return dvec<T>{} + x; }
 template <typename T> using dmask = decltype(dvec<T>{} < dvec<T>{});
 
-// Non-temporal store of one dvec to an address aligned to its size (cpu_stream.h).
-template <typename T> inline void stream_dstore(T* d, dvec<T> v) { stream_vec(d, v); }
-
 // Copies pixels [0, n) of channel c (contiguous in src) into packed GEMM panels dst[blk][ch][NR] (blk = pixel /
 // NR, ldc channels per panel): the layout pack_b produces, written without a second pass, in whole-panel vector
 // moves. Returns the sum of src[0:n] (fixed order: two vector partial sums, their lanes, then the tail), taken
@@ -98,7 +95,7 @@ inline void gate_to_panels(const T* t1, const T* t2, int64_t n, int64_t p0, int 
     for (int j = 0; j < NR; j += L) {
       V h = v_gelu(dload(t1 + i + j));
       if constexpr (Gated) h = h * dload(t2 + i + j);
-      if (stream) stream_dstore(d + j, h);
+      if (stream) stream_vec(d + j, h);
       else dstore(d + j, h);
     }
   for (int64_t j = 0; i < n; ++i, ++j) d[j] = h1(i);
@@ -136,7 +133,7 @@ template <typename T> inline void copy_streaming(const T* src, int64_t n, T* dst
   int64_t i = 0;
   while (i < n && reinterpret_cast<uintptr_t>(dst + i) % sizeof(dvec<T>) != 0) { dst[i] = src[i]; ++i; }
   constexpr int L = kDLanes<T>;
-  for (; i + L <= n; i += L) stream_dstore(dst + i, dload(src + i));
+  for (; i + L <= n; i += L) stream_vec(dst + i, dload(src + i));
   for (; i < n; ++i) dst[i] = src[i];
 #else
   std::copy(src, src + n, dst);
