@@ -8,18 +8,27 @@
 // build for any x86-64 carries it; the ops call it only where available() (CPUID + OS support of the 512-bit
 // state). VDPBF16PS does two products per lane, but issues at half the rate of a float32 FMA on Sapphire/Emerald
 // Rapids: measured here (2-core Emerald Rapids VM, single thread, M64 K64) 80 GFLOP/s against the float32 kernels'
-// 154. AMX-BF16 tiles read exactly these layouts (A: 16 rows x 32 bf16 at stride 4 KP; B: a pair panel is a tile
-// of KP rows x 64 bytes) and are what make bfloat16 pay on those CPUs; the VM this was written on hides AMX (CPUID
-// 7.0 EDX bits 22/24 clear, XCR0 without tile state), so no AMX engine ships untested.
+// 154. AMX-BF16 tiles (B: a pair panel is a tile of KP rows x 64 bytes; A would need its rows back in row-major
+// pairs) are what make bfloat16 pay on those CPUs; the VM this was written on hides AMX (CPUID 7.0 EDX bits 22/24
+// clear, XCR0 without tile state), so no AMX engine ships untested. On Zen 5 VDPBF16PS issues at the FMA rate:
+// twice the float32 products per cycle.
 //
 // Layouts (pair = two bfloat16 in one uint32: element k in the low half, k + 1 in the high half; zero past K):
-//   Weights::a : row-major pairs, row m at a[m * KP], KP = ceil(K / 2); kRows zero rows past M (the micro-kernel
-//                computes 4, 8, 12 or 16 rows from any first row).
+//   Weights::a : k-major blocks of kRows rows: the rows are cut into groups (the whole matrix, or the row ranges a
+//                caller runs one at a time, as SADFFM's 12-row W_in groups), each group into blocks of kRows rows
+//                from its first row; block b holds its rows' pairs as [KP][kRows] (zero rows past the group's
+//                end), so a micro-kernel's broadcasts walk one pointer through consecutive addresses (one pointer
+//                per row, as row-major pairs need, spilled 14 of 16 pointers to xmm registers).
 //   pair panel : one pack_b panel of NR = 16 pixels as [KP][16] pairs (64 bytes per pair row: one VDPBF16PS
 //                operand); an image band as [blk][KP][16] (pack_pairs).
+// Micro-kernels: kRows rows times two pair panels (28 accumulators: one broadcast feeds two VDPBF16PS); a last
+// odd or partial panel alone. On Zen 5, where VDPBF16PS issues at the FMA rate (two products per lane, so twice
+// the float32 rate), pairs of panels over blocked weights run 1.3-1.4x the one-panel row-major kernel (M64 K170:
+// ~300 -> ~400 GFLOP/s single-threaded).
 // Every reduction order depends only on the shapes (deterministic).
 #pragma once
 #include "cpu/cpu_isa.h"
+#include <algorithm>
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
@@ -43,7 +52,7 @@ inline namespace EIMN_ISA {
 namespace bf16 {
 
 constexpr int kNR = 16;    // pixels per panel: pack_b's float32 panel width with AVX-512 or AVX2 (2 x 32 bytes)
-constexpr int kRows = 16;  // rows per micro-kernel call: 16 accumulators + the pair row + broadcasts in 32 zmm
+constexpr int kRows = 14;  // rows per block: two panels' 28 accumulators + two pair rows + a broadcast in 32 zmm
 
 // Whether this CPU and OS run the AVX512-BF16 engine (the hardware check cached); EIMN_CPU_BF16=off hides it (how
 // the tests reach the "no bf16 instructions" errors on a CPU that has them).
@@ -79,19 +88,25 @@ inline uint16_t to_bf16(float f) {
   return uint16_t(u >> 16);
 }
 
-// A (M x K, element (m, k) at A[m * rs + k * cs]) as bfloat16 pairs.
+// A (M x K, element (m, k) at A[m * rs + k * cs]) as bfloat16 pairs in blocks (layout above); G: rows per group
+// (0: the whole matrix).
 struct Weights {
   std::vector<uint32_t> a;
-  int64_t M = 0, K = 0, KP = 0;
-  const uint32_t* row(int64_t m) const { return a.data() + m * KP; }
+  int64_t M = 0, K = 0, KP = 0, G = 0, bpg = 0;  // groups of G rows, bpg blocks each
+  // The block of rows from m0 on, m0 a group's first row plus a multiple of kRows.
+  const uint32_t* block(int64_t m0) const {
+    return a.data() + ((m0 / G) * bpg + (m0 % G) / kRows) * kRows * KP;
+  }
 };
-inline Weights pack(const float* A, int64_t M, int64_t K, int64_t rs, int64_t cs) {
+inline Weights pack(const float* A, int64_t M, int64_t K, int64_t rs, int64_t cs, int64_t G = 0) {
   Weights w;
-  w.M = M, w.K = K, w.KP = (K + 1) / 2;
-  w.a.assign(size_t(M + kRows) * w.KP, 0u);
-  for (int64_t m = 0; m < M; ++m)
-    for (int64_t k = 0; k < K; ++k)
-      w.a[m * w.KP + k / 2] |= uint32_t(to_bf16(A[m * rs + k * cs])) << (16 * (k & 1));
+  w.M = M, w.K = K, w.KP = (K + 1) / 2, w.G = G > 0 ? G : (M > 0 ? M : 1), w.bpg = (w.G + kRows - 1) / kRows;
+  w.a.assign(size_t((M + w.G - 1) / w.G * w.bpg) * kRows * w.KP, 0u);
+  for (int64_t m = 0; m < M; ++m) {
+    uint32_t* blk = w.a.data() + ((m / w.G) * w.bpg + (m % w.G) / kRows) * kRows * w.KP;
+    const int64_t i = (m % w.G) % kRows;
+    for (int64_t k = 0; k < K; ++k) blk[(k / 2) * kRows + i] |= uint32_t(to_bf16(A[m * rs + k * cs])) << (16 * (k & 1));
+  }
   return w;
 }
 
@@ -148,38 +163,84 @@ EIMN_BF16_TARGET inline void pack_pairs(int64_t K, int64_t P, const float* B, in
 
 typedef float f32x16 __attribute__((vector_size(64)));
 
-// MR rows of W from m0 on (n <= MR of them handed on) times one pair panel: row m goes to st(m, lo, hi) (two
-// halves of 8 pixels, as the float32 micro-kernels hand them) or st(m, row) where st takes a whole 64-byte row.
+// Hands accumulator row c (W's row m) to st: whole (st(m, row)) where st takes a 64-byte row, else as two halves of
+// 8 pixels (st(m, lo, hi)), as the float32 micro-kernels hand them.
+template <typename St> EIMN_BF16_TARGET __attribute__((always_inline)) inline void hand_row(St& st, int64_t m, __m512 c) {
+  if constexpr (std::is_invocable_v<St&, int64_t, f32x16>) {
+    st(m, (f32x16)c);
+  } else {
+    st(m, (vreg<float>)_mm512_castps512_ps256(c), (vreg<float>)_mm512_extractf32x8_ps(c, 1));
+  }
+}
+
+// MR rows of the block at m0 (n <= MR of them handed on) times one pair panel.
 template <int MR, typename St>
 EIMN_BF16_TARGET inline void rows_mr(int64_t m0, int n, const Weights& w, const uint32_t* pairs, St& st) {
   const int64_t KP = w.KP;
   __m512 acc[MR];
 #pragma GCC unroll 16
   for (int i = 0; i < MR; ++i) acc[i] = _mm512_setzero_ps();
-  const uint32_t* a = w.row(m0);
-  for (int64_t j = 0; j < KP; ++j) {
+  const uint32_t* a = w.block(m0);
+  for (int64_t j = 0; j < KP; ++j, a += kRows) {
     const __m512bh b = (__m512bh)_mm512_loadu_si512(pairs + j * kNR);
 #pragma GCC unroll 16
-    for (int i = 0; i < MR; ++i) acc[i] = _mm512_dpbf16_ps(acc[i], (__m512bh)_mm512_set1_epi32(int(a[i * KP + j])), b);
+    for (int i = 0; i < MR; ++i) acc[i] = _mm512_dpbf16_ps(acc[i], (__m512bh)_mm512_set1_epi32(int(a[i])), b);
   }
-  for (int i = 0; i < n; ++i) {
-    if constexpr (std::is_invocable_v<St&, int64_t, f32x16>) {
-      st(m0 + i, (f32x16)acc[i]);
-    } else {
-      st(m0 + i, (vreg<float>)_mm512_castps512_ps256(acc[i]), (vreg<float>)_mm512_extractf32x8_ps(acc[i], 1));
-    }
-  }
+#pragma GCC unroll 16
+  for (int i = 0; i < MR; ++i)
+    if (i < n) hand_row(st, m0 + i, acc[i]);
 }
 
-// Rows [mb, me) of W times one pair panel, kRows at a time (a last group of fewer rows in a narrower kernel).
+// rows_mr on two pair panels p0, p1 (st0 / st1 get their rows): each broadcast of W feeds two VDPBF16PS. Every
+// output is the same chain as in rows_mr (same bits).
+template <int MR, typename St0, typename St1>
+EIMN_BF16_TARGET inline void rows_mr2(int64_t m0, int n, const Weights& w, const uint32_t* p0, const uint32_t* p1,
+                                      St0& st0, St1& st1) {
+  const int64_t KP = w.KP;
+  __m512 c[MR], d[MR];
+#pragma GCC unroll 16
+  for (int i = 0; i < MR; ++i) c[i] = d[i] = _mm512_setzero_ps();
+  const uint32_t* a = w.block(m0);
+  for (int64_t j = 0; j < KP; ++j, a += kRows) {
+    const __m512bh b0 = (__m512bh)_mm512_loadu_si512(p0 + j * kNR), b1 = (__m512bh)_mm512_loadu_si512(p1 + j * kNR);
+#pragma GCC unroll 16
+    for (int i = 0; i < MR; ++i) {
+      const __m512bh s = (__m512bh)_mm512_set1_epi32(int(a[i]));
+      c[i] = _mm512_dpbf16_ps(c[i], s, b0);
+      d[i] = _mm512_dpbf16_ps(d[i], s, b1);
+    }
+  }
+#pragma GCC unroll 16
+  for (int i = 0; i < MR; ++i)
+    if (i < n) hand_row(st0, m0 + i, c[i]);
+#pragma GCC unroll 16
+  for (int i = 0; i < MR; ++i)
+    if (i < n) hand_row(st1, m0 + i, d[i]);
+}
+
+// Rows [mb, me) of W (mb a group's first row, me its end or M) times one pair panel, a block at a time (a last block
+// of fewer rows in a narrower kernel).
 template <typename St>
 EIMN_BF16_TARGET inline void rows(int64_t mb, int64_t me, const Weights& w, const uint32_t* pairs, St& st) {
   for (int64_t m0 = mb; m0 < me; m0 += kRows) {
     const int n = int(me - m0 < kRows ? me - m0 : kRows);
-    if (n > 12) rows_mr<16>(m0, n, w, pairs, st);
+    if (n > 12) rows_mr<14>(m0, n, w, pairs, st);
     else if (n > 8) rows_mr<12>(m0, n, w, pairs, st);
     else if (n > 4) rows_mr<8>(m0, n, w, pairs, st);
     else rows_mr<4>(m0, n, w, pairs, st);
+  }
+}
+
+// rows on two pair panels at once (st0 / st1 get their rows; results as two rows calls).
+template <typename St0, typename St1>
+EIMN_BF16_TARGET inline void rows2(int64_t mb, int64_t me, const Weights& w, const uint32_t* p0, const uint32_t* p1,
+                                   St0& st0, St1& st1) {
+  for (int64_t m0 = mb; m0 < me; m0 += kRows) {
+    const int n = int(me - m0 < kRows ? me - m0 : kRows);
+    if (n > 12) rows_mr2<14>(m0, n, w, p0, p1, st0, st1);
+    else if (n > 8) rows_mr2<12>(m0, n, w, p0, p1, st0, st1);
+    else if (n > 4) rows_mr2<8>(m0, n, w, p0, p1, st0, st1);
+    else rows_mr2<4>(m0, n, w, p0, p1, st0, st1);
   }
 }
 
@@ -196,25 +257,39 @@ struct PairStore {
   }
 };
 
-// C[me - mb x P] (ldc) = W rows [mb, me) * B + bias, B given as pair panels [blk][KP][16] (pack_pairs).
+// C[me - mb x P] (ldc) = W rows [mb, me) * B + bias, B given as pair panels [blk][KP][16] (pack_pairs): pairs of
+// full panels, then the last ones alone.
 EIMN_BF16_TARGET inline void gemm_pairs(int64_t mb, int64_t me, const Weights& w, int64_t P, const uint32_t* Bpairs,
                                         float* C, int64_t ldc, const float* bias) {
-  for (int64_t blk = 0; blk * kNR < P; ++blk) {
-    const int64_t p0 = blk * kNR;
-    PairStore st{C + p0, ldc, mb, P - p0 < kNR ? P - p0 : kNR, bias};
-    rows(mb, me, w, Bpairs + blk * w.KP * kNR, st);
+  const int64_t pstride = w.KP * kNR;
+  int64_t blk = 0;
+  for (; (blk + 2) * kNR <= P; blk += 2) {
+    PairStore s0{C + blk * kNR, ldc, mb, kNR, bias}, s1{C + (blk + 1) * kNR, ldc, mb, kNR, bias};
+    rows2(mb, me, w, Bpairs + blk * pstride, Bpairs + (blk + 1) * pstride, s0, s1);
+  }
+  for (; blk * kNR < P; ++blk) {  // a last full panel, a partial one
+    PairStore st{C + blk * kNR, ldc, mb, std::min(P - blk * kNR, int64_t(kNR)), bias};
+    rows(mb, me, w, Bpairs + blk * pstride, st);
   }
 }
 
-// The same with B as float32 panels of pack_b ([blk][K][16]): each panel converted once, into a thread-local buffer.
+// The same with B as float32 panels of pack_b ([blk][K][16]): two panels at a time converted into a thread-local
+// buffer.
 EIMN_BF16_TARGET inline void gemm_panels(int64_t mb, int64_t me, const Weights& w, int64_t P, const float* Bp,
                                          float* C, int64_t ldc, const float* bias) {
+  const int64_t pstride = w.KP * kNR;
   thread_local std::vector<uint32_t> buf;
-  if (int64_t(buf.size()) < w.KP * kNR) buf.resize(w.KP * kNR);
-  for (int64_t blk = 0; blk * kNR < P; ++blk) {
-    const int64_t p0 = blk * kNR;
+  if (int64_t(buf.size()) < 2 * pstride) buf.resize(2 * pstride);
+  int64_t blk = 0;
+  for (; (blk + 2) * kNR <= P; blk += 2) {
     to_pairs(Bp + blk * w.K * kNR, w.K, buf.data());
-    PairStore st{C + p0, ldc, mb, P - p0 < kNR ? P - p0 : kNR, bias};
+    to_pairs(Bp + (blk + 1) * w.K * kNR, w.K, buf.data() + pstride);
+    PairStore s0{C + blk * kNR, ldc, mb, kNR, bias}, s1{C + (blk + 1) * kNR, ldc, mb, kNR, bias};
+    rows2(mb, me, w, buf.data(), buf.data() + pstride, s0, s1);
+  }
+  for (; blk * kNR < P; ++blk) {  // a last full panel, a partial one
+    to_pairs(Bp + blk * w.K * kNR, w.K, buf.data());
+    PairStore st{C + blk * kNR, ldc, mb, std::min(P - blk * kNR, int64_t(kNR)), bias};
     rows(mb, me, w, buf.data(), st);
   }
 }
@@ -228,8 +303,8 @@ namespace eimn::cpu {
 inline namespace EIMN_ISA {
 // The engine's front for kernels templated on the element type: float runs it; double compiles to nothing (the ops
 // reject bf16 with float64 before any kernel runs), as does a build without the engine (available() is false).
-template <typename T> inline bf16::Weights bf16_weights(const T* A, int64_t M, int64_t K) {
-  if constexpr (std::is_same_v<T, float>) return bf16::pack(A, M, K, K, 1);
+template <typename T> inline bf16::Weights bf16_weights(const T* A, int64_t M, int64_t K, int64_t G = 0) {
+  if constexpr (std::is_same_v<T, float>) return bf16::pack(A, M, K, K, 1, G);
   return bf16::Weights();
 }
 template <typename T> inline void bf16_pack_pairs(int64_t K, int64_t P, const T* B, int64_t ldb, uint32_t* out) {
@@ -241,6 +316,13 @@ template <typename T, typename St>
 inline void bf16_rows(int64_t mb, int64_t me, const bf16::Weights& w, const uint32_t* pairs, St& st) {
 #if EIMN_BF16_ENGINE
   if constexpr (std::is_same_v<T, float>) bf16::rows(mb, me, w, pairs, st);
+#endif
+}
+template <typename T, typename St0, typename St1>
+inline void bf16_rows2(int64_t mb, int64_t me, const bf16::Weights& w, const uint32_t* p0, const uint32_t* p1,
+                       St0& st0, St1& st1) {
+#if EIMN_BF16_ENGINE
+  if constexpr (std::is_same_v<T, float>) bf16::rows2(mb, me, w, p0, p1, st0, st1);
 #endif
 }
 template <typename T>

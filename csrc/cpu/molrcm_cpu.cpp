@@ -209,7 +209,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> proj_qv_backward(const Tensor
 // out = Wo (SiLU(Wf y + bf) * v) + bo [+ res]. y, v: (N, C, H, W); wf: (C, C, 1, 1); wo: (Co, C, 1, 1); res
 // (inference, molrcm_infer_forward): (N, Co, H, W) or undefined, added last (the bits of out + res).
 // bf16: the Wf and Wo GEMMs in bfloat16 with float32 sums (cpu_gemm_bf16.h; y packed straight into
-// bfloat16 pairs, m converted per panel); the epilogues are the same.
+// bfloat16 pairs, m converted per panel; pairs of panels as in float32); the epilogues are the same.
 template <typename T>
 void gate_out_fwd_impl(const Tensor& y, const Tensor& v, const Tensor& wf, const Tensor& bf, const Tensor& wo,
                        const Tensor& bo, Tensor& out, bool bf16 = false, const Tensor& res = Tensor()) {
@@ -231,7 +231,7 @@ void gate_out_fwd_impl(const Tensor& y, const Tensor& v, const Tensor& wf, const
   const int64_t pn = ((P + NR - 1) / NR) * NR;  // a tile's pixels in whole panels
   at::parallel_for(0, N * nt, 1, [&](int64_t t0, int64_t t1) {
     std::vector<T> panel(bf16 ? 0 : pn * C), mpan(2 * NR * C), vpanel(pn * C), rpanel(rp ? pn * Co : 0);
-    std::vector<uint32_t> pairs(bf16 ? pn * wf_b.KP : 0), mpairs(bf16 ? NR * wo_b.KP : 0);
+    std::vector<uint32_t> pairs(bf16 ? pn * wf_b.KP : 0), mpairs(bf16 ? 2 * NR * wo_b.KP : 0);
     for (int64_t t = t0; t < t1; ++t) {
       const int64_t n = t / nt, p0 = (t % nt) * P, np = std::min(P, HW - p0);
       if (bf16) bf16_pack_pairs<T>(C, np, yp + n * C * HW + p0, HW, pairs.data());
@@ -265,6 +265,17 @@ void gate_out_fwd_impl(const Tensor& y, const Tensor& v, const Tensor& wf, const
         };
       };
       for (int64_t pq = 0; pq * NR < np; ++pq) {
+        if (bf16 && (pq + 2) * NR <= np) {  // pairs of full panels at every level (a last partial one alone, below)
+          auto st_m0 = epilogue_m(pq, mpan.data()), st_m1 = epilogue_m(pq + 1, mpan.data() + NR * C);
+          const int64_t ps = NR * wf_b.KP, mps = NR * wo_b.KP;
+          bf16_rows2<T>(0, C, wf_b, pairs.data() + pq * ps, pairs.data() + (pq + 1) * ps, st_m0, st_m1);
+          bf16_to_pairs<T>(mpan.data(), C, mpairs.data());
+          bf16_to_pairs<T>(mpan.data() + NR * C, C, mpairs.data() + mps);
+          auto st_o0 = epilogue_o(pq), st_o1 = epilogue_o(pq + 1);
+          bf16_rows2<T>(0, Co, wo_b, mpairs.data(), mpairs.data() + mps, st_o0, st_o1);
+          ++pq;
+          continue;
+        }
         if constexpr (kTwoPanels) {
           if (!bf16 && (pq + 1) * NR < np) {
             auto st_m0 = epilogue_m(pq, mpan.data()), st_m1 = epilogue_m(pq + 1, mpan.data() + NR * C);

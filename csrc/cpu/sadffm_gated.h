@@ -45,7 +45,7 @@ template <typename T> struct PairGroupWeights {
 };
 
 // W_in in PairGroupWeights' row order as bfloat16 pairs (cpu_gemm_bf16.h), for the bf16 inference GEMMs: group g's
-// rows from row 2 * c0 on.
+// rows from row 2 * c0 on, blocked per group of 2 * kGroup rows (the range each GEMM call runs).
 template <typename T> bf16::Weights bf16_pair_group_weights(const T* w_in, int C, int hid) {
   std::vector<T> rows(size_t(2) * hid * C);
   for (int c0 = 0; c0 < hid; c0 += kGroup) {
@@ -55,7 +55,7 @@ template <typename T> bf16::Weights bf16_pair_group_weights(const T* w_in, int C
         std::copy(w_in + int64_t(s * hid + c0 + j) * C, w_in + int64_t(s * hid + c0 + j + 1) * C,
                   rows.data() + int64_t(2 * c0 + s * gs + j) * C);
   }
-  return bf16_weights<T>(rows.data(), 2 * hid, C);
+  return bf16_weights<T>(rows.data(), 2 * hid, C, 2 * kGroup);
 }
 
 // The gated_dwconv forward's stash for its backward (gated_dwconv_forward_stash): U = W_in x + b_in, all 2*hid
