@@ -341,9 +341,10 @@ def test_cpu_backward_same_for_1_and_2_threads():
 
 
 # (N, C, hid, H, W, K): several row bands, H or W = 1, K = 5 and generic 9; 70x100: the forward's second row band
-# starts in the middle of a 16-pixel panel of h's panel layout (6200 % 16 = 8).
+# starts in the middle of a 16-pixel panel of h's panel layout (6200 % 16 = 8); 7x48: K = 3 with whole vectors per
+# row (the inference kernel's depthwise convs and gate store straight into h's panels), an odd row count.
 LAYER_SHAPES = [(2, 8, 13, 200, 11, 5), (1, 8, 6, 1, 1, 3), (3, 4, 5, 5, 300, 9), (1, 64, 170, 40, 24, 3),
-                (2, 4, 7, 70, 100, 3)]
+                (2, 4, 7, 70, 100, 3), (1, 8, 13, 7, 48, 3)]
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)

@@ -143,14 +143,23 @@ template <typename T> inline void copy_streaming(const T* src, int64_t n, T* dst
 // Rows per band of the banded kernels (work items: image x band): about target_px pixels, fewer where that makes
 // at least 8 items in all, but not below min_px pixels where the image has them (1-row bands of a small image
 // recomputed their halo rows several times over and paid a work item's fixed cost per row: 1x64x8x8 backward
-// 1.0 ms). Depends only on the shapes, so the reduction order, and thus the result, does not depend on the number
-// of threads.
+// 1.0 ms). Of the heights from 3/4 of that up, the one that leaves the last band the least short (the largest of
+// equals): a short last band left a thread idle at the end (1x64x180x320: 10 bands of 19 rows, the last of 9, so
+// one thread ran 85 rows and the other 95; now 10 of 18). Depends only on the shapes, so the reduction order, and
+// thus the result, does not depend on the number of threads.
 inline int64_t band_rows(int64_t N, int64_t H, int64_t W, int64_t target_px, int64_t min_px = 1024) {
   const int64_t min_bands = (8 + N - 1) / N;
   int64_t band = std::max<int64_t>(1, target_px / W);
   band = std::min(band, (H + min_bands - 1) / min_bands);
   band = std::max(band, (min_px + W - 1) / W);
-  return std::max<int64_t>(1, std::min(band, H));
+  band = std::max<int64_t>(1, std::min(band, H));
+  const int64_t lo = std::max<int64_t>(std::max<int64_t>(1, (3 * band + 3) / 4), (min_px + W - 1) / W);
+  int64_t best = band, short_rows = (band - H % band) % band;  // rows the last band lacks
+  for (int64_t b = band - 1; b >= lo && short_rows > 0; --b) {
+    const int64_t s = (b - H % b) % b;
+    if (s < short_rows) best = b, short_rows = s;
+  }
+  return best;
 }
 
 }  // namespace
