@@ -344,6 +344,34 @@ def test_dw_mix_cpu_forward_paths_agree():
         assert len(errs) == 5 and max(errs) < 1e-13, (force, errs)
 
 
+def test_dw_mix_cpu_planes_dealt_to_threads():
+    """The per-plane dw_mix (wide images) deals its (image, channel) planes to the threads by cost (the groups'
+    planes run different convs): forward and every gradient bitwise equal for 1, 2 and 3 threads, one image (where
+    the old contiguous halves were unbalanced) and three."""
+    if not ek.backend_status("cpu", "cpu")[0]:
+        pytest.skip("the cpu backend is not built")
+    g = _g(5)
+    C, c1, c2 = 24, 9, 3
+    c3 = C - c1 - c2
+    n = torch.get_num_threads()
+    for N in (1, 3):
+        a = [torch.randn(*s, generator=g) for s in ((N, C, 7, 41), (C, 1, 5, 5), (C,), (c1, 1, 5, 5), (c1,),
+                                                   (c3, 1, 7, 7), (c3,))]
+        a = [t.requires_grad_() for t in a]
+        cot = torch.randn(N, C, 7, 41, generator=g)
+        res = []
+        try:
+            for threads in (1, 2, 3):
+                torch.set_num_threads(threads)
+                y = ek.dw_mix(*a, c1, c2, d0=1, d1=2, d2=3, backend="cpu")
+                res.append((y.detach(), *torch.autograd.grad(y, a, cot)))
+        finally:
+            torch.set_num_threads(n)
+        for other in res[1:]:
+            for u, v in zip(res[0], other):
+                assert torch.equal(u, v)
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_molrcm_infer_residual_in_the_epilogue(dtype):
     """eimn_C::molrcm_infer_forward with ``residual`` (the folded EIMN block's x + attn(x), added in gate_out's

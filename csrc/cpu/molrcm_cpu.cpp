@@ -488,6 +488,34 @@ void copy_plane(const T* src, int64_t H, int64_t W, T* dst, int64_t ldd) {
   for (int64_t y = 0; y < H; ++y) std::copy(src + y * W, src + y * W + W, dst + y * ldd);
 }
 
+// The (image, channel) planes of dw_mix dealt into at most one bin per thread, of about equal cost (longest first,
+// each to the bin with the least so far; cost: the taps of the plane's convs, which the backward runs about twice
+// each: the same proportions). The
+// channel groups cost differently (EIMN's 64 channels: 24 planes of a 5x5 and a 5x5, 8 of one 5x5, 32 of a 5x5 and
+// a 7x7), so at::parallel_for's contiguous halves gave one of two threads 1400 taps and the other 2368. Every plane
+// is computed alone (the backward's weight gradients per plane, summed afterwards in a fixed order), so the deal
+// changes no result.
+std::vector<std::vector<int64_t>> plane_bins(const DwMixGeom& g) {
+  const int64_t n = g.N * g.C, nb = std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), n));
+  auto cost = [&](int64_t t) {
+    const int64_t c = t % g.C;
+    const int64_t second = c < g.c1 ? g.K1 * g.K1 : c < g.c1 + g.c2 ? 0 : g.K2 * g.K2;
+    return g.K0 * g.K0 + second;
+  };
+  std::vector<int64_t> order(n);
+  for (int64_t t = 0; t < n; ++t) order[t] = t;
+  std::stable_sort(order.begin(), order.end(), [&](int64_t a, int64_t b) { return cost(a) > cost(b); });
+  std::vector<std::vector<int64_t>> bins(nb);
+  std::vector<int64_t> load(nb, 0);
+  for (int64_t t : order) {
+    const int64_t b = std::min_element(load.begin(), load.end()) - load.begin();
+    bins[b].push_back(t);
+    load[b] += cost(t);
+  }
+  for (auto& b : bins) std::sort(b.begin(), b.end());  // each thread's planes in memory order
+  return bins;
+}
+
 template <typename T>
 void dw_mix_fwd_impl(const DwMixGeom& g, const Tensor& q, const Tensor& w0, const Tensor& b0, const Tensor& w1,
                      const Tensor& b1, const Tensor& w2, const Tensor& b2, Tensor& out) {
@@ -498,9 +526,11 @@ void dw_mix_fwd_impl(const DwMixGeom& g, const Tensor& q, const Tensor& w0, cons
   if (g.W < dw_blocked_max_w())  // narrow images: channel-blocked vectors (molrcm_dwblock.h)
     return dw_mix_fwd_blocked<T>(g, qp, w0p, b0p, w1p, b1p, w2p, b2p, op);
   const bool stream = stream_output(int64_t(sizeof(T)) * out.numel());  // gate_out reads y after the whole image
-  at::parallel_for(0, g.N * g.C, 1, [&](int64_t t0, int64_t t1) {
+  const auto bins = plane_bins(g);
+  at::parallel_for(0, int64_t(bins.size()), 1, [&](int64_t b0, int64_t b1) {
     std::vector<T> qb(g.Hp * g.Wp, T(0)), rb(g.Hp * g.Wp, T(0));  // zero borders stay zero
-    for (int64_t t = t0; t < t1; ++t) {
+    for (int64_t b = b0; b < b1; ++b)
+    for (const int64_t t : bins[b]) {
       const int64_t c = t % g.C;
       copy_plane(qp + t * HW, g.H, g.W, g.interior(qb.data()), g.Wp);
       T* dst = op + t * HW;
@@ -553,11 +583,13 @@ void dw_mix_bwd_impl(const DwMixGeom& g, const Tensor& gy, const Tensor& q, cons
   // per (n, c): [dw0 (K0^2), db0, dw_second (Kg^2), db_second]
   const int64_t L = g.K0 * g.K0 + 1 + Kg * Kg + 1;
   std::vector<double> part(g.N * g.C * L, 0.0);
-  at::parallel_for(0, g.N * g.C, 1, [&](int64_t t0, int64_t t1) {
+  const auto bins = plane_bins(g);
+  at::parallel_for(0, int64_t(bins.size()), 1, [&](int64_t b0, int64_t b1) {
     const int64_t S = g.Hp * g.Wp;
     std::vector<T> qb(S, T(0)), rb(S, T(0)), gb(S, T(0)), db(S, T(0));
     std::vector<T> wf(std::max<int64_t>(g.K0 * g.K0, Kg * Kg));
-    for (int64_t t = t0; t < t1; ++t) {
+    for (int64_t b = b0; b < b1; ++b)
+    for (const int64_t t : bins[b]) {
       const int64_t c = t % g.C;
       double* pp = part.data() + t * L;
       copy_plane(qp + t * HW, g.H, g.W, g.interior(qb.data()), g.Wp);
