@@ -20,6 +20,7 @@ from .fuse import fuse, is_molrcm, is_sadffm
 from .inference_fold import bn_affine, fold_input_affine, fold_output_scale
 from .lka_inference import fold_conv_bn, fold_van_block, is_van_block
 from .modules import MOLRCM, SADFFM, apply_channel_norm
+from .stem_conv import use_stem_convs
 
 __all__ = ["optimize_for_inference", "FoldedEIMNBlock", "bn_affine"]
 
@@ -155,7 +156,9 @@ def optimize_for_inference(model: nn.Module, backend: str = "auto", inplace: boo
     relative) or one TF32 product (``"tf32"``, ~1e-3, eager cuDNN's default); those blocks fall back to the folded
     layers for CPU tensors, float64 or autograd. Other fused blocks take the LayerNorm after them
     (FoldedEIMNBlock.norm; a FusedAway stands in the model's ``norm<i>``): on CPU without autograd the SADFFM
-    kernel applies the block's second residual, ls2 and that LayerNorm in its last pass. ``precision="bf16"``
+    kernel applies the block's second residual, ls2 and that LayerNorm in its last pass; the image stem (a 3x3
+    conv of <= 4 channels, EIMN's head) becomes a :class:`~eimn_kernels.stem_conv.StemConv2d` (im2col + the CPU
+    GEMM on CPU without autograd). ``precision="bf16"``
     (fused, CPU): the 1x1 GEMMs of every MOLRCM and SADFFM layer in bfloat16 with float32 sums on float32 CPU inputs (:mod:`eimn_kernels.cpu_bf16`; RuntimeError on a
     CPU without AVX512-BF16); everything else, and the model's inputs and outputs, stay float32. On a GPU, run a
     bfloat16 model instead (``model.to(torch.bfloat16)``).
@@ -178,6 +181,7 @@ def optimize_for_inference(model: nn.Module, backend: str = "auto", inplace: boo
             use_nhwc_blocks(model, backend if backend in ("cuda", "triton") else "auto", fp32_dot)
         if fused:
             _attach_norms(model)
+            use_stem_convs(model)
     if precision == "bf16":
         mark_bf16(model)
     for p in model.parameters():

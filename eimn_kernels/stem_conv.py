@@ -1,0 +1,77 @@
+"""The image stem of an SR network on CPU: a 3x3 convolution of a few-channel image (EIMN's ``head``: 3 -> 64
+channels) as im2col + the CPU GEMM, used by ``optimize_for_inference``.
+
+PyTorch's CPU convolution (oneDNN) with 3 input channels runs far below the GEMM rate: at LR 320x180 (EIMN_A x4 to
+720p) it took 13-15 ms of a 434 ms model on a 2-core Zen 5, where unfolding the 27 taps (``F.unfold``, 6 MB) and
+one (64 x 27) GEMM of the CPU kernels (``eimn_C::conv1x1_forward``) take 2.5-3.4 ms. Same operator otherwise:
+:class:`StemConv2d` is an ``nn.Conv2d`` (same parameters, same state_dict keys) that takes this path for
+float32/float64 CPU tensors with grad mode off and the C++ kernels loaded, and is ``nn.Conv2d.forward`` elsewhere
+(CUDA, autograd, torch.compile, other dtypes). Wide inputs stay on oneDNN: unfolding C channels makes 9 C planes
+(the 64-channel tail conv as im2col was 10x slower).
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from ._ext import cpu_kernels_loaded
+
+__all__ = ["StemConv2d", "is_stem_conv", "use_stem_convs", "MAX_STEM_CHANNELS"]
+
+MAX_STEM_CHANNELS = 4  # input channels up to which the im2col path pays (an image: 1, 3 or 4 channels)
+
+
+def is_stem_conv(m: nn.Module) -> bool:
+    """Whether ``m`` is a plain nn.Conv2d that :class:`StemConv2d` replaces: 3x3, stride 1, 'same' zero padding 1,
+    dilation 1, groups 1, at most MAX_STEM_CHANNELS input channels."""
+    return (type(m) is nn.Conv2d and m.in_channels <= MAX_STEM_CHANNELS and m.kernel_size == (3, 3)
+            and m.stride == (1, 1) and m.padding == (1, 1) and m.dilation == (1, 1) and m.groups == 1
+            and m.padding_mode == "zeros")
+
+
+class StemConv2d(nn.Conv2d):
+    """nn.Conv2d(C_in <= 4, C_out, 3, padding=1) whose CPU inference runs as im2col + GEMM.
+    x: (N, C_in, H, W) -> (N, C_out, H, W), the input's dtype."""
+
+    @classmethod
+    def from_conv(cls, conv: nn.Conv2d) -> "StemConv2d":
+        """The same convolution, sharing ``conv``'s parameters (``is_stem_conv(conv)`` must hold)."""
+        if not is_stem_conv(conv):
+            raise ValueError(f"StemConv2d takes a 3x3, stride 1, padding 1 conv of <= {MAX_STEM_CHANNELS} channels, "
+                             f"got {conv}")
+        new = cls.__new__(cls)
+        nn.Module.__init__(new)
+        new.__dict__.update({k: v for k, v in conv.__dict__.items() if k not in ("_parameters", "_modules")})
+        new._parameters = conv._parameters
+        new._modules = conv._modules
+        return new.train(conv.training)
+
+    def runs_gemm(self, x: torch.Tensor) -> bool:
+        """Whether forward(x) runs as im2col + the CPU GEMM."""
+        return (x.device.type == "cpu" and x.dtype in (torch.float32, torch.float64) and x.dim() == 4
+                and x.numel() > 0 and x.shape[1] == self.in_channels and self.weight.dtype == x.dtype
+                and not torch.is_grad_enabled() and not torch.is_autocast_enabled("cpu")
+                and not torch.compiler.is_compiling() and cpu_kernels_loaded())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.runs_gemm(x):
+            return super().forward(x)
+        N, C, H, W = x.shape
+        cols = F.unfold(x, 3, padding=1).view(N, C * 9, H, W)  # row c * 9 + ky * 3 + kx: the weight's order
+        bias = self.bias if self.bias is not None else x.new_zeros(self.out_channels)
+        none = x.new_empty(0)
+        return torch.ops.eimn_C.conv1x1_forward(cols, self.weight.reshape(self.out_channels, C * 9, 1, 1), bias,
+                                                none, none, 0)
+
+
+def use_stem_convs(model: nn.Module) -> int:
+    """Replace every stem conv of ``model`` (:func:`is_stem_conv`) by a :class:`StemConv2d` sharing its parameters,
+    in place. Returns the number replaced."""
+    n = 0
+    for parent in list(model.modules()):
+        for name, child in list(parent.named_children()):
+            if is_stem_conv(child):
+                setattr(parent, name, StemConv2d.from_conv(child))
+                n += 1
+    return n
