@@ -42,9 +42,10 @@ class StemConv2d(nn.Conv2d):
                              f"got {conv}")
         new = cls.__new__(cls)
         nn.Module.__init__(new)
-        new.__dict__.update({k: v for k, v in conv.__dict__.items() if k not in ("_parameters", "_modules")})
-        new._parameters = conv._parameters
-        new._modules = conv._modules
+        base = set(new.__dict__)  # nn.Module's own state (parameter, buffer, hook dicts): fresh, not shared
+        new.__dict__.update({k: v for k, v in conv.__dict__.items() if k not in base})  # Conv2d's settings
+        new.register_parameter("weight", conv.weight)  # the same Parameter objects
+        new.register_parameter("bias", conv.bias)  # (None where the conv has no bias)
         return new.train(conv.training)
 
     def runs_gemm(self, x: torch.Tensor) -> bool:
