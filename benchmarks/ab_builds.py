@@ -74,8 +74,10 @@ def build_variant(ref: str, namespace: str, verbose: bool = False, extra_cflags:
 
 def op_calls(ns: str, shape: tuple[int, int, int, int]) -> dict:
     """name -> zero-argument callable of every low-level CPU op of namespace ``ns`` on EIMN-sized inputs
-    (dim C, hidden 170 for C = 64 (int(2.66 C)), reduce C // 4, MOLRCM split of eimn.model)."""
+    (dim C, hidden 170 for C = 64 (int(2.66 C)), reduce C // 4, MOLRCM split of eimn.model); the bfloat16
+    inference ops where this CPU has AVX512-BF16."""
     from eimn.model import molrcm_split
+    from eimn_kernels import bf16_engine
     o = getattr(torch.ops, ns)
     N, C, H, W = shape
     hid, R = int(C * 2.66), max(1, C // 4)
@@ -115,7 +117,7 @@ def op_calls(ns: str, shape: tuple[int, int, int, int]) -> dict:
             hh = o.gated_dwconv_forward(x, *gw)
             _, gd = train("dffm_out", gy, (hh, *fw), (1e-6,))
             return o.gated_dwconv_backward(gd[0], x, *gw)
-    return {
+    calls = {
         "proj_qv_forward": lambda: o.proj_qv_forward(x, wq, bq, wv, bv),
         "proj_qv_backward": lambda: o.proj_qv_backward(gq, gv, x, wq, bq, wv, bv),
         "dw_mix_forward": lambda: o.dw_mix_forward(x, *dw, c1, c2, 1, 2, 3),
@@ -127,11 +129,8 @@ def op_calls(ns: str, shape: tuple[int, int, int, int]) -> dict:
         "dffm_out_forward": lambda: o.dffm_out_forward(h, *fw, 1e-6),
         "dffm_out_backward": lambda: o.dffm_out_backward(gy, h, *fw, 1e-6),
         "sadffm_infer_forward": lambda: o.sadffm_infer_forward(x, *gw, *fw, 1e-6),
-        "sadffm_infer_bf16_forward": lambda: o.sadffm_infer_forward(x, *gw, *fw, 1e-6, True),
         "molrcm_infer_forward": lambda: o.molrcm_infer_forward(x, wq, bq, wv, bv, *dw, wf, bf, wo, bo, c1, c2, 1, 2, 3,
                                                                False, y),
-        "molrcm_infer_bf16_forward": lambda: o.molrcm_infer_forward(x, wq, bq, wv, bv, *dw, wf, bf, wo, bo, c1, c2, 1,
-                                                                    2, 3, True, y),
         "gated_dwconv_train": lambda: train("gated_dwconv", gh, (x, *gw)),
         "dffm_out_train": lambda: train("dffm_out", gy, (h, *fw), (1e-6,)),
         "sadffm_train": sadffm_train,
@@ -142,6 +141,11 @@ def op_calls(ns: str, shape: tuple[int, int, int, int]) -> dict:
         "channel_layer_norm_backward": lambda: o.channel_layer_norm_backward(gy, x, 1 + fw[2], fw[3], 1e-5),
         "channel_layer_norm_train": lambda: train("channel_layer_norm", gy, (x, 1 + fw[2], fw[3]), (1e-5,)),
     }
+    if bf16_engine():  # the bfloat16 inference ops, where this CPU runs them (AVX512-BF16)
+        calls["sadffm_infer_bf16_forward"] = lambda: o.sadffm_infer_forward(x, *gw, *fw, 1e-6, True)
+        calls["molrcm_infer_bf16_forward"] = lambda: o.molrcm_infer_forward(x, wq, bq, wv, bv, *dw, wf, bf, wo, bo, c1,
+                                                                            c2, 1, 2, 3, True, y)
+    return calls
 
 
 def ab_compare(fa, fb, rounds: int) -> dict:
