@@ -7,6 +7,7 @@
 #include <algorithm>
 #include <cstdint>
 #include <type_traits>
+#include <utility>
 #include <vector>
 
 #include "cpu/sadffm_common.h"
@@ -61,6 +62,52 @@ inline void dw_vec2(const T* const* rp, int64_t w, const dvec<T>* wv, dvec<T> bi
       if (j < K) s0 += wv[j * K + kx] * v;
       if (j > 0) s1 += wv[(j - 1) * K + kx] * v;
     }
+}
+
+// Vector v's neighbours one column to the left and to the right from three whole vectors of a row (prev, cur,
+// next: columns [w - L, w + 2L)): lane shifts (VALIGND), not loads at w -+ 1 (each crosses a cache line).
+// (GCC turns the generic shuffle of two loaded neighbours back into the unaligned load: the 64-byte float form is
+// VALIGND itself.)
+template <typename V, size_t... I> inline V shift_in_left(V prev, V cur, std::index_sequence<I...>) {
+  return __builtin_shufflevector(prev, cur, (I + sizeof...(I) - 1)...);
+}
+template <typename V, size_t... I> inline V shift_in_right(V cur, V next, std::index_sequence<I...>) {
+  return __builtin_shufflevector(cur, next, (I + 1)...);
+}
+#if defined(__AVX512F__)
+inline xreg<float> shift_in_left(xreg<float> prev, xreg<float> cur, std::make_index_sequence<16>) {
+  return (xreg<float>)_mm512_alignr_epi32((__m512i)cur, (__m512i)prev, 15);
+}
+inline xreg<float> shift_in_right(xreg<float> cur, xreg<float> next, std::make_index_sequence<16>) {
+  return (xreg<float>)_mm512_alignr_epi32((__m512i)next, (__m512i)cur, 1);
+}
+#endif
+
+// The inner vectors [1, nv - 1) of a pair of rows of a 3x3 depthwise conv (rp: the pair's 4 input rows): dw_vec2's
+// sums (same FMA order, same bits) from one load per input row and vector, the +-1 column taps shifted in from the
+// neighbouring vectors held in registers.
+template <typename T, typename St>
+inline void dw3_pair_inner(const T* const* rp, int64_t nv, const dvec<T>* wv, dvec<T> bias, St& st, int64_t q,
+                           int64_t W) {
+  using V = dvec<T>;
+  constexpr int L = kDLanes<T>;
+  using Lanes = std::make_index_sequence<L>;
+  V pv[4], cv[4];
+  for (int j = 0; j < 4; ++j) pv[j] = dload(rp[j]), cv[j] = dload(rp[j] + L);
+  for (int64_t v = 1; v + 1 < nv; ++v) {
+    V nx[4];
+    for (int j = 0; j < 4; ++j) nx[j] = dload(rp[j] + (v + 1) * L);
+    V s0 = bias, s1 = bias;
+    for (int kx = 0; kx < 3; ++kx)
+      for (int j = 0; j < 4; ++j) {
+        const V t = kx == 0 ? shift_in_left(pv[j], cv[j], Lanes{}) : kx == 1 ? cv[j] : shift_in_right(cv[j], nx[j], Lanes{});
+        if (j < 3) s0 += wv[j * 3 + kx] * t;
+        if (j > 0) s1 += wv[(j - 1) * 3 + kx] * t;
+      }
+    st.vec(q + v * L, s0);
+    st.vec(q + W + v * L, s1);
+    for (int j = 0; j < 4; ++j) pv[j] = cv[j], cv[j] = nx[j];
+  }
 }
 
 // The vector (0, 1, ..., L - 1) of lane indices.
@@ -129,10 +176,14 @@ void dw_rows_k(const T* plane, int64_t a, int64_t b, int64_t r0, int64_t r1, int
       st.vec(q, s0);
       st.vec(q + W, s1);
     }
-    for (int64_t v = 1; v + 1 < nv; ++v) {
-      dw_vec2<T, K, false>(rp, v * L, wv, bv, nullptr, s0, s1);
-      st.vec(q + v * L, s0);
-      st.vec(q + W + v * L, s1);
+    if constexpr (K == 3) {
+      if (nv > 2) dw3_pair_inner<T>(rp, nv, wv, bv, st, q, W);
+    } else {
+      for (int64_t v = 1; v + 1 < nv; ++v) {
+        dw_vec2<T, K, false>(rp, v * L, wv, bv, nullptr, s0, s1);
+        st.vec(q + v * L, s0);
+        st.vec(q + W + v * L, s1);
+      }
     }
     if (nv > 1) {
       dw_vec2<T, K, true>(rp, (nv - 1) * L, wv, bv, ml, s0, s1);
