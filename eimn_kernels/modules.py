@@ -53,14 +53,18 @@ def _autocast_args(owner: nn.Module, x: torch.Tensor, *params: torch.Tensor) -> 
     return (x.to(dt), *cache[1])
 
 
+def cpu_inference_input(x: torch.Tensor) -> bool:
+    """Whether x can go to a C++ CPU inference kernel as it is: a non-empty float32/64 (N, C, H, W) CPU tensor, the
+    C++ kernels loaded, grad mode off, no autocast, not under torch.compile."""
+    return (x.device.type == "cpu" and x.dtype in (torch.float32, torch.float64) and x.dim() == 4
+            and x.numel() > 0 and not torch.is_grad_enabled() and not torch.is_autocast_enabled("cpu")
+            and not torch.compiler.is_compiling() and cpu_kernels_loaded())
+
+
 def _runs_cpu_inference_kernel(layer: nn.Module, x: torch.Tensor) -> bool:
     """Whether a fused layer's one-call CPU inference kernel (MOLRCM with a residual, SADFFM with the block tail)
-    runs for x: a non-empty float32/64 (N, C, H, W) CPU tensor with C the layer's width (``layer.dim``), backend
-    auto or cpu with the C++ kernels loaded, grad mode off, no autocast, not under torch.compile."""
-    return (x.device.type == "cpu" and x.dtype in (torch.float32, torch.float64) and x.dim() == 4
-            and x.numel() > 0 and x.shape[1] == layer.dim and layer.backend in ("auto", "cpu")
-            and not torch.is_grad_enabled() and not torch.is_autocast_enabled("cpu")
-            and not torch.compiler.is_compiling() and cpu_kernels_loaded())
+    runs for x: :func:`cpu_inference_input`, C the layer's width (``layer.dim``), backend auto or cpu."""
+    return cpu_inference_input(x) and x.shape[1] == layer.dim and layer.backend in ("auto", "cpu")
 
 
 def _forward(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:

@@ -15,7 +15,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ._ext import cpu_kernels_loaded
+from .modules import cpu_inference_input
 
 __all__ = ["StemConv2d", "is_stem_conv", "use_stem_convs", "MAX_STEM_CHANNELS"]
 
@@ -50,10 +50,7 @@ class StemConv2d(nn.Conv2d):
 
     def runs_gemm(self, x: torch.Tensor) -> bool:
         """Whether forward(x) runs as im2col + the CPU GEMM."""
-        return (x.device.type == "cpu" and x.dtype in (torch.float32, torch.float64) and x.dim() == 4
-                and x.numel() > 0 and x.shape[1] == self.in_channels and self.weight.dtype == x.dtype
-                and not torch.is_grad_enabled() and not torch.is_autocast_enabled("cpu")
-                and not torch.compiler.is_compiling() and cpu_kernels_loaded())
+        return cpu_inference_input(x) and x.shape[1] == self.in_channels and self.weight.dtype == x.dtype
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.runs_gemm(x):

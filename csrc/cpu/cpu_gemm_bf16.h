@@ -93,18 +93,17 @@ inline uint16_t to_bf16(float f) {
 struct Weights {
   std::vector<uint32_t> a;
   int64_t M = 0, K = 0, KP = 0, G = 0, bpg = 0;  // groups of G rows, bpg blocks each
-  // The block of rows from m0 on, m0 a group's first row plus a multiple of kRows.
-  const uint32_t* block(int64_t m0) const {
-    return a.data() + ((m0 / G) * bpg + (m0 % G) / kRows) * kRows * KP;
-  }
+  // Offset in a of the block that holds row m (its first row: m0 = a group's first row plus a multiple of kRows).
+  int64_t block_offset(int64_t m) const { return ((m / G) * bpg + (m % G) / kRows) * kRows * KP; }
+  const uint32_t* block(int64_t m0) const { return a.data() + block_offset(m0); }
 };
 inline Weights pack(const float* A, int64_t M, int64_t K, int64_t rs, int64_t cs, int64_t G = 0) {
   Weights w;
   w.M = M, w.K = K, w.KP = (K + 1) / 2, w.G = G > 0 ? G : (M > 0 ? M : 1), w.bpg = (w.G + kRows - 1) / kRows;
   w.a.assign(size_t((M + w.G - 1) / w.G * w.bpg) * kRows * w.KP, 0u);
   for (int64_t m = 0; m < M; ++m) {
-    uint32_t* blk = w.a.data() + ((m / w.G) * w.bpg + (m % w.G) / kRows) * kRows * w.KP;
-    const int64_t i = (m % w.G) % kRows;
+    uint32_t* blk = w.a.data() + w.block_offset(m);
+    const int64_t i = (m % w.G) % kRows;  // row m's lane in its block
     for (int64_t k = 0; k < K; ++k) blk[(k / 2) * kRows + i] |= uint32_t(to_bf16(A[m * rs + k * cs])) << (16 * (k & 1));
   }
   return w;
