@@ -435,9 +435,7 @@ __attribute__((always_inline)) inline void store_row_as(T* dst, int64_t n, bool 
       ((store_vec(dst + off, f(parts, off)), off += L), ...);
     return;
   }
-  alignas(64) T tmp[NR];
-  ((store_vec(tmp + off, f(parts, off)), off += L), ...);
-  std::memcpy(dst, tmp, sizeof(T) * n);
+  ((store_vec_first(dst + off, f(parts, off), n - off), off += L), ...);  // masked: no library call (cpu_stream.h)
 }
 
 // Loads n <= NR values of src as two vectors (zero past n).
