@@ -129,8 +129,9 @@ def op_calls(ns: str, shape: tuple[int, int, int, int]) -> dict:
         "dffm_out_forward": lambda: o.dffm_out_forward(h, *fw, 1e-6),
         "dffm_out_backward": lambda: o.dffm_out_backward(gy, h, *fw, 1e-6),
         "sadffm_infer_forward": lambda: o.sadffm_infer_forward(x, *gw, *fw, 1e-6),
+        # the residual is the layer's input, as in the EIMN block (x + attn(x))
         "molrcm_infer_forward": lambda: o.molrcm_infer_forward(x, wq, bq, wv, bv, *dw, wf, bf, wo, bo, c1, c2, 1, 2, 3,
-                                                               False, y),
+                                                               False, x),
         "gated_dwconv_train": lambda: train("gated_dwconv", gh, (x, *gw)),
         "dffm_out_train": lambda: train("dffm_out", gy, (h, *fw), (1e-6,)),
         "sadffm_train": sadffm_train,
@@ -144,7 +145,7 @@ def op_calls(ns: str, shape: tuple[int, int, int, int]) -> dict:
     if bf16_engine():  # the bfloat16 inference ops, where this CPU runs them (AVX512-BF16)
         calls["sadffm_infer_bf16_forward"] = lambda: o.sadffm_infer_forward(x, *gw, *fw, 1e-6, True)
         calls["molrcm_infer_bf16_forward"] = lambda: o.molrcm_infer_forward(x, wq, bq, wv, bv, *dw, wf, bf, wo, bo, c1,
-                                                                            c2, 1, 2, 3, True, y)
+                                                                            c2, 1, 2, 3, True, x)
     return calls
 
 

@@ -394,6 +394,34 @@ def test_molrcm_infer_residual_in_the_epilogue(dtype):
             C.molrcm_infer_forward(x, *ws, c1, c2, 1, 2, 3, False, res[:, :, :-1])
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_molrcm_infer_residual_is_input_computes_v_in_gate_out(dtype):
+    """molrcm_infer_forward(x, ..., residual=x) (the EIMN block's call) computes v = Wv x + bv inside gate_out from
+    the residual's panels instead of storing and reloading it: the bits of the general path (a residual that is an
+    equal copy, not x itself), with whole and partial panels and several images; in bfloat16 too where the CPU has
+    it; and a proj_value of another shape still gives its clear error."""
+    if not ek.backend_status("cpu", "cpu")[0]:
+        pytest.skip("the cpu backend is not built")
+    C = torch.ops.eimn_C
+    g = _g(5)
+    for (N, dim, H, W) in ((2, 16, 8, 16), (1, 24, 13, 11), (1, 64, 9, 70)):
+        c1, c2 = dim * 3 // 8, dim // 8
+        c3 = dim - c1 - c2
+        r = lambda *s: _randn(*s, dtype=dtype, device="cpu", gen=g) * 0.3  # noqa: E731
+        x = r(N, dim, H, W)
+        ws = [r(dim, dim, 1, 1), r(dim), r(dim, dim, 1, 1), r(dim), r(dim, 1, 5, 5), r(dim), r(c1, 1, 5, 5), r(c1),
+              r(c3, 1, 7, 7), r(c3), r(dim, dim, 1, 1), r(dim), r(dim, dim, 1, 1), r(dim)]
+        modes = [False] + ([True] if dtype == torch.float32 and ek.bf16_engine() else [])
+        for bf16 in modes:
+            got = C.molrcm_infer_forward(x, *ws, c1, c2, 1, 2, 3, bf16, x)
+            want = C.molrcm_infer_forward(x, *ws, c1, c2, 1, 2, 3, bf16, x.clone())
+            assert torch.equal(got, want), (N, dim, H, W, bf16)
+        bad = list(ws)
+        bad[2] = r(dim, dim + 1, 1, 1)
+        with pytest.raises(RuntimeError, match="wv"):
+            C.molrcm_infer_forward(x, *bad, c1, c2, 1, 2, 3, False, x)
+
+
 def test_molrcm_module_residual_runs_in_the_kernel():
     """ek.MOLRCM.forward(x, residual=r) without autograd on CPU runs the one-call kernel (runs_residual) and gives
     the bits of forward(x) + r (the custom ops' path); with autograd it falls back to the sum, gradients intact."""

@@ -210,14 +210,22 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> proj_qv_backward(const Tensor
 // (inference, molrcm_infer_forward): (N, Co, H, W) or undefined, added last (the bits of out + res).
 // bf16: the Wf and Wo GEMMs in bfloat16 with float32 sums (cpu_gemm_bf16.h; y packed straight into
 // bfloat16 pairs, m converted per panel; pairs of panels as in float32); the epilogues are the same.
+// wv, bv defined (inference, where the residual is the layer's input x): v = Wv res + bv is computed here, per
+// panel from the residual's packed panel, in float32 (wv: (C, Co)); v is then undefined. The same FMA chains as
+// proj_qv's v rows (the same bits), without v's image-sized store and load.
 template <typename T>
 void gate_out_fwd_impl(const Tensor& y, const Tensor& v, const Tensor& wf, const Tensor& bf, const Tensor& wo,
-                       const Tensor& bo, Tensor& out, bool bf16 = false, const Tensor& res = Tensor()) {
+                       const Tensor& bo, Tensor& out, bool bf16 = false, const Tensor& res = Tensor(),
+                       const Tensor& wv = Tensor(), const Tensor& bv = Tensor()) {
   const int64_t N = y.size(0), C = y.size(1), HW = y.size(2) * y.size(3), Co = wo.size(0);
   const int64_t P = pixel_tile(HW, N), nt = (HW + P - 1) / P;
-  const T *yp = y.data_ptr<T>(), *vp = v.data_ptr<T>(), *wfp = wf.data_ptr<T>(), *bfp = bf.data_ptr<T>();
+  const T *yp = y.data_ptr<T>(), *wfp = wf.data_ptr<T>(), *bfp = bf.data_ptr<T>();
   const T *wop = wo.data_ptr<T>(), *bop = bo.data_ptr<T>();
   const T* rp = res.defined() ? res.data_ptr<T>() : nullptr;
+  const bool v_from_res = wv.defined();
+  const T* vp = v_from_res ? nullptr : v.data_ptr<T>();
+  const T* bvp = v_from_res ? bv.data_ptr<T>() : nullptr;
+  const std::vector<T> wv_k = v_from_res ? pack_a(wv.data_ptr<T>(), C, Co, Co, 1) : std::vector<T>();
   T* op = out.data_ptr<T>();
   const std::vector<T> wf_k = bf16 ? std::vector<T>() : pack_a(wfp, C, C, C, 1);
   const std::vector<T> wo_k = bf16 ? std::vector<T>() : pack_a(wop, Co, C, C, 1);
@@ -238,8 +246,32 @@ void gate_out_fwd_impl(const Tensor& y, const Tensor& v, const Tensor& wf, const
       else pack_b<T>(C, np, yp + n * C * HW + p0, HW, panel.data());
       // v in panels too: the epilogue reads each channel's NR values from L1, not one cache line from each of C
       // image rows (C streams HW apart per panel; those loads held the gate_out forward at half proj_qv's rate).
-      pack_b<T>(C, np, vp + n * C * HW + p0, HW, vpanel.data());
+      if (!v_from_res) pack_b<T>(C, np, vp + n * C * HW + p0, HW, vpanel.data());
       if (rp) pack_b<T>(Co, np, rp + n * Co * HW + p0, HW, rpanel.data());  // the residual likewise
+      // v_from_res: v's rows of panel pq (and pq + 1 where two) into vpanel, from the residual's panels
+      auto epilogue_v = [&](int64_t pq) {
+        T* vpan = vpanel.data() + pq * NR * C;
+        return [&, vpan](int64_t c, auto... a) {
+          const T bias = bvp[c];
+          store_row_as(vpan + c * NR, NR, false, [&](auto r, int64_t) { return r + bias; }, a...);
+        };
+      };
+      auto compute_v = [&](int64_t pq, bool two) {
+        if (!v_from_res) return;
+        const T* rpan = rpanel.data() + pq * NR * Co;
+        auto st_v0 = epilogue_v(pq);
+        if constexpr (kTwoPanels) {
+          if (two) {
+            auto st_v1 = epilogue_v(pq + 1);
+            return rows_panel2<T, ALay::KMajor>(0, C, Co, wv_k.data(), C, rpan, rpan + NR * Co, st_v0, st_v1);
+          }
+        }
+        panel_rows<T>(0, C, Co, wv_k.data(), C, rpan, st_v0);
+        if (two) {
+          auto st_v1 = epilogue_v(pq + 1);
+          panel_rows<T>(0, C, Co, wv_k.data(), C, rpan + NR * Co, st_v1);
+        }
+      };
       // Epilogues of panel pq (pixels p0 + pq * NR on): m into the m panel mp, out with the bias; rows come as one
       // 64-byte part or two halves.
       auto epilogue_m = [&](int64_t pq, T* mp) {
@@ -266,6 +298,7 @@ void gate_out_fwd_impl(const Tensor& y, const Tensor& v, const Tensor& wf, const
       };
       for (int64_t pq = 0; pq * NR < np; ++pq) {
         if (bf16 && (pq + 2) * NR <= np) {  // pairs of full panels at every level (a last partial one alone, below)
+          compute_v(pq, true);
           auto st_m0 = epilogue_m(pq, mpan.data()), st_m1 = epilogue_m(pq + 1, mpan.data() + NR * C);
           const int64_t ps = NR * wf_b.KP, mps = NR * wo_b.KP;
           bf16_rows2<T>(0, C, wf_b, pairs.data() + pq * ps, pairs.data() + (pq + 1) * ps, st_m0, st_m1);
@@ -278,6 +311,7 @@ void gate_out_fwd_impl(const Tensor& y, const Tensor& v, const Tensor& wf, const
         }
         if constexpr (kTwoPanels) {
           if (!bf16 && (pq + 1) * NR < np) {
+            compute_v(pq, true);
             auto st_m0 = epilogue_m(pq, mpan.data()), st_m1 = epilogue_m(pq + 1, mpan.data() + NR * C);
             rows_panel2<T, ALay::KMajor>(0, C, C, wf_k.data(), C, panel.data() + pq * NR * C,
                                          panel.data() + (pq + 1) * NR * C, st_m0, st_m1);
@@ -287,6 +321,7 @@ void gate_out_fwd_impl(const Tensor& y, const Tensor& v, const Tensor& wf, const
             continue;
           }
         }
+        compute_v(pq, false);
         auto st_m = epilogue_m(pq, mpan.data());
         auto st_o = epilogue_o(pq);
         if (bf16) {
@@ -318,10 +353,13 @@ int64_t check_gate_out(const Tensor& y, const Tensor& v, const Tensor& wf, const
   return Co;
 }
 
-// res: undefined, or (N, Co, H, W) added to out (checked by the caller).
+// res: undefined, or (N, Co, H, W) added to out (checked by the caller). wv, bv: undefined, or v's weights
+// ((C, Co, 1, 1), (C)) when v = Wv res + bv is to be computed in the kernel (res defined; v_ is then ignored).
 Tensor gate_out_run(const Tensor& y_, const Tensor& v_, const Tensor& wf_, const Tensor& bf_, const Tensor& wo_,
-                    const Tensor& bo_, bool bf16, const Tensor& res_ = Tensor()) {
-  const int64_t Co = check_gate_out(y_, v_, wf_, bf_, wo_, bo_);
+                    const Tensor& bo_, bool bf16, const Tensor& res_ = Tensor(), const Tensor& wv_ = Tensor(),
+                    const Tensor& bv_ = Tensor()) {
+  const bool v_from_res = wv_.defined();
+  const int64_t Co = check_gate_out(y_, v_from_res ? y_ : v_, wf_, bf_, wo_, bo_);
   const int64_t N = y_.size(0), C = y_.size(1), H = y_.size(2), W = y_.size(3);
   Tensor out = pooled_empty({N, Co, H, W}, y_.options());
   if (out.numel() == 0) return out;
@@ -329,10 +367,12 @@ Tensor gate_out_run(const Tensor& y_, const Tensor& v_, const Tensor& wf_, const
     out.copy_(bo_.view({1, Co, 1, 1}).expand_as(out));
     return res_.defined() ? out.add_(res_) : out;
   }
-  Tensor y = y_.contiguous(), v = v_.contiguous(), res = res_.defined() ? res_.contiguous() : res_;
+  Tensor y = y_.contiguous(), res = res_.defined() ? res_.contiguous() : res_;
+  Tensor v = v_from_res ? Tensor() : v_.contiguous();
+  Tensor wv = v_from_res ? wv_.reshape({C, Co}).contiguous() : wv_, bv = v_from_res ? bv_.contiguous() : bv_;
   AT_DISPATCH_FLOATING_TYPES(y.scalar_type(), "gate_out_forward", [&] {
     gate_out_fwd_impl<scalar_t>(y, v, wf_.contiguous(), bf_.contiguous(), wo_.contiguous(), bo_.contiguous(), out, bf16,
-                                res);
+                                res, wv, bv);
   });
   return out;
 }
@@ -676,6 +716,18 @@ Tensor molrcm_infer_forward(const Tensor& x, const Tensor& wq, const Tensor& bq,
   if (bf16) check_bf16(x, "eimn_C::molrcm_infer_forward (cpu)");
   if (residual.has_value())
     check_like(*residual, kOp, "residual", x, {x.size(0), wo.size(0), x.size(2), x.size(3)});
+  // The EIMN block passes its input as the residual (x + attn(x)): then v = Wv x + bv is computed in gate_out from
+  // the residual's panels (same bits), and proj_qv computes q alone: v's image-sized store and load are gone.
+  // A 1x64x180x320 layer moves 29 MB less of its ~130 MB.
+  const bool v_from_x = residual.has_value() && residual->is_same(x) && wv.dim() == 4 && wv.size(0) == wf.size(1) &&
+                        wv.size(1) == wo.size(0);
+  if (v_from_x) {
+    check_proj_qv(x, wq, bq, wv, bv);
+    const Tensor none_w = wv.narrow(0, 0, 0), none_b = bv.narrow(0, 0, 0);
+    const Tensor q = std::get<0>(proj_qv_forward(x, wq, bq, none_w, none_b));
+    const Tensor y = dw_mix_forward(q, w0, b0, w1, b1, w2, b2, c1, c2, d0, d1, d2);
+    return gate_out_run(y, Tensor(), wf, bf, wo, bo, bf16, x, wv, bv);
+  }
   auto [q, v] = proj_qv_forward(x, wq, bq, wv, bv);
   const Tensor y = dw_mix_forward(q, w0, b0, w1, b1, w2, b2, c1, c2, d0, d1, d2);
   return gate_out_run(y, v, wf, bf, wo, bo, bf16, residual.has_value() ? *residual : Tensor());
