@@ -8,7 +8,8 @@ the forward with the median wall time is broken down. Rows, one per group, large
 - ``MOLRCM``, ``SADFFM``: the fused layers (all blocks together), ``LayerNorm``: the channel LayerNorms between
   blocks where they run on their own (the CPU fold applies them, the blocks' second residual and ls2 in the SADFFM
   kernel's last pass: then they are in SADFFM's row and this one is 0), ``head conv`` / ``tail conv``: the 3x3
-  convolutions (PyTorch's), ``pixel shuffle``;
+  convolutions (the CPU fold's C++ passes: the head as im2col + GEMM, the tail with the pixel shuffle, whose own
+  row is then 0), ``pixel shuffle``;
 - ``residual and glue``: the rest of the forward, the blocks' residual sums and the Python between layers
   (wall time minus the groups').
 

@@ -84,6 +84,9 @@ TORCH_LIBRARY(eimn_C, m) {
   m.def("conv1x1_forward(Tensor x, Tensor w, Tensor b, Tensor gate, Tensor residual, int act) -> Tensor");
   m.def("conv1x1_backward(Tensor grad_out, Tensor x, Tensor w, Tensor b, Tensor gate, Tensor residual, int act) "
         "-> (Tensor, Tensor, Tensor, Tensor, Tensor)");
+  // 'Same' 3x3 convolution (stride 1, padding 1) with its output pixel-shuffled by r (1: none), forward only
+  // (inference; CPU): an SR network's tail conv and upsampler in one pass. w (Co, C, 3, 3), Co divisible by r * r.
+  m.def("conv3x3_shuffle_forward(Tensor x, Tensor w, Tensor b, int r) -> Tensor");
   // Whole SADFFM layer, forward only (inference; CPU): dffm_out(gated_dwconv(x)) without writing h. With ls (C):
   // the EIMN block's tail in the same pass, x + ls * SADFFM(x), then with norm_w / norm_b (C) the channel LayerNorm
   // after the block (norm_eps).

@@ -130,6 +130,10 @@ class EIMN(nn.Module):
     (same parameters, same state_dict).
     """
 
+    # forward applies ``upsample`` right after ``tail``: optimize_for_inference may fuse the two
+    # (eimn_kernels.tail_conv.use_tail_convs)
+    upsample_follows_tail = True
+
     def __init__(self, embed_dims: int = 64, scale: int = 2, num_stages: int = 16,
                  mlp_ratio: float = 2.66, in_chans: int = 3, fused: bool = False,
                  backend: str = "auto"):

@@ -21,6 +21,7 @@ from .inference_fold import bn_affine, fold_input_affine, fold_output_scale
 from .lka_inference import fold_conv_bn, fold_van_block, is_van_block
 from .modules import MOLRCM, SADFFM, apply_channel_norm
 from .stem_conv import use_stem_convs
+from .tail_conv import use_tail_convs
 
 __all__ = ["optimize_for_inference", "FoldedEIMNBlock", "bn_affine"]
 
@@ -181,7 +182,9 @@ def optimize_for_inference(model: nn.Module, backend: str = "auto", inplace: boo
             use_nhwc_blocks(model, backend if backend in ("cuda", "triton") else "auto", fp32_dot)
         if fused:
             _attach_norms(model)
-            use_stem_convs(model)
+            if backend in ("auto", "cpu"):  # the C++ CPU passes for the image stem and the tail + upsampler
+                use_stem_convs(model)
+                use_tail_convs(model)
     if precision == "bf16":
         mark_bf16(model)
     for p in model.parameters():

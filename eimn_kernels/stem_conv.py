@@ -22,12 +22,16 @@ __all__ = ["StemConv2d", "is_stem_conv", "use_stem_convs", "MAX_STEM_CHANNELS"]
 MAX_STEM_CHANNELS = 4  # input channels up to which the im2col path pays (an image: 1, 3 or 4 channels)
 
 
+def is_same_3x3_conv(m: nn.Module) -> bool:
+    """Whether ``m`` is an nn.Conv2d of 3x3, stride 1, 'same' zero padding 1, dilation 1, groups 1."""
+    return (isinstance(m, nn.Conv2d) and m.kernel_size == (3, 3) and m.stride == (1, 1) and m.padding == (1, 1)
+            and m.dilation == (1, 1) and m.groups == 1 and m.padding_mode == "zeros")
+
+
 def is_stem_conv(m: nn.Module) -> bool:
-    """Whether ``m`` is a plain nn.Conv2d that :class:`StemConv2d` replaces: 3x3, stride 1, 'same' zero padding 1,
-    dilation 1, groups 1, at most MAX_STEM_CHANNELS input channels."""
-    return (type(m) is nn.Conv2d and m.in_channels <= MAX_STEM_CHANNELS and m.kernel_size == (3, 3)
-            and m.stride == (1, 1) and m.padding == (1, 1) and m.dilation == (1, 1) and m.groups == 1
-            and m.padding_mode == "zeros")
+    """Whether ``m`` is a plain nn.Conv2d that :class:`StemConv2d` replaces: :func:`is_same_3x3_conv`, at most
+    MAX_STEM_CHANNELS input channels."""
+    return type(m) is nn.Conv2d and m.in_channels <= MAX_STEM_CHANNELS and is_same_3x3_conv(m)
 
 
 class StemConv2d(nn.Conv2d):

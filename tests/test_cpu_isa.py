@@ -80,7 +80,7 @@ def test_cpu_op_tests_at_other_levels(level):
     if level not in _levels_here():
         pytest.skip(f"this CPU does not run the {level} level")
     files = ["tests/test_molrcm.py", "tests/test_sadffm.py", "tests/test_channel_norm.py", "tests/test_lka.py",
-             "tests/test_cpu_bf16.py"]
+             "tests/test_cpu_bf16.py", "tests/test_tail_conv.py"]
     env = dict(os.environ, EIMN_CPU_ISA=level)
     r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-x", "-m", "not slow", "-p", "no:cacheprovider",
                         *files, "-k", "cpu or bf16"], cwd=REPO, env=env, capture_output=True, text=True,

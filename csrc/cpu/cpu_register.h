@@ -7,8 +7,8 @@
 #include <string>
 #include <vector>
 
-// The kernel translation units: molrcm_cpu.cpp, sadffm_cpu.cpp, conv1x1_cpu.cpp, channel_norm_cpu.cpp.
-#define EIMN_CPU_OP_GROUPS(X) X(molrcm) X(sadffm) X(conv1x1) X(channel_norm)
+// The kernel translation units: molrcm_cpu.cpp, sadffm_cpu.cpp, conv1x1_cpu.cpp, channel_norm_cpu.cpp, conv3x3_cpu.cpp.
+#define EIMN_CPU_OP_GROUPS(X) X(molrcm) X(sadffm) X(conv1x1) X(channel_norm) X(conv3x3)
 #define EIMN_DECLARE_REGISTER(group) void register_##group(torch::Library& m);
 
 namespace eimn::cpu {
