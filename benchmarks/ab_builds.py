@@ -93,6 +93,7 @@ def op_calls(ns: str, shape: tuple[int, int, int, int]) -> dict:
     fw = [r(C, hid, 1, 1), r(C), 1 + r(C), r(C), r(R, C, 1, 1), r(R), r(R, C, 1, 1), r(R), r(C, R, 1, 1), r(C),
           r(1, 2 * R, 1, 1), r(1)]
     mw = [r(4 * C, C, 1, 1), r(4 * C), r(4 * C, 1, 3, 3), r(4 * C), r(C, 4 * C, 1, 1), r(C)]  # VAN's MLP, ratio 4
+    tw, tb = r(48, C, 3, 3), r(48)  # the x4 tail conv (3 * 4^2 channels)
     h = r(N, hid, H, W, scale=1.0)
     gh = r(N, hid, H, W, scale=1.0)
     none = torch.empty(0)  # conv1x1_forward's absent gate / residual
@@ -138,6 +139,7 @@ def op_calls(ns: str, shape: tuple[int, int, int, int]) -> dict:
         "conv1x1_gate_forward": lambda: o.conv1x1_forward(x, wq, bq, y, none, 0),
         "conv1x1_gelu_residual_forward": lambda: o.conv1x1_forward(x, wq, bq, none, y, 1),
         "convmlp_infer_forward": lambda: o.convmlp_infer_forward(x, *mw, True),
+        "conv3x3_shuffle_forward": lambda: o.conv3x3_shuffle_forward(x, tw, tb, 4),  # EIMN's x4 tail
         "channel_layer_norm_forward": lambda: o.channel_layer_norm_forward(x, 1 + fw[2], fw[3], 1e-5),
         "channel_layer_norm_backward": lambda: o.channel_layer_norm_backward(gy, x, 1 + fw[2], fw[3], 1e-5),
         "channel_layer_norm_train": lambda: train("channel_layer_norm", gy, (x, 1 + fw[2], fw[3]), (1e-5,)),

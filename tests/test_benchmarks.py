@@ -265,13 +265,13 @@ def test_ab_builds_op_calls_run_every_cpu_op():
         pytest.skip("eimn_kernels._C is not built")
     calls = ab_builds.op_calls("eimn_C", (1, 8, 5, 7))
     # every forward / backward op, the whole-layer inference ops, the training steps through the stashes, and
-    # conv1x1 with a gate / with GELU and a residual, VAN's convolutional MLP; the bf16 inference ops where the CPU
-    # has AVX512-BF16
+    # conv1x1 with a gate / with GELU and a residual, VAN's convolutional MLP, the tail conv + pixel shuffle; the
+    # bf16 inference ops where the CPU has AVX512-BF16
     bf16 = {"sadffm_infer_bf16_forward", "molrcm_infer_bf16_forward"}
-    assert len(calls) == 21 + (2 if eimn_kernels.bf16_engine() else 0)
+    assert len(calls) == 22 + (2 if eimn_kernels.bf16_engine() else 0)
     assert {"gated_dwconv_train", "dffm_out_train", "sadffm_train", "channel_layer_norm_train",
             "conv1x1_gate_forward", "conv1x1_gelu_residual_forward", "convmlp_infer_forward",
-            "molrcm_infer_forward"} <= set(calls)
+            "molrcm_infer_forward", "conv3x3_shuffle_forward"} <= set(calls)
     assert (bf16 <= set(calls)) == bool(eimn_kernels.bf16_engine())
 
     for name, f in calls.items():
