@@ -25,9 +25,11 @@ from eimn_kernels.ops._registry import SPECS
 
 CSRC = pathlib.Path(__file__).resolve().parents[1] / "csrc"
 UTILITY_OPS = {"built_with_cuda", "cpu_pool_stats", "cpu_pool_clear", "cpu_bf16_engine", "cpu_isa"}
-# inference-only ops with no autograd op of their own: the NHWC block (CUDA), VAN's conv MLP (CPU) and the whole
-# MOLRCM layer (CPU: the bfloat16 GEMM path, eimn_kernels.cpu_bf16)
-INFERENCE_OPS = {"nhwc_block_forward": "CUDA", "convmlp_infer_forward": "CPU", "molrcm_infer_forward": "CPU"}
+# inference-only ops with no autograd op of their own: the NHWC block (CUDA), VAN's conv MLP (CPU), the whole
+# MOLRCM layer (CPU: the bfloat16 GEMM path, eimn_kernels.cpu_bf16) and the SR tail's conv + pixel shuffle (CPU:
+# eimn_kernels.tail_conv)
+INFERENCE_OPS = {"nhwc_block_forward": "CUDA", "convmlp_infer_forward": "CPU", "molrcm_infer_forward": "CPU",
+                 "conv3x3_shuffle_forward": "CPU"}
 SLOTS = ("forward", "backward", "forward_stash", "backward_stash", "infer")
 
 needs_ext = pytest.mark.skipif(not _ext.extension_loaded(), reason="eimn_kernels._C is not built")
