@@ -34,6 +34,24 @@ def is_stem_conv(m: nn.Module) -> bool:
     return type(m) is nn.Conv2d and m.in_channels <= MAX_STEM_CHANNELS and is_same_3x3_conv(m)
 
 
+def conv_sharing_parameters(cls: type, conv: nn.Conv2d) -> nn.Conv2d:
+    """A new ``cls`` (an nn.Conv2d subclass) with ``conv``'s settings and the same Parameter objects (weight, and bias
+    or None), in ``conv``'s training mode; nn.Module's own state (parameter, buffer, hook dicts) fresh, not shared."""
+    new = cls.__new__(cls)
+    nn.Module.__init__(new)
+    base = set(new.__dict__)
+    new.__dict__.update({k: v for k, v in conv.__dict__.items() if k not in base})  # Conv2d's settings
+    new.register_parameter("weight", conv.weight)
+    new.register_parameter("bias", conv.bias)
+    return new.train(conv.training)
+
+
+def runs_cpu_conv_kernel(conv: nn.Conv2d, x: torch.Tensor) -> bool:
+    """Whether a C++ CPU inference pass of ``conv`` takes x: :func:`cpu_inference_input`, conv's input channels and
+    dtype."""
+    return cpu_inference_input(x) and x.shape[1] == conv.in_channels and conv.weight.dtype == x.dtype
+
+
 class StemConv2d(nn.Conv2d):
     """nn.Conv2d(C_in <= 4, C_out, 3, padding=1) whose CPU inference runs as im2col + GEMM.
     x: (N, C_in, H, W) -> (N, C_out, H, W), the input's dtype."""
@@ -44,17 +62,11 @@ class StemConv2d(nn.Conv2d):
         if not is_stem_conv(conv):
             raise ValueError(f"StemConv2d takes a 3x3, stride 1, padding 1 conv of <= {MAX_STEM_CHANNELS} channels, "
                              f"got {conv}")
-        new = cls.__new__(cls)
-        nn.Module.__init__(new)
-        base = set(new.__dict__)  # nn.Module's own state (parameter, buffer, hook dicts): fresh, not shared
-        new.__dict__.update({k: v for k, v in conv.__dict__.items() if k not in base})  # Conv2d's settings
-        new.register_parameter("weight", conv.weight)  # the same Parameter objects
-        new.register_parameter("bias", conv.bias)  # (None where the conv has no bias)
-        return new.train(conv.training)
+        return conv_sharing_parameters(cls, conv)
 
     def runs_gemm(self, x: torch.Tensor) -> bool:
         """Whether forward(x) runs as im2col + the CPU GEMM."""
-        return cpu_inference_input(x) and x.shape[1] == self.in_channels and self.weight.dtype == x.dtype
+        return runs_cpu_conv_kernel(self, x)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.runs_gemm(x):

@@ -16,8 +16,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .modules import cpu_inference_input
-from .stem_conv import is_same_3x3_conv
+from .stem_conv import conv_sharing_parameters, is_same_3x3_conv, runs_cpu_conv_kernel
 
 __all__ = ["ShuffleConv2d", "ShuffledAway", "use_tail_convs"]
 
@@ -34,18 +33,13 @@ class ShuffleConv2d(nn.Conv2d):
             raise ValueError(f"ShuffleConv2d takes a 3x3, stride 1, padding 1 conv, got {conv}")
         if upscale < 1 or conv.out_channels % (upscale * upscale):
             raise ValueError(f"upscale {upscale}: its square must divide the conv's {conv.out_channels} output channels")
-        new = cls.__new__(cls)
-        nn.Module.__init__(new)
-        base = set(new.__dict__)  # nn.Module's own state (parameter, buffer, hook dicts): fresh, not shared
-        new.__dict__.update({k: v for k, v in conv.__dict__.items() if k not in base})  # Conv2d's settings
-        new.register_parameter("weight", conv.weight)  # the same Parameter objects
-        new.register_parameter("bias", conv.bias)
+        new = conv_sharing_parameters(cls, conv)
         new.upscale = int(upscale)
-        return new.train(conv.training)
+        return new
 
     def runs_kernel(self, x: torch.Tensor) -> bool:
         """Whether forward(x) runs as the one C++ pass."""
-        return cpu_inference_input(x) and x.shape[1] == self.in_channels and self.weight.dtype == x.dtype
+        return runs_cpu_conv_kernel(self, x)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.runs_kernel(x):

@@ -24,7 +24,6 @@
 
 #include "cpu/cpu_checks.h"
 #include "cpu/cpu_gemm.h"
-#include "cpu/cpu_pool.h"
 
 namespace eimn::cpu {
 inline namespace EIMN_ISA {
